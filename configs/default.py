@@ -1,0 +1,91 @@
+"""CPU demo: selective entropy sampling on the embedded synthetic NIfTI cohort.
+
+Run lines:
+  python launch.py --config=configs/default.py --workdir=runs/demo
+  python launch.py --config=configs/default.py --config.al.strategy=bald --config.al.mode=selective
+  python launch.py --config=configs/default.py:smoke --workdir=/tmp/smoke   # tiny, < 1 minute
+"""
+
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.seed = 0  # root seed: every key is fold_in(root, round/step/slice)
+    config.resume = True  # continue after the last completed round found in the workdir
+    config.allow_config_change = False  # resume even if the config differs from the stored one
+
+    config.data = data = config_dict.ConfigDict()
+    data.layout = "synthetic"  # synthetic | msd (more layouts: see README)
+    data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
+    data.synthetic = config_dict.ConfigDict()
+    data.synthetic.n_subjects = 32  # volumes in the generated cohort
+    data.synthetic.shape = (64, 64, 32)  # voxels (X, Y, Z) per volume
+    data.synthetic.spacing = (1.0, 1.0, 2.0)  # mm
+    data.synthetic.seed = 0  # generator seed (independent of config.seed)
+    data.axis = 2  # slicing axis of the canonical (RAS) volume: 2 = axial
+    data.size = (64, 64)  # in-plane size (pixels) of the 2D slices fed to the model
+    data.resample = "resize"  # resize (bilinear / nearest for labels) | crop (centre crop/pad)
+    data.normalisation = (
+        "auto"  # auto (CT window if modality says CT, else zscore) | zscore | ct_window
+    )
+    data.ct_window = (-160.0, 240.0)  # HU, for ct_window
+    data.label_values = ()  # label values that form the target; () = any label > 0
+    data.keep_empty_slices = True  # keep slices whose image is all zero (the paper keeps all)
+    data.split = (0.7, 0.15, 0.15)  # train/val/test fractions, by subject
+    data.split_seed = 0  # seed of the subject split
+
+    config.model = model = config_dict.ConfigDict()
+    model.base_width = 16  # channels of the first level (the paper's network: 32)
+    model.depth = 3  # pooling steps (the paper's network: 4)
+    model.dropout_rate = 0.2  # after the bottleneck and each decoder block
+    model.dtype = "float32"  # computation dtype: float32 | bfloat16 (params stay float32)
+
+    config.train = train = config_dict.ConfigDict()
+    train.learning_rate = 1e-4  # Adam
+    train.batch_size = 16  # slices per step
+    train.eval_batch_size = 64  # slices per validation/test/scoring call
+    train.patience = 5  # epochs without validation-loss improvement before stopping
+    train.max_epochs = 100  # cap per round
+    train.min_steps_per_epoch = 8  # small labelled sets repeat slices to make an epoch this long
+    train.reset_optimizer = True  # fresh Adam each round (the published code re-creates it)
+    train.augment = False  # on-device augmentation of training batches
+
+    config.al = al = config_dict.ConfigDict()
+    al.strategy = "entropy"  # random | entropy | least_confidence | margin | mc_dropout | bald
+    al.mode = "selective"  # all | target | boundary | selective
+    al.convention = "paper"  # paper | official (reproduces the published code's selections)
+    al.target_threshold = 0.1  # T: target pixels P > T (published code: 0.1)
+    al.boundary_width = 0.1  # B: boundary pixels |P - 0.5| < B (published code: 0.1)
+    al.aggregation = "sum"  # sum | mean of the uncertainty over the selected pixels
+    al.merge = "union"  # union | interleave, for mode=selective
+    al.mc_passes = 10  # stochastic passes for mc_dropout and bald
+    al.reuse_encoder = True  # MC passes repeat only the decoder (all dropout is there)
+    al.initial_size = 40  # labelled slices at round 0
+    al.initial_from_positive = True  # draw the initial set only from slices with target
+    al.query_size = 20  # slices queried per round
+    al.rounds = 6  # query rounds after round 0 (stops early when the pool is exhausted)
+
+    config.checkpoint = ckpt = config_dict.ConfigDict()
+    ckpt.keep = 2  # model checkpoints kept (the per-round records are all kept)
+
+    if arg == "smoke":
+        data.synthetic.n_subjects = 8
+        data.synthetic.shape = (32, 32, 12)
+        data.size = (32, 32)
+        model.base_width = 4
+        model.depth = 2
+        train.batch_size = 8
+        train.eval_batch_size = 32
+        train.max_epochs = 3
+        train.patience = 2
+        train.min_steps_per_epoch = 2
+        al.mc_passes = 3
+        al.initial_size = 8
+        al.query_size = 6
+        al.rounds = 2
+    elif arg:
+        raise ValueError(
+            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke' or none"
+        )
+    return config

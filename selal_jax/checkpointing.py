@@ -1,0 +1,116 @@
+"""Round checkpoints with orbax (the only module that imports it).
+
+Each completed round r is one orbax step holding two items:
+
+* ``state``: the TrainState pytree (parameters, BatchNorm statistics, optimizer state, step);
+* ``loop``: JSON with the labelled set after round r's query, the round index, the root key's
+  data, the metrics/selection history of every round, the config snapshot and the dataset
+  fingerprint.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a crash mid-save
+leaves the previous step intact; `latest_round` only sees finished steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the directory."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        if keep < 1:
+            raise ValueError(f"config field checkpoint.keep: must be >= 1, got {keep}")
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            )
+        except OSError as e:
+            raise CheckpointError(
+                f"{self.directory}: cannot create the checkpoint directory ({e})"
+            ) from e
+
+    def latest_round(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_rounds(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, round_index: int, state, loop: dict) -> None:
+        """Saves round `round_index` and waits until it is on disk."""
+        try:
+            self.manager.save(
+                round_index,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
+                ),
+            )
+            self.manager.wait_until_finished()
+        except Exception as e:  # orbax wraps OSError in several types
+            raise CheckpointError(
+                f"{self.directory}: saving round {round_index} failed ({type(e).__name__}: {e}); "
+                f"the previous checkpoint (round {self.latest_round()}) is intact"
+            ) from e
+        logging.info("saved checkpoint of round %d to %s", round_index, self.directory)
+
+    def restore(self, round_index: int, abstract_state) -> tuple[object, dict]:
+        """Restores round `round_index` into the structure of `abstract_state` (from eval_shape)."""
+        try:
+            restored = self.manager.restore(
+                round_index,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.directory}: cannot restore round {round_index} ({type(e).__name__}: {e})"
+            ) from e
+        return restored["state"], dict(restored["loop"])
+
+    def restore_loop(self, round_index: int) -> dict:
+        """Only the JSON loop record of a round (no model state)."""
+        restored = self.manager.restore(
+            round_index, args=ocp.args.Composite(loop=ocp.args.JsonRestore())
+        )
+        return dict(restored["loop"])
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(state):
+    """ShapeDtypeStructs of a pytree, the restore target orbax needs."""
+    return jax.eval_shape(lambda: state)
+
+
+def write_json_atomic(path: str, obj, lines: bool = False) -> None:
+    """Writes JSON (or JSON lines from a list) via a temporary file and an atomic rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            if lines:
+                for item in obj:
+                    f.write(json.dumps(item) + "\n")
+            else:
+                json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,320 @@
+"""The active-learning round loop: train, evaluate, score, query, reveal; checkpoint every round.
+
+Knows nothing of flags: `run(config, workdir)` is the whole experiment.
+
+Keys: root = key(config.seed); round r uses fold_in(root, r), and inside it fold_in(round_key,
+FIT) for training, fold_in(round_key, SCORE) for MC dropout, fold_in(round_key, RANDOM) for random
+sampling. Nothing depends on how often a key was split before, so a resumed run draws the same
+numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from selal_jax import checkpointing, report, rng, scoring, selection
+from selal_jax.data import loading
+from selal_jax.data.slices import SliceSet
+from selal_jax.models import build_model, init_variables
+from selal_jax.progress import Progress
+from selal_jax.train import create_train_state, dice_scores, evaluate, fit, make_optimizer
+
+# fold_in tags (distinct from any round index used with the same parent key).
+INIT_TAG = 2**31 - 1
+INITIAL_SET_TAG = 2**31 - 2
+FIT, SCORE, RANDOM = 0, 1, 2
+
+RECORDS_FILE = "records.jsonl"
+# Config fields that may change between a run and its resumption without changing any result
+# of the completed rounds.
+RESUME_NEUTRAL_KEYS = (
+    "resume",
+    "allow_config_change",
+    "al.rounds",
+    "checkpoint.keep",
+    "train.eval_batch_size",
+)
+
+
+def validate_config(config) -> None:
+    al = config.al
+    selection.validate_options(al.strategy, al.mode, al.convention, al.aggregation, al.merge)
+    for field, value in (
+        ("al.query_size", al.query_size),
+        ("al.initial_size", al.initial_size),
+        ("train.batch_size", config.train.batch_size),
+        ("train.eval_batch_size", config.train.eval_batch_size),
+        ("al.mc_passes", al.mc_passes),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"config field {field}: must be >= 1, got {value}")
+    if int(al.rounds) < 0:
+        raise ValueError(f"config field al.rounds: must be >= 0, got {al.rounds}")
+    if not 0 < float(al.target_threshold) < 1:
+        raise ValueError(
+            f"config field al.target_threshold: must be in (0, 1), got {al.target_threshold}"
+        )
+    if not 0 < float(al.boundary_width) <= 0.5:
+        raise ValueError(
+            f"config field al.boundary_width: must be in (0, 0.5], got {al.boundary_width}"
+        )
+    h, w = (int(s) for s in config.data.size)
+    factor = 2 ** int(config.model.depth)
+    if h % factor or w % factor:
+        raise ValueError(
+            f"config field data.size: {h}x{w} must be divisible by 2**model.depth = {factor}"
+        )
+
+
+def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -> np.ndarray:
+    """Initial labelled pool ids, drawn with `key`; from slices with target if asked.
+
+    If fewer slices have target than `size`, all of them are taken and the rest is drawn from
+    the other slices (with a warning).
+    """
+    n = len(train)
+    if size > n:
+        raise ValueError(f"config field al.initial_size: {size} exceeds the {n} training slices")
+    if not from_positive:
+        return np.sort(np.asarray(jax.random.permutation(key, n))[:size])
+    positive = np.flatnonzero(train.labels.reshape(n, -1).any(axis=1))
+    negative = np.setdiff1d(np.arange(n), positive)
+    k_pos, k_neg = jax.random.split(key)
+    if len(positive) >= size:
+        return np.sort(positive[np.asarray(jax.random.permutation(k_pos, len(positive)))[:size]])
+    logging.warning(
+        "only %d training slices contain target; the initial set of %d adds %d without target",
+        len(positive),
+        size,
+        size - len(positive),
+    )
+    extra = negative[
+        np.asarray(jax.random.permutation(k_neg, len(negative)))[: size - len(positive)]
+    ]
+    return np.sort(np.concatenate([positive, extra]))
+
+
+def query(
+    config, model, variables, train: SliceSet, labelled: np.ndarray, round_key, k: int
+) -> tuple[selection.Query, scoring.SliceStats | None]:
+    """Scores the unlabelled pool and returns the round's query (and the stats it used)."""
+    al = config.al
+    candidates = np.flatnonzero(~labelled)
+    if al.strategy == "random":
+        return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM)), None
+    passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
+    progress = Progress("scoring pool", total=len(candidates), unit="slices")
+    stats = scoring.score_pool(
+        model,
+        variables,
+        train.images,
+        candidates,
+        jax.random.fold_in(round_key, SCORE),
+        strategy=al.strategy,
+        convention=al.convention,
+        target_threshold=float(al.target_threshold),
+        boundary_width=float(al.boundary_width),
+        passes=passes,
+        batch_size=int(config.train.eval_batch_size),
+        reuse_encoder=bool(al.reuse_encoder),
+        progress=progress,
+    )
+    progress.close()
+    q = selection.select(
+        stats,
+        candidates,
+        k,
+        mode=al.mode,
+        convention=al.convention,
+        aggregation=al.aggregation,
+        merge=al.merge,
+    )
+    return q, stats
+
+
+def query_diagnostics(train: SliceSet, ids: np.ndarray) -> dict:
+    """How many queried slices contain target, and their mean target pixel count."""
+    if len(ids) == 0:
+        return {"queried_with_target": 0, "queried_mean_target_pixels": 0.0}
+    counts = train.labels[np.sort(ids)].reshape(len(ids), -1).sum(axis=1)
+    return {
+        "queried_with_target": int((counts > 0).sum()),
+        "queried_mean_target_pixels": float(counts.mean()),
+    }
+
+
+def flatten_config(config) -> dict:
+    out = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if hasattr(value, "items"):
+                walk(name + ".", value)
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+
+    walk("", config.to_dict())
+    return out
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [
+        k
+        for k in keys
+        if k not in RESUME_NEUTRAL_KEYS and stored.get(k, "<absent>") != current.get(k, "<absent>")
+    ]
+
+
+@dataclasses.dataclass
+class LoopState:
+    round: int  # the next round to run
+    labelled: np.ndarray  # [N] bool
+    history: list
+
+
+def run(config, workdir: str) -> list[dict]:
+    """Runs (or resumes) the experiment; returns the per-round records."""
+    with rng.classic_threefry():
+        return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> list[dict]:
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    splits = loading.load_dataset(config.data, workdir)
+    train, val, test = splits.train, splits.val, splits.test
+    model = build_model(config.model)
+    tx = make_optimizer(float(config.train.learning_rate))
+    root = jax.random.key(int(config.seed))
+    variables = init_variables(model, jax.random.fold_in(root, INIT_TAG), *train.shape)
+    state = create_train_state(variables, tx)
+    flat_config = flatten_config(config)
+
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep)
+    )
+    latest = ckpt.latest_round()
+    if latest is not None and not config.resume:
+        raise ValueError(
+            f"{workdir}: holds checkpoints up to round {latest} and config.resume is False; "
+            "starting afresh needs an empty workdir"
+        )
+    if latest is not None:
+        state, loop = ckpt.restore(latest, checkpointing.abstract_like(state))
+        changed = config_differences(loop["config"], flat_config)
+        if changed and not config.allow_config_change:
+            details = ", ".join(
+                f"{k}: {loop['config'].get(k)!r} -> {flat_config.get(k)!r}" for k in changed
+            )
+            raise ValueError(
+                f"{workdir}: the config differs from the one this run was started with ({details}); "
+                "use a new workdir or pass --config.allow_config_change=True"
+            )
+        if loop["fingerprint"] != splits.fingerprint and not config.allow_config_change:
+            raise ValueError(
+                f"{workdir}: the dataset changed since this run was started (fingerprint "
+                f"{loop['fingerprint']} -> {splits.fingerprint}: files, sizes, mtimes or "
+                "preprocessing differ); use a new workdir or pass --config.allow_config_change=True"
+            )
+        labelled = np.zeros(len(train), bool)
+        labelled[np.asarray(loop["labelled_ids"], np.int64)] = True
+        history = list(loop["history"])
+        start = latest + 1
+        logging.info("resuming %s after round %d (%d labelled)", workdir, latest, labelled.sum())
+    else:
+        labelled = np.zeros(len(train), bool)
+        initial = initial_labelled_set(
+            train,
+            int(config.al.initial_size),
+            bool(config.al.initial_from_positive),
+            jax.random.fold_in(root, INITIAL_SET_TAG),
+        )
+        labelled[initial] = True
+        history, start = [], 0
+
+    rounds = int(config.al.rounds)
+    k = int(config.al.query_size)
+    if history and not history[-1]["queried"]:
+        start = rounds + 1  # the stored run had already finished (or exhausted the pool)
+    for r in range(start, rounds + 1):
+        round_key = jax.random.fold_in(root, r)
+        labelled_ids = np.flatnonzero(labelled)
+        if config.train.reset_optimizer:
+            state = state.replace(opt_state=tx.init(state.params))
+        state, fit_summary = fit(
+            model,
+            state,
+            tx,
+            train,
+            labelled_ids,
+            val,
+            jax.random.fold_in(round_key, FIT),
+            config.train,
+            round_index=r,
+        )
+        dice, dice_global = dice_scores(
+            evaluate(model, state.variables, test, None, int(config.train.eval_batch_size))
+        )
+        score_start = time.time()
+        q = None
+        if r < rounds and (~labelled).any():
+            q, _ = query(config, model, state.variables, train, labelled, round_key, k)
+            labelled[q.ids] = True
+        score_seconds = time.time() - score_start
+        record = {
+            "round": r,
+            "n_labelled": int(len(labelled_ids)),
+            "pct_labelled": 100.0 * len(labelled_ids) / len(train),
+            "dice": dice,
+            "dice_global": dice_global,
+            "val_loss": fit_summary["best_val_loss"],
+            "epochs": fit_summary["epochs"],
+            "best_epoch": fit_summary["best_epoch"],
+            "train_seconds": fit_summary["seconds"],
+            "score_seconds": score_seconds,
+            "strategy": config.al.strategy,
+            "mode": config.al.mode,
+            "queried": [] if q is None else [int(i) for i in q.ids],
+            "queried_streams": [] if q is None else list(q.streams),
+            "queried_scores": []
+            if q is None
+            else [None if np.isnan(s) else float(s) for s in q.scores],
+            **query_diagnostics(train, np.asarray([] if q is None else q.ids, np.int64)),
+        }
+        history.append(record)
+        loop_record = {
+            "round": r,
+            "labelled_ids": [int(i) for i in np.flatnonzero(labelled)],
+            "history": history,
+            "config": flat_config,
+            "fingerprint": splits.fingerprint,
+            "root_key": [int(x) for x in np.asarray(jax.random.key_data(root)).ravel()],
+            "pool_size": len(train),
+        }
+        ckpt.save(r, state, loop_record)
+        checkpointing.write_json_atomic(os.path.join(workdir, RECORDS_FILE), history, lines=True)
+        logging.info(
+            "round %d | labelled %d (%.1f%%) | dice %.4f (global %.4f) | val loss %.5f | "
+            "train %.1fs | score %.1fs",
+            r,
+            record["n_labelled"],
+            record["pct_labelled"],
+            dice,
+            dice_global,
+            record["val_loss"],
+            record["train_seconds"],
+            score_seconds,
+        )
+        if q is None:
+            break  # last round, or the pool is exhausted
+    ckpt.close()
+    print(report.round_table(history))
+    return history

@@ -1,0 +1,143 @@
+"""The U-Net of the published code, in Flax Linen, with dropout for Monte-Carlo passes.
+
+Architecture (base width 32, depth 4): encoder levels of width 32, 64, 128, 256 and a 512
+bottleneck; each block is two 3x3 convolutions without bias, each followed by BatchNorm and ReLU;
+2x2 max-pooling down; 2x2 stride-2 transposed convolutions up; skip concatenation; a 1x1 head to
+one logit. With one input channel it has exactly 7,762,465 parameters (BatchNorm running
+statistics are not parameters, as in PyTorch).
+
+Dropout sits only after the bottleneck block and after each decoder block. The encoder is
+therefore deterministic, which lets Monte-Carlo scoring compute it once per batch and repeat only
+the decoder (see `UNet.encode` / `UNet.decode`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class ConvBlock(nn.Module):
+    """Two (3x3 conv without bias -> BatchNorm -> ReLU) layers."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        for _ in range(2):
+            x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+            # PyTorch's BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
+            x = nn.BatchNorm(
+                use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+            )(x)
+            x = nn.relu(x)
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net producing one foreground logit per pixel.
+
+    Attributes:
+      base_width: channels of the first encoder level; level i has base_width * 2**i.
+      depth: number of encoder levels (pooling steps); the bottleneck has base_width * 2**depth.
+      dropout_rate: rate of the dropout after the bottleneck and each decoder block.
+      dtype: computation dtype (parameters stay float32; logits are returned as float32).
+    """
+
+    base_width: int = 32
+    depth: int = 4
+    dropout_rate: float = 0.2
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        widths = [self.base_width * 2**i for i in range(self.depth)]
+        self.down = [ConvBlock(w, self.dtype, name=f"down_{i}") for i, w in enumerate(widths)]
+        self.bottleneck = ConvBlock(self.base_width * 2**self.depth, self.dtype, name="bottleneck")
+        self.up_convs = [
+            nn.ConvTranspose(w, (2, 2), strides=(2, 2), dtype=self.dtype, name=f"upconv_{i}")
+            for i, w in reversed(list(enumerate(widths)))
+        ]
+        self.up = [
+            ConvBlock(w, self.dtype, name=f"up_{i}") for i, w in reversed(list(enumerate(widths)))
+        ]
+        self.head = nn.Conv(1, (1, 1), dtype=self.dtype, name="head")
+        self.dropout = nn.Dropout(self.dropout_rate)
+
+    def encode(self, images: Array, train: bool = False) -> tuple[Array, tuple[Array, ...]]:
+        """Deterministic encoder.
+
+        Args:
+          images: [batch, height, width] or [batch, height, width, 1]; height and width must be
+            divisible by 2**depth.
+          train: BatchNorm uses batch statistics (and updates running ones) when True.
+
+        Returns:
+          (bottleneck features [batch, h/2**depth, w/2**depth, C], skips from fine to coarse).
+        """
+        x = images[..., None] if images.ndim == 3 else images
+        x = x.astype(self.dtype)
+        skips = []
+        for block in self.down:
+            x = block(x, train)
+            skips.append(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return self.bottleneck(x, train), tuple(skips)
+
+    def decode(
+        self, bottleneck: Array, skips: tuple[Array, ...], train: bool = False, mc: bool = False
+    ) -> Array:
+        """Decoder with dropout; returns float32 logits [batch, height, width].
+
+        Dropout is active when `train` or `mc` is True (it then needs a 'dropout' rng); BatchNorm
+        uses batch statistics only when `train` is True, so Monte-Carlo passes (`mc=True`) keep
+        running statistics.
+        """
+        deterministic = not (train or mc)
+        x = self.dropout(bottleneck, deterministic=deterministic)
+        for upconv, block, skip in zip(self.up_convs, self.up, reversed(skips), strict=True):
+            x = upconv(x)
+            x = jnp.concatenate([skip.astype(x.dtype), x], axis=-1)
+            x = block(x, train)
+            x = self.dropout(x, deterministic=deterministic)
+        return self.head(x)[..., 0].astype(jnp.float32)
+
+    def __call__(self, images: Array, train: bool = False, mc: bool = False) -> Array:
+        bottleneck, skips = self.encode(images, train)
+        return self.decode(bottleneck, skips, train=train, mc=mc)
+
+    def features(self, images: Array) -> Array:
+        """Globally average-pooled bottleneck features [batch, C] (for embeddings/t-SNE)."""
+        bottleneck, _ = self.encode(images, False)
+        return jnp.mean(bottleneck.astype(jnp.float32), axis=(1, 2))
+
+
+def build_model(model_config) -> UNet:
+    """Builds the U-Net from the `model` section of a config."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.dtype)
+    if dtype is None:
+        raise ValueError(
+            f"config field model.dtype: expected 'float32' or 'bfloat16', got {model_config.dtype!r}"
+        )
+    return UNet(
+        base_width=int(model_config.base_width),
+        depth=int(model_config.depth),
+        dropout_rate=float(model_config.dropout_rate),
+        dtype=dtype,
+    )
+
+
+def init_variables(model: UNet, key: Array, height: int, width: int) -> dict:
+    """Initialises {'params', 'batch_stats'} for inputs of the given in-plane size."""
+    # Jitted: eagerly, every initializer would compile on its own (tens of seconds on CPU).
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, height, width), jnp.float32), train=False))
+    return dict(init(key))
+
+
+def count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

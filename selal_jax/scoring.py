@@ -1,0 +1,335 @@
+"""Per-pixel uncertainties, target/boundary masks and per-slice masked sums, fused on the device.
+
+Everything here is jitted and vmapped over slices; only per-slice numbers (`SliceStats`) leave the
+device, so scoring a pool never holds its probability maps on the host.
+
+Two conventions (see README, "Query strategies"):
+
+* ``paper`` (default): the binary formulas, computed stably from logits (log-sigmoid, no clipping),
+  "higher = more uncertain"; target pixels P > T, boundary pixels |P - 0.5| < B.
+* ``official``: the published PyTorch code's quantities, from probabilities: one-sided entropy
+  ``p ln p``, least confidence on the raw ``p``, BALD as ``mean_t(-p_t ln p_t) - (-pb ln pb)``;
+  target pixels P >= T, boundary pixels |P - 0.5| <= B; the code ranks them in ascending order.
+
+For ``mc_dropout`` and ``bald`` both masks are computed on the mean probability over the passes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selal_jax.models import UNet
+
+Array = jax.Array
+
+STRATEGIES = ("random", "entropy", "least_confidence", "margin", "mc_dropout", "bald")
+UNCERTAINTY_STRATEGIES = STRATEGIES[1:]
+MC_STRATEGIES = ("mc_dropout", "bald")
+CONVENTIONS = ("paper", "official")
+
+
+class PassTerms(NamedTuple):
+    """Per-pass probability terms, each [passes, height, width] float32.
+
+    Keeping p and q = 1 - p (and their logs) separately is what makes the formulas stable: from
+    logits, q = sigmoid(-z) keeps its full precision where p rounds to 1.
+    """
+
+    p: Array
+    q: Array
+    log_p: Array
+    log_q: Array
+
+
+class SliceStats(NamedTuple):
+    """Per-slice masked sums of the per-pixel uncertainty, each [batch] float32."""
+
+    target_sum: Array
+    target_count: Array
+    boundary_sum: Array
+    boundary_count: Array
+    all_sum: Array
+    all_count: Array
+
+
+def terms_from_logits(logits: Array) -> PassTerms:
+    """logits: [passes, height, width] -> PassTerms (no clipping, finite for any finite logit)."""
+    z = logits.astype(jnp.float32)
+    return PassTerms(
+        jax.nn.sigmoid(z), jax.nn.sigmoid(-z), jax.nn.log_sigmoid(z), jax.nn.log_sigmoid(-z)
+    )
+
+
+def terms_from_probs(probs: Array) -> PassTerms:
+    """probs: [passes, height, width] foreground probabilities in [0, 1] -> PassTerms."""
+    p = probs.astype(jnp.float32)
+    q = 1.0 - p
+    return PassTerms(p, q, jnp.log(p), jnp.log(q))
+
+
+def _xlogx(x: Array, log_x: Array) -> Array:
+    """x * log(x) with the limit 0 at x = 0 (log_x may be -inf there)."""
+    return jnp.where(x > 0, x * log_x, 0.0)
+
+
+def binary_entropy(p: Array, q: Array, log_p: Array, log_q: Array) -> Array:
+    """H(p) = -p ln p - (1 - p) ln(1 - p), in nats."""
+    return -(_xlogx(p, log_p) + _xlogx(q, log_q))
+
+
+def _mean_terms(terms: PassTerms) -> PassTerms:
+    """Terms of the mean probability over passes (log-mean-exp keeps the logs exact)."""
+    n = terms.p.shape[0]
+    log_n = jnp.log(jnp.float32(n))
+    return PassTerms(
+        jnp.mean(terms.p, axis=0),
+        jnp.mean(terms.q, axis=0),
+        jax.scipy.special.logsumexp(terms.log_p, axis=0) - log_n,
+        jax.scipy.special.logsumexp(terms.log_q, axis=0) - log_n,
+    )
+
+
+def pixel_uncertainty(terms: PassTerms, strategy: str, convention: str) -> tuple[Array, Array]:
+    """Per-pixel uncertainty and the map that the masks are computed on.
+
+    Args:
+      terms: PassTerms with a leading pass axis (1 for single-pass strategies).
+      strategy: one of UNCERTAINTY_STRATEGIES.
+      convention: 'paper' or 'official'.
+
+    Returns:
+      (u [height, width], mask_map [height, width]) float32.
+    """
+    mean = _mean_terms(terms)
+    if convention == "paper":
+        if strategy == "entropy":
+            u = binary_entropy(*mean)
+        elif strategy == "least_confidence":
+            u = jnp.minimum(mean.p, mean.q)  # 1 - max(p, 1 - p)
+        elif strategy == "margin":
+            u = 2.0 * jnp.minimum(mean.p, mean.q)  # 1 - |2p - 1|, without cancellation
+        elif strategy == "mc_dropout":
+            u = binary_entropy(*mean)
+        elif strategy == "bald":
+            expected = jnp.mean(binary_entropy(*terms), axis=0)
+            # Mutual information is >= 0 (Jensen); clip the rounding noise below it.
+            u = jnp.maximum(binary_entropy(*mean) - expected, 0.0)
+        else:
+            raise ValueError(
+                f"unknown strategy {strategy!r}; expected one of {UNCERTAINTY_STRATEGIES}"
+            )
+    elif convention == "official":
+        if strategy in ("entropy", "mc_dropout"):
+            u = _xlogx(mean.p, mean.log_p)
+        elif strategy == "least_confidence":
+            u = mean.p
+        elif strategy == "bald":
+            expected = jnp.mean(-_xlogx(terms.p, terms.log_p), axis=0)
+            u = expected - (-_xlogx(mean.p, mean.log_p))
+        elif strategy == "margin":
+            raise ValueError(
+                "strategy 'margin' has no 'official' convention: the published margin code is "
+                "defective (it sorts along the image width); use convention='paper'"
+            )
+        else:
+            raise ValueError(
+                f"unknown strategy {strategy!r}; expected one of {UNCERTAINTY_STRATEGIES}"
+            )
+    else:
+        raise ValueError(f"unknown convention {convention!r}; expected one of {CONVENTIONS}")
+    return u, mean.p
+
+
+def masked_stats(
+    u: Array, mask_map: Array, target_threshold: Array, boundary_width: Array, convention: str
+) -> SliceStats:
+    """Masked sums and counts for one slice (u, mask_map: [height, width])."""
+    if convention == "official":
+        target = mask_map >= target_threshold
+        boundary = jnp.abs(mask_map - 0.5) <= boundary_width
+    else:
+        target = mask_map > target_threshold
+        boundary = jnp.abs(mask_map - 0.5) < boundary_width
+
+    def masked_sum(mask):
+        return jnp.sum(jnp.where(mask, u, 0.0)), jnp.sum(mask, dtype=jnp.float32)
+
+    t_sum, t_count = masked_sum(target)
+    b_sum, b_count = masked_sum(boundary)
+    return SliceStats(t_sum, t_count, b_sum, b_count, jnp.sum(u), jnp.float32(u.size))
+
+
+def _stats_from_terms(terms: PassTerms, strategy, convention, target_threshold, boundary_width):
+    u, mask_map = pixel_uncertainty(terms, strategy, convention)
+    return masked_stats(u, mask_map, target_threshold, boundary_width, convention)
+
+
+@functools.partial(jax.jit, static_argnames=("strategy", "convention"))
+def stats_from_probs(
+    probs: Array, target_threshold, boundary_width, *, strategy: str, convention: str
+) -> SliceStats:
+    """Per-slice stats from probability maps computed elsewhere.
+
+    Args:
+      probs: [batch, passes, height, width] foreground probabilities (passes = 1 for single-pass
+        strategies).
+      target_threshold, boundary_width: scalars T and B.
+    """
+
+    def one(slice_probs):
+        return _stats_from_terms(
+            terms_from_probs(slice_probs), strategy, convention, target_threshold, boundary_width
+        )
+
+    return jax.vmap(one)(probs)
+
+
+def mc_logits(
+    model: UNet,
+    variables,
+    images: Array,
+    slice_ids: Array,
+    round_key: Array,
+    passes: int,
+    reuse_encoder: bool = True,
+) -> Array:
+    """Monte-Carlo dropout logits [batch, passes, height, width].
+
+    The dropout key of pass t of slice s is fold_in(fold_in(round_key, s), t), so a slice's passes
+    do not depend on the batch it is in, its position, padding or resumption. With
+    `reuse_encoder`, the (deterministic) encoder runs once per batch and only the decoder, which
+    holds every dropout layer, runs `passes` times; the result is identical either way.
+    """
+
+    def slice_keys(sid):
+        k = jax.random.fold_in(round_key, sid)
+        return jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(passes))
+
+    keys = jax.vmap(slice_keys)(slice_ids)  # [batch, passes]
+    if reuse_encoder:
+        bottleneck, skips = model.apply(variables, images, False, method=UNet.encode)
+
+        def decode_one(b, s, key):
+            s = tuple(x[None] for x in s)
+            return model.apply(
+                variables, b[None], s, mc=True, rngs={"dropout": key}, method=UNet.decode
+            )[0]
+
+        per_slice = jax.vmap(decode_one, in_axes=(None, None, 0))  # over passes
+        return jax.vmap(per_slice)(bottleneck, skips, keys)
+
+    def full_one(image, key):
+        return model.apply(variables, image[None], mc=True, rngs={"dropout": key})[0]
+
+    return jax.vmap(jax.vmap(full_one, in_axes=(None, 0)))(images, keys)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
+)
+def score_batch(
+    variables,
+    images: Array,
+    slice_ids: Array,
+    round_key: Array,
+    target_threshold,
+    boundary_width,
+    *,
+    model: UNet,
+    strategy: str,
+    convention: str,
+    passes: int = 1,
+    reuse_encoder: bool = True,
+) -> SliceStats:
+    """Forward pass(es), per-pixel uncertainty, masks and per-slice sums in one program.
+
+    Args:
+      variables: {'params', 'batch_stats'} of `model`.
+      images: [batch, height, width] float32 (padding rows allowed; the caller drops them).
+      slice_ids: [batch] int32 pool ids (seed MC dropout keys).
+      round_key: the round's JAX key.
+      target_threshold, boundary_width: T and B (traced: changing them does not recompile).
+
+    Returns:
+      SliceStats with [batch] entries.
+    """
+    if strategy in MC_STRATEGIES:
+        logits = mc_logits(model, variables, images, slice_ids, round_key, passes, reuse_encoder)
+    else:
+        logits = model.apply(variables, images, False)[:, None]
+
+    def one(slice_logits):
+        terms = (
+            terms_from_logits(slice_logits)
+            if convention == "paper"
+            # The published code works on probabilities; so does its convention here.
+            else terms_from_probs(jax.nn.sigmoid(slice_logits))
+        )
+        return _stats_from_terms(terms, strategy, convention, target_threshold, boundary_width)
+
+    return jax.vmap(one)(logits)
+
+
+def score_pool(
+    model: UNet,
+    variables,
+    images,
+    candidate_ids,
+    round_key: Array,
+    *,
+    strategy: str,
+    convention: str,
+    target_threshold: float,
+    boundary_width: float,
+    passes: int,
+    batch_size: int,
+    reuse_encoder: bool = True,
+    progress=None,
+) -> SliceStats:
+    """Scores the candidate slices of a pool in fixed-shape batches.
+
+    Host memory stays bounded: each batch's images are gathered from `images` (a NumPy array or
+    memmap [N, H, W]) as it is dispatched, and only per-slice stats come back, in one transfer.
+
+    Returns:
+      SliceStats of NumPy arrays [len(candidate_ids)], aligned with `candidate_ids`.
+    """
+    candidate_ids = np.asarray(candidate_ids, np.int64)
+    n = len(candidate_ids)
+    t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
+    outs = []
+    for start in range(0, n, batch_size):
+        ids = candidate_ids[start : start + batch_size]
+        n_valid = len(ids)
+        if n_valid < batch_size:  # pad to the fixed shape: one compilation for the whole pool
+            ids = np.concatenate([ids, np.full(batch_size - n_valid, ids[0])])
+        stats = score_batch(
+            variables,
+            np.asarray(images[ids], np.float32),
+            ids.astype(np.int32),
+            round_key,
+            t_arr,
+            b_arr,
+            model=model,
+            strategy=strategy,
+            convention=convention,
+            passes=passes,
+            reuse_encoder=reuse_encoder,
+        )
+        outs.append((stats, n_valid))
+        if progress is not None:
+            progress.update(start + n_valid)
+    host = jax.device_get([s for s, _ in outs])
+    if not host:
+        return SliceStats(*(np.zeros(0, np.float32) for _ in SliceStats._fields))
+    return SliceStats(
+        *(
+            np.concatenate([h[i][:nv] for h, (_, nv) in zip(host, outs, strict=True)])
+            for i in range(len(SliceStats._fields))
+        )
+    )

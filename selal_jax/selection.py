@@ -1,0 +1,329 @@
+"""Ranking of per-slice scores and merging of the target and boundary streams into a query.
+
+Host-side NumPy on per-slice numbers only (a few floats per slice).
+
+Conventions (see `selal_jax.scoring`):
+
+* ``paper``: higher score = more uncertain. A slice whose mask is empty scores 0 and ranks after
+  every slice whose mask has pixels; ties break by pool order. ``aggregation`` is ``sum`` or
+  ``mean`` over the selected pixels. Merges (mode ``selective``):
+  ``union`` (default) takes TopK(target, ceil(k/2)) united with TopK(boundary, floor(k/2)) and, if
+  they overlap, fills up to k from the next best of either ranking, alternating;
+  ``interleave`` takes the first k distinct entries of t1, b1, t2, b2, ...
+  Both always return exactly min(k, unlabelled) distinct slices.
+* ``official``: the published code. Plain mode ranks ``sum(u)`` ascending; masked modes rank the
+  *mean* of ``u`` over the mask ascending (an empty mask scores 0.0) with a stable sort; the
+  selective merge alternates turns between the two rankings, a duplicate wasting its turn, over at
+  most U turns, so it can return fewer than k slices (a warning is logged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+from absl import logging
+
+from selal_jax import rng, scoring
+
+MODES = ("all", "target", "boundary", "selective")
+AGGREGATIONS = ("sum", "mean")
+MERGES = ("union", "interleave")
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A round's query.
+
+    Attributes:
+      ids: [n] int64 pool ids in selection order.
+      streams: per id, the ranking that chose it: 'target', 'boundary', 'all' or 'random'.
+      scores: [n] float64 score of each id in its stream (NaN for random).
+    """
+
+    ids: np.ndarray
+    streams: tuple[str, ...]
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def validate_options(strategy: str, mode: str, convention: str, aggregation: str, merge: str):
+    """Raises ValueError naming the config field of an unknown or unsupported option."""
+    for field, value, allowed in (
+        ("al.strategy", strategy, scoring.STRATEGIES),
+        ("al.mode", mode, MODES),
+        ("al.convention", convention, scoring.CONVENTIONS),
+        ("al.aggregation", aggregation, AGGREGATIONS),
+        ("al.merge", merge, MERGES),
+    ):
+        if value not in allowed:
+            raise ValueError(
+                f"config field {field}: unknown value {value!r}; expected one of {allowed}"
+            )
+    if convention == "official" and strategy == "margin":
+        raise ValueError(
+            "config field al.strategy: 'margin' has no 'official' convention (the published margin "
+            "code sorts along the image width and is defective); use al.convention='paper'"
+        )
+
+
+def stream_scores(stats, stream: str, aggregation: str, convention: str):
+    """Per-slice score and empty-mask flag of one stream.
+
+    Args:
+      stats: SliceStats of NumPy arrays, [U] each.
+      stream: 'all', 'target' or 'boundary'.
+
+    Returns:
+      (score [U] float64, empty [U] bool).
+    """
+    if stream == "all":
+        total = np.asarray(stats.all_sum, np.float64)
+        count = np.asarray(stats.all_count, np.float64)
+        if convention == "paper" and aggregation == "mean":
+            total = total / count
+        return total, np.zeros(total.shape, bool)
+    total = np.asarray(getattr(stats, f"{stream}_sum"), np.float64)
+    count = np.asarray(getattr(stats, f"{stream}_count"), np.float64)
+    empty = count == 0
+    if convention == "official" or aggregation == "mean":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = np.where(empty, 0.0, total / np.where(empty, 1.0, count))
+    else:
+        total = np.where(empty, 0.0, total)
+    return total, empty
+
+
+def rank(score: np.ndarray, empty: np.ndarray, convention: str) -> np.ndarray:
+    """Positions 0..U-1 from most to least wanted.
+
+    'paper': non-empty before empty, then descending score, then ascending position.
+    'official': ascending score (empty = 0.0), stable (ties keep ascending position).
+    """
+    positions = np.arange(len(score))
+    if convention == "official":
+        return np.lexsort((positions, score))
+    return np.lexsort((positions, -score, empty))
+
+
+def merge_union(order_t: np.ndarray, order_b: np.ndarray, k: int) -> tuple[list[int], list[str]]:
+    """TopK(target, ceil(k/2)) united with TopK(boundary, floor(k/2)), then filled to k."""
+    k = min(k, len(order_t))
+    picked, streams, seen = [], [], set()
+
+    def take(position, stream):
+        if position not in seen:
+            seen.add(position)
+            picked.append(int(position))
+            streams.append(stream)
+
+    k_t = math.ceil(k / 2)
+    for position in order_t[:k_t]:
+        take(position, "target")
+    for position in order_b[: k - k_t]:
+        take(position, "boundary")
+    # Overlap: fill from the next best of either ranking, alternating, starting with boundary
+    # (the stream that lost slices to the overlap).
+    it_t, it_b = iter(order_t[k_t:]), iter(order_b[k - k_t :])
+    turn = 1
+    while len(picked) < k:
+        stream, it = (("target", it_t), ("boundary", it_b))[turn]
+        position = next(it, None)
+        if position is not None:
+            take(position, stream)
+        turn = 1 - turn
+    return picked, streams
+
+
+def merge_interleave(order_t, order_b, k: int) -> tuple[list[int], list[str]]:
+    """The first k distinct entries of t1, b1, t2, b2, ... (exactly min(k, U) slices)."""
+    k = min(k, len(order_t))
+    picked, streams, seen = [], [], set()
+    for t, b in zip(order_t, order_b, strict=True):
+        for position, stream in ((t, "target"), (b, "boundary")):
+            if len(picked) < k and position not in seen:
+                seen.add(position)
+                picked.append(int(position))
+                streams.append(stream)
+        if len(picked) == k:
+            break
+    return picked, streams
+
+
+def merge_interleave_official(order_t, order_b, k: int) -> tuple[list[int], list[str]]:
+    """The published merge: U turns alternating T, B; a duplicate wastes its turn."""
+    picked, streams, seen = [], [], set()
+    for turn in range(len(order_t)):
+        if len(picked) == k:
+            break
+        position = int((order_t if turn % 2 == 0 else order_b)[turn // 2])
+        if position in seen:
+            continue
+        seen.add(position)
+        picked.append(position)
+        streams.append("target" if turn % 2 == 0 else "boundary")
+    return picked, streams
+
+
+def select(
+    stats,
+    candidate_ids: np.ndarray,
+    k: int,
+    *,
+    mode: str,
+    convention: str = "paper",
+    aggregation: str = "sum",
+    merge: str = "union",
+) -> Query:
+    """Chooses k slices among the candidates from their per-slice stats.
+
+    Args:
+      stats: SliceStats of NumPy arrays, aligned with `candidate_ids`.
+      candidate_ids: [U] pool ids of the unlabelled slices, ascending.
+      k: number of slices wanted.
+      mode: 'all', 'target', 'boundary' or 'selective'.
+
+    Returns:
+      The Query, ids in selection order.
+    """
+    candidate_ids = np.asarray(candidate_ids, np.int64)
+    n_candidates = len(candidate_ids)
+    if k > n_candidates:
+        logging.warning(
+            "query size k=%d exceeds the %d unlabelled slices; taking all of them", k, n_candidates
+        )
+    if mode == "selective":
+        score_t, empty_t = stream_scores(stats, "target", aggregation, convention)
+        score_b, empty_b = stream_scores(stats, "boundary", aggregation, convention)
+        order_t = rank(score_t, empty_t, convention)
+        order_b = rank(score_b, empty_b, convention)
+        if convention == "official":
+            picked, streams = merge_interleave_official(order_t, order_b, k)
+            if len(picked) < min(k, n_candidates):
+                logging.warning(
+                    "official selective merge returned %d of the %d slices asked for (duplicate "
+                    "turns are wasted, as in the published code)",
+                    len(picked),
+                    k,
+                )
+        elif merge == "union":
+            picked, streams = merge_union(order_t, order_b, k)
+        else:
+            picked, streams = merge_interleave(order_t, order_b, k)
+        by_stream = {"target": score_t, "boundary": score_b}
+        scores = np.array([by_stream[s][p] for p, s in zip(picked, streams, strict=True)])
+    else:
+        score, empty = stream_scores(stats, mode, aggregation, convention)
+        picked = [int(p) for p in rank(score, empty, convention)[:k]]
+        streams = [mode] * len(picked)
+        scores = score[picked]
+    return Query(
+        candidate_ids[np.asarray(picked, np.int64)], tuple(streams), np.asarray(scores, np.float64)
+    )
+
+
+def select_random(candidate_ids: np.ndarray, k: int, key: jax.Array) -> Query:
+    """k candidates uniformly without replacement, drawn from `key` (no global state)."""
+    candidate_ids = np.asarray(candidate_ids, np.int64)
+    if k > len(candidate_ids):
+        logging.warning(
+            "query size k=%d exceeds the %d unlabelled slices; taking all of them",
+            k,
+            len(candidate_ids),
+        )
+    order = np.asarray(jax.random.permutation(key, len(candidate_ids)))[:k]
+    n = len(order)
+    return Query(candidate_ids[order], ("random",) * n, np.full(n, np.nan))
+
+
+def _as_stats_numpy(stats) -> scoring.SliceStats:
+    return scoring.SliceStats(*(np.asarray(x) for x in stats))
+
+
+def select_from_probs(
+    probs,
+    k: int,
+    *,
+    strategy: str,
+    mode: str = "selective",
+    convention: str = "paper",
+    labelled=None,
+    target_threshold: float = 0.1,
+    boundary_width: float = 0.1,
+    aggregation: str = "sum",
+    merge: str = "union",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> np.ndarray:
+    """Runs the query-strategy engine on probability maps predicted elsewhere.
+
+    Args:
+      probs: float array of foreground probabilities, [N, H, W]; or [T, N, H, W] Monte-Carlo
+        samples for 'mc_dropout' and 'bald' (axis 0 is the pass).
+      k: number of slices to select.
+      strategy: 'random', 'entropy', 'least_confidence', 'margin', 'mc_dropout' or 'bald'.
+      mode: 'all', 'target', 'boundary' or 'selective'.
+      convention: 'paper' or 'official' (reproduces the published code's selections).
+      labelled: optional [N] bool mask of slices that must not be chosen.
+      target_threshold, boundary_width: T and B of the masks.
+      aggregation: 'sum' or 'mean' over the selected pixels ('paper' convention only).
+      merge: 'union' or 'interleave' for mode 'selective' ('paper' convention only).
+      batch_size: slices scored per jitted call (the last batch is padded).
+      seed: seed of the 'random' strategy.
+
+    Returns:
+      [n] int64 pool indices in selection order.
+    """
+    validate_options(strategy, mode, convention, aggregation, merge)
+    probs = np.asarray(probs)
+    if strategy in scoring.MC_STRATEGIES:
+        if probs.ndim != 4:
+            raise ValueError(
+                f"probs: strategy {strategy!r} needs Monte-Carlo samples of shape (T, N, H, W), "
+                f"got shape {probs.shape}"
+            )
+        n_slices = probs.shape[1]
+    else:
+        if probs.ndim != 3:
+            raise ValueError(f"probs: expected shape (N, H, W), got {probs.shape}")
+        n_slices = probs.shape[0]
+    if labelled is None:
+        labelled = np.zeros(n_slices, bool)
+    labelled = np.asarray(labelled, bool)
+    if labelled.shape != (n_slices,):
+        raise ValueError(f"labelled: expected shape ({n_slices},), got {labelled.shape}")
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+        raise ValueError("probs: values must be finite probabilities in [0, 1]")
+    candidates = np.flatnonzero(~labelled)
+    if strategy == "random":
+        with rng.classic_threefry():
+            return select_random(candidates, k, jax.random.key(seed)).ids
+
+    stacked = probs[:, candidates] if probs.ndim == 4 else probs[None, candidates]
+    stacked = np.moveaxis(stacked, 0, 1).astype(np.float32)  # [U, passes, H, W]
+    batches = []
+    for start in range(0, len(candidates), batch_size):
+        chunk = stacked[start : start + batch_size]
+        n_valid = len(chunk)
+        if n_valid < batch_size:  # pad to the fixed shape: one compilation
+            chunk = np.concatenate(
+                [chunk, np.full((batch_size - n_valid, *chunk.shape[1:]), 0.5, np.float32)]
+            )
+        stats = scoring.stats_from_probs(
+            chunk,
+            np.float32(target_threshold),
+            np.float32(boundary_width),
+            strategy=strategy,
+            convention=convention,
+        )
+        batches.append(jax.tree_util.tree_map(lambda x, n=n_valid: x[:n], stats))
+    stats = _as_stats_numpy(
+        jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *batches)
+    )
+    return select(
+        stats, candidates, k, mode=mode, convention=convention, aggregation=aggregation, merge=merge
+    ).ids

@@ -1,0 +1,255 @@
+"""Jitted train/eval steps and the fit-until-plateau routine."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from selal_jax import augment as augment_lib
+from selal_jax.data.slices import SliceSet
+from selal_jax.models import UNet
+from selal_jax.progress import Progress
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step updates. A pytree: checkpointed and donated as a whole."""
+
+    step: Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
+def create_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+
+def bce_loss(logits: Array, labels: Array) -> Array:
+    """Mean binary cross-entropy on logits (float32)."""
+    return jnp.mean(
+        optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32))
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "augment"), donate_argnames=("state",))
+def train_step(
+    state: TrainState,
+    images: Array,
+    labels: Array,
+    key: Array,
+    *,
+    model: UNet,
+    tx: optax.GradientTransformation,
+    augment: bool = False,
+) -> tuple[TrainState, Array]:
+    """One Adam step on BCE.
+
+    Args:
+      state: donated; do not use it after the call.
+      images: [batch, height, width] float32.
+      labels: [batch, height, width] {0, 1}.
+      key: this step's key (dropout and augmentation).
+
+    Returns:
+      (new state, mean loss of the batch).
+    """
+    dropout_key, augment_key = jax.random.split(key)
+    if augment:
+        images, labels = augment_lib.augment_batch(augment_key, images, labels)
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
+        )
+        return bce_loss(logits, labels), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, batch_stats, opt_state), loss
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def eval_batch(variables, images: Array, labels: Array, *, model: UNet) -> dict[str, Array]:
+    """Per-slice BCE sum and Dice terms at threshold 0.5 (deterministic model).
+
+    Returns:
+      dict of [batch] float32: bce_sum, pixels, intersection, pred_sum, label_sum.
+    """
+    logits = model.apply(variables, images, False)
+    labels = labels.astype(jnp.float32)
+    pred = (logits > 0).astype(jnp.float32)  # sigmoid(z) > 0.5  <=>  z > 0
+    return {
+        "bce_sum": jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=(1, 2)),
+        "pixels": jnp.full(labels.shape[:1], labels.shape[1] * labels.shape[2], jnp.float32),
+        "intersection": jnp.sum(pred * labels, axis=(1, 2)),
+        "pred_sum": jnp.sum(pred, axis=(1, 2)),
+        "label_sum": jnp.sum(labels, axis=(1, 2)),
+    }
+
+
+def padded_batches(n: int, batch_size: int):
+    """Yields (index array of length batch_size, n_valid); the last one is padded with index 0."""
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        n_valid = len(idx)
+        if n_valid < batch_size:
+            idx = np.concatenate([idx, np.zeros(batch_size - n_valid, np.int64)])
+        yield idx, n_valid
+
+
+def evaluate(
+    model: UNet, variables, data: SliceSet, ids: np.ndarray | None, batch_size: int
+) -> dict[str, np.ndarray]:
+    """Per-slice evaluation terms over `ids` (default: every slice), fixed-shape batches."""
+    ids = np.arange(len(data)) if ids is None else np.asarray(ids)
+    outs = []
+    for idx, n_valid in padded_batches(len(ids), batch_size):
+        sel = ids[idx]
+        out = eval_batch(variables, data.images[sel], data.labels[sel], model=model)
+        outs.append((out, n_valid))
+    host = jax.device_get([o for o, _ in outs])  # one transfer for the whole split
+    return {
+        k: np.concatenate([h[k][:n] for h, (_, n) in zip(host, outs, strict=True)]) for k in host[0]
+    }
+
+
+def dice_scores(terms: dict[str, np.ndarray], smooth: float = 1e-5) -> tuple[float, float]:
+    """(mean per-slice Dice with smoothing, as the published code reports it; global Dice).
+
+    Per slice: (2 |P & G| + s) / (|P| + |G| + s); an empty prediction on an empty slice scores 1.
+    Global: 2 sum |P & G| / (sum |P| + sum |G|) over all pixels (1 if both are empty).
+    """
+    inter, p, g = terms["intersection"], terms["pred_sum"], terms["label_sum"]
+    per_slice = (2 * inter + smooth) / (p + g + smooth)
+    denom = p.sum() + g.sum()
+    dice_global = 1.0 if denom == 0 else float(2 * inter.sum() / denom)
+    return float(per_slice.mean()), dice_global
+
+
+def mean_loss(terms: dict[str, np.ndarray]) -> float:
+    return float(terms["bce_sum"].sum() / terms["pixels"].sum())
+
+
+def epoch_order(
+    key: Array, labelled_ids: np.ndarray, batch_size: int, min_steps: int
+) -> np.ndarray:
+    """[steps, batch_size] pool ids of one epoch: a permutation, wrapped to fill whole batches.
+
+    Full batches only (BatchNorm statistics are never computed over padding); a labelled set
+    smaller than `min_steps * batch_size` repeats slices so that an epoch has `min_steps` steps.
+    """
+    n = len(labelled_ids)
+    steps = max(math.ceil(n / batch_size), min_steps)
+    perm = np.asarray(jax.random.permutation(key, n))
+    reps = math.ceil(steps * batch_size / n)
+    order = np.concatenate([perm] * reps)[: steps * batch_size]
+    return labelled_ids[order].reshape(steps, batch_size)
+
+
+def fit(
+    model: UNet,
+    state: TrainState,
+    tx: optax.GradientTransformation,
+    train_data: SliceSet,
+    labelled_ids: np.ndarray,
+    val_data: SliceSet,
+    key: Array,
+    train_config,
+    round_index: int = 0,
+) -> tuple[TrainState, dict]:
+    """Trains until the validation loss has not improved for `patience` epochs.
+
+    Keys: epoch e uses fold_in(key, e) for its permutation and fold_in(fold_in(key, e), 1 + step)
+    for each step, so a resumed run draws the same numbers.
+
+    Returns:
+      (the state of the best epoch, summary dict: epochs, best_epoch, best_val_loss, losses).
+    """
+    batch_size = int(train_config.batch_size)
+    patience, max_epochs = int(train_config.patience), int(train_config.max_epochs)
+    labelled_ids = np.asarray(labelled_ids)
+    best_state, best_loss, best_epoch = jax.device_get(state), math.inf, -1
+    history = []
+    progress = Progress(f"round {round_index} training", total=max_epochs, unit="epoch")
+    start = time.time()
+    for epoch in range(max_epochs):
+        epoch_key = jax.random.fold_in(key, epoch)
+        order = epoch_order(
+            epoch_key, labelled_ids, batch_size, int(train_config.min_steps_per_epoch)
+        )
+        losses = []
+        for step, batch_ids in enumerate(order):
+            state, loss = train_step(
+                state,
+                train_data.images[batch_ids],
+                train_data.labels[batch_ids],
+                jax.random.fold_in(epoch_key, 1 + step),
+                model=model,
+                tx=tx,
+                augment=bool(train_config.augment),
+            )
+            losses.append(loss)
+        train_loss = float(np.mean(jax.device_get(losses)))
+        if not math.isfinite(train_loss):
+            bad = int(np.argmax(~np.isfinite(jax.device_get(losses))))
+            raise FloatingPointError(
+                f"non-finite training loss in round {round_index}, epoch {epoch}, step {bad}; "
+                "lower train.learning_rate or check the data"
+            )
+        val_loss = mean_loss(
+            evaluate(model, state.variables, val_data, None, int(train_config.eval_batch_size))
+        )
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if val_loss < best_loss:
+            best_state, best_loss, best_epoch = jax.device_get(state), val_loss, epoch
+        progress.update(
+            epoch + 1, f"loss {train_loss:.4f} val {val_loss:.4f} best {best_loss:.4f}@{best_epoch}"
+        )
+        if epoch - best_epoch >= patience:
+            break
+    progress.close()
+    summary = {
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
+        "train_loss": history[-1]["train_loss"],
+        "seconds": time.time() - start,
+    }
+    logging.info(
+        "round %d: trained %d epochs, best val loss %.5f at epoch %d",
+        round_index,
+        len(history),
+        best_loss,
+        best_epoch,
+    )
+    return jax.device_put(best_state), summary
