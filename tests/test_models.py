@@ -1,0 +1,102 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from selal_jax.models import UNet, count_params, init_variables
+
+
+def expected_params(in_ch, base, depth):
+    """Parameter count of the published U-Net, from its layer list (PyTorch counting)."""
+
+    def block(cin, cout):  # two bias-free 3x3 convs, each with BatchNorm (scale + bias)
+        return 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+
+    widths = [base * 2**i for i in range(depth)]
+    total, cin = 0, in_ch
+    for w in widths:
+        total += block(cin, w)
+        cin = w
+    total += block(cin, base * 2**depth)
+    cin = base * 2**depth
+    for w in reversed(widths):
+        total += 4 * cin * w + w  # 2x2 transposed conv with bias
+        total += block(2 * w, w)
+        cin = w
+    return total + base + 1  # 1x1 head with bias
+
+
+def test_published_unet_has_7762465_parameters():
+    model = UNet(base_width=32, depth=4)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64)), train=False)
+    )
+    assert count_params(shapes["params"]) == 7_762_465
+    assert expected_params(1, 32, 4) == 7_762_465
+
+
+@pytest.mark.parametrize("base,depth", [(4, 2), (8, 3)])
+def test_small_unet_parameter_count_matches_layer_formula(base, depth):
+    model = UNet(base_width=base, depth=depth)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32)), train=False)
+    )
+    assert count_params(shapes["params"]) == expected_params(1, base, depth)
+
+
+class Jitted:
+    """model.apply, jitted (eager Flax dispatches and compiles op by op: slow on CPU)."""
+
+    def __init__(self, model):
+        self.model = model
+        self._apply = jax.jit(model.apply, static_argnames=("train", "mc", "method"))
+
+    def apply(self, *args, **kwargs):
+        return self._apply(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = UNet(base_width=4, depth=2, dropout_rate=0.5)
+    variables = init_variables(model, jax.random.key(0), 32, 32)
+    images = np.random.default_rng(1).standard_normal((4, 32, 32)).astype(np.float32)
+    return Jitted(model), variables, images
+
+
+def test_eval_is_deterministic_and_independent_of_batch(tiny):
+    model, variables, images = tiny
+    full = model.apply(variables, images)
+    again = model.apply(variables, images)
+    single = model.apply(variables, images[1:2])
+    np.testing.assert_array_equal(full, again)
+    # BatchNorm uses running statistics outside training: a slice's output ignores its batch.
+    np.testing.assert_allclose(full[1], single[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mc_passes_are_stochastic_but_keyed(tiny):
+    model, variables, images = tiny
+    a = model.apply(variables, images, mc=True, rngs={"dropout": jax.random.key(3)})
+    b = model.apply(variables, images, mc=True, rngs={"dropout": jax.random.key(3)})
+    c = model.apply(variables, images, mc=True, rngs={"dropout": jax.random.key(4)})
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    # MC passes keep running BatchNorm statistics: no 'batch_stats' update is requested or needed.
+    det = model.apply(variables, images)
+    assert not np.allclose(a, det)
+
+
+def test_encoder_is_deterministic_and_decode_composes(tiny):
+    model, variables, images = tiny
+    bottleneck, skips = model.apply(variables, images, method=UNet.encode)
+    logits = model.apply(variables, bottleneck, skips, method=UNet.decode)
+    np.testing.assert_allclose(logits, model.apply(variables, images), rtol=1e-6, atol=1e-6)
+    assert bottleneck.shape == (4, 8, 8, 16)
+    assert [s.shape[-1] for s in skips] == [4, 8]
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model = UNet(base_width=4, depth=2, dtype=jnp.bfloat16)
+    variables = init_variables(model, jax.random.key(0), 32, 32)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables["params"]))
+    out = model.apply(variables, jnp.ones((2, 32, 32)))
+    assert out.dtype == jnp.float32 and out.shape == (2, 32, 32)
