@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     model.depth = 3  # pooling steps (the paper's network: 4)
     model.dropout_rate = 0.2  # after the bottleneck and each decoder block
     model.dtype = "float32"  # computation dtype: float32 | bfloat16 (params stay float32)
+    model.head_bias_prior = 0.01  # foreground probability at init (head bias = its log-odds)
 
     config.train = train = config_dict.ConfigDict()
     train.learning_rate = 1e-4  # Adam

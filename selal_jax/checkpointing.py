@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from selal_jax import faults
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the directory."""
@@ -56,6 +58,7 @@ class Checkpointer:
                     state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
                 ),
             )
+            faults.checkpoint("save", round_index)  # the write is in flight in the background
             self.manager.wait_until_finished()
         except Exception as e:  # orbax wraps OSError in several types
             raise CheckpointError(

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import checkpointing, report, rng, scoring, selection
+from selal_jax import checkpointing, faults, report, rng, scoring, selection
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import build_model, init_variables
@@ -100,8 +100,27 @@ def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -
     return np.sort(np.concatenate([positive, extra]))
 
 
+class _ScoringProgress(Progress):
+    """Progress display that is also the 'score' fault-injection point."""
+
+    def __init__(self, round_index: int, total: int):
+        super().__init__("scoring pool", total=total, unit="slices")
+        self.round_index = round_index
+
+    def update(self, done: int, info: str = "") -> None:
+        faults.checkpoint("score", self.round_index)
+        super().update(done, info)
+
+
 def query(
-    config, model, variables, train: SliceSet, labelled: np.ndarray, round_key, k: int
+    config,
+    model,
+    variables,
+    train: SliceSet,
+    labelled: np.ndarray,
+    round_key,
+    k: int,
+    round_index: int = 0,
 ) -> tuple[selection.Query, scoring.SliceStats | None]:
     """Scores the unlabelled pool and returns the round's query (and the stats it used)."""
     al = config.al
@@ -109,7 +128,7 @@ def query(
     if al.strategy == "random":
         return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM)), None
     passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
-    progress = Progress("scoring pool", total=len(candidates), unit="slices")
+    progress = _ScoringProgress(round_index, len(candidates))
     stats = scoring.score_pool(
         model,
         variables,
@@ -266,7 +285,7 @@ def _run(config, workdir: str) -> list[dict]:
         score_start = time.time()
         q = None
         if r < rounds and (~labelled).any():
-            q, _ = query(config, model, state.variables, train, labelled, round_key, k)
+            q, _ = query(config, model, state.variables, train, labelled, round_key, k, r)
             labelled[q.ids] = True
         score_seconds = time.time() - score_start
         record = {

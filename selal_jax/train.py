@@ -15,6 +15,7 @@ import optax
 from absl import logging
 
 from selal_jax import augment as augment_lib
+from selal_jax import faults
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet
 from selal_jax.progress import Progress
@@ -235,6 +236,7 @@ def fit(
         progress.update(
             epoch + 1, f"loss {train_loss:.4f} val {val_loss:.4f} best {best_loss:.4f}@{best_epoch}"
         )
+        faults.checkpoint("train", round_index)
         if epoch - best_epoch >= patience:
             break
     progress.close()

@@ -59,7 +59,7 @@ def make_subject(rng: np.random.Generator, shape: tuple[int, int, int], spacing=
             )
             if body[tuple(c.astype(int))]:
                 break
-        area_frac = np.exp(rng.uniform(np.log(0.003), np.log(0.025)))
+        area_frac = np.exp(rng.uniform(np.log(0.004), np.log(0.03)))
         radius = np.sqrt(area_frac * nx * ny / np.pi)
         half_depth = rng.uniform(1.0, 3.5)  # in slices: lesions span about 2-7 slices
         distortion = _smooth_noise(rng, shape, (2, 2, 1))
@@ -70,8 +70,8 @@ def make_subject(rng: np.random.Generator, shape: tuple[int, int, int], spacing=
         )
         lesion = (dist + 0.35 * distortion < 1.0) & body
         label[lesion] = 1
-        # Contrast: most lesions are bright, some are faint (a third of the body texture's range).
-        contrast = rng.choice([0.45, 0.3, 0.15], p=[0.4, 0.35, 0.25])
+        # Contrast: most lesions are bright, some are faint (about twice the texture's standard deviation).
+        contrast = rng.choice([0.6, 0.4, 0.25], p=[0.4, 0.35, 0.25])
         soft = ndimage.gaussian_filter(lesion.astype(np.float32), 0.7)
         image = image + contrast * soft
 
