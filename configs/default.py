@@ -20,8 +20,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
     data.cache_dir = config_dict.placeholder(str)  # slice cache folder; None: <workdir>/cache
     data.workers = 0  # processes preprocessing cases on a cold cache; 0 = this process
-    data.modality = ""  # BraTS: flair|t1|t1ce|t2 ('' = flair); 4D images: channel name or index
+    data.modality = ""  # 4D images: channel name (MSD dataset.json) or index; '' = 3D images
     data.brats = config_dict.ConfigDict()
+    data.brats.modality = "flair"  # flair | t1 | t1ce | t2
     data.brats.grades = "HGG,LGG"  # comma-separated grade folders: HGG | LGG | HGG,LGG
     data.brats.target = "whole"  # whole (seg > 0) | core (labels 1, 4) | enhancing (label 4)
     data.paired = config_dict.ConfigDict()

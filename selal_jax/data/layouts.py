@@ -139,11 +139,11 @@ def brats_source(root: str, data_config) -> Source:
             f"config field data.brats.grades: expected HGG, LGG or HGG,LGG, got "
             f"{data_config.brats.grades!r}"
         )
-    modality = str(data_config.modality or "flair").lower()
+    modality = str(data_config.brats.modality).lower()
     if modality not in BRATS_MODALITIES:
         raise ValueError(
-            f"config field data.modality: expected one of {BRATS_MODALITIES} for BraTS, "
-            f"got {data_config.modality!r}"
+            f"config field data.brats.modality: expected one of {BRATS_MODALITIES}, "
+            f"got {data_config.brats.modality!r}"
         )
     target_name = str(data_config.brats.target)
     if target_name not in BRATS_TARGETS:
