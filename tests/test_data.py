@@ -612,6 +612,16 @@ def test_a_config_pointed_at_a_user_folder_loads_it(tmp_path):
     assert splits.train.shape == (8, 8) and len(splits.test) == 6
 
 
+def test_normalise_by_hand_and_in_place_option():
+    image = np.array([[0.0, 2.0], [4.0, 0.0]], np.float32)  # foreground 2, 4: mean 3, std 1
+    np.testing.assert_allclose(preprocess.normalise(image, "zscore"), [[0, -1], [1, 0]])
+    np.testing.assert_array_equal(image, [[0, 2], [4, 0]])  # untouched without in_place
+    hu = np.array([-1000.0, -160.0, 40.0, 240.0, 3000.0], np.float32)
+    out = preprocess.normalise(hu, "ct_window", (-160.0, 240.0), in_place=True)
+    np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
+    assert out is hu
+
+
 def test_layout_helpers():
     assert layouts.strip_nifti("a.b.nii.gz") == "a.b" and layouts.strip_nifti("x.nii") == "x"
     assert not layouts.is_nifti("._x.nii.gz") and layouts.is_nifti("x.nii")

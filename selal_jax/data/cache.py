@@ -68,7 +68,7 @@ class NpyAppender:
             raise ValueError(
                 f"{self.path}: rows of shape {rows.shape[1:]}, expected {self.row_shape}"
             )
-        self.file.write(np.ascontiguousarray(rows, self.dtype).tobytes())
+        self.file.write(np.ascontiguousarray(rows, self.dtype).data)  # no copy if contiguous
         self.rows += len(rows)
 
     def close(self) -> None:

@@ -239,21 +239,30 @@ def label_target(
     return codes
 
 
-def normalise(image: np.ndarray, method: str, ct_window=(-160.0, 240.0)) -> np.ndarray:
-    """Per-volume intensity normalisation.
+def normalise(
+    image: np.ndarray, method: str, ct_window=(-160.0, 240.0), in_place: bool = False
+) -> np.ndarray:
+    """Per-volume intensity normalisation of a float32 volume.
 
     'zscore': MRI, zero mean / unit variance over the non-zero voxels (background stays 0).
     'ct_window': clip to the window [lo, hi] HU, then scale to [0, 1].
+    With in_place=True the result overwrites `image` (saves two volume-sized copies).
     """
+    out = image if in_place else np.array(image, np.float32)
     if method == "zscore":
-        foreground = image != 0
-        values = image[foreground] if foreground.any() else image.ravel()
+        foreground = out != 0
+        values = out[foreground] if foreground.any() else out.ravel()
         mean, std = float(values.mean()), float(values.std())
-        out = np.where(foreground, (image - mean) / max(std, 1e-6), 0.0)
-        return out.astype(np.float32)
+        out -= np.float32(mean)
+        out /= np.float32(max(std, 1e-6))
+        out[~foreground] = 0.0
+        return out
     if method == "ct_window":
         lo, hi = float(ct_window[0]), float(ct_window[1])
-        return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        np.clip(out, lo, hi, out=out)
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+        return out
     raise ValueError(
         f"config field data.normalisation: unknown method {method!r}; expected 'zscore' or 'ct_window'"
     )
@@ -294,9 +303,12 @@ def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
 
 
 def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSlices:
-    """Canonical volume -> normalised, fitted slices (and the slice indices kept)."""
+    """Canonical volume -> normalised, fitted slices (and the slice indices kept).
+
+    Normalises `volume.image` in place.
+    """
     target = label_target(volume.label, case.label, settings.target_values, settings.allowed_labels)
-    image = normalise(volume.image, settings.normalisation, settings.ct_window)
+    image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
     images = to_slices(image, settings.axis)
     labels = to_slices(target, settings.axis)
     index = np.arange(len(images), dtype=np.int32)
