@@ -20,6 +20,9 @@ from configs import default
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config = default.get_config()
     data = config.data
+    data.root = config_dict.placeholder(
+        str
+    )  # folder holding HGG/ and LGG/: --config.data.root=PATH
     data.layout = "brats"
     data.brats.modality = "flair"  # flair | t1 | t1ce | t2
     data.brats.grades = "LGG"  # HGG | LGG | HGG,LGG

@@ -19,6 +19,9 @@ from configs import default
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config = default.get_config()
     data = config.data
+    data.root = config_dict.placeholder(
+        str
+    )  # Task09_Spleen folder (dataset.json): --config.data.root=PATH
     data.layout = "msd"
     data.size = (512, 512)  # pixels: the Spleen volumes' in-plane size
     data.normalisation = "ct_window"  # clip to data.ct_window, scale to [0, 1]
