@@ -19,7 +19,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.layout = "synthetic"  # synthetic | msd | brats | paired (see selal_jax/data/layouts.py)
     data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
     data.cache_dir = config_dict.placeholder(str)  # slice cache folder; None: <workdir>/cache
-    data.workers = 0  # processes preprocessing cases on a cold cache; 0 = this process
     data.modality = ""  # 4D images: channel name (MSD dataset.json) or index; '' = 3D images
     data.brats = config_dict.ConfigDict()
     data.brats.modality = "flair"  # flair | t1 | t1ce | t2

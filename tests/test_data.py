@@ -266,15 +266,6 @@ def test_drop_empty_slices_keeps_source_indices(tmp_path):
     assert len(splits.train) + len(splits.val) + len(splits.test) == 12
 
 
-def test_process_pool_gives_the_same_slices(tmp_path):
-    root = helpers.write_msd(str(tmp_path / "msd"), volumes(4))
-    serial = load(data_config("msd", root, split=(2, 1, 1)), tmp_path / "serial")
-    pooled = load(data_config("msd", root, split=(2, 1, 1), workers=2), tmp_path / "pool")
-    assert serial.fingerprint == pooled.fingerprint  # workers do not change the slices
-    np.testing.assert_array_equal(serial.train.images, pooled.train.images)
-    np.testing.assert_array_equal(serial.test.subject, pooled.test.subject)
-
-
 # ----------------------------------------------------------------------------- cache
 
 

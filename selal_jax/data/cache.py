@@ -20,7 +20,7 @@ from absl import logging
 # Bump when the cached content or format changes: old caches are then ignored.
 CACHE_VERSION = 1
 # config.data fields that do not change the preprocessed slices.
-NEUTRAL_FIELDS = ("root", "cache_dir", "workers")
+NEUTRAL_FIELDS = ("root", "cache_dir")
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
 META_FILE = "meta.json"
 

@@ -2,15 +2,12 @@
 
 `load_dataset(config.data, workdir)` is the only entry point. Cold, it checks every case's
 headers (all problems reported at once), draws the subject split, then reads, checks and slices
-the cases one by one (optionally in a process pool) straight into a new cache; warm, it only
+the cases one by one straight into a new cache; warm, it only
 stats the source files and memory-maps the cache.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
-import multiprocessing
 import os
 import time
 
@@ -46,8 +43,6 @@ def validate_data_config(data_config) -> None:
     lo, hi = (float(v) for v in data_config.ct_window)
     if not lo < hi:
         raise ValueError(f"config field data.ct_window: expected lo < hi, got {(lo, hi)}")
-    if int(data_config.workers) < 0:
-        raise ValueError(f"config field data.workers: must be >= 0, got {data_config.workers}")
 
 
 def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
@@ -131,24 +126,6 @@ def check_headers(cases: list[CaseFiles]) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _ordered_map(fn, items, workers: int):
-    """map(fn, items) in order; with workers > 0 in a spawned process pool, few results ahead."""
-    if workers == 0:
-        yield from map(fn, items)
-        return
-    # spawn, not fork: the parent may already run JAX's threads.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending = []
-        items = iter(items)
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > workers:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
-
-
 def build_cache(
     source: layouts.Source,
     settings: preprocess.Settings,
@@ -162,11 +139,11 @@ def build_cache(
     parts = split_subjects(len(source.cases), tuple(data_config.split), int(data_config.split_seed))
     order = np.concatenate(parts)
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
-    fn = functools.partial(preprocess.process_case, settings=settings)
     ranges = {}
     with cache.Builder(cache_dir, key, settings.size, max_slices) as builder:
-        cases = (source.cases[i] for i in order)
-        results = _ordered_map(fn, cases, int(data_config.workers))
+        # One case at a time: a process pool was slower on the 2-core machine this was measured
+        # on (benchmarks/load_time.py), and results would be pickled through pipes.
+        results = (preprocess.process_case(source.cases[i], settings) for i in order)
         part_of = np.repeat(np.arange(3), [len(p) for p in parts])
         for n_done, (subject, part, slices) in enumerate(zip(order, part_of, results, strict=True)):
             ranges.setdefault(SPLIT_NAMES[part], [builder.n_slices, builder.n_slices])

@@ -326,7 +326,7 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
 
 
 def process_case(case: CaseFiles, settings: Settings) -> CaseSlices:
-    """Reads, checks and slices one case (a top-level function, so that a process pool can run it)."""
+    """Reads, checks and slices one case."""
     if case.label is None:
         raise DataError(f"{case.image}: no label file; every training case needs one")
     return slice_volume(load_volume(case), case, settings)
