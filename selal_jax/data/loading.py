@@ -141,16 +141,17 @@ def build_cache(
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
     ranges = {}
     with cache.Builder(cache_dir, key, settings.size, max_slices) as builder:
-        # One case at a time: a process pool was slower on the 2-core machine this was measured
-        # on (benchmarks/load_time.py), and results would be pickled through pipes.
-        results = (preprocess.process_case(source.cases[i], settings) for i in order)
+        # One case at a time, in split order: a process pool was slower on the 2-core machine
+        # this was measured on (benchmarks/load_time.py); its results cross pipes as pickles.
         part_of = np.repeat(np.arange(3), [len(p) for p in parts])
-        for n_done, (subject, part, slices) in enumerate(zip(order, part_of, results, strict=True)):
-            ranges.setdefault(SPLIT_NAMES[part], [builder.n_slices, builder.n_slices])
+        for n_done, (subject, part) in enumerate(zip(order, part_of, strict=True)):
+            slices = preprocess.process_case(source.cases[subject], settings)
+            name = SPLIT_NAMES[part]
+            ranges.setdefault(name, [builder.n_slices, builder.n_slices])
             builder.add(
                 int(subject), slices.images, slices.labels, slices.slice_index, slices.spacing
             )
-            ranges[SPLIT_NAMES[part]][1] = builder.n_slices
+            ranges[name][1] = builder.n_slices
             if (n_done + 1) % 10 == 0:
                 logging.info("preprocessed %d/%d cases", n_done + 1, len(order))
         if builder.n_slices == 0:
