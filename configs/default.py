@@ -16,22 +16,34 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.allow_config_change = False  # resume even if the config differs from the stored one
 
     config.data = data = config_dict.ConfigDict()
-    data.layout = "synthetic"  # synthetic | msd (more layouts: see README)
+    data.layout = "synthetic"  # synthetic | msd | brats | paired (see selal_jax/data/layouts.py)
     data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
+    data.cache_dir = config_dict.placeholder(str)  # slice cache folder; None: <workdir>/cache
+    data.modality = ""  # 4D images: channel name (MSD dataset.json) or index; '' = 3D images
+    data.brats = config_dict.ConfigDict()
+    data.brats.modality = "flair"  # flair | t1 | t1ce | t2
+    data.brats.grades = "HGG,LGG"  # comma-separated grade folders: HGG | LGG | HGG,LGG
+    data.brats.target = "whole"  # whole (seg > 0) | core (labels 1, 4) | enhancing (label 4)
+    data.paired = config_dict.ConfigDict()
+    data.paired.images = "images"  # images folder, relative to data.root (or absolute)
+    data.paired.labels = "labels"  # labels folder, relative to data.root (or absolute)
+    data.paired.image_suffix = ""  # name suffix dropped before pairing, e.g. _0000
+    data.paired.label_suffix = ""  # name suffix dropped before pairing, e.g. _seg
+    data.paired.strict_labels = False  # label values outside {0} + label_values are an error
     data.synthetic = config_dict.ConfigDict()
     data.synthetic.n_subjects = 32  # volumes in the generated cohort
     data.synthetic.shape = (64, 64, 32)  # voxels (X, Y, Z) per volume
     data.synthetic.spacing = (1.0, 1.0, 2.0)  # mm
     data.synthetic.seed = 0  # generator seed (independent of config.seed)
     data.axis = 2  # slicing axis of the canonical (RAS) volume: 2 = axial
-    data.size = (64, 64)  # in-plane size (pixels) of the 2D slices fed to the model
+    data.size = (64, 64)  # pixels (H, W) of the 2D slices; CLI: --config.data.size=128,128
     data.resample = "resize"  # resize (bilinear / nearest for labels) | crop (centre crop/pad)
     data.normalisation = (
         "auto"  # auto (CT window if modality says CT, else zscore) | zscore | ct_window
     )
     data.ct_window = (-160.0, 240.0)  # HU, for ct_window
-    data.label_values = ()  # label values that form the target; () = any label > 0
-    data.keep_empty_slices = True  # keep slices whose image is all zero (the paper keeps all)
+    data.label_values = ()  # label values that form the target; () = any label > 0 (not BraTS)
+    data.keep_empty_slices = True  # keep slices whose normalised image is all zero (paper: keep)
     data.split = (0.7, 0.15, 0.15)  # train/val/test fractions, by subject
     data.split_seed = 0  # seed of the subject split
 

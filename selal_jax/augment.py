@@ -7,6 +7,8 @@ Per slice, each with probability 0.5 and its own key: Gaussian blur (5x5 kernel,
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +31,11 @@ def gaussian_blur(image: Array, sigma: Array) -> Array:
 
 
 def rotate(image: Array, angle_rad: Array, order: int) -> Array:
-    """Rotates [H, W] about its centre; order 1 = bilinear, 0 = nearest; reflect padding."""
+    """Rotates [H, W] about its centre; order 1 = bilinear, 0 = nearest; reflect padding.
+
+    Reflect is SciPy's half-sample symmetric mode (d c b a | a b c d); a positive angle equals
+    `scipy.ndimage.rotate(image, -degrees, reshape=False, mode="reflect")`.
+    """
     h, w = image.shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     yy, xx = jnp.meshgrid(
@@ -42,24 +48,52 @@ def rotate(image: Array, angle_rad: Array, order: int) -> Array:
     return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=order, mode="reflect")
 
 
-def augment_pair(key: Array, image: Array, mask: Array) -> tuple[Array, Array]:
-    """Random augmentation of one (image [H, W], mask [H, W]) pair."""
+class AugmentParams(NamedTuple):
+    """The random choices of one slice's augmentation (scalars, traced under jit/vmap)."""
+
+    blur: Array  # bool: apply the Gaussian blur
+    sigma: Array  # float32: blur sigma, pixels
+    flip_h: Array  # bool: reverse the width axis
+    flip_v: Array  # bool: reverse the height axis
+    angle: Array  # float32: rotation angle, radians (0 when the rotation coin says no)
+
+
+def draw_params(key: Array) -> AugmentParams:
+    """Draws one slice's augmentation, each part with probability 0.5 and its own key."""
     keys = jax.random.split(key, 6)
     coin = lambda k: jax.random.bernoulli(k, 0.5)  # noqa: E731
     sigma = jax.random.uniform(keys[5], (), minval=SIGMA_RANGE[0], maxval=SIGMA_RANGE[1])
-    image = jnp.where(coin(keys[0]), gaussian_blur(image, sigma), image)
-    flip_h, flip_v = coin(keys[1]), coin(keys[2])
-    image = jnp.where(flip_h, image[:, ::-1], image)
-    mask = jnp.where(flip_h, mask[:, ::-1], mask)
-    image = jnp.where(flip_v, image[::-1, :], image)
-    mask = jnp.where(flip_v, mask[::-1, :], mask)
     angle = jnp.deg2rad(
         jax.random.uniform(keys[4], (), minval=-MAX_ANGLE_DEG, maxval=MAX_ANGLE_DEG)
     )
-    angle = jnp.where(coin(keys[3]), angle, 0.0)
-    image = rotate(image.astype(jnp.float32), angle, order=1)
-    mask = rotate(mask.astype(jnp.float32), angle, order=0).astype(mask.dtype)
+    return AugmentParams(
+        blur=coin(keys[0]),
+        sigma=sigma,
+        flip_h=coin(keys[1]),
+        flip_v=coin(keys[2]),
+        angle=jnp.where(coin(keys[3]), angle, 0.0),
+    )
+
+
+def apply_params(params: AugmentParams, image: Array, mask: Array) -> tuple[Array, Array]:
+    """Applies one draw to (image [H, W], mask [H, W]); the geometry is the same for both.
+
+    The blur changes the image only; the rotation is bilinear for the image and nearest for
+    the mask, so the mask stays binary.
+    """
+    image = jnp.where(params.blur, gaussian_blur(image, params.sigma), image)
+    image = jnp.where(params.flip_h, image[:, ::-1], image)
+    mask = jnp.where(params.flip_h, mask[:, ::-1], mask)
+    image = jnp.where(params.flip_v, image[::-1, :], image)
+    mask = jnp.where(params.flip_v, mask[::-1, :], mask)
+    image = rotate(image.astype(jnp.float32), params.angle, order=1)
+    mask = rotate(mask.astype(jnp.float32), params.angle, order=0).astype(mask.dtype)
     return image, mask
+
+
+def augment_pair(key: Array, image: Array, mask: Array) -> tuple[Array, Array]:
+    """Random augmentation of one (image [H, W], mask [H, W]) pair."""
+    return apply_params(draw_params(key), image, mask)
 
 
 def augment_batch(key: Array, images: Array, masks: Array) -> tuple[Array, Array]:

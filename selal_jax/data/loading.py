@@ -1,158 +1,94 @@
-"""Dataset layouts -> train/val/test SliceSets, split by subject."""
+"""Dataset layouts -> train/val/test SliceSets, split by subject, cached as memory-mapped arrays.
+
+`load_dataset(config.data, workdir)` is the only entry point. Cold, it checks every case's
+headers (all problems reported at once), draws the subject split, then reads, checks and slices
+the cases one by one straight into a new cache; warm, it only
+stats the source files and memory-maps the cache.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
+import time
 
-import nibabel as nib
 import numpy as np
 from absl import logging
 
-from selal_jax.data import preprocess, synthetic
-from selal_jax.data.preprocess import DataError
+from selal_jax.data import cache, layouts, preprocess, synthetic
+from selal_jax.data.preprocess import CaseFiles, DataError  # noqa: F401  (re-exported)
 from selal_jax.data.slices import SliceSet, Splits
 
-
-@dataclasses.dataclass(frozen=True)
-class CaseFiles:
-    case_id: str
-    image: str
-    label: str | None
+SPLIT_NAMES = ("train", "val", "test")
 
 
-def msd_cases(root: str) -> tuple[list[CaseFiles], dict]:
-    """Reads an MSD task folder's dataset.json; returns its training pairs and the metadata."""
-    meta_path = os.path.join(root, "dataset.json")
-    if not os.path.isfile(meta_path):
-        raise DataError(f"{meta_path}: missing dataset.json (MSD layout expected at {root})")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{meta_path}: not valid JSON ({e})") from e
-    training = meta.get("training")
-    if not isinstance(training, list) or not training:
-        raise DataError(
-            f"{meta_path}: field 'training' must be a non-empty list of image/label pairs"
+def validate_data_config(data_config) -> None:
+    """Checks the config fields every layout uses; raises ValueError naming the field."""
+    size = tuple(data_config.size)
+    if len(size) != 2 or any(int(s) < 1 for s in size):
+        raise ValueError(
+            f"config field data.size: expected two positive pixel counts H,W (e.g. "
+            f"--config.data.size=128,128), got {size}"
         )
-    cases = []
-    for i, entry in enumerate(training):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise DataError(f"{meta_path}: field 'training[{i}]' must have 'image' and 'label'")
-        image = os.path.normpath(os.path.join(root, entry["image"]))
-        label = os.path.normpath(os.path.join(root, entry["label"]))
-        if os.path.basename(image).startswith("._"):
-            continue  # macOS resource forks shipped inside the real archives
-        for path, what in ((image, "image"), (label, "label")):
-            if not os.path.isfile(path):
-                raise DataError(
-                    f"{meta_path}: field 'training[{i}].{what}' lists {path}, which does not exist"
-                )
-        case_id = os.path.basename(image).split(".nii")[0]
-        cases.append(CaseFiles(case_id, image, label))
-    return cases, meta
+    if int(data_config.axis) not in (0, 1, 2):
+        raise ValueError(f"config field data.axis: expected 0, 1 or 2, got {data_config.axis}")
+    if data_config.resample not in ("resize", "crop"):
+        raise ValueError(
+            f"config field data.resample: expected 'resize' or 'crop', got {data_config.resample!r}"
+        )
+    if data_config.normalisation not in ("auto", "zscore", "ct_window"):
+        raise ValueError(
+            "config field data.normalisation: expected 'auto', 'zscore' or 'ct_window', got "
+            f"{data_config.normalisation!r}"
+        )
+    lo, hi = (float(v) for v in data_config.ct_window)
+    if not lo < hi:
+        raise ValueError(f"config field data.ct_window: expected lo < hi, got {(lo, hi)}")
 
 
-def choose_normalisation(data_config, meta: dict) -> str:
+def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
     method = data_config.normalisation
-    if method != "auto":
-        return method
-    modality = " ".join(str(v) for v in (meta.get("modality") or {}).values()).upper()
-    return "ct_window" if "CT" in modality.split() else "zscore"
-
-
-def load_volume(case: CaseFiles) -> preprocess.Volume:
-    """Loads one case in canonical orientation, checking it."""
-    img = nib.as_closest_canonical(preprocess.load_nifti(case.image, "image"))
-    image = preprocess.read_array(img, case.image, "image")
-    if image.ndim != 3:
-        raise DataError(f"{case.image}: expected a 3D volume, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
-        raise DataError(f"{case.image}: contains NaN or Inf voxels")
-    label = None
-    if case.label is not None:
-        lab_img = nib.as_closest_canonical(preprocess.load_nifti(case.label, "label"))
-        label = preprocess.read_array(lab_img, case.label, "label", dtype=None)
-        if label.shape != image.shape:
-            raise DataError(
-                f"{case.label}: label shape {label.shape} differs from image shape {image.shape} ({case.image})"
-            )
-        if not np.allclose(lab_img.affine, img.affine, atol=1e-3):
-            raise DataError(f"{case.label}: label affine differs from the image's ({case.image})")
-    spacing = np.asarray(img.header.get_zooms()[:3], np.float32)
-    return preprocess.Volume(image, label, spacing, img.affine)
-
-
-def binary_target(label: np.ndarray, label_values, path: str) -> np.ndarray:
-    if not np.all(np.isfinite(label)) or not np.all(np.equal(np.mod(label, 1), 0)):
-        raise DataError(f"{path}: label values must be integers")
-    if label_values:
-        return np.isin(label, np.asarray(list(label_values))).astype(np.uint8)
-    return (label > 0).astype(np.uint8)
-
-
-def volume_slices(volume: preprocess.Volume, case: CaseFiles, data_config, method: str):
-    """Canonical volume -> (images [n, H, W] f32, labels [n, H, W] u8, slice indices [n])."""
-    axis = int(data_config.axis)
-    size = tuple(int(s) for s in data_config.size)
-    image = preprocess.normalise(volume.image, method, tuple(data_config.ct_window))
-    images = preprocess.fit_slices(
-        preprocess.to_slices(image, axis), size, data_config.resample, False
+    return preprocess.Settings(
+        axis=int(data_config.axis),
+        size=tuple(int(s) for s in data_config.size),
+        resample=str(data_config.resample),
+        normalisation=source.normalisation if method == "auto" else str(method),
+        ct_window=tuple(float(v) for v in data_config.ct_window),
+        keep_empty_slices=bool(data_config.keep_empty_slices),
+        target_values=source.target_values,
+        allowed_labels=source.allowed_labels,
     )
-    target = binary_target(volume.label, tuple(data_config.label_values), case.label)
-    labels = preprocess.fit_slices(
-        preprocess.to_slices(target, axis), size, data_config.resample, True
-    )
-    index = np.arange(len(images), dtype=np.int32)
-    if not data_config.keep_empty_slices:
-        keep = images.reshape(len(images), -1).any(axis=1)
-        images, labels, index = images[keep], labels[keep], index[keep]
-    return images.astype(np.float32), labels.astype(np.uint8), index
 
 
 def split_subjects(
     n_subjects: int, fractions, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded subject split; each part gets at least one subject."""
+    """Seeded split of subject indices into train/val/test (each sorted).
+
+    val and test get round(fraction * n) subjects, train the rest; a part left empty is an error.
+    """
     fractions = np.asarray(fractions, np.float64)
-    if len(fractions) != 3 or np.any(fractions <= 0):
+    if len(fractions) != 3 or np.any(fractions < 0) or fractions[0] <= 0:
         raise ValueError(
-            f"config field data.split: expected three positive fractions, got {tuple(fractions)}"
-        )
-    if n_subjects < 3:
-        raise DataError(
-            f"only {n_subjects} subject(s): a train/val/test split by subject needs at least 3"
+            "config field data.split: expected three fractions train,val,test >= 0 with "
+            f"train > 0, got {tuple(fractions.tolist())}"
         )
     fractions = fractions / fractions.sum()
-    order = np.random.default_rng(seed).permutation(n_subjects)
-    n_val = max(1, int(round(fractions[1] * n_subjects)))
-    n_test = max(1, int(round(fractions[2] * n_subjects)))
+    n_val = int(round(fractions[1] * n_subjects))
+    n_test = int(round(fractions[2] * n_subjects))
     n_train = n_subjects - n_val - n_test
-    if n_train < 1:
-        raise DataError(
-            f"{n_subjects} subjects leave no training subject after the split {tuple(fractions)}"
-        )
+    for name, n in (("val", n_val), ("test", n_test), ("train", n_train)):
+        if n < 1:
+            raise DataError(
+                f"the split {tuple(np.round(fractions, 3).tolist())} of {n_subjects} subjects "
+                f"leaves {name} empty (train/val/test = {n_train}/{n_val}/{n_test}); "
+                "use more subjects or change data.split"
+            )
+    order = np.random.default_rng(seed).permutation(n_subjects)
     return (
         np.sort(order[:n_train]),
         np.sort(order[n_train : n_train + n_val]),
         np.sort(order[n_train + n_val :]),
     )
-
-
-def fingerprint(cases: list[CaseFiles], data_config) -> str:
-    """Hash of the source files' names, sizes and mtimes and of the preprocessing config."""
-    h = hashlib.sha256()
-    for case in cases:
-        for path in (case.image, case.label):
-            if path is None:
-                continue
-            st = os.stat(path)
-            h.update(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    h.update(json.dumps(data_config.to_dict(), sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 def resolve_root(data_config, workdir: str) -> str:
@@ -167,48 +103,131 @@ def resolve_root(data_config, workdir: str) -> str:
             tuple(syn.spacing),
         )
     if not data_config.root:
-        raise ValueError(f"config field data.root: required for layout {data_config.layout!r}")
+        raise ValueError(
+            f"config field data.root: required for layout {data_config.layout!r} "
+            "(--config.data.root=PATH)"
+        )
+    if not os.path.isdir(data_config.root):
+        raise DataError(f"{data_config.root}: dataset folder not found (config field data.root)")
     return data_config.root
 
 
-def load_dataset(data_config, workdir: str) -> Splits:
-    """Reads the configured dataset and returns its train/val/test slice sets."""
-    root = resolve_root(data_config, workdir)
-    if data_config.layout in ("synthetic", "msd"):
-        cases, meta = msd_cases(root)
-    else:
-        raise ValueError(f"config field data.layout: unknown layout {data_config.layout!r}")
-    method = choose_normalisation(data_config, meta)
-    per_case = []
+def check_headers(cases: list[CaseFiles]) -> list[tuple[int, int, int]]:
+    """Header checks of all cases; one DataError listing every bad case."""
+    shapes, problems = [], []
     for case in cases:
-        volume = load_volume(case)
-        per_case.append(volume_slices(volume, case, data_config, method) + (volume.spacing,))
-    train_s, val_s, test_s = split_subjects(
-        len(cases), tuple(data_config.split), int(data_config.split_seed)
-    )
-    case_ids = [c.case_id for c in cases]
+        try:
+            shapes.append(preprocess.check_header(case))
+        except DataError as e:
+            problems.append(str(e))
+    if problems:
+        more = f" ({len(problems)} of {len(cases)} cases)" if len(problems) > 1 else ""
+        raise DataError(f"bad input{more}:\n" + "\n".join(problems))
+    return shapes
 
-    def gather(subjects) -> SliceSet:
-        parts = [per_case[s] for s in subjects]
-        n = [len(p[0]) for p in parts]
+
+def build_cache(
+    source: layouts.Source,
+    settings: preprocess.Settings,
+    data_config,
+    cache_dir: str,
+    key: str,
+) -> None:
+    """Checks and preprocesses every case into the cache folder <cache_dir>/<key>."""
+    start = time.time()
+    shapes = check_headers(source.cases)
+    parts = split_subjects(len(source.cases), tuple(data_config.split), int(data_config.split_seed))
+    order = np.concatenate(parts)
+    max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
+    ranges = {}
+    with cache.Builder(cache_dir, key, settings.size, max_slices) as builder:
+        # One case at a time, in split order: a process pool was slower on the 2-core machine
+        # this was measured on (benchmarks/load_time.py); its results cross pipes as pickles.
+        part_of = np.repeat(np.arange(3), [len(p) for p in parts])
+        for n_done, (subject, part) in enumerate(zip(order, part_of, strict=True)):
+            slices = preprocess.process_case(source.cases[subject], settings)
+            name = SPLIT_NAMES[part]
+            ranges.setdefault(name, [builder.n_slices, builder.n_slices])
+            builder.add(
+                int(subject), slices.images, slices.labels, slices.slice_index, slices.spacing
+            )
+            ranges[name][1] = builder.n_slices
+            if (n_done + 1) % 10 == 0:
+                logging.info("preprocessed %d/%d cases", n_done + 1, len(order))
+        if builder.n_slices == 0:
+            raise DataError(
+                f"{source.root}: no slices left after filtering (data.keep_empty_slices=False "
+                "and every image slice is empty?)"
+            )
+        for name, part in zip(SPLIT_NAMES, parts, strict=True):
+            lo, hi = ranges[name]
+            if hi == lo:
+                raise DataError(
+                    f"{source.root}: the {name} split ({len(part)} subjects) is empty after "
+                    "filtering slices"
+                )
+        builder.commit(
+            {
+                "version": cache.CACHE_VERSION,
+                "fingerprint": key,
+                "root": os.path.abspath(source.root),
+                "cases": [c.case_id for c in source.cases],
+                "n_slices": builder.n_slices,
+                "ranges": ranges,
+                "settings": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()
+                },
+            }
+        )
+    logging.info(
+        "preprocessed %d cases into %d slices in %.1fs (cache %s)",
+        len(order),
+        builder.n_slices,
+        time.time() - start,
+        os.path.join(cache_dir, key),
+    )
+
+
+def load_dataset(data_config, workdir: str) -> Splits:
+    """Reads the configured dataset and returns its train/val/test slice sets.
+
+    Arrays are read-only memory maps of the cache <data.cache_dir or workdir/cache>/<fingerprint>.
+    Raises DataError (a ValueError) naming the file and the problem for bad input, before any
+    training starts.
+    """
+    validate_data_config(data_config)
+    root = resolve_root(data_config, workdir)
+    source = layouts.find_cases(data_config, root)
+    settings = make_settings(data_config, source)
+    files = [p for c in source.cases for p in (c.image, c.label) if p is not None]
+    key = cache.fingerprint(files + list(source.extra_files), root, data_config)
+    cache_dir = data_config.cache_dir or os.path.join(workdir, "cache")
+    found = cache.read(cache_dir, key)
+    if found is None:
+        build_cache(source, settings, data_config, cache_dir, key)
+        found = cache.read(cache_dir, key)
+        if found is None:
+            raise RuntimeError(f"{os.path.join(cache_dir, key)}: cache missing after building it")
+    else:
+        logging.info("dataset %s: using cache %s", root, os.path.join(cache_dir, key))
+    meta, arrays = found
+
+    def part(name: str) -> SliceSet:
+        lo, hi = meta["ranges"][name]
         return SliceSet(
-            images=np.concatenate([p[0] for p in parts]),
-            labels=np.concatenate([p[1] for p in parts]),
-            subject=np.repeat(np.asarray(subjects, np.int32), n),
-            slice_index=np.concatenate([p[2] for p in parts]),
-            spacing=np.repeat(np.stack([p[3] for p in parts]), n, axis=0),
-            cases=case_ids,
+            images=arrays["images"][lo:hi],
+            labels=arrays["labels"][lo:hi],
+            subject=np.asarray(arrays["subject"][lo:hi]),
+            slice_index=np.asarray(arrays["slice_index"][lo:hi]),
+            spacing=np.asarray(arrays["spacing"][lo:hi]),
+            cases=list(meta["cases"]),
         )
 
-    splits = Splits(gather(train_s), gather(val_s), gather(test_s), fingerprint(cases, data_config))
-    for name in ("train", "val", "test"):
-        part = getattr(splits, name)
-        if len(part) == 0:
-            raise DataError(f"{root}: the {name} split is empty after filtering")
+    splits = Splits(part("train"), part("val"), part("test"), key)
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",
         root,
-        len(cases),
+        len(source.cases),
         len(splits.train),
         len(splits.val),
         len(splits.test),

@@ -1,4 +1,10 @@
-"""Volume -> 2D slices: canonical orientation, slicing axis, intensity normalisation, in-plane size."""
+"""One case -> 2D slices: checks, canonical orientation, target mask, normalisation, in-plane size.
+
+Two passes over a dataset, so that bad data fails before any long work:
+  `check_header`: shapes, dimensions, channel choice, affines (reads NIfTI headers only);
+  `process_case`: reads the voxels, checks them (NaN/Inf, label values) and returns the slices.
+Every problem raises `DataError` with the offending file's path in the message.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,53 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseFiles:
+    """One subject's files.
+
+    Attributes:
+      case_id: subject identifier shown in reports ("case X, slice 57").
+      image: path of the image volume (3D, or 4D with `channel`).
+      label: path of the label volume, or None.
+      channel: index along the 4th axis of a 4D image; None for 3D images.
+    """
+
+    case_id: str
+    image: str
+    label: str | None
+    channel: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What `process_case` does to every case (derived from config.data and the layout).
+
+    Attributes:
+      axis: slicing axis of the canonical (RAS+) volume; 2 = axial.
+      size: (H, W) in-plane size of the output slices, pixels.
+      resample: 'resize' (bilinear images, nearest labels) or 'crop' (centre crop / zero pad).
+      normalisation: 'zscore' or 'ct_window'.
+      ct_window: (lo, hi) HU for 'ct_window'.
+      keep_empty_slices: keep slices whose normalised image is all zero.
+      target_values: label values that form the binary target; None = any value > 0.
+      allowed_labels: label values a label file may contain; None = any non-negative integer.
+    """
+
+    axis: int
+    size: tuple[int, int]
+    resample: str
+    normalisation: str
+    ct_window: tuple[float, float]
+    keep_empty_slices: bool
+    target_values: tuple[int, ...] | None
+    allowed_labels: tuple[int, ...] | None
 
 
 @dataclasses.dataclass
@@ -19,49 +69,200 @@ class Volume:
 
     image: np.ndarray  # float32
     label: np.ndarray | None  # integer label values, or None for unlabelled volumes
-    spacing: np.ndarray  # [3] float32, mm
+    spacing: np.ndarray  # [3] float32, mm, canonical axis order
     affine: np.ndarray  # [4, 4] of the canonical image
 
 
+@dataclasses.dataclass
+class CaseSlices:
+    """The slices of one case, in slice order."""
+
+    images: np.ndarray  # [n, H, W] float32
+    labels: np.ndarray  # [n, H, W] uint8 in {0, 1}
+    slice_index: np.ndarray  # [n] int32, index along `axis` of the canonical volume
+    spacing: np.ndarray  # [3] float32, mm
+
+
 def load_nifti(path: str, what: str = "image"):
-    """nib.load with errors that name the file."""
+    """nib.load (header only; voxels are read lazily) with errors that name the file."""
     try:
-        img = nib.load(path)
-        # Touch the data now: a truncated .nii.gz only fails when read.
-        img.dataobj  # noqa: B018
+        return nib.load(path)
     except FileNotFoundError as e:
         raise DataError(f"{path}: {what} file not found") from e
     except Exception as e:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: unreadable NIfTI {what} ({type(e).__name__}: {e})") from e
-    return img
 
 
-def read_array(img, path: str, what: str, dtype=np.float32) -> np.ndarray:
+def _spatial_shape(img, path: str, what: str, channel: int | None) -> tuple[int, int, int]:
+    """The 3D shape of an image, checking its dimensions against the channel choice."""
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1 and channel in (None, 0):
+        return shape[:3]  # a 4D file holding a single volume
+    if len(shape) == 4 and what == "image":
+        if channel is None:
+            raise DataError(
+                f"{path}: 4D image with {shape[3]} channels and no modality chosen; "
+                "set --config.data.modality to a channel name (MSD dataset.json 'modality') "
+                "or index"
+            )
+        if not 0 <= channel < shape[3]:
+            raise DataError(
+                f"{path}: modality channel {channel} out of range for a 4D image with "
+                f"{shape[3]} channels"
+            )
+        return shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3D {what} volume, got shape {shape}")
+    if channel not in (None, 0) and what == "image":
+        raise DataError(f"{path}: modality channel {channel} chosen but the image is 3D")
+    return shape
+
+
+def _check_affine(affine: np.ndarray, path: str) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: degenerate affine (voxel-to-world matrix) {affine.tolist()}")
+
+
+def check_header(case: CaseFiles) -> tuple[int, int, int]:
+    """Checks a case from the NIfTI headers alone; returns the image's 3D shape (file order)."""
+    img = load_nifti(case.image, "image")
+    if img.get_data_dtype().kind not in "iuf":
+        raise DataError(f"{case.image}: unsupported voxel type {img.get_data_dtype()}")
+    shape = _spatial_shape(img, case.image, "image", case.channel)
+    _check_affine(img.affine, case.image)
+    if case.label is None:
+        return shape
+    lab = load_nifti(case.label, "label")
+    if lab.get_data_dtype().kind not in "iuf":
+        raise DataError(f"{case.label}: unsupported label voxel type {lab.get_data_dtype()}")
+    lab_shape = _spatial_shape(lab, case.label, "label", None)
+    if lab_shape != shape:
+        raise DataError(
+            f"{case.label}: label shape {lab_shape} differs from image shape {shape} ({case.image})"
+        )
+    if not np.allclose(lab.affine, img.affine, rtol=1e-4, atol=1e-3):
+        raise DataError(
+            f"{case.label}: label affine differs from the image's ({case.image}):\n"
+            f"label {np.round(lab.affine, 4).tolist()}\nimage {np.round(img.affine, 4).tolist()}"
+        )
+    return shape
+
+
+def _read_canonical(path: str, what: str, channel: int | None, as_float: bool):
+    """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image)."""
+    img = load_nifti(path, what)
     try:
-        if dtype is None:
-            return np.asarray(img.dataobj)
-        return img.get_fdata(dtype=dtype)
-    except Exception as e:
+        if len(img.shape) == 4:
+            img = img.slicer[..., channel or 0]
+        img = nib.as_closest_canonical(img)
+        data = img.get_fdata(dtype=np.float32) if as_float else np.asanyarray(img.dataobj)
+    except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
         raise DataError(
             f"{path}: cannot read {what} voxels, truncated or corrupt ({type(e).__name__}: {e})"
         ) from e
+    return data, img
 
 
-def normalise(image: np.ndarray, method: str, ct_window=(-160.0, 240.0)) -> np.ndarray:
-    """Per-volume intensity normalisation.
+def load_volume(case: CaseFiles) -> Volume:
+    """Reads a case in canonical orientation and checks its voxels (not its label values)."""
+    image, img = _read_canonical(case.image, "image", case.channel, as_float=True)
+    if not np.all(np.isfinite(image)):
+        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
+    label = None
+    if case.label is not None:
+        label, _ = _read_canonical(case.label, "label", None, as_float=False)
+    spacing = np.sqrt(np.sum(img.affine[:3, :3] ** 2, axis=0)).astype(np.float32)
+    return Volume(image, label, spacing, img.affine)
+
+
+def label_target(
+    label: np.ndarray,
+    path: str,
+    target_values: tuple[int, ...] | None,
+    allowed: tuple[int, ...] | None,
+) -> np.ndarray:
+    """Checks a label volume and maps it to the binary target.
+
+    Args:
+      label: integer-valued label volume (any numeric dtype).
+      path: the label file, for error messages.
+      target_values: values that form the target; None = any value > 0.
+      allowed: values the file may contain; None = any non-negative integer.
+
+    Returns:
+      uint8 array of label's shape, 1 where the label is a target value.
+    """
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)):
+            raise DataError(f"{path}: label volume contains NaN or Inf voxels")
+        rounded = np.round(label)
+        if not np.array_equal(rounded, label):
+            examples = np.unique(label[rounded != label])[:5]
+            raise DataError(
+                f"{path}: label values must be integers, found {examples.tolist()} "
+                "(an image given as a label, or labels resampled with interpolation?)"
+            )
+        label = rounded.astype(np.int64)
+    elif label.dtype.kind not in "iu":
+        raise DataError(f"{path}: unsupported label voxel type {label.dtype}")
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0:
+        raise DataError(f"{path}: negative label value {lo}; labels must be integers >= 0")
+    if hi >= 2**16:  # too sparse for a lookup table
+        allowed_set = None if allowed is None else np.asarray(allowed)
+        if allowed_set is not None and not np.all(np.isin(label, allowed_set)):
+            bad = np.setdiff1d(np.unique(label), allowed_set)
+            raise DataError(
+                f"{path}: unexpected label values {bad[:10].tolist()}; expected {allowed}"
+            )
+        if target_values is None:
+            return (label > 0).astype(np.uint8)
+        return np.isin(label, np.asarray(target_values)).astype(np.uint8)
+    # One lookup-table pass: 0 = background, 1 = target, 2 = not an allowed value.
+    lut = np.zeros(hi + 1, np.uint8)
+    if target_values is None:
+        lut[1:] = 1
+    else:
+        lut[[v for v in target_values if 0 <= v <= hi]] = 1
+    if allowed is not None:
+        unexpected = np.ones(hi + 1, bool)
+        unexpected[[v for v in allowed if 0 <= v <= hi]] = False
+        lut[unexpected] = 2
+    codes = lut[label]
+    if allowed is not None and codes.max(initial=0) == 2:
+        bad = np.unique(label[codes == 2])
+        raise DataError(
+            f"{path}: unexpected label values {bad[:10].tolist()}; expected a subset of "
+            f"{sorted(allowed)}"
+        )
+    return codes
+
+
+def normalise(
+    image: np.ndarray, method: str, ct_window=(-160.0, 240.0), in_place: bool = False
+) -> np.ndarray:
+    """Per-volume intensity normalisation of a float32 volume.
 
     'zscore': MRI, zero mean / unit variance over the non-zero voxels (background stays 0).
     'ct_window': clip to the window [lo, hi] HU, then scale to [0, 1].
+    With in_place=True the result overwrites `image` (saves two volume-sized copies).
     """
+    out = image if in_place else np.array(image, np.float32)
     if method == "zscore":
-        foreground = image != 0
-        values = image[foreground] if foreground.any() else image.ravel()
+        foreground = out != 0
+        values = out[foreground] if foreground.any() else out.ravel()
         mean, std = float(values.mean()), float(values.std())
-        out = np.where(foreground, (image - mean) / max(std, 1e-6), 0.0)
-        return out.astype(np.float32)
+        out -= np.float32(mean)
+        out /= np.float32(max(std, 1e-6))
+        out[~foreground] = 0.0
+        return out
     if method == "ct_window":
         lo, hi = float(ct_window[0]), float(ct_window[1])
-        return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        np.clip(out, lo, hi, out=out)
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+        return out
     raise ValueError(
         f"config field data.normalisation: unknown method {method!r}; expected 'zscore' or 'ct_window'"
     )
@@ -99,3 +300,33 @@ def fit_slices(
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     """[X, Y, Z] -> [n_slices, a, b] slices along `axis` (0, 1 or 2)."""
     return np.moveaxis(volume, axis, 0)
+
+
+def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSlices:
+    """Canonical volume -> normalised, fitted slices (and the slice indices kept).
+
+    Normalises `volume.image` in place.
+    """
+    target = label_target(volume.label, case.label, settings.target_values, settings.allowed_labels)
+    image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
+    images = to_slices(image, settings.axis)
+    labels = to_slices(target, settings.axis)
+    index = np.arange(len(images), dtype=np.int32)
+    if not settings.keep_empty_slices:
+        keep = images.reshape(len(images), -1).any(axis=1)
+        images, labels, index = images[keep], labels[keep], index[keep]
+    images = fit_slices(images, settings.size, settings.resample, is_label=False)
+    labels = fit_slices(labels, settings.size, settings.resample, is_label=True)
+    return CaseSlices(
+        np.ascontiguousarray(images, np.float32),
+        np.ascontiguousarray(labels, np.uint8),
+        index,
+        volume.spacing,
+    )
+
+
+def process_case(case: CaseFiles, settings: Settings) -> CaseSlices:
+    """Reads, checks and slices one case."""
+    if case.label is None:
+        raise DataError(f"{case.image}: no label file; every training case needs one")
+    return slice_volume(load_volume(case), case, settings)

@@ -5,7 +5,7 @@ bias field and Rician-like noise, plus a label volume with a few small irregular
 them faint). Lesions occupy a minority of axial slices and roughly 0.2-3 % of a positive slice,
 so most slices have no target at all: the imbalance the paper is about.
 
-The cohort goes through `selal_jax.data.msd` exactly like a downloaded MSD task.
+The cohort goes through `selal_jax.data.layouts.msd_source` exactly like a downloaded MSD task.
 """
 
 from __future__ import annotations

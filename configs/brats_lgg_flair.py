@@ -1,0 +1,50 @@
+"""BraTS 2019 LGG, FLAIR, whole tumour: the paper's brain-tumour setting (240x240 axial slices).
+
+data.root is the folder holding HGG/ and LGG/ (MICCAI_BraTS_2019_Data_Training). Run lines:
+  python launch.py --config=configs/brats_lgg_flair.py --config.data.root=/data/MICCAI_BraTS_2019_Data_Training
+  python launch.py --config=configs/brats_lgg_flair.py:cpu --config.data.root=/data/MICCAI_BraTS_2019_Data_Training
+  python launch.py --config=configs/brats_lgg_flair.py --config.data.root=/data/BraTS2019 --config.data.brats.target=core
+Any config reads any layout; e.g. your own NIfTI pairs with the demo's small model:
+  python launch.py --config=configs/default.py --config.data.layout=paired --config.data.root=/data/mine --config.data.size=128,128
+(paired: <root>/images/x.nii.gz with <root>/labels/x.nii.gz; see data.paired in configs/default.py.)
+
+Variants: ':cpu' downsamples to 128x128 and uses the demo's U-Net (base_width 16, depth 3) for
+CPUs and small GPUs; the active-learning sizes stay the paper's.
+"""
+
+from ml_collections import config_dict
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    config = default.get_config()
+    data = config.data
+    data.root = config_dict.placeholder(
+        str
+    )  # folder holding HGG/ and LGG/: --config.data.root=PATH
+    data.layout = "brats"
+    data.brats.modality = "flair"  # flair | t1 | t1ce | t2
+    data.brats.grades = "LGG"  # HGG | LGG | HGG,LGG
+    data.brats.target = "whole"  # whole (seg > 0) | core (1, 4) | enhancing (4)
+    data.size = (240, 240)  # pixels: BraTS volumes are 240x240x155, so no resampling
+    data.normalisation = "zscore"  # MRI: over the non-zero (brain) voxels of each volume
+
+    config.model.base_width = 32  # the paper's network
+    config.model.depth = 4  # 240 / 2**4 = 15
+
+    config.train.batch_size = 32  # slices per step
+    config.train.augment = True  # the published code augments the training slices
+
+    config.al.initial_size = 500  # labelled slices at round 0
+    config.al.query_size = 100  # slices queried per round
+
+    if arg == "cpu":
+        data.size = (128, 128)  # pixels: bilinear downsampling of the 240x240 slices
+        config.model.base_width = 16
+        config.model.depth = 3
+    elif arg:
+        raise ValueError(
+            f"configs/brats_lgg_flair.py: unknown config argument {arg!r}; expected 'cpu' or none"
+        )
+    return config

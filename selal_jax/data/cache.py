@@ -1,0 +1,165 @@
+"""Cache of preprocessed slices: memory-mapped .npy files under <cache_dir>/<fingerprint>/.
+
+The fingerprint hashes the source files' relative paths, sizes and mtimes and the preprocessing
+config, so reading a cache costs a few stats and no voxel reads. A cache is built in a temporary
+sibling folder and renamed into place once complete: an interrupted build leaves no cache behind
+(a killed process can leave a `.tmp-*` folder, which is never read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from absl import logging
+
+# Bump when the cached content or format changes: old caches are then ignored.
+CACHE_VERSION = 1
+# config.data fields that do not change the preprocessed slices.
+NEUTRAL_FIELDS = ("root", "cache_dir")
+ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
+META_FILE = "meta.json"
+
+
+def fingerprint(source_files: list[str], root: str, data_config) -> str:
+    """Hash of the files' paths (relative to root), sizes and mtimes and of the data config."""
+    h = hashlib.sha256(f"selal-jax slice cache v{CACHE_VERSION};".encode())
+    for path in source_files:
+        st = os.stat(path)
+        rel = os.path.relpath(path, root)
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+    settings = {k: v for k, v in data_config.to_dict().items() if k not in NEUTRAL_FIELDS}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class NpyAppender:
+    """Writes an .npy file of [n, *row_shape] rows appended in order, n unknown in advance.
+
+    The header is reserved for `max_rows` and rewritten with the final row count on close, padded
+    to the same length, so the file is written once, sequentially.
+    """
+
+    def __init__(self, path: str, row_shape: tuple[int, ...], dtype, max_rows: int):
+        self.path, self.row_shape, self.dtype = path, tuple(row_shape), np.dtype(dtype)
+        self.rows = 0
+        self.header_len = len(self._header(max_rows))
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * self.header_len)
+
+    def _header(self, rows: int, pad_to: int | None = None) -> bytes:
+        d = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (rows, *self.row_shape),
+        }
+        text = repr(d).encode("latin1")
+        # magic (6) + version (2) + header length (2) + text + padding + '\n', 64-byte aligned
+        total = pad_to or -(-(10 + len(text) + 1) // 64) * 64
+        text = text + b" " * (total - 10 - len(text) - 1) + b"\n"
+        return np.lib.format.magic(1, 0) + np.uint16(len(text)).tobytes() + text
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(
+                f"{self.path}: rows of shape {rows.shape[1:]}, expected {self.row_shape}"
+            )
+        self.file.write(np.ascontiguousarray(rows, self.dtype).data)  # no copy if contiguous
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(self._header(self.rows, pad_to=self.header_len))
+        self.file.close()
+
+
+class Builder:
+    """Writes a cache folder atomically: use as a context manager, then `commit(meta)`.
+
+    Cases are appended in order; on an exception the temporary folder is removed.
+    """
+
+    def __init__(self, cache_dir: str, key: str, size: tuple[int, int], max_slices: int):
+        os.makedirs(cache_dir, exist_ok=True)
+        self.final = os.path.join(cache_dir, key)
+        self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
+        H, W = size
+        self.images = NpyAppender(
+            os.path.join(self.tmp, "images.npy"), (H, W), np.float32, max_slices
+        )
+        self.labels = NpyAppender(
+            os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
+        )
+        self.subject, self.slice_index, self.spacing = [], [], []
+
+    def add(self, subject: int, images, labels, slice_index, spacing) -> None:
+        self.images.append(images)
+        self.labels.append(labels)
+        self.subject.append(np.full(len(images), subject, np.int32))
+        self.slice_index.append(np.asarray(slice_index, np.int32))
+        self.spacing.append(np.tile(np.asarray(spacing, np.float32), (len(images), 1)))
+
+    @property
+    def n_slices(self) -> int:
+        return self.images.rows
+
+    def commit(self, meta: dict) -> str:
+        self.images.close()
+        self.labels.close()
+        for name, parts, empty in (
+            ("subject", self.subject, (0,)),
+            ("slice_index", self.slice_index, (0,)),
+            ("spacing", self.spacing, (0, 3)),
+        ):
+            array = np.concatenate(parts) if parts else np.zeros(empty)
+            np.save(os.path.join(self.tmp, f"{name}.npy"), array)
+        with open(os.path.join(self.tmp, META_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+        for name in os.listdir(self.tmp):
+            with open(os.path.join(self.tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        try:
+            os.rename(self.tmp, self.final)
+        except OSError:
+            # Another process built the same cache meanwhile; its copy is as good as ours.
+            if not os.path.isfile(os.path.join(self.final, META_FILE)):
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.final
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            for appender in (self.images, self.labels):
+                if not appender.file.closed:
+                    appender.file.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+
+def read(cache_dir: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """(meta, arrays memory-mapped read-only) of a complete cache, or None if there is none."""
+    folder = os.path.join(cache_dir, key)
+    meta_path = os.path.join(folder, META_FILE)
+    if not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        arrays = {
+            name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r") for name in ARRAYS
+        }
+        n = meta["n_slices"]
+        if meta.get("version") != CACHE_VERSION or any(len(a) != n for a in arrays.values()):
+            raise ValueError(f"inconsistent cache (meta says {n} slices)")
+    except (OSError, ValueError, KeyError) as e:
+        logging.warning("%s: unreadable cache, rebuilding it (%s)", folder, e)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return meta, arrays
