@@ -13,6 +13,7 @@ the decoder (see `UNet.encode` / `UNet.decode`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -148,11 +149,18 @@ def build_model(model_config) -> UNet:
     )
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init(model: UNet, key: Array, height: int, width: int) -> dict:
+    return model.init(key, jnp.zeros((1, height, width), jnp.float32), train=False)
+
+
 def init_variables(model: UNet, key: Array, height: int, width: int) -> dict:
-    """Initialises {'params', 'batch_stats'} for inputs of the given in-plane size."""
-    # Jitted: eagerly, every initializer would compile on its own (tens of seconds on CPU).
-    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, height, width), jnp.float32), train=False))
-    return dict(init(key))
+    """Initialises {'params', 'batch_stats'} for inputs of the given in-plane size.
+
+    Jitted (eagerly, every initializer would compile on its own: tens of seconds on CPU) and
+    cached per (model, size).
+    """
+    return dict(_init(model, key, int(height), int(width)))
 
 
 def count_params(params) -> int:

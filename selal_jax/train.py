@@ -37,7 +37,10 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+@functools.cache
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adam. Cached: the jitted steps take the optimizer as a static argument, so the same
+    learning rate must give the same (hashable) object, or every run would recompile them."""
     return optax.adam(learning_rate)
 
 

@@ -85,25 +85,41 @@ def test_rerunning_the_same_command_resumes_without_recomputing(finished_run):
     assert again == history  # already finished: nothing recomputed, same records
 
 
-STRATEGY_MODES = [(s, "selective") for s in ("random", "entropy", "least_confidence", "margin", "mc_dropout", "bald")] + [
+STRATEGY_MODES = [
+    (s, "selective")
+    for s in ("random", "entropy", "least_confidence", "margin", "mc_dropout", "bald")
+] + [
     ("entropy", "all"),
     ("bald", "target"),
     ("least_confidence", "boundary"),
 ]
 
 
-@pytest.mark.parametrize("strategy,mode", STRATEGY_MODES, ids=[f"{s}-{m}" for s, m in STRATEGY_MODES])
+@pytest.mark.parametrize(
+    "strategy,mode", STRATEGY_MODES, ids=[f"{s}-{m}" for s, m in STRATEGY_MODES]
+)
 def test_every_strategy_and_mode_runs_in_the_loop(strategy, mode, tmp_path, cohort_root):
     from conftest import smoke_config
 
     config = smoke_config(
-        **{"data.root": cohort_root, "al.strategy": strategy, "al.mode": mode, "al.rounds": 1, "train.max_epochs": 1}
+        **{
+            "data.root": cohort_root,
+            "al.strategy": strategy,
+            "al.mode": mode,
+            "al.rounds": 1,
+            "train.max_epochs": 1,
+        }
     )
     history = loop.run(config, str(tmp_path))
     queried = history[0]["queried"]
     assert len(queried) == len(set(queried)) == config.al.query_size
     if strategy != "random":
-        expected_streams = {"selective": {"target", "boundary"}, "all": {"all"}, "target": {"target"}, "boundary": {"boundary"}}[mode]
+        expected_streams = {
+            "selective": {"target", "boundary"},
+            "all": {"all"},
+            "target": {"target"},
+            "boundary": {"boundary"},
+        }[mode]
         assert set(history[0]["queried_streams"]) <= expected_streams
         assert all(s is not None for s in history[0]["queried_scores"])
 
@@ -112,7 +128,12 @@ def test_official_convention_runs_in_the_loop(tmp_path, cohort_root):
     from conftest import smoke_config
 
     config = smoke_config(
-        **{"data.root": cohort_root, "al.convention": "official", "al.rounds": 1, "train.max_epochs": 1}
+        **{
+            "data.root": cohort_root,
+            "al.convention": "official",
+            "al.rounds": 1,
+            "train.max_epochs": 1,
+        }
     )
     history = loop.run(config, str(tmp_path))
     assert 0 < len(history[0]["queried"]) <= config.al.query_size
@@ -122,8 +143,15 @@ def test_launch_rejects_unknown_options_with_the_field_name(tmp_path, cohort_roo
     from conftest import smoke_config
 
     with pytest.raises(ValueError, match="al.strategy"):
-        loop.run(smoke_config(**{"data.root": cohort_root, "al.strategy": "entropyy"}), str(tmp_path))
+        loop.run(
+            smoke_config(**{"data.root": cohort_root, "al.strategy": "entropyy"}), str(tmp_path)
+        )
     with pytest.raises(ValueError, match="al.strategy.*margin"):
-        loop.run(smoke_config(**{"data.root": cohort_root, "al.strategy": "margin", "al.convention": "official"}), str(tmp_path))
+        loop.run(
+            smoke_config(
+                **{"data.root": cohort_root, "al.strategy": "margin", "al.convention": "official"}
+            ),
+            str(tmp_path),
+        )
     with pytest.raises(ValueError, match="data.size"):
         loop.run(smoke_config(**{"data.root": cohort_root, "data.size": (30, 30)}), str(tmp_path))
