@@ -10,7 +10,6 @@ numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -192,148 +191,200 @@ def config_differences(stored: dict, current: dict) -> list[str]:
     ]
 
 
-@dataclasses.dataclass
-class LoopState:
-    round: int  # the next round to run
-    labelled: np.ndarray  # [N] bool
-    history: list
-
-
 def run(config, workdir: str) -> list[dict]:
     """Runs (or resumes) the experiment; returns the per-round records."""
     with rng.classic_threefry():
-        return _run(config, workdir)
+        experiment = Experiment(config, workdir)
+        try:
+            history = experiment.run()
+        finally:
+            experiment.close()
+    print(report.round_table(history))
+    return history
 
 
-def _run(config, workdir: str) -> list[dict]:
-    validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    splits = loading.load_dataset(config.data, workdir)
-    train, val, test = splits.train, splits.val, splits.test
-    model = build_model(config.model)
-    tx = make_optimizer(float(config.train.learning_rate))
-    root = jax.random.key(int(config.seed))
-    variables = init_variables(model, jax.random.fold_in(root, INIT_TAG), *train.shape)
-    state = create_train_state(variables, tx)
-    flat_config = flatten_config(config)
+class Experiment:
+    """One active-learning run: its data, model, checkpoints, labelled set and history.
 
-    ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep)
-    )
-    latest = ckpt.latest_round()
-    if latest is not None and not config.resume:
-        raise ValueError(
-            f"{workdir}: holds checkpoints up to round {latest} and config.resume is False; "
-            "starting afresh needs an empty workdir"
+    Construction loads the data, builds the model and restores the last completed round from
+    `workdir` (if any); `run` then executes the remaining rounds. Each round r is
+    `train_round` -> `query_round` -> `commit_round` (record + checkpoint).
+    """
+
+    def __init__(self, config, workdir: str):
+        validate_config(config)
+        os.makedirs(workdir, exist_ok=True)
+        self.config, self.workdir = config, workdir
+        self.splits = loading.load_dataset(config.data, workdir)
+        self.train = self.splits.train
+        self.model = build_model(config.model)
+        self.tx = make_optimizer(float(config.train.learning_rate))
+        self.root = jax.random.key(int(config.seed))
+        variables = init_variables(
+            self.model, jax.random.fold_in(self.root, INIT_TAG), *self.train.shape
         )
-    if latest is not None:
-        state, loop = ckpt.restore(latest, checkpointing.abstract_like(state))
-        changed = config_differences(loop["config"], flat_config)
+        self.state = create_train_state(variables, self.tx)
+        self.flat_config = flatten_config(config)
+        self.ckpt = checkpointing.Checkpointer(
+            os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep)
+        )
+        self.labelled = np.zeros(len(self.train), bool)
+        self.history: list[dict] = []
+        self.next_round = 0
+        latest = self.ckpt.latest_round()
+        if latest is not None and not config.resume:
+            raise ValueError(
+                f"{workdir}: holds checkpoints up to round {latest} and config.resume is False; "
+                "starting afresh needs an empty workdir"
+            )
+        if latest is not None:
+            self._restore(latest)
+        else:
+            initial = initial_labelled_set(
+                self.train,
+                int(config.al.initial_size),
+                bool(config.al.initial_from_positive),
+                jax.random.fold_in(self.root, INITIAL_SET_TAG),
+            )
+            self.labelled[initial] = True
+
+    def _restore(self, latest: int) -> None:
+        config, workdir = self.config, self.workdir
+        self.state, loop = self.ckpt.restore(latest, checkpointing.abstract_like(self.state))
+        changed = config_differences(loop["config"], self.flat_config)
         if changed and not config.allow_config_change:
             details = ", ".join(
-                f"{k}: {loop['config'].get(k)!r} -> {flat_config.get(k)!r}" for k in changed
+                f"{k}: {loop['config'].get(k)!r} -> {self.flat_config.get(k)!r}" for k in changed
             )
             raise ValueError(
                 f"{workdir}: the config differs from the one this run was started with ({details}); "
                 "use a new workdir or pass --config.allow_config_change=True"
             )
-        if loop["fingerprint"] != splits.fingerprint and not config.allow_config_change:
+        if loop["fingerprint"] != self.splits.fingerprint and not config.allow_config_change:
             raise ValueError(
                 f"{workdir}: the dataset changed since this run was started (fingerprint "
-                f"{loop['fingerprint']} -> {splits.fingerprint}: files, sizes, mtimes or "
+                f"{loop['fingerprint']} -> {self.splits.fingerprint}: files, sizes, mtimes or "
                 "preprocessing differ); use a new workdir or pass --config.allow_config_change=True"
             )
-        labelled = np.zeros(len(train), bool)
-        labelled[np.asarray(loop["labelled_ids"], np.int64)] = True
-        history = list(loop["history"])
-        start = latest + 1
-        logging.info("resuming %s after round %d (%d labelled)", workdir, latest, labelled.sum())
-    else:
-        labelled = np.zeros(len(train), bool)
-        initial = initial_labelled_set(
-            train,
-            int(config.al.initial_size),
-            bool(config.al.initial_from_positive),
-            jax.random.fold_in(root, INITIAL_SET_TAG),
+        self.labelled[np.asarray(loop["labelled_ids"], np.int64)] = True
+        self.history = list(loop["history"])
+        self.next_round = latest + 1
+        if self.history and not self.history[-1]["queried"]:
+            self.next_round = int(config.al.rounds) + 1  # finished, or the pool was exhausted
+        logging.info(
+            "resuming %s after round %d (%d labelled)", workdir, latest, self.labelled.sum()
         )
-        labelled[initial] = True
-        history, start = [], 0
 
-    rounds = int(config.al.rounds)
-    k = int(config.al.query_size)
-    if history and not history[-1]["queried"]:
-        start = rounds + 1  # the stored run had already finished (or exhausted the pool)
-    for r in range(start, rounds + 1):
-        round_key = jax.random.fold_in(root, r)
-        labelled_ids = np.flatnonzero(labelled)
+    def train_round(self, r: int) -> dict:
+        """Fine-tunes on the labelled set and evaluates on the test split."""
+        config = self.config
         if config.train.reset_optimizer:
-            state = state.replace(opt_state=tx.init(state.params))
-        state, fit_summary = fit(
-            model,
-            state,
-            tx,
-            train,
+            self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
+        labelled_ids = np.flatnonzero(self.labelled)
+        self.state, fit_summary = fit(
+            self.model,
+            self.state,
+            self.tx,
+            self.train,
             labelled_ids,
-            val,
-            jax.random.fold_in(round_key, FIT),
+            self.splits.val,
+            jax.random.fold_in(jax.random.fold_in(self.root, r), FIT),
             config.train,
             round_index=r,
         )
         dice, dice_global = dice_scores(
-            evaluate(model, state.variables, test, None, int(config.train.eval_batch_size))
+            evaluate(
+                self.model,
+                self.state.variables,
+                self.splits.test,
+                None,
+                int(config.train.eval_batch_size),
+            )
         )
-        score_start = time.time()
-        q = None
-        if r < rounds and (~labelled).any():
-            q, _ = query(config, model, state.variables, train, labelled, round_key, k, r)
-            labelled[q.ids] = True
-        score_seconds = time.time() - score_start
-        record = {
+        return {
             "round": r,
             "n_labelled": int(len(labelled_ids)),
-            "pct_labelled": 100.0 * len(labelled_ids) / len(train),
+            "pct_labelled": 100.0 * len(labelled_ids) / len(self.train),
             "dice": dice,
             "dice_global": dice_global,
             "val_loss": fit_summary["best_val_loss"],
             "epochs": fit_summary["epochs"],
             "best_epoch": fit_summary["best_epoch"],
             "train_seconds": fit_summary["seconds"],
-            "score_seconds": score_seconds,
-            "strategy": config.al.strategy,
-            "mode": config.al.mode,
+        }
+
+    def query_round(self, r: int) -> selection.Query | None:
+        """Scores the unlabelled pool and chooses the round's query (None after the last round
+        or when the pool is exhausted)."""
+        if r >= int(self.config.al.rounds) or self.labelled.all():
+            return None
+        q, _ = query(
+            self.config,
+            self.model,
+            self.state.variables,
+            self.train,
+            self.labelled,
+            jax.random.fold_in(self.root, r),
+            int(self.config.al.query_size),
+            r,
+        )
+        return q
+
+    def commit_round(self, record: dict, q: selection.Query | None) -> dict:
+        """Reveals the query's labels, appends the record and checkpoints the round."""
+        r = record["round"]
+        if q is not None:
+            self.labelled[q.ids] = True
+        record = {
+            **record,
+            "strategy": self.config.al.strategy,
+            "mode": self.config.al.mode,
             "queried": [] if q is None else [int(i) for i in q.ids],
             "queried_streams": [] if q is None else list(q.streams),
             "queried_scores": []
             if q is None
             else [None if np.isnan(s) else float(s) for s in q.scores],
-            **query_diagnostics(train, np.asarray([] if q is None else q.ids, np.int64)),
+            **query_diagnostics(self.train, np.asarray([] if q is None else q.ids, np.int64)),
         }
-        history.append(record)
+        self.history.append(record)
         loop_record = {
             "round": r,
-            "labelled_ids": [int(i) for i in np.flatnonzero(labelled)],
-            "history": history,
-            "config": flat_config,
-            "fingerprint": splits.fingerprint,
-            "root_key": [int(x) for x in np.asarray(jax.random.key_data(root)).ravel()],
-            "pool_size": len(train),
+            "labelled_ids": [int(i) for i in np.flatnonzero(self.labelled)],
+            "history": self.history,
+            "config": self.flat_config,
+            "fingerprint": self.splits.fingerprint,
+            "root_key": [int(x) for x in np.asarray(jax.random.key_data(self.root)).ravel()],
+            "pool_size": len(self.train),
         }
-        ckpt.save(r, state, loop_record)
-        checkpointing.write_json_atomic(os.path.join(workdir, RECORDS_FILE), history, lines=True)
+        self.ckpt.save(r, self.state, loop_record)
+        checkpointing.write_json_atomic(
+            os.path.join(self.workdir, RECORDS_FILE), self.history, lines=True
+        )
+        self.next_round = r + 1
         logging.info(
             "round %d | labelled %d (%.1f%%) | dice %.4f (global %.4f) | val loss %.5f | "
             "train %.1fs | score %.1fs",
             r,
             record["n_labelled"],
             record["pct_labelled"],
-            dice,
-            dice_global,
+            record["dice"],
+            record["dice_global"],
             record["val_loss"],
             record["train_seconds"],
-            score_seconds,
+            record["score_seconds"],
         )
-        if q is None:
-            break  # last round, or the pool is exhausted
-    ckpt.close()
-    print(report.round_table(history))
-    return history
+        return record
+
+    def run(self) -> list[dict]:
+        for r in range(self.next_round, int(self.config.al.rounds) + 1):
+            record = self.train_round(r)
+            score_start = time.time()
+            q = self.query_round(r)
+            record["score_seconds"] = time.time() - score_start
+            self.commit_round(record, q)
+            if q is None:
+                break  # last round, or the pool is exhausted
+        return self.history
+
+    def close(self) -> None:
+        self.ckpt.close()

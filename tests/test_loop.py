@@ -11,7 +11,7 @@ from selal_jax import loop
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cohort_root):
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     workdir = str(tmp_path_factory.mktemp("run"))
     config = smoke_config(**{"data.root": cohort_root})
@@ -99,7 +99,7 @@ STRATEGY_MODES = [
     "strategy,mode", STRATEGY_MODES, ids=[f"{s}-{m}" for s, m in STRATEGY_MODES]
 )
 def test_every_strategy_and_mode_runs_in_the_loop(strategy, mode, tmp_path, cohort_root):
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     config = smoke_config(
         **{
@@ -125,7 +125,7 @@ def test_every_strategy_and_mode_runs_in_the_loop(strategy, mode, tmp_path, coho
 
 
 def test_official_convention_runs_in_the_loop(tmp_path, cohort_root):
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     config = smoke_config(
         **{
@@ -140,7 +140,7 @@ def test_official_convention_runs_in_the_loop(tmp_path, cohort_root):
 
 
 def test_launch_rejects_unknown_options_with_the_field_name(tmp_path, cohort_root):
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     with pytest.raises(ValueError, match="al.strategy"):
         loop.run(

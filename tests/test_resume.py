@@ -63,7 +63,7 @@ def final_state(config, workdir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, cohort_root):
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     config = smoke_config(**overrides(cohort_root))
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
@@ -101,7 +101,7 @@ def test_sigkill_at_several_moments_then_resume_is_bit_identical(
 
 def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
     config, workdir, _ = reference
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     changed = smoke_config(
         **overrides(cohort_root), **{"al.target_threshold": 0.3, "train.batch_size": 4}
@@ -119,7 +119,7 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
 def test_changed_dataset_is_refused(tmp_path, cohort_root):
     import shutil
 
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     root = str(tmp_path / "cohort")
     shutil.copytree(cohort_root, root)
@@ -135,7 +135,7 @@ def test_changed_dataset_is_refused(tmp_path, cohort_root):
 
 def test_resume_false_refuses_a_workdir_with_checkpoints(reference, cohort_root):
     config, workdir, _ = reference
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     with pytest.raises(ValueError, match="empty workdir"):
         loop.run(smoke_config(**overrides(cohort_root), resume=False), workdir)
@@ -144,7 +144,7 @@ def test_resume_false_refuses_a_workdir_with_checkpoints(reference, cohort_root)
 def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
     tmp_path, cohort_root, monkeypatch
 ):
-    from conftest import smoke_config
+    from tests.conftest import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1})
     workdir = str(tmp_path / "run")
