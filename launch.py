@@ -1,7 +1,9 @@
 """Entry point: flags -> config -> selal_jax.<verb>.run(config, workdir).
 
-python launch.py --config=configs/default.py --workdir=runs/demo
-python launch.py --config=configs/default.py:smoke --config.al.strategy=bald
+python launch.py --config=configs/default.py --workdir=runs/demo          # run (default verb)
+python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
+python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
+python launch.py report --workdir=runs/sweep [--baseline=0.77]             # tables and plots
 """
 
 import logging as std_logging
@@ -13,24 +15,42 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run folder (checkpoints, records). Default: runs/<strategy>-<mode>-<time>."
+    "workdir", None, "Run folder (checkpoints, records). Default: runs/<verb or strategy>-<time>."
 )
+_BASELINE = flags.DEFINE_float(
+    "baseline", None, "report: supervised baseline Dice (default: read supervised.json)."
+)
+
+VERBS = ("run", "sweep", "supervised", "report")
 
 
 def main(argv):
-    verbs = argv[1:]
-    if len(verbs) > 1 or (verbs and verbs[0] != "run"):
-        raise app.UsageError(f"unknown command {' '.join(verbs)!r}; expected: run")
+    verbs = argv[1:] or ["run"]
+    if len(verbs) > 1 or verbs[0] not in VERBS:
+        raise app.UsageError(f"unknown command {' '.join(verbs)!r}; expected one of {VERBS}")
+    verb = verbs[0]
     config = _CONFIG.value
     workdir = _WORKDIR.value
     if workdir is None:
-        workdir = os.path.join(
-            "runs", f"{config.al.strategy}-{config.al.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        if verb == "report":
+            raise app.UsageError("report needs --workdir (a run or sweep folder)")
+        name = f"{config.al.strategy}-{config.al.mode}" if verb == "run" else verb
+        workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"--workdir not given; writing to {workdir}")
-    from selal_jax import loop  # after flag parsing: keeps --help fast
+    # Imported after flag parsing: keeps --help fast.
+    from selal_jax import loop, report, sweep
 
-    loop.run(config, workdir)
+    if verb == "run":
+        loop.run(config, workdir)
+    elif verb == "sweep":
+        sweep.run(config, workdir)
+    elif verb == "supervised":
+        loop.train_supervised(config, workdir)
+    else:
+        paths = report.write_report(workdir, baseline=_BASELINE.value)
+        with open(paths["summary.md"]) as f:
+            print(f.read())
+        print("\n".join(f"wrote {p}" for p in paths.values()))
 
 
 class _QuietLibraries:

@@ -81,6 +81,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     al.query_size = 20  # slices queried per round
     al.rounds = 6  # query rounds after round 0 (stops early when the pool is exhausted)
 
+    config.sweep = sweep = config_dict.ConfigDict()  # `python launch.py sweep`
+    sweep.runs = "random:all,entropy:all,entropy:selective"  # strategy:mode pairs, comma-separated
+    sweep.seeds = "0,1,2"  # comma-separated seeds; each seed shares initial set + round-0 model
+    sweep.supervised = True  # also train the supervised baseline (whole training split)
+
     config.checkpoint = ckpt = config_dict.ConfigDict()
     ckpt.keep = 2  # model checkpoints kept (the per-round records are all kept)
 

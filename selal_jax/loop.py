@@ -10,6 +10,7 @@ numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import checkpointing, faults, report, rng, scoring, selection
+from selal_jax import checkpointing, diagnostics, faults, report, rng, scoring, selection
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import build_model, init_variables
@@ -29,10 +30,30 @@ INIT_TAG = 2**31 - 1
 INITIAL_SET_TAG = 2**31 - 2
 FIT, SCORE, RANDOM = 0, 1, 2
 
-RECORDS_FILE = "records.jsonl"
+RECORDS_FILE = report.RECORDS_FILE
+SUPERVISED_FILE = report.SUPERVISED_FILE
+# Fields in which runs sharing one round-0 model may differ (they act after round 0's training).
+ROUND0_NEUTRAL_KEYS = (
+    "al.strategy",
+    "al.mode",
+    "al.convention",
+    "al.aggregation",
+    "al.merge",
+    "al.target_threshold",
+    "al.boundary_width",
+    "al.mc_passes",
+    "al.reuse_encoder",
+    "al.query_size",
+)
+ROUND0_CHECKPOINT = "round0"
+EMBEDDINGS_FILE = report.EMBEDDINGS_FILE
+
 # Config fields that may change between a run and its resumption without changing any result
 # of the completed rounds.
 RESUME_NEUTRAL_KEYS = (
+    "sweep.runs",
+    "sweep.seeds",
+    "sweep.supervised",
     "resume",
     "allow_config_change",
     "al.rounds",
@@ -156,17 +177,6 @@ def query(
     return q, stats
 
 
-def query_diagnostics(train: SliceSet, ids: np.ndarray) -> dict:
-    """How many queried slices contain target, and their mean target pixel count."""
-    if len(ids) == 0:
-        return {"queried_with_target": 0, "queried_mean_target_pixels": 0.0}
-    counts = train.labels[np.sort(ids)].reshape(len(ids), -1).sum(axis=1)
-    return {
-        "queried_with_target": int((counts > 0).sum()),
-        "queried_mean_target_pixels": float(counts.mean()),
-    }
-
-
 def flatten_config(config) -> dict:
     out = {}
 
@@ -191,10 +201,14 @@ def config_differences(stored: dict, current: dict) -> list[str]:
     ]
 
 
-def run(config, workdir: str) -> list[dict]:
-    """Runs (or resumes) the experiment; returns the per-round records."""
+def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
+    """Runs (or resumes) the experiment; returns the per-round records.
+
+    With `round0_dir` (see `train_shared_round0`), a fresh run takes its round-0 model and
+    metrics from there instead of training them, so that runs of different strategies share them.
+    """
     with rng.classic_threefry():
-        experiment = Experiment(config, workdir)
+        experiment = Experiment(config, workdir, round0_dir)
         try:
             history = experiment.run()
         finally:
@@ -211,7 +225,7 @@ class Experiment:
     `train_round` -> `query_round` -> `commit_round` (record + checkpoint).
     """
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, round0_dir: str | None = None):
         validate_config(config)
         os.makedirs(workdir, exist_ok=True)
         self.config, self.workdir = config, workdir
@@ -231,6 +245,7 @@ class Experiment:
         self.labelled = np.zeros(len(self.train), bool)
         self.history: list[dict] = []
         self.next_round = 0
+        self.round0_record: dict | None = None
         latest = self.ckpt.latest_round()
         if latest is not None and not config.resume:
             raise ValueError(
@@ -247,6 +262,25 @@ class Experiment:
                 jax.random.fold_in(self.root, INITIAL_SET_TAG),
             )
             self.labelled[initial] = True
+            if round0_dir is not None:
+                self._take_round0(round0_dir)
+
+    def _take_round0(self, round0_dir: str) -> None:
+        state, stored = load_round0(round0_dir, self.state)
+        changed = [
+            k
+            for k in config_differences(stored["config"], self.flat_config)
+            if k not in ROUND0_NEUTRAL_KEYS
+        ]
+        if changed or stored["fingerprint"] != self.splits.fingerprint:
+            raise ValueError(
+                f"{round0_dir}: its round-0 model was trained with a different config "
+                f"({', '.join(changed) or 'dataset fingerprint'}); it cannot be shared with "
+                f"{self.workdir}"
+            )
+        if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(self.labelled)]:
+            raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
+        self.state, self.round0_record = state, dict(stored["record"])
 
     def _restore(self, latest: int) -> None:
         config, workdir = self.config, self.workdir
@@ -339,12 +373,21 @@ class Experiment:
             **record,
             "strategy": self.config.al.strategy,
             "mode": self.config.al.mode,
+            "seed": int(self.config.seed),
             "queried": [] if q is None else [int(i) for i in q.ids],
             "queried_streams": [] if q is None else list(q.streams),
             "queried_scores": []
             if q is None
             else [None if np.isnan(s) else float(s) for s in q.scores],
-            **query_diagnostics(self.train, np.asarray([] if q is None else q.ids, np.int64)),
+            **diagnostics.query_diagnostics(
+                self.model,
+                self.state.variables,
+                self.train,
+                [] if q is None else q.ids,
+                int(self.config.train.eval_batch_size),
+                float(self.config.al.target_threshold),
+                float(self.config.al.boundary_width),
+            ),
         }
         self.history.append(record)
         loop_record = {
@@ -377,7 +420,10 @@ class Experiment:
 
     def run(self) -> list[dict]:
         for r in range(self.next_round, int(self.config.al.rounds) + 1):
-            record = self.train_round(r)
+            if r == 0 and self.round0_record is not None:
+                record = dict(self.round0_record)  # shared round-0 model (already in self.state)
+            else:
+                record = self.train_round(r)
             score_start = time.time()
             q = self.query_round(r)
             record["score_seconds"] = time.time() - score_start
@@ -388,3 +434,74 @@ class Experiment:
 
     def close(self) -> None:
         self.ckpt.close()
+
+
+def load_round0(round0_dir: str, state_like):
+    ckpt = checkpointing.Checkpointer(os.path.join(round0_dir, ROUND0_CHECKPOINT), 1)
+    try:
+        if ckpt.latest_round() is None:
+            raise ValueError(f"{round0_dir}: no shared round-0 checkpoint found")
+        return ckpt.restore(0, checkpointing.abstract_like(state_like))
+    finally:
+        ckpt.close()
+
+
+def train_shared_round0(config, round0_dir: str) -> dict:
+    """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
+    record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent."""
+    with rng.classic_threefry():
+        experiment = Experiment(config, round0_dir)
+        try:
+            ckpt = checkpointing.Checkpointer(os.path.join(round0_dir, ROUND0_CHECKPOINT), 1)
+            if ckpt.latest_round() is not None:
+                return ckpt.restore_loop(0)["record"]
+            record = experiment.train_round(0)
+            train = experiment.train
+            features, _, _ = diagnostics.embed(
+                experiment.model,
+                experiment.state.variables,
+                train.images,
+                np.arange(len(train)),
+                int(config.train.eval_batch_size),
+            )
+            target_pixels = np.asarray(train.labels).reshape(len(train), -1).sum(axis=1)
+            path = os.path.join(round0_dir, EMBEDDINGS_FILE)
+            with open(path + ".tmp", "wb") as f:
+                np.savez(f, features=features, target_pixels=target_pixels)
+            os.replace(path + ".tmp", path)
+            ckpt.save(
+                0,
+                experiment.state,
+                {
+                    "record": record,
+                    "labelled_ids": [int(i) for i in np.flatnonzero(experiment.labelled)],
+                    "config": experiment.flat_config,
+                    "fingerprint": experiment.splits.fingerprint,
+                },
+            )
+            ckpt.close()
+            return record
+        finally:
+            experiment.close()
+
+
+def train_supervised(config, workdir: str) -> dict:
+    """The supervised baseline: the same fit routine on the whole training split; its record is
+    written to <workdir>/supervised.json (and returned; an existing one is returned as is)."""
+    path = os.path.join(workdir, SUPERVISED_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    with rng.classic_threefry():
+        experiment = Experiment(config, workdir)
+        try:
+            experiment.labelled[:] = True
+            record = experiment.train_round(0)
+        finally:
+            experiment.close()
+    record = {**record, "supervised": True, "seed": int(config.seed)}
+    checkpointing.write_json_atomic(path, record)
+    logging.info(
+        "supervised baseline: dice %.4f (global %.4f)", record["dice"], record["dice_global"]
+    )
+    return record

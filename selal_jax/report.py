@@ -1,6 +1,30 @@
-"""Tables from a run's per-round records."""
+"""Tables and plots from the records of finished or partial runs (nothing is recomputed).
+
+A report reads a run folder (`records.jsonl`) or a sweep folder (`seed-<s>/<strategy>-<mode>/
+records.jsonl`, `supervised/supervised.json`, `seed-<s>/round0/pool_embeddings.npz`).
+
+The summary table follows the paper: per strategy, Dice at 10, 15, ..., 35 % of the pool labelled
+(the last round at or below each percentage, "-" if the run has not reached it), the highest
+Dice, and the labelled slices (and %) at which Dice first reaches the supervised baseline ("/"
+if never). With several seeds each cell is mean +- standard deviation over seeds, and a column
+gives the normalised area under the Dice-vs-%-labelled curve (the trapezoid area divided by the
+width of the %-labelled range: the curve's mean Dice).
+"""
 
 from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+
+import numpy as np
+
+PCTS = (10, 15, 20, 25, 30, 35)
+RECORDS_FILE = "records.jsonl"
+SUPERVISED_FILE = "supervised.json"
+EMBEDDINGS_FILE = "pool_embeddings.npz"
 
 
 def round_table(history: list[dict]) -> str:
@@ -18,6 +42,244 @@ def round_table(history: list[dict]) -> str:
         )
     best = max(history, key=lambda rec: rec["dice"])
     lines.append(
-        f"\nhighest Dice {best['dice']:.4f} at round {best['round']} ({best['n_labelled']} labelled slices)"
+        f"\nhighest Dice {best['dice']:.4f} at round {best['round']} "
+        f"({best['n_labelled']} labelled slices)"
     )
     return "\n".join(lines)
+
+
+def read_records(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
+    """{run name ('<strategy> <mode>'): {seed: history}} for every records file under workdir."""
+    runs: dict[str, dict[int, list[dict]]] = {}
+    paths = sorted(
+        set(glob.glob(os.path.join(workdir, RECORDS_FILE)))
+        | set(glob.glob(os.path.join(workdir, "**", RECORDS_FILE), recursive=True))
+    )
+    for path in paths:
+        history = read_records(path)
+        if not history:
+            continue
+        first = history[0]
+        name = f"{first['strategy']} {first['mode']}"
+        seed = int(first.get("seed", 0))
+        if seed in runs.get(name, {}):
+            raise ValueError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
+        runs.setdefault(name, {})[seed] = history
+    return runs
+
+
+def load_baseline(workdir: str) -> float | None:
+    paths = glob.glob(os.path.join(workdir, SUPERVISED_FILE)) + glob.glob(
+        os.path.join(workdir, "**", SUPERVISED_FILE), recursive=True
+    )
+    values = []
+    for path in sorted(set(paths)):
+        with open(path) as f:
+            values.append(float(json.load(f)["dice"]))
+    return float(np.mean(values)) if values else None
+
+
+def dice_at(history: list[dict], pct: float) -> float | None:
+    """Dice of the last round at or below `pct` % labelled; None if the run has not reached it."""
+    if not history or history[-1]["pct_labelled"] < pct - 1e-9:
+        return None
+    below = [rec for rec in history if rec["pct_labelled"] <= pct + 1e-9]
+    return below[-1]["dice"] if below else None
+
+
+def first_reaching(history: list[dict], baseline: float | None) -> dict | None:
+    """The first round whose Dice reaches the baseline, or None."""
+    if baseline is None:
+        return None
+    for rec in history:
+        if rec["dice"] >= baseline:
+            return rec
+    return None
+
+
+def normalised_auc(history: list[dict]) -> float | None:
+    """Trapezoid area under Dice vs % labelled divided by the % range (None for < 2 rounds)."""
+    if len(history) < 2:
+        return None
+    x = np.array([rec["pct_labelled"] for rec in history], np.float64)
+    y = np.array([rec["dice"] for rec in history], np.float64)
+    width = x[-1] - x[0]
+    if width <= 0:
+        return None
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / width)
+
+
+def _fmt(values: list[float | None], digits: int = 4) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def summary_rows(
+    runs: dict[str, dict[int, list[dict]]], baseline: float | None, pcts=PCTS
+) -> list[dict]:
+    """One dict per strategy with the table's cells as strings."""
+    rows = []
+    for name, by_seed in runs.items():
+        histories = [by_seed[s] for s in sorted(by_seed)]
+        row = {"strategy": name, "seeds": str(len(histories))}
+        for pct in pcts:
+            values = [dice_at(h, pct) for h in histories]
+            # With several seeds, a cell needs every seed to have reached the percentage.
+            row[f"{pct}%"] = "-" if any(v is None for v in values) else _fmt(values)
+        row["highest"] = _fmt([max(rec["dice"] for rec in h) for h in histories])
+        reached = [first_reaching(h, baseline) for h in histories]
+        if baseline is None or all(r is None for r in reached):
+            row["reaches baseline at"] = "/"
+        else:
+            n = [r["n_labelled"] for r in reached if r is not None]
+            pct = [r["pct_labelled"] for r in reached if r is not None]
+            cell = f"{_fmt(n, 0)} ({_fmt(pct, 1)}%)"
+            if len(n) < len(histories):
+                cell += f" [{len(n)} of {len(histories)} seeds]"
+            row["reaches baseline at"] = cell
+        row["nAUC"] = _fmt([normalised_auc(h) for h in histories])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], baseline: float | None) -> str:
+    if not rows:
+        return "(no runs found)"
+    columns = list(rows[0])
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    base = "none found" if baseline is None else f"{baseline:.4f}"
+    lines.append(
+        f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split."
+    )
+    return "\n".join(lines)
+
+
+def csv_table(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def plot_learning_curves(runs, baseline: float | None, path: str) -> str:
+    """Dice vs % labelled, one line per strategy (mean over seeds, band = min..max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for name, by_seed in runs.items():
+        histories = [by_seed[s] for s in sorted(by_seed)]
+        n = min(len(h) for h in histories)
+        x = np.mean([[rec["pct_labelled"] for rec in h[:n]] for h in histories], axis=0)
+        y = np.array([[rec["dice"] for rec in h[:n]] for h in histories])
+        (line,) = ax.plot(x, y.mean(axis=0), marker="o", ms=3, label=f"{name} (n={len(histories)})")
+        if len(histories) > 1:
+            ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label=f"supervised ({baseline:.3f})")
+    ax.set_xlabel("% of the pool labelled")
+    ax.set_ylabel("Dice (mean per slice, test)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def tsne_coordinates(embeddings_path: str) -> np.ndarray:
+    """2D t-SNE of the pool embeddings, cached beside them (tsne.npy)."""
+    cache = os.path.join(os.path.dirname(embeddings_path), "tsne.npy")
+    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(embeddings_path):
+        return np.load(cache)
+    from sklearn.manifold import TSNE
+
+    features = np.load(embeddings_path)["features"]
+    perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+    coords = TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(features)
+    np.save(cache + ".tmp.npy", coords)
+    os.replace(cache + ".tmp.npy", cache)
+    return coords
+
+
+def plot_tsne(runs, embeddings_path: str, seed: int, path: str) -> str:
+    """The paper's Figure 2: t-SNE of the pool (bottleneck features of the round-0 model)
+    coloured by target pixel count, with each strategy's queried slices marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coords = tsne_coordinates(embeddings_path)
+    target = np.load(embeddings_path)["target_pixels"]
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
+    sc = ax.scatter(coords[:, 0], coords[:, 1], c=np.log1p(target), s=6, cmap="viridis", alpha=0.6)
+    fig.colorbar(sc, ax=ax, label="log(1 + target pixels)")
+    markers = "xs^vD+*P"
+    for i, (name, by_seed) in enumerate(runs.items()):
+        if seed not in by_seed:
+            continue
+        ids = [j for rec in by_seed[seed] for j in rec["queried"]]
+        ax.scatter(
+            coords[ids, 0],
+            coords[ids, 1],
+            marker=markers[i % len(markers)],
+            s=28,
+            color=f"C{i}",
+            label=f"{name} ({len(ids)} queried)",
+        )
+    ax.set_title(f"pool t-SNE (seed {seed}, round-0 model)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(workdir: str, baseline: float | None = None, out_dir: str | None = None) -> dict:
+    """Writes summary.md, summary.csv, learning_curves.png and (if embeddings exist) tsne.png to
+    <workdir>/report; returns {name: path} and prints nothing."""
+    runs = load_runs(workdir)
+    if not runs:
+        raise ValueError(f"{workdir}: no {RECORDS_FILE} found (nothing to report)")
+    if baseline is None:
+        baseline = load_baseline(workdir)
+    out_dir = out_dir or os.path.join(workdir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = summary_rows(runs, baseline)
+    paths = {}
+    for name, text in (
+        ("summary.md", markdown_table(rows, baseline)),
+        ("summary.csv", csv_table(rows)),
+    ):
+        paths[name] = os.path.join(out_dir, name)
+        with open(paths[name] + ".tmp", "w") as f:
+            f.write(text + ("\n" if not text.endswith("\n") else ""))
+        os.replace(paths[name] + ".tmp", paths[name])
+    paths["learning_curves.png"] = plot_learning_curves(
+        runs, baseline, os.path.join(out_dir, "learning_curves.png")
+    )
+    embeddings = sorted(glob.glob(os.path.join(workdir, "seed-*", "round0", EMBEDDINGS_FILE)))
+    if embeddings:
+        seed = int(os.path.basename(os.path.dirname(os.path.dirname(embeddings[0])))[5:])
+        paths["tsne.png"] = plot_tsne(runs, embeddings[0], seed, os.path.join(out_dir, "tsne.png"))
+    return paths

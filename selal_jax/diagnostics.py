@@ -1,0 +1,89 @@
+"""Per-query diagnostics and pool embeddings (the paper's redundancy and empty-slice claims).
+
+Embeddings are the U-Net bottleneck features, globally average-pooled, of the deterministic
+model. Predicted target / boundary pixel counts use the same model's probabilities P with the
+run's T and B (P > T, |P - 0.5| < B), whatever the strategy (for MC strategies the ranking used
+the MC mean; the diagnostic uses the deterministic pass so that all strategies are measured alike).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selal_jax.data.slices import SliceSet
+from selal_jax.models import UNet
+from selal_jax.train import padded_batches
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _embed_batch(variables, images, target_threshold, boundary_width, *, model: UNet):
+    bottleneck, skips = model.apply(variables, images, False, method=UNet.encode)
+    logits = model.apply(variables, bottleneck, skips, method=UNet.decode)
+    p = jax.nn.sigmoid(logits)
+    return (
+        jnp.mean(bottleneck.astype(jnp.float32), axis=(1, 2)),
+        jnp.sum(p > target_threshold, axis=(1, 2)),
+        jnp.sum(jnp.abs(p - 0.5) < boundary_width, axis=(1, 2)),
+    )
+
+
+def embed(
+    model: UNet, variables, images, ids, batch_size: int, target_threshold=0.1, boundary_width=0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features [n, C] float32, predicted target pixels [n], boundary pixels [n]) of `ids`."""
+    ids = np.asarray(ids, np.int64)
+    outs = []
+    for idx, n_valid in padded_batches(len(ids), batch_size):
+        batch = np.asarray(images[ids[idx]], np.float32)
+        out = _embed_batch(
+            variables, batch, np.float32(target_threshold), np.float32(boundary_width), model=model
+        )
+        outs.append((out, n_valid))
+    if not outs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    host = jax.device_get([o for o, _ in outs])
+    return tuple(
+        np.concatenate([h[i][:n] for h, (_, n) in zip(host, outs, strict=True)]) for i in range(3)
+    )
+
+
+def redundancy(features: np.ndarray) -> float | None:
+    """Mean pairwise cosine similarity (off-diagonal) of the rows; None for fewer than 2."""
+    n = len(features)
+    if n < 2:
+        return None
+    f = np.asarray(features, np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    sim = f @ f.T
+    return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
+
+
+def query_diagnostics(
+    model: UNet, variables, train: SliceSet, ids, batch_size: int, target_threshold, boundary_width
+) -> dict:
+    """Diagnostics of one round's query: true target presence, predicted target and boundary
+    pixel counts, and redundancy (mean pairwise cosine similarity of embeddings)."""
+    ids = np.asarray(ids, np.int64)
+    if len(ids) == 0:
+        return {
+            "queried_with_target": 0,
+            "queried_mean_target_pixels": 0.0,
+            "queried_mean_pred_target_pixels": 0.0,
+            "queried_mean_pred_boundary_pixels": 0.0,
+            "queried_redundancy": None,
+        }
+    true_counts = np.asarray(train.labels[np.sort(ids)]).reshape(len(ids), -1).sum(axis=1)
+    features, pred_target, pred_boundary = embed(
+        model, variables, train.images, ids, batch_size, target_threshold, boundary_width
+    )
+    return {
+        "queried_with_target": int((true_counts > 0).sum()),
+        "queried_mean_target_pixels": float(true_counts.mean()),
+        "queried_mean_pred_target_pixels": float(pred_target.mean()),
+        "queried_mean_pred_boundary_pixels": float(pred_boundary.mean()),
+        "queried_redundancy": redundancy(features),
+    }
