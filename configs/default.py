@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.split_seed = 0  # seed of the subject split
 
     config.model = model = config_dict.ConfigDict()
-    model.base_width = 16  # channels of the first level (the paper's network: 32)
+    model.base_width = 8  # channels of the first level (the paper's network: 32)
     model.depth = 3  # pooling steps (the paper's network: 4)
     model.dropout_rate = 0.2  # after the bottleneck and each decoder block
     model.dtype = "float32"  # computation dtype: float32 | bfloat16 (params stay float32)
@@ -60,9 +60,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     train.learning_rate = 1e-3
     train.batch_size = 16  # slices per step
     train.eval_batch_size = 64  # slices per validation/test/scoring call
-    train.patience = 3  # epochs without validation-loss improvement before stopping (paper: 5)
-    train.max_epochs = 20  # cap per round (paper configs: 100)
-    train.min_steps_per_epoch = 8  # small labelled sets repeat slices to make an epoch this long
+    train.patience = 4  # epochs without validation-loss improvement before stopping (paper: 5)
+    train.max_epochs = 15  # cap per round (paper configs: 100)
+    train.min_steps_per_epoch = 16  # small labelled sets repeat slices to make an epoch this long
     train.reset_optimizer = True  # fresh Adam each round (the published code re-creates it)
     train.augment = False  # on-device augmentation of training batches
 

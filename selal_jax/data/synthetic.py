@@ -71,7 +71,7 @@ def make_subject(rng: np.random.Generator, shape: tuple[int, int, int], spacing=
         lesion = (dist + 0.35 * distortion < 1.0) & body
         label[lesion] = 1
         # Contrast: most lesions are bright, some are faint (about twice the texture's standard deviation).
-        contrast = rng.choice([0.6, 0.4, 0.25], p=[0.4, 0.35, 0.25])
+        contrast = rng.choice([1.0, 0.7, 0.4], p=[0.4, 0.35, 0.25])
         soft = ndimage.gaussian_filter(lesion.astype(np.float32), 0.7)
         image = image + contrast * soft
 
