@@ -598,3 +598,11 @@ def test_an_import_interrupted_after_its_commit_point_is_applied_on_resume(
         assert experiment.history[-1]["queried_with_target"] is not None
     finally:
         experiment.close()
+
+
+def test_runs_started_before_the_annotator_fields_existed_stay_resumable():
+    current = loop.flatten_config(smoke_config())
+    stored = {k: v for k, v in current.items() if k not in loop.ADDED_KEYS}
+    assert loop.config_differences(stored, current) == []
+    human = loop.flatten_config(smoke_config(**{"al.annotator": "human"}))
+    assert loop.config_differences(stored, human) == ["al.annotator"]
