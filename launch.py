@@ -1,9 +1,14 @@
 """Entry point: flags -> config -> selal_jax.<verb>.run(config, workdir).
 
-python launch.py --config=configs/default.py --workdir=runs/demo          # run (default verb)
-python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
-python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
-python launch.py report --workdir=runs/sweep [--baseline=0.77]             # tables and plots
+  python launch.py --config=configs/default.py --workdir=runs/demo          # run (default verb)
+  python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
+  python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
+  python launch.py report --workdir=runs/sweep [--baseline=0.77]             # tables and plots
+
+With --config.al.annotator=human, each round stops after its query; then
+  python launch.py query --workdir=runs/mine [--out=DIR]
+  python launch.py import-labels --workdir=runs/mine --labels=DIR
+  python launch.py --config=... --workdir=runs/mine                         # the next round
 """
 
 import logging as std_logging
@@ -20,37 +25,51 @@ _WORKDIR = flags.DEFINE_string(
 _BASELINE = flags.DEFINE_float(
     "baseline", None, "report: supervised baseline Dice (default: read supervised.json)."
 )
-
-VERBS = ("run", "sweep", "supervised", "report")
+_OUT = flags.DEFINE_string("out", None, "query: output folder. Default: <workdir>/queries/round_R.")
+_LABELS = flags.DEFINE_string("labels", None, "import-labels: folder of corrected label volumes.")
+_ALLOW_OUTSIDE = flags.DEFINE_bool(
+    "allow_changes_outside_query",
+    False,
+    "import-labels: ignore voxels outside the queried slices instead of rejecting the file.",
+)
+VERBS = ("run", "sweep", "supervised", "report", "query", "import-labels")
+NEEDS_WORKDIR = ("report", "query", "import-labels")
 
 
 def main(argv):
     verbs = argv[1:] or ["run"]
     if len(verbs) > 1 or verbs[0] not in VERBS:
         raise app.UsageError(f"unknown command {' '.join(verbs)!r}; expected one of {VERBS}")
-    verb = verbs[0]
-    config = _CONFIG.value
-    workdir = _WORKDIR.value
+    verb, config, workdir = verbs[0], _CONFIG.value, _WORKDIR.value
     if workdir is None:
-        if verb == "report":
-            raise app.UsageError("report needs --workdir (a run or sweep folder)")
+        if verb in NEEDS_WORKDIR:
+            raise app.UsageError(f"{verb} needs --workdir")
         name = f"{config.al.strategy}-{config.al.mode}" if verb == "run" else verb
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"--workdir not given; writing to {workdir}")
     # Imported after flag parsing: keeps --help fast.
-    from selal_jax import loop, report, sweep
+    from selal_jax import annotate, loop, report, sweep
 
+    if verb in ("query", "import-labels") and not flags.FLAGS["config"].present:
+        config = loop.stored_config(workdir)  # the run's own config
     if verb == "run":
         loop.run(config, workdir)
     elif verb == "sweep":
         sweep.run(config, workdir)
     elif verb == "supervised":
         loop.train_supervised(config, workdir)
-    else:
+    elif verb == "report":
         paths = report.write_report(workdir, baseline=_BASELINE.value)
         with open(paths["summary.md"]) as f:
             print(f.read())
         print("\n".join(f"wrote {p}" for p in paths.values()))
+    elif verb == "query":
+        print(f"wrote {annotate.export_query(config, workdir, _OUT.value)}")
+    elif _LABELS.value is None:
+        raise app.UsageError("import-labels needs --labels=DIR")
+    else:
+        summary = annotate.import_labels(config, workdir, _LABELS.value, _ALLOW_OUTSIDE.value)
+        print(f"imported: {summary}")
 
 
 class _QuietLibraries:

@@ -4,6 +4,8 @@ Run lines:
   python launch.py --config=configs/default.py --workdir=runs/demo
   python launch.py --config=configs/default.py --config.al.strategy=bald --config.al.mode=selective
   python launch.py --config=configs/default.py:smoke --workdir=/tmp/smoke   # tiny, < 1 minute
+  python launch.py --config=configs/default.py --config.al.annotator=human --workdir=runs/mine
+  python launch.py query --workdir=runs/mine        # then: import-labels --labels=DIR, run
 """
 
 from ml_collections import config_dict
@@ -19,6 +21,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.layout = "synthetic"  # synthetic | msd | brats | paired (see selal_jax/data/layouts.py)
     data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
     data.cache_dir = config_dict.placeholder(str)  # slice cache folder; None: <workdir>/cache
+    # Cases without a label file (MSD entry without "label", paired image without label, BraTS
+    # case without seg) join the training pool unlabelled; needs al.annotator = human.
+    data.allow_unlabelled = False
     data.modality = ""  # 4D images: channel name (MSD dataset.json) or index; '' = 3D images
     data.brats = config_dict.ConfigDict()
     data.brats.modality = "flair"  # flair | t1 | t1ce | t2
@@ -80,6 +85,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     al.initial_from_positive = True  # draw the initial set only from slices with target
     al.query_size = 20  # slices queried per round
     al.rounds = 6  # query rounds after round 0 (stops early when the pool is exhausted)
+    # Who labels the queried slices: simulated (reveals the dataset's labels, as the paper does) |
+    # human (run stops after each query; launch.py query exports it, import-labels reads it back)
+    al.annotator = "simulated"
 
     config.sweep = sweep = config_dict.ConfigDict()  # `python launch.py sweep`
     sweep.runs = "random:all,entropy:all,entropy:selective"  # strategy:mode pairs, comma-separated

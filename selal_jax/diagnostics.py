@@ -62,27 +62,34 @@ def redundancy(features: np.ndarray) -> float | None:
     return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
 
 
-def query_diagnostics(
+def label_diagnostics(train: SliceSet, ids) -> dict:
+    """How many queried slices contain target (ground truth), and their mean target pixels."""
+    ids = np.asarray(ids, np.int64)
+    if len(ids) == 0:
+        return {"queried_with_target": 0, "queried_mean_target_pixels": 0.0}
+    counts = np.asarray(train.labels[np.sort(ids)]).reshape(len(ids), -1).sum(axis=1)
+    return {
+        "queried_with_target": int((counts > 0).sum()),
+        "queried_mean_target_pixels": float(counts.mean()),
+    }
+
+
+def model_diagnostics(
     model: UNet, variables, train: SliceSet, ids, batch_size: int, target_threshold, boundary_width
 ) -> dict:
-    """Diagnostics of one round's query: true target presence, predicted target and boundary
-    pixel counts, and redundancy (mean pairwise cosine similarity of embeddings)."""
+    """Predicted target and boundary pixel counts of the queried slices, and their redundancy
+    (mean pairwise cosine similarity of embeddings)."""
     ids = np.asarray(ids, np.int64)
     if len(ids) == 0:
         return {
-            "queried_with_target": 0,
-            "queried_mean_target_pixels": 0.0,
             "queried_mean_pred_target_pixels": 0.0,
             "queried_mean_pred_boundary_pixels": 0.0,
             "queried_redundancy": None,
         }
-    true_counts = np.asarray(train.labels[np.sort(ids)]).reshape(len(ids), -1).sum(axis=1)
     features, pred_target, pred_boundary = embed(
         model, variables, train.images, ids, batch_size, target_threshold, boundary_width
     )
     return {
-        "queried_with_target": int((true_counts > 0).sum()),
-        "queried_mean_target_pixels": float(true_counts.mean()),
         "queried_mean_pred_target_pixels": float(pred_target.mean()),
         "queried_mean_pred_boundary_pixels": float(pred_boundary.mean()),
         "queried_redundancy": redundancy(features),

@@ -10,6 +10,7 @@ numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -17,8 +18,18 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from ml_collections import config_dict
 
-from selal_jax import checkpointing, diagnostics, faults, report, rng, scoring, selection
+from selal_jax import (
+    checkpointing,
+    diagnostics,
+    faults,
+    label_store,
+    report,
+    rng,
+    scoring,
+    selection,
+)
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import build_model, init_variables
@@ -48,6 +59,8 @@ ROUND0_NEUTRAL_KEYS = (
 ROUND0_CHECKPOINT = "round0"
 EMBEDDINGS_FILE = report.EMBEDDINGS_FILE
 
+ANNOTATIONS_DIR = "annotations"  # al.annotator = human: imported masks, one file per round
+ANNOTATORS = ("simulated", "human")
 # Config fields that may change between a run and its resumption without changing any result
 # of the completed rounds.
 RESUME_NEUTRAL_KEYS = (
@@ -60,11 +73,18 @@ RESUME_NEUTRAL_KEYS = (
     "checkpoint.keep",
     "train.eval_batch_size",
 )
+# Config fields added after runs may have been started: a stored config without one had this
+# value (so such runs stay resumable).
+ADDED_KEYS = {"al.annotator": "simulated", "data.allow_unlabelled": False}
 
 
 def validate_config(config) -> None:
     al = config.al
     selection.validate_options(al.strategy, al.mode, al.convention, al.aggregation, al.merge)
+    if al.annotator not in ANNOTATORS:
+        raise ValueError(
+            f"config field al.annotator: expected one of {ANNOTATORS}, got {al.annotator!r}"
+        )
     for field, value in (
         ("al.query_size", al.query_size),
         ("al.initial_size", al.initial_size),
@@ -93,18 +113,24 @@ def validate_config(config) -> None:
 
 
 def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -> np.ndarray:
-    """Initial labelled pool ids, drawn with `key`; from slices with target if asked.
+    """Initial labelled pool ids, drawn with `key` from the slices that have labels; from slices
+    with target if asked.
 
     If fewer slices have target than `size`, all of them are taken and the rest is drawn from
     the other slices (with a warning).
     """
     n = len(train)
-    if size > n:
-        raise ValueError(f"config field al.initial_size: {size} exceeds the {n} training slices")
+    with_label = np.flatnonzero(train.has_label)  # every slice, unless some cases are unlabelled
+    if size > len(with_label):
+        what = "training slices" if len(with_label) == n else "training slices with labels"
+        raise ValueError(
+            f"config field al.initial_size: {size} exceeds the {len(with_label)} {what}"
+        )
     if not from_positive:
-        return np.sort(np.asarray(jax.random.permutation(key, n))[:size])
-    positive = np.flatnonzero(train.labels.reshape(n, -1).any(axis=1))
-    negative = np.setdiff1d(np.arange(n), positive)
+        perm = np.asarray(jax.random.permutation(key, len(with_label)))
+        return np.sort(with_label[perm[:size]])
+    positive = np.flatnonzero(train.labels.reshape(n, -1).any(axis=1))  # unlabelled: all 0
+    negative = np.setdiff1d(with_label, positive)
     k_pos, k_neg = jax.random.split(key)
     if len(positive) >= size:
         return np.sort(positive[np.asarray(jax.random.permutation(k_pos, len(positive)))[:size]])
@@ -194,11 +220,32 @@ def flatten_config(config) -> dict:
 
 def config_differences(stored: dict, current: dict) -> list[str]:
     keys = sorted(set(stored) | set(current))
+    stored = {**ADDED_KEYS, **stored}
     return [
         k
         for k in keys
         if k not in RESUME_NEUTRAL_KEYS and stored.get(k, "<absent>") != current.get(k, "<absent>")
     ]
+
+
+def stored_config(workdir: str) -> config_dict.ConfigDict:
+    """The config snapshot of the run in `workdir` (from its latest checkpoint)."""
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        latest = ckpt.latest_round()
+        if latest is None:
+            raise ValueError(f"{workdir}: no checkpoint (run the experiment first)")
+        flat = ckpt.restore_loop(latest)["config"]
+    finally:
+        ckpt.close()
+    nested: dict = {}
+    for name, value in {**ADDED_KEYS, **flat}.items():
+        *parents, leaf = name.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_dict.ConfigDict(nested)
 
 
 def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
@@ -214,6 +261,8 @@ def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
         finally:
             experiment.close()
     print(report.round_table(history))
+    if experiment.awaiting is not None:
+        print(experiment.awaiting_message())
     return history
 
 
@@ -223,6 +272,11 @@ class Experiment:
     Construction loads the data, builds the model and restores the last completed round from
     `workdir` (if any); `run` then executes the remaining rounds. Each round r is
     `train_round` -> `query_round` -> `commit_round` (record + checkpoint).
+
+    With `al.annotator = "human"`, `commit_round` does not reveal the query: the checkpoint
+    records it as awaiting labels (`awaiting`) and `run` stops. `accept_labels` (called by
+    `annotate.import_labels`) stores the annotator's masks for it; a later construction applies
+    them, and training reads imported masks instead of the dataset's labels for those slices.
     """
 
     def __init__(self, config, workdir: str, round0_dir: str | None = None):
@@ -231,6 +285,20 @@ class Experiment:
         self.config, self.workdir = config, workdir
         self.splits = loading.load_dataset(config.data, workdir)
         self.train = self.splits.train
+        self.human = config.al.annotator == "human"
+        if not self.human and not self.train.has_label.all():
+            unlabelled = sorted(
+                {self.train.cases[s] for s in self.train.subject[~self.train.has_label]}
+            )
+            raise ValueError(
+                f"{len(unlabelled)} training cases have no labels (e.g. {unlabelled[0]}) and "
+                "config field al.annotator is 'simulated', which reveals the dataset's labels; "
+                "use --config.al.annotator=human"
+            )
+        self.dataset_labels = self.train.labels
+        self.store = label_store.LabelStore(os.path.join(workdir, ANNOTATIONS_DIR))
+        self.imported: dict[int, str] = {}  # human: round -> digest of its annotation file
+        self.awaiting: int | None = None  # human: the round whose query awaits labels
         self.model = build_model(config.model)
         self.tx = make_optimizer(float(config.train.learning_rate))
         self.root = jax.random.key(int(config.seed))
@@ -253,7 +321,9 @@ class Experiment:
                 "starting afresh needs an empty workdir"
             )
         if latest is not None:
-            self._restore(latest)
+            loop = self._restore(latest)
+            if self.human:
+                self._restore_annotations(loop)
         else:
             initial = initial_labelled_set(
                 self.train,
@@ -282,7 +352,7 @@ class Experiment:
             raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
         self.state, self.round0_record = state, dict(stored["record"])
 
-    def _restore(self, latest: int) -> None:
+    def _restore(self, latest: int) -> dict:
         config, workdir = self.config, self.workdir
         self.state, loop = self.ckpt.restore(latest, checkpointing.abstract_like(self.state))
         changed = config_differences(loop["config"], self.flat_config)
@@ -307,6 +377,61 @@ class Experiment:
             self.next_round = int(config.al.rounds) + 1  # finished, or the pool was exhausted
         logging.info(
             "resuming %s after round %d (%d labelled)", workdir, latest, self.labelled.sum()
+        )
+        return loop
+
+    def _restore_annotations(self, loop: dict) -> None:
+        """Human annotator: reloads the imported masks the run trained on, checking that they
+        are unchanged, and applies the awaited round's import if it has happened since."""
+        for r, digest in sorted((int(r), d) for r, d in loop.get("annotations", {}).items()):
+            self.store.verify(r, digest)
+            self.imported[r] = digest
+        self.awaiting = loop.get("awaiting_labels")
+        self._overlay_imported()
+        if self.awaiting is not None and self.store.has(self.awaiting):
+            self._apply_import(self.awaiting)
+
+    def _overlay_imported(self) -> None:
+        """Training labels: the dataset's, with every imported round's masks in place."""
+        parts = [self.store.read(r) for r in sorted(self.imported)]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, *self.train.shape))
+        self.train = dataclasses.replace(
+            self.train, labels=label_store.OverlaidLabels(self.dataset_labels, ids, masks)
+        )
+
+    def _apply_import(self, r: int) -> None:
+        ids, _ = self.store.read(r)
+        expected = self.history[-1]
+        if expected["round"] != r or [int(i) for i in ids] != expected["queried"]:
+            raise label_store.LabelStoreError(
+                f"{self.store.path(r)}: its ids are not round {r}'s query in {self.workdir}"
+            )
+        self.imported[r] = self.store.digest(r)
+        self._overlay_imported()
+        self.labelled[ids] = True
+        expected.update(diagnostics.label_diagnostics(self.train, ids))
+        self.awaiting = None
+        logging.info("round %d: %d imported slice labels applied", r, len(ids))
+
+    def accept_labels(self, r: int, ids: np.ndarray, masks: np.ndarray, note: dict) -> None:
+        """Stores the annotator's masks [n, H, W] of round r's query (ids in selection order)
+        and applies them; the atomic write of the store file is the commit point."""
+        if self.awaiting != r:
+            raise ValueError(f"{self.workdir}: round {r}'s query is not awaiting labels")
+        self.store.write(r, ids, masks, note)
+        self._apply_import(r)
+        checkpointing.write_json_atomic(
+            os.path.join(self.workdir, RECORDS_FILE), self.history, lines=True
+        )
+
+    def awaiting_message(self) -> str:
+        r, w = self.awaiting, self.workdir
+        return (
+            f"round {r}: the query of {len(self.history[-1]['queried'])} slices awaits labels. "
+            f"Export it with `python launch.py query --workdir={w}`, correct the label volumes, "
+            f"import them with `python launch.py import-labels --workdir={w} --labels=DIR`, "
+            "then run again to continue with the next round."
         )
 
     def train_round(self, r: int) -> dict:
@@ -365,9 +490,11 @@ class Experiment:
         return q
 
     def commit_round(self, record: dict, q: selection.Query | None) -> dict:
-        """Reveals the query's labels, appends the record and checkpoints the round."""
+        """Reveals the query's labels (a human annotator's come later), appends the record and
+        checkpoints the round."""
         r = record["round"]
-        if q is not None:
+        awaiting = self.human and q is not None and len(q.ids) > 0
+        if q is not None and not awaiting:
             self.labelled[q.ids] = True
         record = {
             **record,
@@ -379,7 +506,7 @@ class Experiment:
             "queried_scores": []
             if q is None
             else [None if np.isnan(s) else float(s) for s in q.scores],
-            **diagnostics.query_diagnostics(
+            **diagnostics.model_diagnostics(
                 self.model,
                 self.state.variables,
                 self.train,
@@ -389,6 +516,12 @@ class Experiment:
                 float(self.config.al.boundary_width),
             ),
         }
+        if awaiting:  # the labels are unknown until imported; `_apply_import` fills these in
+            record.update(queried_with_target=None, queried_mean_target_pixels=None)
+            self.awaiting = r
+        else:
+            ids = np.asarray([] if q is None else q.ids, np.int64)
+            record.update(diagnostics.label_diagnostics(self.train, ids))
         self.history.append(record)
         loop_record = {
             "round": r,
@@ -399,6 +532,9 @@ class Experiment:
             "root_key": [int(x) for x in np.asarray(jax.random.key_data(self.root)).ravel()],
             "pool_size": len(self.train),
         }
+        if self.human:
+            loop_record["awaiting_labels"] = self.awaiting
+            loop_record["annotations"] = {str(k): d for k, d in sorted(self.imported.items())}
         self.ckpt.save(r, self.state, loop_record)
         checkpointing.write_json_atomic(
             os.path.join(self.workdir, RECORDS_FILE), self.history, lines=True
@@ -420,6 +556,9 @@ class Experiment:
 
     def run(self) -> list[dict]:
         for r in range(self.next_round, int(self.config.al.rounds) + 1):
+            if self.awaiting is not None:
+                logging.warning("%s", self.awaiting_message())
+                break
             if r == 0 and self.round0_record is not None:
                 record = dict(self.round0_record)  # shared round-0 model (already in self.state)
             else:

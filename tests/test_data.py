@@ -244,6 +244,67 @@ def test_flipped_and_permuted_affines_give_the_same_canonical_slices(tmp_path):
     np.testing.assert_allclose(reference["spacing"][0], [1.0, 2.0, 3.0])
 
 
+def test_split_with_unlabelled_subjects_holds_out_only_labelled_ones():
+    plain = loading.split_subjects(20, (0.7, 0.15, 0.15), 3)
+    same = loading.split_subjects(20, (0.7, 0.15, 0.15), 3, np.ones(20, bool))
+    for a, b in zip(plain, same, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # val/test sizes follow the labelled count (17 labelled: still 3 and 3), so unlabelling
+    # three training subjects of the plain split changes nothing.
+    labelled = np.ones(20, bool)
+    labelled[plain[0][:3]] = False
+    for a, b in zip(plain, loading.split_subjects(20, (0.7, 0.15, 0.15), 3, labelled), strict=True):
+        np.testing.assert_array_equal(a, b)
+    labelled = np.arange(20) % 2 == 0
+    train, val, test = loading.split_subjects(20, (0.7, 0.15, 0.15), 3, labelled)
+    assert (len(val), len(test)) == (2, 2) and labelled[val].all() and labelled[test].all()
+    assert set(np.flatnonzero(~labelled)) <= set(train.tolist())
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(20))
+    with pytest.raises(DataError, match="of 2 labelled subjects leaves"):
+        loading.split_subjects(20, (0.7, 0.15, 0.15), 3, np.arange(20) < 2)
+
+
+def test_unlabelled_cases_join_the_training_pool_in_each_layout(tmp_path):
+    vols = volumes(6)
+    root = helpers.write_msd(str(tmp_path / "msd"), vols)
+    meta_path = os.path.join(root, "dataset.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    for i in (1, 4):
+        del meta["training"][i]["label"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    expect_error(msd(root), tmp_path / "a", meta_path, "training[1]", "allow_unlabelled")
+    splits = load(data_config("msd", root, split=(1, 1, 1), allow_unlabelled=True), tmp_path)
+    train = splits.train
+    unlabelled = {train.cases[s] for s in train.subject[~train.has_label]}
+    assert unlabelled == {"case_001", "case_004"}
+    assert splits.val.has_label.all() and splits.test.has_label.all()
+    assert not train.labels[~train.has_label].any()  # unlabelled slices have all-0 masks
+    got = case_slices(splits, "case_001")
+    np.testing.assert_allclose(got["images"], axial(zscore(vols[1][0])), atol=1e-5)
+    # The cache key does not depend on the flag: a fully labelled dataset keeps its cache.
+    full = helpers.write_msd(str(tmp_path / "full"), vols)
+    a = load(data_config("msd", full, split=(1, 1, 1)), tmp_path / "b").fingerprint
+    b = load(data_config("msd", full, split=(1, 1, 1), allow_unlabelled=True), tmp_path / "b")
+    assert a == b.fingerprint and b.train.has_label.all()
+
+    names = helpers.write_paired(str(tmp_path / "p"), vols)
+    os.remove(os.path.join(tmp_path / "p", "labels", f"{names[2]}.nii.gz"))
+    config = data_config("paired", tmp_path / "p", split=(1, 1, 1), allow_unlabelled=True)
+    train = load(config, tmp_path / "c").train
+    assert {train.cases[s] for s in train.subject[~train.has_label]} == {names[2]}
+
+    ids = helpers.write_brats(str(tmp_path / "brats"), {"LGG": volumes(6, kind="brats")})
+    case = ids["LGG"][3]
+    os.remove(os.path.join(tmp_path / "brats", "LGG", case, f"{case}_seg.nii.gz"))
+    config = data_config(
+        "brats", tmp_path / "brats", split=(1, 1, 1), brats__grades="LGG", allow_unlabelled=True
+    )
+    train = load(config, tmp_path / "d").train
+    assert {train.cases[s] for s in train.subject[~train.has_label]} == {case}
+
+
 def test_sagittal_axis(tmp_path):
     vols = volumes(3)
     root = helpers.write_msd(str(tmp_path / "msd"), vols)

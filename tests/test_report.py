@@ -11,8 +11,17 @@ from selal_jax import diagnostics, report
 
 def history(strategy, mode, seed, pcts, dices, pool=200):
     return [
-        {"round": i, "n_labelled": round(p * pool / 100), "pct_labelled": p, "dice": d, "dice_global": d / 2,
-         "strategy": strategy, "mode": mode, "seed": seed, "queried": []}
+        {
+            "round": i,
+            "n_labelled": round(p * pool / 100),
+            "pct_labelled": p,
+            "dice": d,
+            "dice_global": d / 2,
+            "strategy": strategy,
+            "mode": mode,
+            "seed": seed,
+            "queried": [],
+        }
         for i, (p, d) in enumerate(zip(pcts, dices, strict=True))
     ]
 
@@ -37,11 +46,23 @@ def test_single_seed_cells_by_hand(tmp_path):
     rows = {r["strategy"]: r for r in report.summary_rows(runs, baseline=0.7)}
     ent, rnd = rows["entropy selective"], rows["random all"]
     # entropy: 10% -> round at 10.0 (0.60); 15% -> 0.72; 20% -> 0.70; 25% -> 0.75; 30%, 35% not reached
-    assert [ent[f"{p}%"] for p in (10, 15, 20, 25, 30, 35)] == ["0.6000", "0.7200", "0.7000", "0.7500", "-", "-"]
+    assert [ent[f"{p}%"] for p in (10, 15, 20, 25, 30, 35)] == [
+        "0.6000",
+        "0.7200",
+        "0.7000",
+        "0.7500",
+        "-",
+        "-",
+    ]
     assert ent["highest"] == "0.7500"
     assert ent["reaches baseline at"] == "30 (15.0%)"  # first Dice >= 0.7: round 2, 15 % of 200
     # normalised AUC: trapezoids over [5, 25] divided by 20
-    area = 5 * (0.50 + 0.60) / 2 + 5 * (0.60 + 0.72) / 2 + 5 * (0.72 + 0.70) / 2 + 5 * (0.70 + 0.75) / 2
+    area = (
+        5 * (0.50 + 0.60) / 2
+        + 5 * (0.60 + 0.72) / 2
+        + 5 * (0.72 + 0.70) / 2
+        + 5 * (0.70 + 0.75) / 2
+    )
     assert ent["nAUC"] == f"{area / 20:.4f}"
     # random: 10% -> round at 5.0 (nearest at or below); 15% -> 12.5 (0.55); 20% not reached
     assert [rnd[f"{p}%"] for p in (10, 15, 20)] == ["0.4000", "0.5500", "-"]
@@ -112,14 +133,21 @@ def test_sweep_shares_round0_and_renders_both_plots(tiny_sweep):
         sup = json.load(f)
     assert sup["n_labelled"] > r0[0]["n_labelled"]
     for rec in r0:
-        assert {"queried_mean_pred_target_pixels", "queried_mean_pred_boundary_pixels", "queried_redundancy"} <= set(rec)
+        assert {
+            "queried_mean_pred_target_pixels",
+            "queried_mean_pred_boundary_pixels",
+            "queried_redundancy",
+        } <= set(rec)
 
 
 def test_rerunning_a_finished_sweep_recomputes_nothing(tiny_sweep):
     from selal_jax import sweep
 
     config, workdir, paths = tiny_sweep
-    before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in ("seed-0/random-all/records.jsonl", "supervised/supervised.json")}
+    before = {
+        p: os.path.getmtime(os.path.join(workdir, p))
+        for p in ("seed-0/random-all/records.jsonl", "supervised/supervised.json")
+    }
     sweep.run(config, workdir)
     after = {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
     assert before == after

@@ -19,8 +19,9 @@ from absl import logging
 
 # Bump when the cached content or format changes: old caches are then ignored.
 CACHE_VERSION = 1
-# config.data fields that do not change the preprocessed slices.
-NEUTRAL_FIELDS = ("root", "cache_dir")
+# config.data fields that do not change the preprocessed slices. (A dataset that loads both with
+# and without allow_unlabelled has every case labelled: the same slices either way.)
+NEUTRAL_FIELDS = ("root", "cache_dir", "allow_unlabelled")
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
 META_FILE = "meta.json"
 

@@ -3,6 +3,8 @@
   msd     Medical Segmentation Decathlon task folder: dataset.json lists the training pairs.
   brats   BraTS 2019: <grade>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz, grades HGG and LGG.
   paired  any images folder and labels folder whose NIfTI files match by name.
+With data.allow_unlabelled, a case may lack its label (MSD entry without "label", BraTS case
+without seg, paired image without a label file): it joins the training pool unlabelled.
 Listing reads no voxels, so a cached dataset only costs a directory walk and some stats.
 """
 
@@ -109,16 +111,22 @@ def msd_source(root: str, data_config) -> Source:
             f"config field data.label_values: {target} not among the labels of {meta_path} "
             f"({meta['labels']})"
         )
+    unlabelled_ok = bool(data_config.allow_unlabelled)
     cases = []
     for i, entry in enumerate(training):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+        if not isinstance(entry, dict) or "image" not in entry:
             raise DataError(f"{meta_path}: field 'training[{i}]' must have 'image' and 'label'")
+        if not entry.get("label") and not unlabelled_ok:
+            raise DataError(
+                f"{meta_path}: field 'training[{i}]' must have 'image' and 'label' (cases "
+                "without labels need --config.data.allow_unlabelled=True and al.annotator=human)"
+            )
         image = os.path.normpath(os.path.join(root, entry["image"]))
-        label = os.path.normpath(os.path.join(root, entry["label"]))
+        label = os.path.normpath(os.path.join(root, entry["label"])) if entry.get("label") else None
         if os.path.basename(image).startswith("._"):
             continue  # a resource fork listed by mistake
         for path, what in ((image, "image"), (label, "label")):
-            if not os.path.isfile(path):
+            if path is not None and not os.path.isfile(path):
                 raise DataError(
                     f"{meta_path}: field 'training[{i}].{what}' lists {path}, which does not exist"
                 )
@@ -169,6 +177,8 @@ def brats_source(root: str, data_config) -> Source:
             for kind in (modality, "seg"):
                 candidates = [os.path.join(case_dir, f"{case}_{kind}{e}") for e in NIFTI_EXTENSIONS]
                 found = [p for p in candidates if os.path.isfile(p)]
+                if not found and kind == "seg" and data_config.allow_unlabelled:
+                    found = [None]  # an unlabelled case of the pool
                 if not found:
                     raise DataError(f"{candidates[0]}: missing BraTS {kind} file of case {case}")
                 paths.append(found[0])
@@ -204,6 +214,8 @@ def paired_source(root: str, data_config) -> Source:
     labels = _nifti_by_stem(labels_dir, str(paired.label_suffix), "labels")
     no_label = sorted(set(images) - set(labels))
     no_image = sorted(set(labels) - set(images))
+    if data_config.allow_unlabelled:
+        no_label = []  # images without a label join the training pool unlabelled
     if no_label or no_image:
         problems = []
         if no_label:
@@ -218,14 +230,14 @@ def paired_source(root: str, data_config) -> Source:
             )
         raise DataError(
             "; ".join(problems) + " (files pair by name; see data.paired.image_suffix and "
-            "data.paired.label_suffix)"
+            "data.paired.label_suffix; data.allow_unlabelled=True admits unlabelled images)"
         )
     channel = _channel_index(data_config.modality, None, images_dir)
     target = _label_values(data_config)
     allowed = None
     if paired.strict_labels:
         allowed = tuple(sorted({0, *(target or (1,))}))
-    cases = [CaseFiles(stem, images[stem], labels[stem], channel) for stem in sorted(images)]
+    cases = [CaseFiles(stem, images[stem], labels.get(stem), channel) for stem in sorted(images)]
     return Source(root, cases, "zscore", target, allowed)
 
 

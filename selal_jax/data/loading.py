@@ -60,11 +60,14 @@ def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
 
 
 def split_subjects(
-    n_subjects: int, fractions, seed: int
+    n_subjects: int, fractions, seed: int, labelled: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded split of subject indices into train/val/test (each sorted).
 
-    val and test get round(fraction * n) subjects, train the rest; a part left empty is an error.
+    val and test get round(fraction * n) of the n labelled subjects, taken from the end of one
+    seeded permutation of all subjects, skipping unlabelled ones; train gets the rest, so every
+    unlabelled subject. With every subject labelled (`labelled` None) this is the plain split of
+    the permutation. A part left without a labelled subject is an error.
     """
     fractions = np.asarray(fractions, np.float64)
     if len(fractions) != 3 or np.any(fractions < 0) or fractions[0] <= 0:
@@ -72,23 +75,24 @@ def split_subjects(
             "config field data.split: expected three fractions train,val,test >= 0 with "
             f"train > 0, got {tuple(fractions.tolist())}"
         )
+    labelled = np.ones(n_subjects, bool) if labelled is None else np.asarray(labelled, bool)
+    n_labelled = int(labelled.sum())
     fractions = fractions / fractions.sum()
-    n_val = int(round(fractions[1] * n_subjects))
-    n_test = int(round(fractions[2] * n_subjects))
-    n_train = n_subjects - n_val - n_test
+    n_val = int(round(fractions[1] * n_labelled))
+    n_test = int(round(fractions[2] * n_labelled))
+    n_train = n_labelled - n_val - n_test  # labelled training subjects
     for name, n in (("val", n_val), ("test", n_test), ("train", n_train)):
         if n < 1:
+            of = f"{n_subjects}" if n_labelled == n_subjects else f"{n_labelled} labelled"
             raise DataError(
-                f"the split {tuple(np.round(fractions, 3).tolist())} of {n_subjects} subjects "
+                f"the split {tuple(np.round(fractions, 3).tolist())} of {of} subjects "
                 f"leaves {name} empty (train/val/test = {n_train}/{n_val}/{n_test}); "
                 "use more subjects or change data.split"
             )
     order = np.random.default_rng(seed).permutation(n_subjects)
-    return (
-        np.sort(order[:n_train]),
-        np.sort(order[n_train : n_train + n_val]),
-        np.sort(order[n_train + n_val :]),
-    )
+    held_out = order[labelled[order]][n_train:]  # the last n_val + n_test labelled subjects
+    val, test = held_out[:n_val], held_out[n_val:]
+    return np.setdiff1d(order, held_out), np.sort(val), np.sort(test)
 
 
 def resolve_root(data_config, workdir: str) -> str:
@@ -136,7 +140,10 @@ def build_cache(
     """Checks and preprocesses every case into the cache folder <cache_dir>/<key>."""
     start = time.time()
     shapes = check_headers(source.cases)
-    parts = split_subjects(len(source.cases), tuple(data_config.split), int(data_config.split_seed))
+    labelled = np.asarray([c.label is not None for c in source.cases], bool)
+    parts = split_subjects(
+        len(source.cases), tuple(data_config.split), int(data_config.split_seed), labelled
+    )
     order = np.concatenate(parts)
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
     ranges = {}
@@ -172,6 +179,7 @@ def build_cache(
                 "fingerprint": key,
                 "root": os.path.abspath(source.root),
                 "cases": [c.case_id for c in source.cases],
+                "labelled": labelled.tolist(),
                 "n_slices": builder.n_slices,
                 "ranges": ranges,
                 "settings": {
@@ -212,18 +220,23 @@ def load_dataset(data_config, workdir: str) -> Splits:
         logging.info("dataset %s: using cache %s", root, os.path.join(cache_dir, key))
     meta, arrays = found
 
+    # Caches written before unlabelled cases existed have every case labelled.
+    case_labelled = np.asarray(meta.get("labelled", [True] * len(meta["cases"])), bool)
+
     def part(name: str) -> SliceSet:
         lo, hi = meta["ranges"][name]
+        subject = np.asarray(arrays["subject"][lo:hi])
         return SliceSet(
             images=arrays["images"][lo:hi],
             labels=arrays["labels"][lo:hi],
-            subject=np.asarray(arrays["subject"][lo:hi]),
+            subject=subject,
             slice_index=np.asarray(arrays["slice_index"][lo:hi]),
             spacing=np.asarray(arrays["spacing"][lo:hi]),
             cases=list(meta["cases"]),
+            has_label=case_labelled[subject],
         )
 
-    splits = Splits(part("train"), part("val"), part("test"), key)
+    splits = Splits(part("train"), part("val"), part("test"), key, source)
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",
         root,

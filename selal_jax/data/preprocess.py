@@ -148,7 +148,7 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
     return shape
 
 
-def _read_canonical(path: str, what: str, channel: int | None, as_float: bool):
+def read_canonical(path: str, what: str, channel: int | None, as_float: bool):
     """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image)."""
     img = load_nifti(path, what)
     try:
@@ -165,13 +165,13 @@ def _read_canonical(path: str, what: str, channel: int | None, as_float: bool):
 
 def load_volume(case: CaseFiles) -> Volume:
     """Reads a case in canonical orientation and checks its voxels (not its label values)."""
-    image, img = _read_canonical(case.image, "image", case.channel, as_float=True)
+    image, img = read_canonical(case.image, "image", case.channel, as_float=True)
     if not np.all(np.isfinite(image)):
         bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
     label = None
     if case.label is not None:
-        label, _ = _read_canonical(case.label, "label", None, as_float=False)
+        label, _ = read_canonical(case.label, "label", None, as_float=False)
     spacing = np.sqrt(np.sum(img.affine[:3, :3] ** 2, axis=0)).astype(np.float32)
     return Volume(image, label, spacing, img.affine)
 
@@ -297,6 +297,37 @@ def fit_slices(
     )
 
 
+def unfit_slices(slices: np.ndarray, shape: tuple[int, int], method: str) -> np.ndarray:
+    """Inverse of `fit_slices` for label masks: [N, H, W] -> [N, h, w].
+
+    'resize': nearest-neighbour zoom back to (h, w). 'crop': the centre region goes back where
+    `fit_slices` took it from; pixels it cropped away are 0.
+    """
+    n, H, W = slices.shape
+    h, w = shape
+    if (h, w) == (H, W):
+        return slices
+    if method == "resize":
+        out = ndimage.zoom(slices, (1.0, h / H, w / W), order=0, mode="nearest", grid_mode=True)
+        # zoom rounds the output size; make it exact (at most one row or column off).
+        out = np.pad(
+            out[:, :h, :w],
+            ((0, 0), (0, h - min(h, out.shape[1])), (0, w - min(w, out.shape[2]))),
+            mode="edge",
+        )
+        return out.astype(slices.dtype)
+    if method == "crop":
+        out = np.zeros((n, h, w), slices.dtype)
+        sy, sx = max((h - H) // 2, 0), max((w - W) // 2, 0)
+        dy, dx = max((H - h) // 2, 0), max((W - w) // 2, 0)
+        ch, cw = min(h, H), min(w, W)
+        out[:, sy : sy + ch, sx : sx + cw] = slices[:, dy : dy + ch, dx : dx + cw]
+        return out
+    raise ValueError(
+        f"config field data.resample: unknown method {method!r}; expected 'resize' or 'crop'"
+    )
+
+
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     """[X, Y, Z] -> [n_slices, a, b] slices along `axis` (0, 1 or 2)."""
     return np.moveaxis(volume, axis, 0)
@@ -307,7 +338,12 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
 
     Normalises `volume.image` in place.
     """
-    target = label_target(volume.label, case.label, settings.target_values, settings.allowed_labels)
+    if volume.label is None:  # an unlabelled case: its masks stay 0 (SliceSet.has_label says so)
+        target = np.zeros(volume.image.shape, np.uint8)
+    else:
+        target = label_target(
+            volume.label, case.label, settings.target_values, settings.allowed_labels
+        )
     image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
     images = to_slices(image, settings.axis)
     labels = to_slices(target, settings.axis)
@@ -326,7 +362,5 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
 
 
 def process_case(case: CaseFiles, settings: Settings) -> CaseSlices:
-    """Reads, checks and slices one case."""
-    if case.label is None:
-        raise DataError(f"{case.image}: no label file; every training case needs one")
+    """Reads, checks and slices one case (an unlabelled case gets all-zero masks)."""
     return slice_volume(load_volume(case), case, settings)

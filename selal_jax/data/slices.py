@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,8 @@ class SliceSet:
       slice_index: [N] int32 index of the slice along the slicing axis of the canonical volume.
       spacing: [N, 3] float32 voxel spacing (mm) of the source volume, canonical axis order.
       cases: case identifiers (e.g. file stems), indexed by `subject`.
+      has_label: [N] bool, False for slices of cases without a label file (their `labels` are
+        0 and mean nothing); None at construction means every slice has one.
     """
 
     images: np.ndarray
@@ -26,6 +29,11 @@ class SliceSet:
     slice_index: np.ndarray
     spacing: np.ndarray
     cases: list[str]
+    has_label: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.has_label is None:
+            self.has_label = np.ones(len(self.images), bool)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -45,3 +53,5 @@ class Splits:
     val: SliceSet
     test: SliceSet
     fingerprint: str  # hash of the source files and preprocessing config
+    # The layouts.Source the slices came from (case files, label semantics); None if unknown.
+    source: Any = None

@@ -1,0 +1,464 @@
+"""A human annotator: export each round's query for a clinician, import the corrected masks.
+
+With `al.annotator = "human"`, `loop.run` trains round r, scores the pool and stops, its
+checkpoint holding the query as awaiting labels. Then:
+
+  `export_query(config, workdir, out)` writes query.csv and query.json (one row per queried
+  slice: case, source file, slice axis and index in the file's voxel axes, stream, score) and,
+  per queried case, labels/<case>.nii.gz: a label volume in the source image's geometry (shape,
+  affine, orientation), holding the model's predicted mask on the queried slices and 0 elsewhere,
+  to open over the image and correct in ITK-SNAP or 3D Slicer;
+
+  `import_labels(config, workdir, labels_dir)` reads the corrected volumes, checks every one
+  (readable, geometry equal to the source image's, label values, nothing outside the queried
+  slices), keeps the queried slices and stores them in the workdir (`label_store`); a rejected
+  file is named with its reason, and if any is rejected nothing changes. The next `loop.run`
+  continues with round r + 1.
+
+Geometry: the loader cuts slices from the canonical (RAS+) volume along data.axis and fits each
+to data.size. Export inverts both (`preprocess.unfit_slices`, then the canonical volume is
+reoriented to the file's axes). Import runs the loader's own forward path on the corrected file
+(canonical read, label mapping, slicing, fitting), so the true masks written into the exported
+volumes give exactly the slices the loader makes from the dataset's label files.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import nibabel as nib
+import numpy as np
+from absl import logging
+from nibabel import orientations
+
+from selal_jax import loop, rng
+from selal_jax.data import layouts, loading, preprocess
+from selal_jax.data.preprocess import CaseFiles, DataError
+from selal_jax.train import padded_batches
+
+QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
+PLANES = ("sagittal", "coronal", "axial")  # slicing along canonical (RAS) axis 0, 1, 2
+RAS = orientations.axcodes2ornt("RAS")
+CSV_FIELDS = (
+    "rank",
+    "pool_id",
+    "case_id",
+    "image_file",
+    "label_file",
+    "axis",
+    "slice_index",
+    "plane",
+    "stream",
+    "score",
+    "canonical_axis",
+    "canonical_index",
+)
+AXIS_NOTE = (
+    "axis and slice_index are 0-based voxel coordinates of the source file (axis 0 = i, 1 = j, "
+    "2 = k, as 3D Slicer's IJK); canonical_axis/canonical_index are the loader's (RAS+) ones"
+)
+
+
+class AnnotationError(ValueError):
+    """An export or import was refused; the message names each file and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """A case's voxel grid and how its canonical (RAS+) volume maps onto it.
+
+    Attributes:
+      shape: (3,) voxel shape of the file (its spatial axes).
+      affine: [4, 4] voxel-to-world matrix of the file.
+      ornt: [3, 2] nib.io_orientation(affine): file axis i is canonical axis ornt[i, 0],
+        reversed where ornt[i, 1] == -1 (what nib.as_closest_canonical applies).
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    ornt: np.ndarray
+
+    @classmethod
+    def of(cls, case: CaseFiles) -> Geometry:
+        """From the image file's header."""
+        shape = preprocess.check_header(dataclasses.replace(case, label=None))
+        affine = np.asarray(preprocess.load_nifti(case.image).affine, np.float64)
+        return cls(shape, affine, nib.io_orientation(affine))
+
+    def canonical_shape(self) -> tuple[int, int, int]:
+        out = [0, 0, 0]
+        for i in range(3):
+            out[int(self.ornt[i, 0])] = self.shape[i]
+        return tuple(out)
+
+    def file_slice(self, canonical_axis: int, canonical_index: int) -> tuple[int, int]:
+        """(file voxel axis, index along it) of a canonical slice."""
+        axis = int(np.flatnonzero(self.ornt[:, 0] == canonical_axis)[0])
+        flipped = self.ornt[axis, 1] < 0
+        return axis, (self.shape[axis] - 1 - canonical_index) if flipped else canonical_index
+
+    def to_file(self, canonical: np.ndarray) -> np.ndarray:
+        """Canonical [X, Y, Z] array -> the file's voxel order."""
+        return orientations.apply_orientation(
+            canonical, orientations.ornt_transform(RAS, self.ornt)
+        )
+
+
+def prefill_volume(
+    geometry: Geometry,
+    settings: preprocess.Settings,
+    canonical_index: np.ndarray,
+    masks: np.ndarray,
+    fill_value: int,
+) -> np.ndarray:
+    """The label volume to export, in the file's voxel order.
+
+    Args:
+      geometry: the case's file geometry.
+      settings: the loader's settings (axis, size, resample).
+      canonical_index: [n] indices of the queried slices along settings.axis (canonical).
+      masks: [n, H, W] {0, 1} masks of those slices at data.size.
+      fill_value: label value written where a mask is 1.
+
+    Returns:
+      uint8 array of geometry.shape, `fill_value` on the masks, 0 elsewhere.
+    """
+    canonical = np.zeros(geometry.canonical_shape(), np.uint8)
+    stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
+    planes = preprocess.unfit_slices(
+        np.asarray(masks, np.uint8), stack.shape[1:], settings.resample
+    )
+    stack[np.asarray(canonical_index)] = planes * np.uint8(fill_value)
+    return geometry.to_file(canonical)
+
+
+def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
+    """Saves `data` as NIfTI with the source image's affine, qform/sform codes and units."""
+    source = preprocess.load_nifti(case.image)
+    image = nib.Nifti1Image(np.ascontiguousarray(data, np.uint8), source.affine)
+    header = source.header
+    if hasattr(header, "get_sform"):  # NIfTI sources: viewers read the codes, keep them
+        image.set_sform(*header.get_sform(coded=True))
+        image.set_qform(*header.get_qform(coded=True))
+        image.header.set_xyzt_units(*header.get_xyzt_units())
+    nib.save(image, path)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def predict_batch(variables, images: jax.Array, *, model) -> jax.Array:
+    """[batch, H, W] images -> [batch, H, W] bool masks at P > 0.5 (deterministic model)."""
+    return model.apply(variables, images, False) > 0
+
+
+def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
+    """[n, H, W] uint8 predicted masks of pool ids, in fixed-shape batches."""
+    batch_size = int(experiment.config.train.eval_batch_size)
+    out = []
+    for idx, n_valid in padded_batches(len(ids), batch_size):
+        images = experiment.train.images[ids[idx]]
+        out.append(
+            (predict_batch(experiment.state.variables, images, model=experiment.model), n_valid)
+        )
+    host = jax.device_get([o for o, _ in out])
+    return np.concatenate([h[:n] for h, (_, n) in zip(host, out, strict=True)]).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class QueriedCase:
+    """The queried slices of one case, in selection order."""
+
+    case: CaseFiles
+    geometry: Geometry
+    positions: list[int]  # positions in the query
+    canonical_index: np.ndarray  # [n] along data.axis of the canonical volume
+    file_axis: int
+    file_index: np.ndarray  # [n] along file_axis
+
+
+def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, QueriedCase]:
+    """The query grouped by case (in order of first appearance), with each case's geometry."""
+    train, axis = experiment.train, int(experiment.config.data.axis)
+    source: layouts.Source = experiment.splits.source
+    groups: dict[int, list[int]] = collections.OrderedDict()
+    for position, pool_id in enumerate(ids):
+        groups.setdefault(int(train.subject[pool_id]), []).append(position)
+    out = {}
+    for subject, positions in groups.items():
+        case = source.cases[subject]
+        if case.case_id in out:
+            raise AnnotationError(f"{case.image}: two queried cases named {case.case_id}")
+        geometry = Geometry.of(case)
+        canonical_index = np.asarray([int(train.slice_index[ids[p]]) for p in positions])
+        file_axis = geometry.file_slice(axis, 0)[0]
+        file_index = np.asarray([geometry.file_slice(axis, int(c))[1] for c in canonical_index])
+        out[case.case_id] = QueriedCase(
+            case, geometry, positions, canonical_index, file_axis, file_index
+        )
+    return out
+
+
+def _open(config, workdir: str) -> loop.Experiment:
+    """The run in `workdir`, which must be a human-annotator run with a checkpoint."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+        raise AnnotationError(f"{workdir}: no checkpoint; start the run with `launch.py run`")
+    if config.al.annotator != "human":
+        raise AnnotationError(
+            f"{workdir}: config field al.annotator is {config.al.annotator!r}; export and import "
+            "need a run started with --config.al.annotator=human"
+        )
+    return loop.Experiment(config, workdir)
+
+
+def _awaited(experiment: loop.Experiment) -> tuple[int, np.ndarray]:
+    """(round, query ids in selection order) awaiting labels; raises if none is."""
+    if experiment.awaiting is None:
+        last = experiment.history[-1]["round"] if experiment.history else None
+        raise AnnotationError(
+            f"{experiment.workdir}: no query awaits labels (last round {last}: its labels are "
+            "imported or it queried nothing); `launch.py run` continues the run"
+        )
+    return experiment.awaiting, np.asarray(experiment.history[-1]["queried"], np.int64)
+
+
+def _fill_value(settings: preprocess.Settings) -> int:
+    return int(settings.target_values[0]) if settings.target_values else 1
+
+
+def export_query(config, workdir: str, out: str | None = None) -> str:
+    """Writes the awaited round's query for the annotator; returns the folder written.
+
+    `out` defaults to <workdir>/queries/round_<r>; it must not exist yet or be empty (an earlier
+    export there may hold corrections). It is written in a temporary sibling and renamed.
+    """
+    with rng.classic_threefry():
+        experiment = _open(config, workdir)
+        try:
+            r, ids = _awaited(experiment)
+            record = experiment.history[-1]
+            masks = predicted_masks(experiment, ids)
+            cases = queried_cases(experiment, ids)
+        finally:
+            experiment.close()
+    settings = loading.make_settings(config.data, experiment.splits.source)
+    out = os.path.abspath(out or os.path.join(workdir, "queries", f"round_{r:03d}"))
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise AnnotationError(
+            f"{out}: already exists; it may hold corrected labels: remove it or choose another "
+            "output folder"
+        )
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-query-", dir=os.path.dirname(out))
+    try:
+        os.makedirs(os.path.join(tmp, LABELS_DIR))
+        rows: list[dict] = [{} for _ in ids]
+        for case_id, qc in cases.items():
+            name = os.path.join(LABELS_DIR, f"{case_id}.nii.gz")
+            data = prefill_volume(
+                qc.geometry,
+                settings,
+                qc.canonical_index,
+                masks[qc.positions],
+                _fill_value(settings),
+            )
+            write_label_volume(os.path.join(tmp, name), data, qc.case)
+            for k, position in enumerate(qc.positions):
+                rows[position] = {
+                    "rank": position + 1,
+                    "pool_id": int(ids[position]),
+                    "case_id": case_id,
+                    "image_file": os.path.abspath(qc.case.image),
+                    "label_file": name,
+                    "axis": qc.file_axis,
+                    "slice_index": int(qc.file_index[k]),
+                    "plane": PLANES[settings.axis],
+                    "stream": record["queried_streams"][position],
+                    "score": record["queried_scores"][position],  # None (random): empty cell
+                    "canonical_axis": settings.axis,
+                    "canonical_index": int(qc.canonical_index[k]),
+                }
+        with open(os.path.join(tmp, QUERY_CSV), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        summary = {
+            "round": r,
+            "workdir": os.path.abspath(workdir),
+            "n_slices": len(ids),
+            "fill_value": _fill_value(settings),
+            "axis_note": AXIS_NOTE,
+            "cases": [
+                {
+                    "case_id": case_id,
+                    "image_file": os.path.abspath(qc.case.image),
+                    "label_file": os.path.join(LABELS_DIR, f"{case_id}.nii.gz"),
+                    "axis": qc.file_axis,
+                    "slice_indices": [int(i) for i in qc.file_index],
+                }
+                for case_id, qc in cases.items()
+            ],
+            "slices": rows,
+        }
+        with open(os.path.join(tmp, QUERY_JSON), "w") as f:
+            json.dump(summary, f, indent=1)
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked above)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logging.info("round %d: exported %d slices of %d cases to %s", r, len(ids), len(cases), out)
+    return out
+
+
+def read_correction(
+    path: str,
+    qc: QueriedCase,
+    settings: preprocess.Settings,
+    allow_changes_outside_query: bool = False,
+) -> tuple[np.ndarray | None, list[str]]:
+    """Reads and checks one corrected label volume.
+
+    Returns:
+      ([n, H, W] uint8 masks of the queried slices at data.size, []) if the file is accepted,
+      else (None, reasons), each reason naming the file.
+    """
+    try:
+        header = preprocess.load_nifti(path, "label")
+        shape = tuple(int(s) for s in header.shape)
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if shape != tuple(qc.geometry.shape):
+            return None, [
+                f"{path}: shape {shape} differs from the source image's {qc.geometry.shape} "
+                f"({qc.case.image})"
+            ]
+        if not np.allclose(header.affine, qc.geometry.affine, rtol=1e-4, atol=1e-3):
+            return None, [
+                f"{path}: affine (orientation, spacing or origin) differs from the source "
+                f"image's ({qc.case.image}):\nfile   {np.round(header.affine, 4).tolist()}\n"
+                f"source {np.round(qc.geometry.affine, 4).tolist()}"
+            ]
+        label, _ = preprocess.read_canonical(path, "label", None, as_float=False)
+    except DataError as e:  # unreadable, truncated: the message names the file
+        return None, [str(e)]
+    reasons, target = [], None
+    try:
+        target = preprocess.label_target(
+            label, path, settings.target_values, settings.allowed_labels
+        )
+    except DataError as e:  # non-integer, negative or unexpected values
+        reasons.append(str(e))
+    stack = np.moveaxis(label, settings.axis, 0)
+    outside = np.ones(len(stack), bool)
+    outside[qc.canonical_index] = False
+    changed = np.flatnonzero(outside & stack.reshape(len(stack), -1).any(axis=1))
+    if len(changed) and not allow_changes_outside_query:
+        where = sorted(qc.geometry.file_slice(settings.axis, int(c))[1] for c in changed)
+        reasons.append(
+            f"{path}: non-zero voxels on {len(changed)} slices outside the query (axis "
+            f"{qc.file_axis}, slices {where[:10]}{' ...' if len(where) > 10 else ''}); only "
+            f"slices {sorted(int(i) for i in qc.file_index)} were asked for: erase the rest, "
+            "or allow changes outside the query to ignore them"
+        )
+    if reasons:
+        return None, reasons
+    planes = np.moveaxis(target, settings.axis, 0)[qc.canonical_index]
+    return preprocess.fit_slices(planes, settings.size, settings.resample, is_label=True), []
+
+
+def _find_files(labels_dir: str, case_ids) -> tuple[dict[str, str | None], list[str], list[str]]:
+    """({case_id: path, or None if it has two}, problems, ignored files) of a folder of
+    corrected volumes."""
+    names = [n for n in sorted(os.listdir(labels_dir)) if layouts.is_nifti(n)]
+    by_case = collections.defaultdict(list)
+    for name in names:
+        by_case[layouts.strip_nifti(name)].append(os.path.join(labels_dir, name))
+    found, problems = {}, []
+    for case_id in case_ids:
+        paths = by_case.get(case_id, [])
+        if len(paths) > 1:
+            problems.append(f"{', '.join(paths)}: two files for queried case {case_id}; keep one")
+            found[case_id] = None
+        elif paths:
+            found[case_id] = paths[0]
+    ignored = [p for c, ps in by_case.items() if c not in case_ids for p in ps]
+    return found, problems, ignored
+
+
+def import_labels(
+    config, workdir: str, labels_dir: str, allow_changes_outside_query: bool = False
+) -> dict:
+    """Imports the corrected label volumes of the awaited round's query; returns a summary.
+
+    `labels_dir` holds <case>.nii.gz (or .nii) per queried case: the export's labels/ folder, or
+    the export folder itself. Every file is checked before anything is written; if any is
+    rejected, an AnnotationError lists each rejected file with its reason and nothing changes.
+    With `allow_changes_outside_query`, voxels outside the queried slices are ignored instead.
+    """
+    labels_dir = os.path.abspath(labels_dir)
+    if os.path.isfile(os.path.join(labels_dir, QUERY_JSON)):
+        labels_dir = os.path.join(labels_dir, LABELS_DIR)  # given the export folder
+    if not os.path.isdir(labels_dir):
+        raise AnnotationError(f"{labels_dir}: labels folder not found")
+    with rng.classic_threefry():
+        experiment = _open(config, workdir)
+        try:
+            r, ids = _awaited(experiment)
+            cases = queried_cases(experiment, ids)
+            settings = loading.make_settings(config.data, experiment.splits.source)
+            found, problems, ignored = _find_files(labels_dir, list(cases))
+            masks = np.zeros((len(ids), *settings.size), np.uint8)
+            for case_id, qc in cases.items():
+                if case_id in found and found[case_id] is None:
+                    continue  # two files: reported
+                if case_id not in found:
+                    expected = os.path.join(labels_dir, f"{case_id}.nii.gz")
+                    problems.append(
+                        f"{expected}: missing; case {case_id} was queried (axis {qc.file_axis}, "
+                        f"slices {sorted(int(i) for i in qc.file_index)})"
+                    )
+                    continue
+                planes, reasons = read_correction(
+                    found[case_id], qc, settings, allow_changes_outside_query
+                )
+                problems += reasons
+                if planes is not None:
+                    masks[qc.positions] = planes
+            if problems:
+                raise AnnotationError(
+                    f"import of round {r}'s labels from {labels_dir} rejected, nothing changed "
+                    f"({len(problems)} problems):\n" + "\n".join(problems)
+                )
+            if ignored:
+                logging.warning("ignored files of cases not in round %d's query: %s", r, ignored)
+            note = {
+                "round": r,
+                "labels_dir": labels_dir,
+                "files": found,
+                "allow_changes_outside_query": bool(allow_changes_outside_query),
+                "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            experiment.accept_labels(r, ids, masks, note)
+            record = experiment.history[-1]
+        finally:
+            experiment.close()
+    summary = {
+        "round": r,
+        "n_slices": len(ids),
+        "n_cases": len(cases),
+        "queried_with_target": record["queried_with_target"],
+        "store": experiment.store.path(r),
+        "n_labelled": int(experiment.labelled.sum()),
+    }
+    logging.info("imported round %d's labels: %s", r, summary)
+    return summary

@@ -1,0 +1,146 @@
+"""Slice masks from a human annotator: one file per round, <workdir>/annotations/round_<r>.npz.
+
+Each file holds the round's queried pool ids (selection order), their binary masks at the slice
+size the model sees (the loader's own preprocessing of the corrected volumes) and a JSON note of
+where they came from. An import writes its file under a temporary name, fsyncs it and renames it
+into place: the rename is the import's commit point, so an import happened completely or not at
+all. Later rounds' checkpoints record each file's SHA-256; a resumed run refuses a changed or
+missing file, since training used it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+
+class LabelStoreError(ValueError):
+    """An annotation file is missing, changed or malformed; the message names it."""
+
+
+class LabelStore:
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(directory)
+
+    def path(self, round_index: int) -> str:
+        return os.path.join(self.directory, f"round_{round_index:03d}.npz")
+
+    def has(self, round_index: int) -> bool:
+        return os.path.isfile(self.path(round_index))
+
+    def write(self, round_index: int, ids: np.ndarray, masks: np.ndarray, note: dict) -> str:
+        """Writes round `round_index`'s masks atomically; returns the file's digest."""
+        path = self.path(round_index)
+        if os.path.exists(path):
+            raise LabelStoreError(f"{path}: round {round_index}'s labels were already imported")
+        os.makedirs(self.directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    ids=np.asarray(ids, np.int64),
+                    masks=np.asarray(masks, np.uint8),
+                    note=np.asarray(json.dumps(note)),
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+        return self.digest(round_index)
+
+    def read(self, round_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [n] int64, masks [n, H, W] uint8) of a round."""
+        path = self.path(round_index)
+        try:
+            with np.load(path) as f:
+                ids, masks = np.asarray(f["ids"], np.int64), np.asarray(f["masks"], np.uint8)
+        except FileNotFoundError as e:
+            raise LabelStoreError(f"{path}: missing (round {round_index}'s imported labels)") from e
+        except Exception as e:  # zip and pickle errors of a damaged file
+            raise LabelStoreError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+        if masks.ndim != 3 or len(masks) != len(ids):
+            raise LabelStoreError(f"{path}: {len(ids)} ids but masks of shape {masks.shape}")
+        return ids, masks
+
+    def digest(self, round_index: int) -> str:
+        h = hashlib.sha256()
+        with open(self.path(round_index), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def verify(self, round_index: int, digest: str) -> None:
+        """Raises unless round `round_index`'s file exists with this digest."""
+        path = self.path(round_index)
+        if not os.path.isfile(path):
+            raise LabelStoreError(
+                f"{path}: missing; the run's checkpoint trained on these imported labels "
+                f"(round {round_index}); restore the file or start a new workdir"
+            )
+        if self.digest(round_index) != digest:
+            raise LabelStoreError(
+                f"{path}: changed since the run's checkpoint trained on it (SHA-256 differs); "
+                "restore the file or start a new workdir"
+            )
+
+
+class OverlaidLabels:
+    """[N, H, W] labels: a base array (the dataset's, maybe a read-only memmap) with some rows
+    replaced by imported masks, without copying the base.
+
+    Supports what the loop and training do with labels: len, shape, dtype, ndim, and reading rows
+    by integer, slice or index array (always a new array).
+    """
+
+    def __init__(self, base, ids: np.ndarray, masks: np.ndarray):
+        order = np.argsort(ids)
+        self.base = base
+        self.ids = np.asarray(ids, np.int64)[order]
+        self.masks = np.asarray(masks, base.dtype)[order]
+        if len(np.unique(self.ids)) != len(self.ids):
+            raise ValueError("OverlaidLabels: a pool id is replaced twice")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape)
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index):
+        rows = np.array(self.base[index])
+        positions = np.arange(len(self.base))[index]
+        if np.ndim(positions) == 0:
+            k = np.searchsorted(self.ids, positions)
+            if k < len(self.ids) and self.ids[k] == positions:
+                return self.masks[k].copy()
+            return rows
+        k = np.clip(np.searchsorted(self.ids, positions), 0, max(len(self.ids) - 1, 0))
+        hit = (self.ids[k] == positions) if len(self.ids) else np.zeros(positions.shape, bool)
+        rows[hit] = self.masks[k[hit]]
+        return rows
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
