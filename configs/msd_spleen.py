@@ -17,7 +17,7 @@ from configs import default
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    config = default.get_config()
+    config = default.paper_training(default.get_config())
     data = config.data
     data.root = config_dict.placeholder(
         str
