@@ -4,6 +4,7 @@ Run lines:
   python launch.py --config=configs/default.py --workdir=runs/demo
   python launch.py --config=configs/default.py --config.al.strategy=bald --config.al.mode=selective
   python launch.py --config=configs/default.py:smoke --workdir=/tmp/smoke   # tiny, < 1 minute
+  python launch.py sweep --config=configs/default.py:sweep --workdir=runs/sweep  # README table
   python launch.py --config=configs/default.py --config.al.annotator=human --workdir=runs/mine
   python launch.py query --workdir=runs/mine        # then: import-labels --labels=DIR, run
 """
@@ -125,8 +126,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         al.initial_size = 8
         al.query_size = 6
         al.rounds = 2
+    elif arg == "sweep":  # the README's CPU sweep: fewer, larger rounds and shorter training
+        al.query_size = 40
+        al.rounds = 4
+        train.max_epochs = 12
+        train.patience = 4
     elif arg:
         raise ValueError(
-            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke' or none"
+            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', 'sweep' or none"
         )
     return config

@@ -22,7 +22,7 @@ def test_paper_configs(module, initial, per_round, batch, size):
 def test_demo_and_smoke_configs_validate():
     from selal_jax import loop
 
-    for arg in (None, "smoke"):
+    for arg in (None, "smoke", "sweep"):
         loop.validate_config(default.get_config(arg))
     with pytest.raises(ValueError, match="unknown config argument"):
         default.get_config("nope")
