@@ -115,7 +115,7 @@ def test_scoring_rows(quick_run):
     for r in rows:
         name = f"scoring {r['strategy']}/{r['mode']}/{r['dtype']}"
         assert_rates(r, name)
-        for field in ("lower_s", "compile_s", "score_s", "select_s"):
+        for field in ("lower_s", "compile_s", "score_s", "select_s", "device_only_slices_per_s"):
             assert_positive(r[field], f"{name}.{field}")
         assert r["passes"] == (config["mc_passes"] if r["strategy"] in scoring.MC_STRATEGIES else 1)
         assert r["batch_size"] == config["mc_batch_size"]
