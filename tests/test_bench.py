@@ -151,7 +151,7 @@ def test_reference(quick_run):
     for field in ("forward_copy_s", "host_scoring_s", "select_s", "host_scoring_slices_per_s"):
         assert_positive(r["host"][field], f"reference.host.{field}")
     assert_positive(r["speedup"], "speedup")
-    assert math.isclose(r["speedup"], r["fused"]["slices_per_s"] / r["host"]["slices_per_s"])
+    assert r["pairs"] >= bench.REFERENCE_PAIRS
     assert 0.0 <= r["max_abs_diff_target_mean"] < 1e-3
     assert 0.0 <= r["query_overlap"] <= 1.0
 
