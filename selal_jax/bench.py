@@ -7,8 +7,8 @@ Run lines (JSON on stdout, a readable table on stderr):
 
 Defaults depend on the backend (`default_config`): on an accelerator they are the sizes the
 project's targets are stated for (the U-Net of width 32 and depth 4, 240x240 slices, a pool of
-4,096, pools of 1k-64k for scaling); on a CPU they shrink so that the whole run takes about ten
-minutes on two cores. Every size actually used is written to the JSON under "config".
+4,096, pools of 1k-64k for scaling); on a CPU they shrink so that the whole run takes 10-16
+minutes on two (shared) cores. Every size actually used is written to the JSON under "config".
 
 What each section times:
 
@@ -135,7 +135,8 @@ def default_config(backend: str, quick: bool = False) -> BenchConfig:
         )
     if backend == "cpu":
         # The 240x240 U-Net scores about 2 slices/s on two cores (and BALD ten times less), so
-        # the CPU run keeps the network but measures 64x64 slices and small pools (~10 minutes).
+        # the CPU run keeps the network but measures 64x64 slices and small pools (16 minutes
+        # measured on two shared cores).
         return BenchConfig(
             image_size=64,
             batch_size=16,
