@@ -1,0 +1,225 @@
+"""The benchmark's quick mode produces well-formed JSON with every field (no speed checks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from selal_jax import bench, scoring
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+RATE_FIELDS = ("seconds", "slices_per_s", "pixels_per_s")
+
+
+def assert_positive(value, name):
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), name
+    assert math.isfinite(value) and value > 0, f"{name} = {value!r}"
+
+
+def assert_rates(row, name):
+    for field in RATE_FIELDS:
+        assert_positive(row[field], f"{name}.{field}")
+
+
+def assert_device_memory(memory, name):
+    if memory is None:  # allowed: backends without a memory analysis
+        return
+    assert isinstance(memory["peak_bytes"], int) and memory["peak_bytes"] >= 0, name
+    assert all(isinstance(v, int) for v in memory.values()), name
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One CLI run in quick mode, narrowed so that the test stays well under a minute on two
+    cores: BALD only (single-pass scoring still runs in the scaling and reference sections),
+    bfloat16 compute (the reference section runs float32), one train batch size, a U-Net of
+    depth 1 on 16x16 slices. Most of its time is XLA compiling the dropout RNG of the MC programs.
+    """
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "selal_jax.bench",
+            "--quick",
+            "--strategies=bald",
+            "--dtypes=bfloat16",
+            "--train_batches=4",
+            "--depth=1",
+            "--image_size=16",
+            f"--output={out}",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc
+
+
+def test_stdout_is_the_json_and_stderr_the_table(quick_run):
+    result, proc = quick_run
+    assert json.loads(proc.stdout) == result
+    for heading in ("scoring", "scaling", "reference", "train", "MC encoder reuse"):
+        assert heading in proc.stderr
+
+
+def test_header_fields(quick_run):
+    result, _ = quick_run
+    assert result["schema_version"] == bench.SCHEMA_VERSION
+    env = result["environment"]
+    for field in ("backend", "device_kind", "cpu_model", "jax", "flax", "numpy", "threefry"):
+        assert field in env
+    assert env["backend"] == "cpu"
+    assert_positive(env["device_count"], "device_count")
+    config = result["config"]
+    expected = dataclasses.asdict(
+        dataclasses.replace(
+            bench.default_config("cpu", quick=True),
+            strategies=("bald",),
+            dtypes=("bfloat16",),
+            train_batches=(4,),
+            depth=1,
+            image_size=16,
+        )
+    )
+    assert config == json.loads(json.dumps(expected))  # tuples come back as lists
+    assert result["model"] == {
+        "base_width": config["base_width"],
+        "depth": config["depth"],
+        "params": result["model"]["params"],
+    }
+    assert_positive(result["model"]["params"], "params")
+    assert_positive(result["peak_rss_bytes"], "peak_rss_bytes")
+    assert_positive(result["total_s"], "total_s")
+
+
+def test_scoring_rows(quick_run):
+    result, _ = quick_run
+    config = result["config"]
+    rows = result["scoring"]
+    expected = [
+        (s, m, d) for d in config["dtypes"] for s in config["strategies"] for m in config["modes"]
+    ]
+    assert [(r["strategy"], r["mode"], r["dtype"]) for r in rows] == expected
+    for r in rows:
+        name = f"scoring {r['strategy']}/{r['mode']}/{r['dtype']}"
+        assert_rates(r, name)
+        for field in ("lower_s", "compile_s", "score_s", "select_s", "device_only_slices_per_s"):
+            assert_positive(r[field], f"{name}.{field}")
+        assert r["passes"] == (config["mc_passes"] if r["strategy"] in scoring.MC_STRATEGIES else 1)
+        assert r["batch_size"] == config["mc_batch_size"]
+        assert math.isclose(r["seconds"], r["score_s"] + r["select_s"])
+        assert math.isclose(r["pixels_per_s"], r["slices_per_s"] * config["image_size"] ** 2)
+        assert_device_memory(r["device_memory"], name)
+
+
+def test_scaling_rows(quick_run):
+    result, _ = quick_run
+    s = result["scaling"]
+    assert [r["pool_size"] for r in s["rows"]] == sorted(result["config"]["scaling_pools"])
+    assert s["image_size"] == result["config"]["scaling_image_size"]
+    assert_positive(s["compile_s"], "scaling.compile_s")
+    assert_positive(s["per_slice_time_spread"], "per_slice_time_spread")
+    assert s["per_slice_time_spread"] >= 1.0
+    assert_device_memory(s["device_memory"], "scaling")
+    for r in s["rows"]:
+        assert_rates(r, f"scaling {r['pool_size']}")
+        assert_positive(r["us_per_slice"], "us_per_slice")
+        for field in ("rss_before_bytes", "rss_after_bytes", "peak_rss_bytes"):
+            assert_positive(r[field], field)  # Linux: /proc is there
+
+
+def test_reference(quick_run):
+    result, _ = quick_run
+    r = result["reference"]
+    assert (r["strategy"], r["mode"], r["dtype"]) == ("entropy", "selective", "float32")
+    assert r["pool_size"] == result["config"]["pool_size"]
+    assert_positive(r["forward_compile_s"], "forward_compile_s")
+    assert_rates(r["host"], "reference.host")
+    assert_rates(r["fused"], "reference.fused")
+    for field in ("forward_copy_s", "host_scoring_s", "select_s", "host_scoring_slices_per_s"):
+        assert_positive(r["host"][field], f"reference.host.{field}")
+    assert_positive(r["speedup"], "speedup")
+    assert r["pairs"] >= bench.REFERENCE_PAIRS
+    assert 0.0 <= r["max_abs_diff_target_mean"] < 1e-3
+    assert 0.0 <= r["query_overlap"] <= 1.0
+
+
+def test_train_rows(quick_run):
+    result, _ = quick_run
+    config = result["config"]
+    rows = result["train"]
+    assert [(r["dtype"], r["batch_size"]) for r in rows] == [
+        (d, b) for d in config["dtypes"] for b in config["train_batches"]
+    ]
+    for r in rows:
+        name = f"train {r['dtype']}/{r['batch_size']}"
+        assert_rates(r, name)
+        for field in ("lower_s", "compile_s", "steps_per_s", "final_loss"):
+            assert_positive(r[field], f"{name}.{field}")
+        assert r["steps"] == config["train_steps"]
+        assert r["loss_dtype"] == "float32"  # mixed precision keeps the loss in float32
+        assert_device_memory(r["device_memory"], name)
+
+
+def test_mc_reuse_rows(quick_run):
+    result, _ = quick_run
+    rows = result["mc_reuse"]
+    assert [r["dtype"] for r in rows] == result["config"]["dtypes"]
+    for r in rows:
+        assert (r["strategy"], r["passes"]) == ("bald", result["config"]["mc_passes"])
+        for variant in ("reuse", "no_reuse"):
+            assert_rates(r[variant], f"mc_reuse.{variant}")
+            assert_positive(r[variant]["compile_s"], f"mc_reuse.{variant}.compile_s")
+            assert_device_memory(r[variant]["device_memory"], variant)
+        assert_positive(r["speedup"], "mc_reuse.speedup")
+        assert math.isfinite(r["max_rel_diff_all_sum"]) and r["max_rel_diff_all_sum"] >= 0
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", 30, "multiple of 2\\*\\*depth"),
+        ("strategies", ("entropy", "random"), "non-empty list of \\(.entropy., .least_confidence."),
+        ("dtypes", ("float16",), "non-empty list"),
+        ("sections", (), "non-empty list"),
+        ("scaling_pools", (0,), "positive integers"),
+        ("repeats", 0, "positive integer"),
+    ],
+)
+def test_validate_config_names_the_field(field, value, message):
+    config = dataclasses.replace(bench.default_config("cpu", quick=True), **{field: value})
+    with pytest.raises(ValueError, match=f"field {field}: .*{message}"):
+        bench.validate_config(config)
+
+
+def test_host_reference_matches_the_fused_formulas():
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0.0, 1.0, (3, 8, 8)).astype(np.float32)
+    probs[0, 0, :4] = [0.0, 1.0, 0.1, 0.6]  # limits and mask edges
+    host = np.array([bench.host_entropy_stats(p, 0.1, 0.1) for p in probs], np.float64)
+    fused = scoring.stats_from_probs(
+        probs[:, None], np.float32(0.1), np.float32(0.1), strategy="entropy", convention="paper"
+    )
+    np.testing.assert_allclose(host, np.stack([np.asarray(x) for x in fused], 1), rtol=1e-5)
+
+
+def test_synthetic_pool_is_lazy_and_bounded():
+    pool = bench.SyntheticPool(10**9, 16, seed=0)  # far larger than memory: nothing is made
+    batch = pool[np.array([0, 5, 10**9 - 1])]
+    assert batch.shape == (3, 16, 16) and batch.dtype == np.float32
+    assert set(np.unique(pool.labels([3]))) <= {0.0, 1.0}
+    np.testing.assert_array_equal(pool[[7]], pool[[7]])
+    with pytest.raises(IndexError):
+        pool[[10**9]]
