@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from selal_jax import faults
+from selal_jax import atomic, faults
 
 
 class CheckpointError(RuntimeError):
@@ -100,20 +99,10 @@ def abstract_like(state):
 
 
 def write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    """Writes JSON (or JSON lines from a list) via a temporary file and an atomic rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            if lines:
-                for item in obj:
-                    f.write(json.dumps(item) + "\n")
-            else:
-                json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`)."""
+    with atomic.atomic_open(path, "w") as f:
+        if lines:
+            for item in obj:
+                f.write(json.dumps(item) + "\n")
+        else:
+            json.dump(obj, f, indent=2)

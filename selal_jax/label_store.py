@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from selal_jax import atomic
 
 
 class LabelStoreError(ValueError):
@@ -38,27 +39,13 @@ class LabelStore:
         if os.path.exists(path):
             raise LabelStoreError(f"{path}: round {round_index}'s labels were already imported")
         os.makedirs(self.directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    ids=np.asarray(ids, np.int64),
-                    masks=np.asarray(masks, np.uint8),
-                    note=np.asarray(json.dumps(note)),
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        with atomic.atomic_open(path, "wb") as f:
+            np.savez(
+                f,
+                ids=np.asarray(ids, np.int64),
+                masks=np.asarray(masks, np.uint8),
+                note=np.asarray(json.dumps(note)),
+            )
         return self.digest(round_index)
 
     def read(self, round_index: int) -> tuple[np.ndarray, np.ndarray]:

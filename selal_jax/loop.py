@@ -21,6 +21,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from selal_jax import (
+    atomic,
     checkpointing,
     diagnostics,
     faults,
@@ -605,9 +606,8 @@ def train_shared_round0(config, round0_dir: str) -> dict:
             )
             target_pixels = np.asarray(train.labels).reshape(len(train), -1).sum(axis=1)
             path = os.path.join(round0_dir, EMBEDDINGS_FILE)
-            with open(path + ".tmp", "wb") as f:
+            with atomic.atomic_open(path, "wb") as f:
                 np.savez(f, features=features, target_pixels=target_pixels)
-            os.replace(path + ".tmp", path)
             ckpt.save(
                 0,
                 experiment.state,

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from selal_jax import atomic
+
 PCTS = (10, 15, 20, 25, 30, 35)
 RECORDS_FILE = "records.jsonl"
 SUPERVISED_FILE = "supervised.json"
@@ -214,8 +216,8 @@ def tsne_coordinates(embeddings_path: str) -> np.ndarray:
     features = np.load(embeddings_path)["features"]
     perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
     coords = TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(features)
-    np.save(cache + ".tmp.npy", coords)
-    os.replace(cache + ".tmp.npy", cache)
+    with atomic.atomic_open(cache, "wb") as f:
+        np.save(f, coords)
     return coords
 
 
@@ -272,9 +274,8 @@ def write_report(workdir: str, baseline: float | None = None, out_dir: str | Non
         ("summary.csv", csv_table(rows)),
     ):
         paths[name] = os.path.join(out_dir, name)
-        with open(paths[name] + ".tmp", "w") as f:
+        with atomic.atomic_open(paths[name], "w") as f:
             f.write(text + ("\n" if not text.endswith("\n") else ""))
-        os.replace(paths[name] + ".tmp", paths[name])
     paths["learning_curves.png"] = plot_learning_curves(
         runs, baseline, os.path.join(out_dir, "learning_curves.png")
     )

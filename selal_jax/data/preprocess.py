@@ -268,6 +268,18 @@ def normalise(
     )
 
 
+def _centre_windows(source_hw, target_hw):
+    """Index windows of a centre crop/pad from [N, h, w] to [N, H, W]: (source, target), such
+    that `out[target] = slices[source]` (and the inverse `back[source] = out[target]`)."""
+    (h, w), (H, W) = source_hw, target_hw
+    sy, sx = max((h - H) // 2, 0), max((w - W) // 2, 0)
+    dy, dx = max((H - h) // 2, 0), max((W - w) // 2, 0)
+    ch, cw = min(h, H), min(w, W)
+    source = (slice(None), slice(sy, sy + ch), slice(sx, sx + cw))
+    target = (slice(None), slice(dy, dy + ch), slice(dx, dx + cw))
+    return source, target
+
+
 def fit_slices(
     slices: np.ndarray, size: tuple[int, int], method: str, is_label: bool
 ) -> np.ndarray:
@@ -287,10 +299,8 @@ def fit_slices(
         return out[:, :H, :W].astype(slices.dtype)
     if method == "crop":
         out = np.zeros((n, H, W), slices.dtype)
-        sy, sx = max((h - H) // 2, 0), max((w - W) // 2, 0)
-        dy, dx = max((H - h) // 2, 0), max((W - w) // 2, 0)
-        ch, cw = min(h, H), min(w, W)
-        out[:, dy : dy + ch, dx : dx + cw] = slices[:, sy : sy + ch, sx : sx + cw]
+        source, target = _centre_windows((h, w), (H, W))
+        out[target] = slices[source]
         return out
     raise ValueError(
         f"config field data.resample: unknown method {method!r}; expected 'resize' or 'crop'"
@@ -318,10 +328,8 @@ def unfit_slices(slices: np.ndarray, shape: tuple[int, int], method: str) -> np.
         return out.astype(slices.dtype)
     if method == "crop":
         out = np.zeros((n, h, w), slices.dtype)
-        sy, sx = max((h - H) // 2, 0), max((w - W) // 2, 0)
-        dy, dx = max((H - h) // 2, 0), max((W - w) // 2, 0)
-        ch, cw = min(h, H), min(w, W)
-        out[:, sy : sy + ch, sx : sx + cw] = slices[:, dy : dy + ch, dx : dx + cw]
+        source, target = _centre_windows((h, w), (H, W))
+        out[source] = slices[target]
         return out
     raise ValueError(
         f"config field data.resample: unknown method {method!r}; expected 'resize' or 'crop'"

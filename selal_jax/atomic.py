@@ -1,0 +1,34 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename into place.
+
+A crash or an error leaves either the old file or the new one, never a half-written one (and no
+temporary file behind, except after a hard kill, where a `.tmp-*` file is left and never read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """`with atomic_open(path, "wb") as f: ...` writes `path` atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]  # np.save/np.savez keep a name's own extension
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
