@@ -30,21 +30,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.size = (240, 240)  # pixels: BraTS volumes are 240x240x155, so no resampling
     data.normalisation = "zscore"  # MRI: over the non-zero (brain) voxels of each volume
 
-    config.model.base_width = 32  # the paper's network
-    config.model.depth = 4  # 240 / 2**4 = 15
-
     config.train.batch_size = 32  # slices per step
-    config.train.augment = True  # the published code augments the training slices
 
     config.al.initial_size = 500  # labelled slices at round 0
     config.al.query_size = 100  # slices queried per round
 
-    if arg == "cpu":
-        data.size = (128, 128)  # pixels: bilinear downsampling of the 240x240 slices
-        config.model.base_width = 16
-        config.model.depth = 3
-    elif arg:
-        raise ValueError(
-            f"configs/brats_lgg_flair.py: unknown config argument {arg!r}; expected 'cpu' or none"
-        )
-    return config
+    return default.paper_variant(config, arg, "brats_lgg_flair.py")

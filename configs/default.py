@@ -13,12 +13,26 @@ from ml_collections import config_dict
 
 
 def paper_training(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
-    """The paper's training protocol (used by the BraTS and Spleen configs), in place."""
+    """The paper's network and training protocol (the BraTS and Spleen configs), in place."""
+    config.model.base_width = 32  # the paper's network (7,762,465 parameters)
+    config.model.depth = 4
+    config.train.augment = True  # the published code augments the training slices
     config.train.learning_rate = 1e-4  # Adam, as in the paper
     config.train.patience = 5  # epochs without validation-loss improvement before stopping
     config.train.max_epochs = 100  # cap per round
     config.train.min_steps_per_epoch = 1  # an epoch is one pass over the labelled slices
     config.train.reset_optimizer = True  # fresh Adam each round, as the published code does
+    return config
+
+
+def paper_variant(config: config_dict.ConfigDict, arg: str | None, name: str):
+    """Applies a paper config's argument: 'cpu' shrinks it for small machines; none keeps it."""
+    if arg == "cpu":
+        config.data.size = (128, 128)  # pixels: bilinear downsampling of the slices
+        config.model.base_width = 16
+        config.model.depth = 3
+    elif arg:
+        raise ValueError(f"configs/{name}: unknown config argument {arg!r}; expected 'cpu' or none")
     return config
 
 

@@ -27,21 +27,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.normalisation = "ct_window"  # clip to data.ct_window, scale to [0, 1]
     data.ct_window = (-160.0, 240.0)  # HU: abdominal soft-tissue window
 
-    config.model.base_width = 32  # the paper's network
-    config.model.depth = 4
-
     config.train.batch_size = 16  # slices per step
-    config.train.augment = True  # the published code augments the training slices
 
     config.al.initial_size = 150  # labelled slices at round 0
     config.al.query_size = 50  # slices queried per round
 
-    if arg == "cpu":
-        data.size = (128, 128)  # pixels: bilinear downsampling of the 512x512 slices
-        config.model.base_width = 16
-        config.model.depth = 3
-    elif arg:
-        raise ValueError(
-            f"configs/msd_spleen.py: unknown config argument {arg!r}; expected 'cpu' or none"
-        )
-    return config
+    return default.paper_variant(config, arg, "msd_spleen.py")
