@@ -4,6 +4,10 @@ python launch.py --config=configs/default.py --workdir=runs/demo          # run 
 python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
 python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
 python launch.py report --workdir=runs/sweep [--baseline=0.77]             # tables and plots
+
+Several processes (hosts), each started with the same flags but its own --process_id:
+python launch.py --config=... --workdir=... --coordinator_address=host0:12355 \
+    --num_processes=2 --process_id=0        # under SLURM: `srun python launch.py ...` (detected)
 """
 
 import logging as std_logging
@@ -21,6 +25,17 @@ _BASELINE = flags.DEFINE_float(
     "baseline", None, "report: supervised baseline Dice (default: read supervised.json)."
 )
 
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "Multi-host: number of processes; > 1 starts jax.distributed. Default: 1, or detected "
+    "under SLURM (srun with several tasks).",
+)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
 VERBS = ("run", "sweep", "supervised", "report")
 
 
@@ -31,6 +46,8 @@ def main(argv):
     verb = verbs[0]
     config = _CONFIG.value
     workdir = _WORKDIR.value
+    if workdir is None and (_NUM_PROCESSES.value or 1) > 1:
+        raise app.UsageError("several processes need one shared --workdir")
     if workdir is None:
         if verb == "report":
             raise app.UsageError("report needs --workdir (a run or sweep folder)")
@@ -38,7 +55,10 @@ def main(argv):
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"--workdir not given; writing to {workdir}")
     # Imported after flag parsing: keeps --help fast.
-    from selal_jax import loop, report, sweep
+    from selal_jax import loop, parallel, report, sweep
+
+    if verb != "report":  # before anything touches a device
+        parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     if verb == "run":
         loop.run(config, workdir)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import checkpointing, diagnostics, faults, report, rng, scoring, selection
+from selal_jax import checkpointing, diagnostics, faults, parallel, report, rng, scoring, selection
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import build_model, init_variables
@@ -90,6 +90,7 @@ def validate_config(config) -> None:
         raise ValueError(
             f"config field data.size: {h}x{w} must be divisible by 2**model.depth = {factor}"
         )
+    parallel.check_batch_sizes(config.train)  # global batch sizes split over jax.device_count()
 
 
 def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -> np.ndarray:
@@ -141,6 +142,7 @@ def query(
     round_key,
     k: int,
     round_index: int = 0,
+    mesh=None,
 ) -> tuple[selection.Query, scoring.SliceStats | None]:
     """Scores the unlabelled pool and returns the round's query (and the stats it used)."""
     al = config.al
@@ -163,6 +165,7 @@ def query(
         batch_size=int(config.train.eval_batch_size),
         reuse_encoder=bool(al.reuse_encoder),
         progress=progress,
+        mesh=mesh,
     )
     progress.close()
     q = selection.select(
@@ -229,7 +232,8 @@ class Experiment:
         validate_config(config)
         os.makedirs(workdir, exist_ok=True)
         self.config, self.workdir = config, workdir
-        self.splits = loading.load_dataset(config.data, workdir)
+        # Multi-host: process 0 writes the synthetic cohort and the slice cache, the rest read them.
+        self.splits = parallel.primary_first(lambda: loading.load_dataset(config.data, workdir))
         self.train = self.splits.train
         self.model = build_model(config.model)
         self.tx = make_optimizer(float(config.train.learning_rate))
@@ -238,6 +242,9 @@ class Experiment:
             self.model, jax.random.fold_in(self.root, INIT_TAG), *self.train.shape
         )
         self.state = create_train_state(variables, self.tx)
+        self.mesh = parallel.default_mesh()  # None with one device: the single-device path
+        if self.mesh is not None:  # replicated; checkpoints are then restored replicated too
+            self.state = parallel.put_replicated(self.mesh, self.state)
         self.flat_config = flatten_config(config)
         self.ckpt = checkpointing.Checkpointer(
             os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep)
@@ -325,6 +332,7 @@ class Experiment:
             jax.random.fold_in(jax.random.fold_in(self.root, r), FIT),
             config.train,
             round_index=r,
+            mesh=self.mesh,
         )
         dice, dice_global = dice_scores(
             evaluate(
@@ -333,6 +341,7 @@ class Experiment:
                 self.splits.test,
                 None,
                 int(config.train.eval_batch_size),
+                self.mesh,
             )
         )
         return {
@@ -361,6 +370,7 @@ class Experiment:
             jax.random.fold_in(self.root, r),
             int(self.config.al.query_size),
             r,
+            mesh=self.mesh,
         )
         return q
 
@@ -466,9 +476,10 @@ def train_shared_round0(config, round0_dir: str) -> dict:
             )
             target_pixels = np.asarray(train.labels).reshape(len(train), -1).sum(axis=1)
             path = os.path.join(round0_dir, EMBEDDINGS_FILE)
-            with open(path + ".tmp", "wb") as f:
-                np.savez(f, features=features, target_pixels=target_pixels)
-            os.replace(path + ".tmp", path)
+            if parallel.is_primary():
+                with open(path + ".tmp", "wb") as f:
+                    np.savez(f, features=features, target_pixels=target_pixels)
+                os.replace(path + ".tmp", path)
             ckpt.save(
                 0,
                 experiment.state,
