@@ -52,11 +52,13 @@ def initialize(
     """Starts `jax.distributed` when the run spans several processes; returns whether it did.
 
     Explicit: `num_processes` > 1 with `coordinator_address` ('host:port' of process 0) and
-    `process_id`. Under SLURM (`srun`, SLURM_NTASKS > 1) with no arguments, JAX detects all three
-    from the environment. Must run before anything touches a JAX device.
+    `process_id`. Inside an `srun` step of several tasks (SLURM_STEP_NUM_TASKS > 1; not in the
+    sbatch script itself) and with no arguments, JAX detects all three from SLURM's environment,
+    and gives each task the one local GPU of index SLURM_LOCALID: start one task per GPU, every
+    task seeing all the node's GPUs. Must run before anything touches a JAX device.
     """
     explicit = num_processes is not None and int(num_processes) > 1
-    slurm = num_processes is None and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    slurm = num_processes is None and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
     if not (explicit or slurm):
         return False
     # Cross-process computations on CPU need a collectives implementation (gloo ships with
