@@ -9,6 +9,10 @@ With --config.al.annotator=human, each round stops after its query; then
   python launch.py query --workdir=runs/mine [--out=DIR]
   python launch.py import-labels --workdir=runs/mine --labels=DIR
   python launch.py --config=... --workdir=runs/mine                         # the next round
+
+Several processes (hosts), each started with the same flags but its own --process_id:
+  python launch.py --config=... --workdir=... --coordinator_address=host0:12355 \
+      --num_processes=2 --process_id=0        # under SLURM: `srun python launch.py ...` (detected)
 """
 
 import logging as std_logging
@@ -32,6 +36,17 @@ _ALLOW_OUTSIDE = flags.DEFINE_bool(
     False,
     "import-labels: ignore voxels outside the queried slices instead of rejecting the file.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "Multi-host: number of processes; > 1 starts jax.distributed. Default: 1, or detected "
+    "under SLURM (srun with several tasks).",
+)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
 VERBS = ("run", "sweep", "supervised", "report", "query", "import-labels")
 NEEDS_WORKDIR = ("report", "query", "import-labels")
 
@@ -41,6 +56,8 @@ def main(argv):
     if len(verbs) > 1 or verbs[0] not in VERBS:
         raise app.UsageError(f"unknown command {' '.join(verbs)!r}; expected one of {VERBS}")
     verb, config, workdir = verbs[0], _CONFIG.value, _WORKDIR.value
+    if workdir is None and (_NUM_PROCESSES.value or 1) > 1:
+        raise app.UsageError("several processes need one shared --workdir")
     if workdir is None:
         if verb in NEEDS_WORKDIR:
             raise app.UsageError(f"{verb} needs --workdir")
@@ -48,7 +65,10 @@ def main(argv):
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"--workdir not given; writing to {workdir}")
     # Imported after flag parsing: keeps --help fast.
-    from selal_jax import annotate, loop, report, sweep
+    from selal_jax import annotate, loop, parallel, report, sweep
+
+    if verb != "report":  # before anything touches a device
+        parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     if verb in ("query", "import-labels") and not flags.FLAGS["config"].present:
         config = loop.stored_config(workdir)  # the run's own config

@@ -94,12 +94,32 @@ class Checkpointer:
 
 
 def abstract_like(state):
-    """ShapeDtypeStructs of a pytree, the restore target orbax needs."""
-    return jax.eval_shape(lambda: state)
+    """ShapeDtypeStructs of a pytree, the restore target orbax needs.
+
+    Each leaf carries the sharding of `state`'s array: one device, or replicated over a mesh
+    (see selal_jax.parallel). Orbax then restores onto those devices whatever devices wrote the
+    checkpoint (without it, a checkpoint written by a multi-device or multi-host run would only
+    restore onto the same devices).
+    """
+    abstract = jax.eval_shape(lambda: state)
+
+    def with_sharding(a, x):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, jax.sharding.Sharding):
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+        return a
+
+    return jax.tree_util.tree_map(with_sharding, abstract, state)
 
 
 def write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`)."""
+    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`).
+
+    In a multi-host run only process 0 writes (all processes hold the same records); the others
+    return without writing.
+    """
+    if jax.process_index() != 0:
+        return
     with atomic.atomic_open(path, "w") as f:
         if lines:
             for item in obj:

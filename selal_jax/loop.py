@@ -26,6 +26,7 @@ from selal_jax import (
     diagnostics,
     faults,
     label_store,
+    parallel,
     report,
     rng,
     scoring,
@@ -111,6 +112,7 @@ def validate_config(config) -> None:
         raise ValueError(
             f"config field data.size: {h}x{w} must be divisible by 2**model.depth = {factor}"
         )
+    parallel.check_batch_sizes(config.train)  # global batch sizes split over jax.device_count()
 
 
 def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -> np.ndarray:
@@ -168,6 +170,7 @@ def query(
     round_key,
     k: int,
     round_index: int = 0,
+    mesh=None,
 ) -> tuple[selection.Query, scoring.SliceStats | None]:
     """Scores the unlabelled pool and returns the round's query (and the stats it used)."""
     al = config.al
@@ -190,6 +193,7 @@ def query(
         batch_size=int(config.train.eval_batch_size),
         reuse_encoder=bool(al.reuse_encoder),
         progress=progress,
+        mesh=mesh,
     )
     progress.close()
     q = selection.select(
@@ -284,7 +288,8 @@ class Experiment:
         validate_config(config)
         os.makedirs(workdir, exist_ok=True)
         self.config, self.workdir = config, workdir
-        self.splits = loading.load_dataset(config.data, workdir)
+        # Multi-host: process 0 writes the synthetic cohort and the slice cache, the rest read them.
+        self.splits = parallel.primary_first(lambda: loading.load_dataset(config.data, workdir))
         self.train = self.splits.train
         self.human = config.al.annotator == "human"
         if not self.human and not self.train.has_label.all():
@@ -307,6 +312,9 @@ class Experiment:
             self.model, jax.random.fold_in(self.root, INIT_TAG), *self.train.shape
         )
         self.state = create_train_state(variables, self.tx)
+        self.mesh = parallel.default_mesh()  # None with one device: the single-device path
+        if self.mesh is not None:  # replicated; checkpoints are then restored replicated too
+            self.state = parallel.put_replicated(self.mesh, self.state)
         self.flat_config = flatten_config(config)
         self.ckpt = checkpointing.Checkpointer(
             os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep)
@@ -451,6 +459,7 @@ class Experiment:
             jax.random.fold_in(jax.random.fold_in(self.root, r), FIT),
             config.train,
             round_index=r,
+            mesh=self.mesh,
         )
         dice, dice_global = dice_scores(
             evaluate(
@@ -459,6 +468,7 @@ class Experiment:
                 self.splits.test,
                 None,
                 int(config.train.eval_batch_size),
+                self.mesh,
             )
         )
         return {
@@ -487,6 +497,7 @@ class Experiment:
             jax.random.fold_in(self.root, r),
             int(self.config.al.query_size),
             r,
+            mesh=self.mesh,
         )
         return q
 
@@ -606,8 +617,9 @@ def train_shared_round0(config, round0_dir: str) -> dict:
             )
             target_pixels = np.asarray(train.labels).reshape(len(train), -1).sum(axis=1)
             path = os.path.join(round0_dir, EMBEDDINGS_FILE)
-            with atomic.atomic_open(path, "wb") as f:
-                np.savez(f, features=features, target_pixels=target_pixels)
+            if parallel.is_primary():
+                with atomic.atomic_open(path, "wb") as f:
+                    np.savez(f, features=features, target_pixels=target_pixels)
             ckpt.save(
                 0,
                 experiment.state,

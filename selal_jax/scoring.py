@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from selal_jax import parallel
 from selal_jax.models import UNet
 
 Array = jax.Array
@@ -295,11 +296,18 @@ def score_pool(
     batch_size: int,
     reuse_encoder: bool = True,
     progress=None,
+    mesh=None,
 ) -> SliceStats:
     """Scores the candidate slices of a pool in fixed-shape batches.
 
     Host memory stays bounded: each batch's images are gathered from `images` (a NumPy array or
     memmap [N, H, W]) as it is dispatched, and only per-slice stats come back, in one transfer.
+
+    With a `mesh` (see selal_jax.parallel), `batch_size` is global: each batch is split over the
+    mesh's devices (each process reads only its own rows), and the per-slice stats of every
+    device are gathered at the end, so every process returns the whole pool's stats. Per-slice
+    results do not depend on the batching (MC dropout keys are per slice). `None` is the
+    single-device path.
 
     Returns:
       SliceStats of NumPy arrays [len(candidate_ids)], aligned with `candidate_ids`.
@@ -307,16 +315,24 @@ def score_pool(
     candidate_ids = np.asarray(candidate_ids, np.int64)
     n = len(candidate_ids)
     t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
+    if mesh is not None:
+        variables = parallel.put_replicated(mesh, variables)
     outs = []
     for start in range(0, n, batch_size):
         ids = candidate_ids[start : start + batch_size]
         n_valid = len(ids)
         if n_valid < batch_size:  # pad to the fixed shape: one compilation for the whole pool
             ids = np.concatenate([ids, np.full(batch_size - n_valid, ids[0])])
+        if mesh is None:
+            batch_images, batch_ids = np.asarray(images[ids], np.float32), ids.astype(np.int32)
+        else:  # global arrays, of which this process reads and transfers only its own rows
+            rows = ids[parallel.local_rows(mesh, batch_size)]
+            batch_images = parallel.global_batch(mesh, np.asarray(images[rows], np.float32))
+            batch_ids = parallel.global_batch(mesh, rows.astype(np.int32))
         stats = score_batch(
             variables,
-            np.asarray(images[ids], np.float32),
-            ids.astype(np.int32),
+            batch_images,
+            batch_ids,
             round_key,
             t_arr,
             b_arr,
@@ -329,7 +345,7 @@ def score_pool(
         outs.append((stats, n_valid))
         if progress is not None:
             progress.update(start + n_valid)
-    host = jax.device_get([s for s, _ in outs])
+    host = parallel.fetch(mesh, [s for s, _ in outs])
     if not host:
         return SliceStats(*(np.zeros(0, np.float32) for _ in SliceStats._fields))
     return SliceStats(

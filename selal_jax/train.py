@@ -15,7 +15,7 @@ import optax
 from absl import logging
 
 from selal_jax import augment as augment_lib
-from selal_jax import faults
+from selal_jax import faults, parallel
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet
 from selal_jax.progress import Progress
@@ -132,16 +132,29 @@ def padded_batches(n: int, batch_size: int):
 
 
 def evaluate(
-    model: UNet, variables, data: SliceSet, ids: np.ndarray | None, batch_size: int
+    model: UNet,
+    variables,
+    data: SliceSet,
+    ids: np.ndarray | None,
+    batch_size: int,
+    mesh=None,
 ) -> dict[str, np.ndarray]:
-    """Per-slice evaluation terms over `ids` (default: every slice), fixed-shape batches."""
+    """Per-slice evaluation terms over `ids` (default: every slice), fixed-shape batches.
+
+    With a `mesh` (see selal_jax.parallel), `batch_size` is global and each batch is split over
+    its devices; `None` is the single-device path.
+    """
     ids = np.arange(len(data)) if ids is None else np.asarray(ids)
+    if mesh is not None:
+        variables = parallel.put_replicated(mesh, variables)
     outs = []
     for idx, n_valid in padded_batches(len(ids), batch_size):
         sel = ids[idx]
-        out = eval_batch(variables, data.images[sel], data.labels[sel], model=model)
+        out = eval_batch(
+            variables, *parallel.host_batch(mesh, sel, data.images, data.labels), model=model
+        )
         outs.append((out, n_valid))
-    host = jax.device_get([o for o, _ in outs])  # one transfer for the whole split
+    host = parallel.fetch(mesh, [o for o, _ in outs])  # one transfer for the whole split
     return {
         k: np.concatenate([h[k][:n] for h, (_, n) in zip(host, outs, strict=True)]) for k in host[0]
     }
@@ -190,11 +203,16 @@ def fit(
     key: Array,
     train_config,
     round_index: int = 0,
+    mesh=None,
 ) -> tuple[TrainState, dict]:
     """Trains until the validation loss has not improved for `patience` epochs.
 
     Keys: epoch e uses fold_in(key, e) for its permutation and fold_in(fold_in(key, e), 1 + step)
     for each step, so a resumed run draws the same numbers.
+
+    With a `mesh` (see selal_jax.parallel), the state is replicated over its devices and each
+    (global) batch split along the batch axis; every process computes the same epoch order and
+    reads only its rows of each batch. `None` is the single-device path.
 
     Returns:
       (the state of the best epoch, summary dict: epochs, best_epoch, best_val_loss, losses).
@@ -202,6 +220,9 @@ def fit(
     batch_size = int(train_config.batch_size)
     patience, max_epochs = int(train_config.patience), int(train_config.max_epochs)
     labelled_ids = np.asarray(labelled_ids)
+    if mesh is not None:
+        parallel.check_batch_size("train.batch_size", batch_size, mesh.size)
+        state = parallel.put_replicated(mesh, state)
     best_state, best_loss, best_epoch = jax.device_get(state), math.inf, -1
     history = []
     progress = Progress(f"round {round_index} training", total=max_epochs, unit="epoch")
@@ -215,8 +236,7 @@ def fit(
         for step, batch_ids in enumerate(order):
             state, loss = train_step(
                 state,
-                train_data.images[batch_ids],
-                train_data.labels[batch_ids],
+                *parallel.host_batch(mesh, batch_ids, train_data.images, train_data.labels),
                 jax.random.fold_in(epoch_key, 1 + step),
                 model=model,
                 tx=tx,
@@ -231,7 +251,9 @@ def fit(
                 "lower train.learning_rate or check the data"
             )
         val_loss = mean_loss(
-            evaluate(model, state.variables, val_data, None, int(train_config.eval_batch_size))
+            evaluate(
+                model, state.variables, val_data, None, int(train_config.eval_batch_size), mesh
+            )
         )
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best_loss:
@@ -257,4 +279,4 @@ def fit(
         best_loss,
         best_epoch,
     )
-    return jax.device_put(best_state), summary
+    return parallel.put_replicated(mesh, best_state), summary
