@@ -61,6 +61,21 @@ ROUND0_NEUTRAL_KEYS = (
 ROUND0_CHECKPOINT = "round0"
 EMBEDDINGS_FILE = report.EMBEDDINGS_FILE
 
+# Record fields that commit_round adds after training (the query and its diagnostics).
+QUERY_FIELDS = (
+    "score_seconds",
+    "strategy",
+    "mode",
+    "seed",
+    "queried",
+    "queried_streams",
+    "queried_scores",
+    "queried_with_target",
+    "queried_mean_target_pixels",
+    "queried_mean_pred_target_pixels",
+    "queried_mean_pred_boundary_pixels",
+    "queried_redundancy",
+)
 ANNOTATIONS_DIR = "annotations"  # al.annotator = human: imported masks, one file per round
 ANNOTATORS = ("simulated", "human")
 # Config fields that may change between a run and its resumption without changing any result
@@ -323,6 +338,7 @@ class Experiment:
         self.history: list[dict] = []
         self.next_round = 0
         self.round0_record: dict | None = None
+        self.extend_finished = False  # resumed a finished run with al.rounds raised
         latest = self.ckpt.latest_round()
         if latest is not None and not config.resume:
             raise ValueError(
@@ -383,7 +399,12 @@ class Experiment:
         self.history = list(loop["history"])
         self.next_round = latest + 1
         if self.history and not self.history[-1]["queried"]:
-            self.next_round = int(config.al.rounds) + 1  # finished, or the pool was exhausted
+            # Finished (or the pool was exhausted). Given more rounds, a simulated run continues.
+            more = latest < int(config.al.rounds) and not self.labelled.all()
+            if more and not self.human:
+                self.extend_finished = True
+            else:
+                self.next_round = int(config.al.rounds) + 1
         logging.info(
             "resuming %s after round %d (%d labelled)", workdir, latest, self.labelled.sum()
         )
@@ -504,6 +525,14 @@ class Experiment:
     def commit_round(self, record: dict, q: selection.Query | None) -> dict:
         """Reveals the query's labels (a human annotator's come later), appends the record and
         checkpoints the round."""
+        record = self._with_query(record, q)
+        self.history.append(record)
+        self._save(record["round"])
+        return record
+
+    def _with_query(self, record: dict, q: selection.Query | None) -> dict:
+        """The round's record completed with its query and diagnostics; reveals the query's
+        labels (simulated annotator) or marks it as awaiting them (human)."""
         r = record["round"]
         awaiting = self.human and q is not None and len(q.ids) > 0
         if q is not None and not awaiting:
@@ -534,7 +563,11 @@ class Experiment:
         else:
             ids = np.asarray([] if q is None else q.ids, np.int64)
             record.update(diagnostics.label_diagnostics(self.train, ids))
-        self.history.append(record)
+        return record
+
+    def _save(self, r: int) -> None:
+        """Checkpoints round r (model state and the JSON loop record) and rewrites records.jsonl."""
+        record = self.history[-1]
         loop_record = {
             "round": r,
             "labelled_ids": [int(i) for i in np.flatnonzero(self.labelled)],
@@ -564,9 +597,21 @@ class Experiment:
             record["train_seconds"],
             record["score_seconds"],
         )
-        return record
+
+    def _extend_finished_run(self) -> None:
+        """A finished run resumed with more rounds: its last round gets the query it did not need
+        then (from the same model and key, so as an uninterrupted longer run would have drawn
+        it). It is checkpointed with the next round; a crash before that just redoes it."""
+        record = self.history.pop()
+        base = {k: v for k, v in record.items() if k not in QUERY_FIELDS}
+        start = time.time()
+        q = self.query_round(record["round"])
+        base["score_seconds"] = time.time() - start
+        self.history.append(self._with_query(base, q))
 
     def run(self) -> list[dict]:
+        if self.extend_finished:
+            self._extend_finished_run()
         for r in range(self.next_round, int(self.config.al.rounds) + 1):
             if self.awaiting is not None:
                 logging.warning("%s", self.awaiting_message())

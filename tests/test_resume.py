@@ -183,3 +183,22 @@ def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
     # and the run resumes from it
     history = loop.run(config, workdir)
     assert [r["round"] for r in history] == [0, 1]
+
+
+def test_extending_a_finished_run_equals_the_longer_run(reference, tmp_path, cohort_root):
+    from tests.conftest import smoke_config
+
+    config, ref_workdir, ref_history = reference
+    workdir = str(tmp_path / "extended")
+    short = loop.run(smoke_config(**{**overrides(cohort_root), "al.rounds": 1}), workdir)
+    assert [r["round"] for r in short] == [0, 1] and short[-1]["queried"] == []
+    extended = loop.run(config, workdir)  # al.rounds 1 -> 3: a neutral change
+    assert comparable(extended) == comparable(json.loads(json.dumps(ref_history)))
+    state, _ = final_state(config, workdir)
+    ref_state, _ = final_state(config, ref_workdir)
+    import jax
+
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(ref_state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
