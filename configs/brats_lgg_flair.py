@@ -8,7 +8,7 @@ Any config reads any layout; e.g. your own NIfTI pairs with the demo's small mod
   python launch.py --config=configs/default.py --config.data.layout=paired --config.data.root=/data/mine --config.data.size=128,128
 (paired: <root>/images/x.nii.gz with <root>/labels/x.nii.gz; see data.paired in configs/default.py.)
 
-Variants: ':cpu' downsamples to 128x128 and uses the demo's U-Net (base_width 16, depth 3) for
+Variants: ':cpu' downsamples to 128x128 and uses a smaller U-Net (base_width 16, depth 3) for
 CPUs and small GPUs; the active-learning sizes stay the paper's.
 """
 

@@ -7,7 +7,7 @@ data.root is the Task09_Spleen folder (dataset.json, imagesTr/, labelsTr/). Run 
 Any config reads any layout; e.g. your own NIfTI pairs with the demo's small model:
   python launch.py --config=configs/default.py --config.data.layout=paired --config.data.root=/data/mine --config.data.size=128,128
 
-Variants: ':cpu' downsamples to 128x128 and uses the demo's U-Net (base_width 16, depth 3) for
+Variants: ':cpu' downsamples to 128x128 and uses a smaller U-Net (base_width 16, depth 3) for
 CPUs and small GPUs; the active-learning sizes stay the paper's.
 """
 
