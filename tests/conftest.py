@@ -7,28 +7,22 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def smoke_config(**overrides):
-    """configs/default.py:smoke with dotted-key overrides, e.g. {'al.strategy': 'bald'}."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "default_config", os.path.join(REPO, "configs", "default.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
-    for key, value in overrides.items():
+def set_fields(config, fields: dict, sep: str = "."):
+    """Sets nested config fields named by joined keys, e.g. {'al.strategy': 'bald'}."""
+    for key, value in fields.items():
         node = config
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.split(sep)
         for p in parents:
             node = node[p]
         node[leaf] = value
     return config
 
 
-@pytest.fixture
-def tiny_config():
-    return smoke_config
+def smoke_config(**overrides):
+    """configs/default.py:smoke with dotted-key overrides, e.g. {'al.strategy': 'bald'}."""
+    from configs import default
+
+    return set_fields(default.get_config("smoke"), overrides)
 
 
 @pytest.fixture(scope="session")

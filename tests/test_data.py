@@ -17,6 +17,7 @@ from selal_jax import loop
 from selal_jax.data import cache, layouts, loading, preprocess
 from selal_jax.data.preprocess import DataError
 from tests import helpers
+from tests.conftest import set_fields
 
 SHAPE = (16, 16, 6)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,13 +35,7 @@ def data_config(layout: str, root, size=SHAPE[:2], **fields):
     config.layout = layout
     config.root = str(root)
     config.size = tuple(size)
-    for name, value in fields.items():
-        node = config
-        *parents, leaf = name.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_fields(config, fields, sep="__")
 
 
 def load(config, tmp_path):
