@@ -1,10 +1,6 @@
 """Shared fixtures: tiny configs and a tiny synthetic cohort."""
 
-import os
-
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def set_fields(config, fields: dict, sep: str = "."):
