@@ -186,12 +186,12 @@ def query(
     k: int,
     round_index: int = 0,
     mesh=None,
-) -> tuple[selection.Query, scoring.SliceStats | None]:
-    """Scores the unlabelled pool and returns the round's query (and the stats it used)."""
+) -> selection.Query:
+    """Scores the unlabelled pool and returns the round's query."""
     al = config.al
     candidates = np.flatnonzero(~labelled)
     if al.strategy == "random":
-        return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM)), None
+        return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM))
     passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
     progress = _ScoringProgress(round_index, len(candidates))
     stats = scoring.score_pool(
@@ -211,7 +211,7 @@ def query(
         mesh=mesh,
     )
     progress.close()
-    q = selection.select(
+    return selection.select(
         stats,
         candidates,
         k,
@@ -220,7 +220,6 @@ def query(
         aggregation=al.aggregation,
         merge=al.merge,
     )
-    return q, stats
 
 
 def flatten_config(config) -> dict:
@@ -509,7 +508,7 @@ class Experiment:
         or when the pool is exhausted)."""
         if r >= int(self.config.al.rounds) or self.labelled.all():
             return None
-        q, _ = query(
+        q = query(
             self.config,
             self.model,
             self.state.variables,

@@ -58,10 +58,8 @@ def read_records(path: str) -> list[dict]:
 def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
     """{run name ('<strategy> <mode>'): {seed: history}} for every records file under workdir."""
     runs: dict[str, dict[int, list[dict]]] = {}
-    paths = sorted(
-        set(glob.glob(os.path.join(workdir, RECORDS_FILE)))
-        | set(glob.glob(os.path.join(workdir, "**", RECORDS_FILE), recursive=True))
-    )
+    # "**" with recursive=True also matches no folder: the workdir's own file is included.
+    paths = sorted(glob.glob(os.path.join(workdir, "**", RECORDS_FILE), recursive=True))
     for path in paths:
         history = read_records(path)
         if not history:
@@ -76,11 +74,8 @@ def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
 
 
 def load_baseline(workdir: str) -> float | None:
-    paths = glob.glob(os.path.join(workdir, SUPERVISED_FILE)) + glob.glob(
-        os.path.join(workdir, "**", SUPERVISED_FILE), recursive=True
-    )
     values = []
-    for path in sorted(set(paths)):
+    for path in sorted(glob.glob(os.path.join(workdir, "**", SUPERVISED_FILE), recursive=True)):
         with open(path) as f:
             values.append(float(json.load(f)["dice"]))
     return float(np.mean(values)) if values else None
