@@ -3,8 +3,10 @@
 Architecture (base width 32, depth 4): encoder levels of width 32, 64, 128, 256 and a 512
 bottleneck; each block is two 3x3 convolutions without bias, each followed by BatchNorm and ReLU;
 2x2 max-pooling down; 2x2 stride-2 transposed convolutions up; skip concatenation; a 1x1 head to
-one logit. With one input channel it has exactly 7,762,465 parameters (BatchNorm running
-statistics are not parameters, as in PyTorch).
+one logit (binary, sigmoid) or to C + 1 logits (C >= 2 foreground classes, softmax, logit 0 =
+background). With one input channel and one logit it has exactly 7,762,465 parameters (BatchNorm
+running statistics are not parameters, as in PyTorch); each further input channel adds 288
+(the first 3x3 convolution: 9 x 32) and each further logit 33 (the 1x1 head: 32 + 1 bias).
 
 Dropout sits only after the bottleneck block and after each decoder block. The encoder is
 therefore deterministic, which lets Monte-Carlo scoring compute it once per batch and repeat only
@@ -43,7 +45,7 @@ class ConvBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net producing one foreground logit per pixel.
+    """U-Net producing one foreground logit per pixel, or `num_logits` class logits.
 
     Attributes:
       base_width: channels of the first encoder level; level i has base_width * 2**i.
@@ -53,7 +55,11 @@ class UNet(nn.Module):
       head_bias_prior: foreground probability the untrained network predicts: the head bias
         starts at log(prior / (1 - prior)) (RetinaNet's prior init). With a few percent of target
         pixels, a zero bias (prior 0.5) spends hundreds of Adam steps just learning the class
-        balance. It changes no parameter count.
+        balance. With several classes every foreground class starts at this probability and
+        the background at the rest. It changes no parameter count.
+      num_logits: 1 for the binary sigmoid head (logits [..., H, W]); C + 1 >= 3 for C >= 2
+        foreground classes (logits [..., H, W, C + 1], class 0 = background). Input channels are
+        those of the images (Flax infers them).
     """
 
     base_width: int = 32
@@ -61,6 +67,7 @@ class UNet(nn.Module):
     dropout_rate: float = 0.2
     dtype: Any = jnp.float32
     head_bias_prior: float = 0.5
+    num_logits: int = 1
 
     def setup(self):
         widths = [self.base_width * 2**i for i in range(self.depth)]
@@ -73,14 +80,11 @@ class UNet(nn.Module):
         self.up = [
             ConvBlock(w, self.dtype, name=f"up_{i}") for i, w in reversed(list(enumerate(widths)))
         ]
-        prior = float(self.head_bias_prior)
-        if not 0 < prior < 1:
-            raise ValueError(f"config field model.head_bias_prior: must be in (0, 1), got {prior}")
         self.head = nn.Conv(
-            1,
+            self.num_logits,
             (1, 1),
             dtype=self.dtype,
-            bias_init=nn.initializers.constant(math.log(prior / (1 - prior))),
+            bias_init=head_bias_init(float(self.head_bias_prior), int(self.num_logits)),
             name="head",
         )
         self.dropout = nn.Dropout(self.dropout_rate)
@@ -89,8 +93,8 @@ class UNet(nn.Module):
         """Deterministic encoder.
 
         Args:
-          images: [batch, height, width] or [batch, height, width, 1]; height and width must be
-            divisible by 2**depth.
+          images: [batch, height, width] (one channel) or [batch, height, width, channels];
+            height and width must be divisible by 2**depth.
           train: BatchNorm uses batch statistics (and updates running ones) when True.
 
         Returns:
@@ -108,7 +112,8 @@ class UNet(nn.Module):
     def decode(
         self, bottleneck: Array, skips: tuple[Array, ...], train: bool = False, mc: bool = False
     ) -> Array:
-        """Decoder with dropout; returns float32 logits [batch, height, width].
+        """Decoder with dropout; returns float32 logits [batch, height, width] (binary) or
+        [batch, height, width, num_logits].
 
         Dropout is active when `train` or `mc` is True (it then needs a 'dropout' rng); BatchNorm
         uses batch statistics only when `train` is True, so Monte-Carlo passes (`mc=True`) keep
@@ -121,7 +126,10 @@ class UNet(nn.Module):
             x = jnp.concatenate([skip.astype(x.dtype), x], axis=-1)
             x = block(x, train)
             x = self.dropout(x, deterministic=deterministic)
-        return self.head(x)[..., 0].astype(jnp.float32)
+        logits = self.head(x)
+        if self.num_logits == 1:
+            logits = logits[..., 0]
+        return logits.astype(jnp.float32)
 
     def __call__(self, images: Array, train: bool = False, mc: bool = False) -> Array:
         bottleneck, skips = self.encode(images, train)
@@ -133,8 +141,38 @@ class UNet(nn.Module):
         return jnp.mean(bottleneck.astype(jnp.float32), axis=(1, 2))
 
 
-def build_model(model_config) -> UNet:
-    """Builds the U-Net from the `model` section of a config."""
+def head_bias_init(prior: float, num_logits: int):
+    """Initial head bias: the log-odds of `prior` (one logit), or log-probabilities
+    [log(1 - C prior), log(prior) x C] (C = num_logits - 1 foreground classes)."""
+    if not 0 < prior < 1:
+        raise ValueError(f"config field model.head_bias_prior: must be in (0, 1), got {prior}")
+    if num_logits == 1:
+        return nn.initializers.constant(math.log(prior / (1 - prior)))
+    n_fg = num_logits - 1
+    if not n_fg * prior < 1:
+        raise ValueError(
+            f"config field model.head_bias_prior: {prior} x {n_fg} foreground classes must be "
+            "below 1"
+        )
+    bias = [math.log(1 - n_fg * prior)] + [math.log(prior)] * n_fg
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.asarray(bias, dtype).reshape(shape)
+
+    return init
+
+
+def num_logits_for(num_classes: int) -> int:
+    """Head width for C foreground classes: 1 (sigmoid) for C = 1, else C + 1 (softmax)."""
+    if int(num_classes) < 1:
+        raise ValueError(f"expected at least one foreground class, got {num_classes}")
+    return 1 if int(num_classes) == 1 else int(num_classes) + 1
+
+
+def build_model(model_config, num_classes: int = 1) -> UNet:
+    """Builds the U-Net from the `model` section of a config, for C = `num_classes` foreground
+    classes (the data's)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.dtype)
     if dtype is None:
         raise ValueError(
@@ -146,21 +184,23 @@ def build_model(model_config) -> UNet:
         dropout_rate=float(model_config.dropout_rate),
         dtype=dtype,
         head_bias_prior=float(model_config.get("head_bias_prior", 0.5)),
+        num_logits=num_logits_for(num_classes),
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _init(model: UNet, key: Array, height: int, width: int) -> dict:
-    return model.init(key, jnp.zeros((1, height, width), jnp.float32), train=False)
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
+def _init(model: UNet, key: Array, height: int, width: int, channels: int) -> dict:
+    shape = (1, height, width) if channels == 1 else (1, height, width, channels)
+    return model.init(key, jnp.zeros(shape, jnp.float32), train=False)
 
 
-def init_variables(model: UNet, key: Array, height: int, width: int) -> dict:
-    """Initialises {'params', 'batch_stats'} for inputs of the given in-plane size.
+def init_variables(model: UNet, key: Array, height: int, width: int, channels: int = 1) -> dict:
+    """Initialises {'params', 'batch_stats'} for inputs of the given in-plane size and channels.
 
     Jitted (eagerly, every initializer would compile on its own: tens of seconds on CPU) and
-    cached per (model, size).
+    cached per (model, size, channels).
     """
-    return dict(_init(model, key, int(height), int(width)))
+    return dict(_init(model, key, int(height), int(width), int(channels)))
 
 
 def count_params(params) -> int:

@@ -35,6 +35,27 @@ def test_published_unet_has_7762465_parameters():
     assert expected_params(1, 32, 4) == 7_762_465
 
 
+@pytest.mark.parametrize("channels,logits", [(1, 1), (4, 1), (1, 4), (4, 4)])
+def test_published_unet_parameters_with_channels_and_classes(channels, logits):
+    # 7,762,465 + 288 (K - 1) + 33 (L - 1): the first 3x3 conv has 9 x 32 weights per input
+    # channel, the 1x1 head 32 weights and a bias per logit.
+    model = UNet(base_width=32, depth=4, num_logits=logits, head_bias_prior=0.01)
+    shape = (1, 64, 64) if channels == 1 else (1, 64, 64, channels)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+    assert count_params(shapes["params"]) == 7_762_465 + 288 * (channels - 1) + 33 * (logits - 1)
+    layers = expected_params(channels, 32, 4) + (logits - 1) * 33
+    assert count_params(shapes["params"]) == layers
+
+
+def test_multiclass_head_starts_at_the_prior():
+    model = UNet(base_width=4, depth=2, num_logits=4, head_bias_prior=0.01)
+    variables = init_variables(model, jax.random.key(0), 32, 32, channels=2)
+    logits = model.apply(variables, jnp.zeros((2, 32, 32, 2)), False)
+    assert logits.shape == (2, 32, 32, 4)
+    bias = np.asarray(variables["params"]["head"]["bias"])
+    np.testing.assert_allclose(np.exp(bias), [0.97, 0.01, 0.01, 0.01], rtol=1e-6)
+
+
 @pytest.mark.parametrize("base,depth", [(4, 2), (8, 3)])
 def test_small_unet_parameter_count_matches_layer_formula(base, depth):
     model = UNet(base_width=base, depth=depth)
