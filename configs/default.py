@@ -98,6 +98,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Dice swing from round to round.
     train.reset_optimizer = False
     train.augment = False  # on-device augmentation of training batches
+    # ce (BCE for one class, the paper's; softmax cross-entropy for several) | ce_dice (plus the
+    # batch soft Dice loss over the foreground classes, as nnU-Net trains)
+    train.loss = "ce"
 
     config.al = al = config_dict.ConfigDict()
     al.strategy = "entropy"  # random | entropy | least_confidence | margin | mc_dropout | bald
@@ -107,6 +110,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     al.boundary_width = 0.1  # B: boundary pixels |P - 0.5| < B (published code: 0.1)
     al.aggregation = "sum"  # sum | mean of the uncertainty over the selected pixels
     al.merge = "union"  # union | interleave, for mode=selective
+    # Several classes: the target half of a selective query round-robin from per-class rankings
+    al.class_balanced = False
     al.mc_passes = 10  # stochastic passes for mc_dropout and bald
     al.reuse_encoder = True  # MC passes repeat only the decoder (all dropout is there)
     al.initial_size = 40  # labelled slices at round 0

@@ -2,7 +2,8 @@
 
 Embeddings are the U-Net bottleneck features, globally average-pooled, of the deterministic
 model. Predicted target / boundary pixel counts use the same model's probabilities P with the
-run's T and B (P > T, |P - 0.5| < B), whatever the strategy (for MC strategies the ranking used
+run's T and B (P > T, |P - 0.5| < B; with several classes 1 - p_0 > T and p_(1) - p_(2) < 2B),
+whatever the strategy (for MC strategies the ranking used
 the MC mean; the diagnostic uses the deterministic pass so that all strategies are measured alike).
 """
 
@@ -23,11 +24,18 @@ from selal_jax.train import padded_batches
 def _embed_batch(variables, images, target_threshold, boundary_width, *, model: UNet):
     bottleneck, skips = model.apply(variables, images, False, method=UNet.encode)
     logits = model.apply(variables, bottleneck, skips, method=UNet.decode)
-    p = jax.nn.sigmoid(logits)
+    if logits.ndim == 4:  # classes: foreground mass 1 - p_0 > T, top-two gap p_(1) - p_(2) < 2B
+        p = jax.nn.softmax(logits, axis=-1)
+        top2 = jax.lax.top_k(p, 2)[0]
+        target = jnp.sum(p[..., 1:], axis=-1) > target_threshold
+        boundary = top2[..., 0] - top2[..., 1] < 2 * boundary_width
+    else:
+        p = jax.nn.sigmoid(logits)
+        target, boundary = p > target_threshold, jnp.abs(p - 0.5) < boundary_width
     return (
         jnp.mean(bottleneck.astype(jnp.float32), axis=(1, 2)),
-        jnp.sum(p > target_threshold, axis=(1, 2)),
-        jnp.sum(jnp.abs(p - 0.5) < boundary_width, axis=(1, 2)),
+        jnp.sum(target, axis=(1, 2)),
+        jnp.sum(boundary, axis=(1, 2)),
     )
 
 
@@ -67,7 +75,7 @@ def label_diagnostics(train: SliceSet, ids) -> dict:
     ids = np.asarray(ids, np.int64)
     if len(ids) == 0:
         return {"queried_with_target": 0, "queried_mean_target_pixels": 0.0}
-    counts = np.asarray(train.labels[np.sort(ids)]).reshape(len(ids), -1).sum(axis=1)
+    counts = (np.asarray(train.labels[np.sort(ids)]) > 0).reshape(len(ids), -1).sum(axis=1)
     return {
         "queried_with_target": int((counts > 0).sum()),
         "queried_mean_target_pixels": float(counts.mean()),

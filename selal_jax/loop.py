@@ -32,11 +32,19 @@ from selal_jax import (
     scoring,
     selection,
 )
+from selal_jax import train as train_lib
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import build_model, init_variables
 from selal_jax.progress import Progress
-from selal_jax.train import create_train_state, dice_scores, evaluate, fit, make_optimizer
+from selal_jax.train import (
+    class_dice_scores,
+    create_train_state,
+    dice_scores,
+    evaluate,
+    fit,
+    make_optimizer,
+)
 
 # fold_in tags (distinct from any round index used with the same parent key).
 INIT_TAG = 2**31 - 1
@@ -92,12 +100,22 @@ RESUME_NEUTRAL_KEYS = (
 )
 # Config fields added after runs may have been started: a stored config without one had this
 # value (so such runs stay resumable).
-ADDED_KEYS = {"al.annotator": "simulated", "data.allow_unlabelled": False}
+ADDED_KEYS = {
+    "al.annotator": "simulated",
+    "data.allow_unlabelled": False,
+    "train.loss": "ce",
+    "al.class_balanced": False,
+}
 
 
 def validate_config(config) -> None:
     al = config.al
     selection.validate_options(al.strategy, al.mode, al.convention, al.aggregation, al.merge)
+    if config.train.loss not in train_lib.LOSSES:
+        raise ValueError(
+            f"config field train.loss: expected one of {train_lib.LOSSES}, got "
+            f"{config.train.loss!r}"
+        )
     if al.annotator not in ANNOTATORS:
         raise ValueError(
             f"config field al.annotator: expected one of {ANNOTATORS}, got {al.annotator!r}"
@@ -319,11 +337,14 @@ class Experiment:
         self.store = label_store.LabelStore(os.path.join(workdir, ANNOTATIONS_DIR))
         self.imported: dict[int, str] = {}  # human: round -> digest of its annotation file
         self.awaiting: int | None = None  # human: the round whose query awaits labels
-        self.model = build_model(config.model)
+        self.model = build_model(config.model, self.train.num_classes)
         self.tx = make_optimizer(float(config.train.learning_rate))
         self.root = jax.random.key(int(config.seed))
         variables = init_variables(
-            self.model, jax.random.fold_in(self.root, INIT_TAG), *self.train.shape
+            self.model,
+            jax.random.fold_in(self.root, INIT_TAG),
+            *self.train.shape,
+            channels=self.train.channels,
         )
         self.state = create_train_state(variables, self.tx)
         self.mesh = parallel.default_mesh()  # None with one device: the single-device path
@@ -481,22 +502,28 @@ class Experiment:
             round_index=r,
             mesh=self.mesh,
         )
-        dice, dice_global = dice_scores(
-            evaluate(
-                self.model,
-                self.state.variables,
-                self.splits.test,
-                None,
-                int(config.train.eval_batch_size),
-                self.mesh,
-            )
+        terms = evaluate(
+            self.model,
+            self.state.variables,
+            self.splits.test,
+            None,
+            int(config.train.eval_batch_size),
+            self.mesh,
         )
+        dice, dice_global = dice_scores(terms)
+        names = list(self.train.class_names)
+        if len(names) == 1:  # binary: the class's Dice is the run's, to the bit
+            per_class, global_per_class = [dice], [dice_global]
+        else:
+            per_class, global_per_class = (v.tolist() for v in class_dice_scores(terms))
         return {
             "round": r,
             "n_labelled": int(len(labelled_ids)),
             "pct_labelled": 100.0 * len(labelled_ids) / len(self.train),
             "dice": dice,
             "dice_global": dice_global,
+            "dice_per_class": dict(zip(names, per_class, strict=True)),
+            "dice_global_per_class": dict(zip(names, global_per_class, strict=True)),
             "val_loss": fit_summary["best_val_loss"],
             "epochs": fit_summary["epochs"],
             "best_epoch": fit_summary["best_epoch"],
@@ -659,7 +686,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
                 np.arange(len(train)),
                 int(config.train.eval_batch_size),
             )
-            target_pixels = np.asarray(train.labels).reshape(len(train), -1).sum(axis=1)
+            target_pixels = (np.asarray(train.labels) > 0).reshape(len(train), -1).sum(axis=1)
             path = os.path.join(round0_dir, EMBEDDINGS_FILE)
             if parallel.is_primary():
                 with atomic.atomic_open(path, "wb") as f:

@@ -21,6 +21,8 @@ class SliceSet:
       cases: case identifiers (e.g. file stems), indexed by `subject`.
       has_label: [N] bool, False for slices of cases without a label file (their `labels` are
         0 and mean nothing); None at construction means every slice has one.
+      class_names: names of the C foreground classes (label index c + 1 is class_names[c]).
+      channel_names: names of the K image channels.
     """
 
     images: np.ndarray
@@ -30,6 +32,8 @@ class SliceSet:
     spacing: np.ndarray
     cases: list[str]
     has_label: np.ndarray | None = None
+    class_names: tuple[str, ...] = ("target",)
+    channel_names: tuple[str, ...] = ("image",)
 
     def __post_init__(self):
         if self.has_label is None:
@@ -40,7 +44,18 @@ class SliceSet:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.images.shape[1:])
+        """(H, W) in-plane size."""
+        return tuple(self.images.shape[1:3])
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of foreground classes (1: binary)."""
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        """K, the number of image channels."""
+        return 1 if self.images.ndim == 3 else int(self.images.shape[3])
 
     def describe(self, i: int) -> str:
         """'case X, slice 57' for pool id i."""
