@@ -8,7 +8,8 @@ The summary table follows the paper: per strategy, Dice at 10, 15, ..., 35 % of 
 Dice, and the labelled slices (and %) at which Dice first reaches the supervised baseline ("/"
 if never). With several seeds each cell is mean +- standard deviation over seeds, and a column
 gives the normalised area under the Dice-vs-%-labelled curve (the trapezoid area divided by the
-width of the %-labelled range: the curve's mean Dice).
+width of the %-labelled range: the curve's mean Dice). With several foreground classes the Dice is
+the mean over classes, and per_class.md/.csv give each class.
 """
 
 from __future__ import annotations
@@ -42,12 +43,50 @@ def round_table(history: list[dict]) -> str:
             f"| {rec['round']} | {rec['n_labelled']} | {rec['pct_labelled']:.1f} | "
             f"{rec['dice']:.4f} | {rec['dice_global']:.4f} |"
         )
+    names = class_names(history)
+    if len(names) > 1:  # classes: the mean is the table's Dice; each class beside it
+        lines[0] += "".join(f" {n} |" for n in names)
+        lines[1] += "---:|" * len(names)
+        for i, rec in enumerate(history):
+            lines[2 + i] += "".join(f" {rec['dice_per_class'][n]:.4f} |" for n in names)
     best = max(history, key=lambda rec: rec["dice"])
     lines.append(
         f"\nhighest Dice {best['dice']:.4f} at round {best['round']} "
         f"({best['n_labelled']} labelled slices)"
     )
     return "\n".join(lines)
+
+
+def class_names(history: list[dict]) -> list[str]:
+    """The foreground class names of a run's records (one, unnamed, for records written before
+    classes existed)."""
+    per_class = history[0].get("dice_per_class") if history else None
+    return list(per_class) if per_class else ["target"]
+
+
+def class_rows(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
+    """Per strategy and foreground class: the highest and the last round's Dice (mean per slice)
+    and the last round's global Dice, mean +- std over seeds. Empty for binary runs."""
+    rows = []
+    for name, by_seed in runs.items():
+        histories = [by_seed[s] for s in sorted(by_seed)]
+        names = class_names(histories[0])
+        if len(names) < 2:
+            continue
+        for cls in names:
+            rows.append(
+                {
+                    "strategy": name,
+                    "class": cls,
+                    "seeds": str(len(histories)),
+                    "highest": _fmt([max(r["dice_per_class"][cls] for r in h) for h in histories]),
+                    "last round": _fmt([h[-1]["dice_per_class"][cls] for h in histories]),
+                    "last round (global)": _fmt(
+                        [h[-1]["dice_global_per_class"][cls] for h in histories]
+                    ),
+                }
+            )
+    return rows
 
 
 def read_records(path: str) -> list[dict]:
@@ -159,8 +198,20 @@ def markdown_table(rows: list[dict], baseline: float | None) -> str:
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
     base = "none found" if baseline is None else f"{baseline:.4f}"
     lines.append(
-        f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split."
+        f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split "
+        "(with several classes: its mean over the foreground classes; see per_class.md)."
     )
+    return "\n".join(lines)
+
+
+def class_markdown_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|",
+    ]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    lines.append("\nDice per foreground class on the test split: mean per slice, and global.")
     return "\n".join(lines)
 
 
@@ -263,11 +314,15 @@ def write_report(workdir: str, baseline: float | None = None, out_dir: str | Non
     out_dir = out_dir or os.path.join(workdir, "report")
     os.makedirs(out_dir, exist_ok=True)
     rows = summary_rows(runs, baseline)
+    tables = [("summary.md", markdown_table(rows, baseline)), ("summary.csv", csv_table(rows))]
+    per_class = class_rows(runs)
+    if per_class:
+        tables += [
+            ("per_class.md", class_markdown_table(per_class)),
+            ("per_class.csv", csv_table(per_class)),
+        ]
     paths = {}
-    for name, text in (
-        ("summary.md", markdown_table(rows, baseline)),
-        ("summary.csv", csv_table(rows)),
-    ):
+    for name, text in tables:
         paths[name] = os.path.join(out_dir, name)
         with atomic.atomic_open(paths[name], "w") as f:
             f.write(text + ("\n" if not text.endswith("\n") else ""))

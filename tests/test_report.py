@@ -151,3 +151,33 @@ def test_rerunning_a_finished_sweep_recomputes_nothing(tiny_sweep):
     sweep.run(config, workdir)
     after = {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
     assert before == after
+
+
+def test_per_class_table_cells_by_hand(tmp_path):
+    for seed, (core, halo) in enumerate(
+        [([0.2, 0.5, 0.4], [0.6, 0.7, 0.9]), ([0.3, 0.7, 0.6], [0.5, 0.8, 0.7])]
+    ):
+        h = history("entropy", "selective", seed, [5.0, 10.0, 15.0], [0.0, 0.0, 0.0])
+        for i, rec in enumerate(h):
+            rec["dice_per_class"] = {"halo": halo[i], "core": core[i]}
+            rec["dice_global_per_class"] = {"halo": halo[i] / 2, "core": core[i] / 4}
+            rec["dice"] = (halo[i] + core[i]) / 2
+            rec["dice_global"] = (halo[i] / 2 + core[i] / 4) / 2
+        write_run(tmp_path, h)
+    paths = report.write_report(str(tmp_path))
+    with open(paths["per_class.csv"]) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "strategy,class,seeds,highest,last round,last round (global)"
+    # halo: highest 0.9 and 0.8 -> 0.85 ± 0.0707; last 0.9, 0.7 -> 0.80 ± 0.1414; global half
+    assert lines[1] == "entropy selective,halo,2,0.8500 ± 0.0707,0.8000 ± 0.1414,0.4000 ± 0.0707"
+    # core: highest 0.5, 0.7 -> 0.60 ± 0.1414; last 0.4, 0.6 -> 0.50 ± 0.1414; global quarter
+    assert lines[2] == "entropy selective,core,2,0.6000 ± 0.1414,0.5000 ± 0.1414,0.1250 ± 0.0354"
+    table = report.round_table(h)
+    assert table.splitlines()[0].endswith("| halo | core |")
+    # last round of seed 1: mean (0.7 + 0.6) / 2, global (0.35 + 0.15) / 2, halo, core
+    assert table.splitlines()[-3] == "| 2 | 30 | 15.0 | 0.6500 | 0.2500 | 0.7000 | 0.6000 |"
+
+
+def test_binary_runs_have_no_per_class_table(tmp_path):
+    write_run(tmp_path, history("random", "all", 0, PCTS, [0.5, 0.6, 0.7, 0.7, 0.8]))
+    assert "per_class.md" not in report.write_report(str(tmp_path))
