@@ -72,17 +72,21 @@ def main(argv):
 
     if verb in ("query", "import-labels") and not flags.FLAGS["config"].present:
         config = loop.stored_config(workdir)  # the run's own config
+    # The library returns; only process 0 prints (the others hold the same results).
+    show = print if parallel.is_primary() else (lambda *_: None)
     if verb == "run":
-        loop.run(config, workdir)
-    elif verb == "sweep":
-        sweep.run(config, workdir)
-    elif verb == "supervised":
-        loop.train_supervised(config, workdir)
-    elif verb == "report":
-        paths = report.write_report(workdir, baseline=_BASELINE.value)
+        show(loop.summary_text(loop.run(config, workdir), workdir))
+    elif verb in ("sweep", "report"):
+        if verb == "sweep":
+            paths = sweep.run(config, workdir)
+        else:
+            paths = report.write_report(workdir, baseline=_BASELINE.value)
         with open(paths["summary.md"]) as f:
-            print(f.read())
-        print("\n".join(f"wrote {p}" for p in paths.values()))
+            show(f.read())
+        show("\n".join(f"wrote {p}" for p in paths.values()))
+    elif verb == "supervised":
+        record = loop.train_supervised(config, workdir)
+        show(f"supervised baseline: dice {record['dice']:.4f} (global {record['dice_global']:.4f})")
     elif verb == "query":
         print(f"wrote {annotate.export_query(config, workdir, _OUT.value)}")
     elif _LABELS.value is None:

@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 from nibabel import orientations
 
-from selal_jax import loop, rng
+from selal_jax import checkpointing, loop, rng
 from selal_jax.data import layouts, loading, preprocess
 from selal_jax.data.preprocess import CaseFiles, DataError
 from selal_jax.train import padded_batches
@@ -206,10 +206,19 @@ def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, Que
     return out
 
 
+def _has_finished_checkpoint(ckpt_dir: str) -> bool:
+    """Whether orbax sees a finished step (an interrupted save's temporary folder is none)."""
+    ckpt = checkpointing.Checkpointer(ckpt_dir)
+    try:
+        return ckpt.latest_round() is not None
+    finally:
+        ckpt.close()
+
+
 def _open(config, workdir: str) -> loop.Experiment:
     """The run in `workdir`, which must be a human-annotator run with a checkpoint."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+    if not os.path.isdir(ckpt_dir) or not _has_finished_checkpoint(ckpt_dir):
         raise AnnotationError(f"{workdir}: no checkpoint; start the run with `launch.py run`")
     if config.al.annotator != "human":
         raise AnnotationError(

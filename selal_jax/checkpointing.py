@@ -83,9 +83,15 @@ class Checkpointer:
 
     def restore_loop(self, round_index: int) -> dict:
         """Only the JSON loop record of a round (no model state)."""
-        restored = self.manager.restore(
-            round_index, args=ocp.args.Composite(loop=ocp.args.JsonRestore())
-        )
+        try:
+            restored = self.manager.restore(
+                round_index, args=ocp.args.Composite(loop=ocp.args.JsonRestore())
+            )
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.directory}: cannot restore round {round_index}'s record "
+                f"({type(e).__name__}: {e})"
+            ) from e
         return dict(restored["loop"])
 
     def close(self) -> None:

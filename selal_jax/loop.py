@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -35,7 +36,7 @@ from selal_jax import (
 from selal_jax import train as train_lib
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
-from selal_jax.models import build_model, init_variables
+from selal_jax.models import DTYPES, build_model, init_variables
 from selal_jax.progress import Progress
 from selal_jax.train import (
     class_dice_scores,
@@ -109,6 +110,34 @@ ADDED_KEYS = {
 
 
 def validate_config(config) -> None:
+    """The one config check every verb runs before any work: data fields first, then training,
+    model, checkpoint and active-learning fields. Raises ValueError naming the field, the value
+    and what is allowed."""
+    loading.validate_data_config(config.data)
+    train, model = config.train, config.model
+    for field, value in (
+        ("train.max_epochs", train.max_epochs),
+        ("train.patience", train.patience),
+        ("train.min_steps_per_epoch", train.min_steps_per_epoch),
+        ("checkpoint.keep", config.checkpoint.keep),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"config field {field}: must be >= 1, got {value}")
+    lr = float(train.learning_rate)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"config field train.learning_rate: must be > 0 and finite, got {lr}")
+    if not 0 <= float(model.dropout_rate) < 1:
+        raise ValueError(
+            f"config field model.dropout_rate: must be in [0, 1), got {model.dropout_rate}"
+        )
+    if not 0 < float(model.head_bias_prior) < 1:
+        raise ValueError(
+            f"config field model.head_bias_prior: must be in (0, 1), got {model.head_bias_prior}"
+        )
+    if model.dtype not in DTYPES:
+        raise ValueError(
+            f"config field model.dtype: expected one of {tuple(DTYPES)}, got {model.dtype!r}"
+        )
     al = config.al
     selection.validate_options(al.strategy, al.mode, al.convention, al.aggregation, al.merge)
     if config.train.loss not in train_lib.LOSSES:
@@ -297,10 +326,27 @@ def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
             history = experiment.run()
         finally:
             experiment.close()
-    print(report.round_table(history))
-    if experiment.awaiting is not None:
-        print(experiment.awaiting_message())
     return history
+
+
+def awaiting_message(history: list[dict], workdir: str) -> str | None:
+    """The next steps of a human-annotator run whose last query awaits labels, else None."""
+    last = history[-1] if history else {}
+    if not last.get("queried") or last.get("queried_with_target", 0) is not None:
+        return None  # no query, or its labels are known
+    r, w = last["round"], workdir
+    return (
+        f"round {r}: the query of {len(last['queried'])} slices awaits labels. "
+        f"Export it with `python launch.py query --workdir={w}`, correct the label volumes, "
+        f"import them with `python launch.py import-labels --workdir={w} --labels=DIR`, "
+        "then run again to continue with the next round."
+    )
+
+
+def summary_text(history: list[dict], workdir: str) -> str:
+    """What `launch.py run` prints at the end: the round table and any awaited next step."""
+    message = awaiting_message(history, workdir)
+    return report.round_table(history) + (f"\n{message}" if message else "")
 
 
 class Experiment:
@@ -421,7 +467,16 @@ class Experiment:
         if self.history and not self.history[-1]["queried"]:
             # Finished (or the pool was exhausted). Given more rounds, a simulated run continues.
             more = latest < int(config.al.rounds) and not self.labelled.all()
-            if more and not self.human:
+            if more and self.human:
+                # Extending needs a query of the last round's model, stored as awaiting labels
+                # in that round's checkpoint, which is already written (and orbax does not
+                # overwrite a step): refuse rather than silently doing nothing.
+                raise ValueError(
+                    f"{workdir}: this human-annotator run finished at round {latest} without a "
+                    f"query, so it cannot be extended to al.rounds={int(config.al.rounds)}; "
+                    "start a new run in a new workdir with more al.rounds"
+                )
+            if more:
                 self.extend_finished = True
             else:
                 self.next_round = int(config.al.rounds) + 1
@@ -473,15 +528,6 @@ class Experiment:
         self._apply_import(r)
         checkpointing.write_json_atomic(
             os.path.join(self.workdir, RECORDS_FILE), self.history, lines=True
-        )
-
-    def awaiting_message(self) -> str:
-        r, w = self.awaiting, self.workdir
-        return (
-            f"round {r}: the query of {len(self.history[-1]['queried'])} slices awaits labels. "
-            f"Export it with `python launch.py query --workdir={w}`, correct the label volumes, "
-            f"import them with `python launch.py import-labels --workdir={w} --labels=DIR`, "
-            "then run again to continue with the next round."
         )
 
     def train_round(self, r: int) -> dict:
@@ -640,7 +686,7 @@ class Experiment:
             self._extend_finished_run()
         for r in range(self.next_round, int(self.config.al.rounds) + 1):
             if self.awaiting is not None:
-                logging.warning("%s", self.awaiting_message())
+                logging.warning("%s", awaiting_message(self.history, self.workdir))
                 break
             if r == 0 and self.round0_record is not None:
                 record = dict(self.round0_record)  # shared round-0 model (already in self.state)
@@ -670,41 +716,44 @@ def load_round0(round0_dir: str, state_like):
 
 def train_shared_round0(config, round0_dir: str) -> dict:
     """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
-    record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent."""
+    record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent: an existing
+    round 0 is returned without loading data or building a model."""
     with rng.classic_threefry():
-        experiment = Experiment(config, round0_dir)
+        ckpt = checkpointing.Checkpointer(os.path.join(round0_dir, ROUND0_CHECKPOINT), 1)
         try:
-            ckpt = checkpointing.Checkpointer(os.path.join(round0_dir, ROUND0_CHECKPOINT), 1)
             if ckpt.latest_round() is not None:
                 return ckpt.restore_loop(0)["record"]
-            record = experiment.train_round(0)
-            train = experiment.train
-            features, _, _ = diagnostics.embed(
-                experiment.model,
-                experiment.state.variables,
-                train.images,
-                np.arange(len(train)),
-                int(config.train.eval_batch_size),
-            )
-            target_pixels = (np.asarray(train.labels) > 0).reshape(len(train), -1).sum(axis=1)
-            path = os.path.join(round0_dir, EMBEDDINGS_FILE)
-            if parallel.is_primary():
-                with atomic.atomic_open(path, "wb") as f:
-                    np.savez(f, features=features, target_pixels=target_pixels)
-            ckpt.save(
-                0,
-                experiment.state,
-                {
-                    "record": record,
-                    "labelled_ids": [int(i) for i in np.flatnonzero(experiment.labelled)],
-                    "config": experiment.flat_config,
-                    "fingerprint": experiment.splits.fingerprint,
-                },
-            )
-            ckpt.close()
-            return record
+            experiment = Experiment(config, round0_dir)
+            try:
+                record = experiment.train_round(0)
+                train = experiment.train
+                features, _, _ = diagnostics.embed(
+                    experiment.model,
+                    experiment.state.variables,
+                    train.images,
+                    np.arange(len(train)),
+                    int(config.train.eval_batch_size),
+                )
+                target_pixels = (np.asarray(train.labels) > 0).reshape(len(train), -1).sum(axis=1)
+                path = os.path.join(round0_dir, EMBEDDINGS_FILE)
+                if parallel.is_primary():
+                    with atomic.atomic_open(path, "wb") as f:
+                        np.savez(f, features=features, target_pixels=target_pixels)
+                ckpt.save(
+                    0,
+                    experiment.state,
+                    {
+                        "record": record,
+                        "labelled_ids": [int(i) for i in np.flatnonzero(experiment.labelled)],
+                        "config": experiment.flat_config,
+                        "fingerprint": experiment.splits.fingerprint,
+                    },
+                )
+                return record
+            finally:
+                experiment.close()
         finally:
-            experiment.close()
+            ckpt.close()
 
 
 def train_supervised(config, workdir: str) -> dict:

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+# Computation dtypes by config name (model.dtype); parameters always stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class ConvBlock(nn.Module):
@@ -173,7 +175,7 @@ def num_logits_for(num_classes: int) -> int:
 def build_model(model_config, num_classes: int = 1) -> UNet:
     """Builds the U-Net from the `model` section of a config, for C = `num_classes` foreground
     classes (the data's)."""
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.dtype)
+    dtype = DTYPES.get(model_config.dtype)
     if dtype is None:
         raise ValueError(
             f"config field model.dtype: expected 'float32' or 'bfloat16', got {model_config.dtype!r}"

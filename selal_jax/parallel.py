@@ -30,6 +30,7 @@ work but draw different numbers. MC-dropout scoring draws per-slice keys
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -184,7 +185,14 @@ def fetch(mesh: Mesh | None, tree):
     leaves = jax.tree_util.tree_leaves(tree)
     if mesh is None or all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
         return jax.device_get(tree)
-    return jax.device_get(jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree))
+    return jax.device_get(replicate_fn(mesh)(tree))
+
+
+@functools.cache
+def replicate_fn(mesh: Mesh):
+    """The jitted identity that replicates a pytree over `mesh`; one per mesh, so that jit's
+    cache compiles it once per tree structure (a fresh lambda per call recompiled every time)."""
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))
 
 
 def primary_first(fn):

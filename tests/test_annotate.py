@@ -606,3 +606,21 @@ def test_runs_started_before_the_annotator_fields_existed_stay_resumable():
     assert loop.config_differences(stored, current) == []
     human = loop.flatten_config(smoke_config(**{"al.annotator": "human"}))
     assert loop.config_differences(stored, human) == ["al.annotator"]
+
+
+def test_finished_human_run_with_more_rounds_is_refused(clinician, tmp_path):
+    config, workdir, _, final = clinician
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    more = smoke_config(**{**dict(TRAIN), "data.root": config.data.root, "al.annotator": "human"})
+    more.al.rounds = config.al.rounds + 1
+    with pytest.raises(ValueError, match="cannot be extended"):
+        loop.run(more, copy)
+    assert loop.run(config, copy) == final  # the finished run itself still loads
+
+
+def test_an_interrupted_save_is_not_a_checkpoint(tmp_path, cohort_root):
+    config = smoke_config(**{"data.root": cohort_root, "al.annotator": "human"})
+    os.makedirs(tmp_path / "checkpoints" / "0.orbax-checkpoint-tmp-1700000000")
+    with pytest.raises(annotate.AnnotationError, match="no checkpoint"):
+        annotate.export_query(config, str(tmp_path))

@@ -155,3 +155,49 @@ def test_launch_rejects_unknown_options_with_the_field_name(tmp_path, cohort_roo
         )
     with pytest.raises(ValueError, match="data.size"):
         loop.run(smoke_config(**{"data.root": cohort_root, "data.size": (30, 30)}), str(tmp_path))
+
+
+# ---------------------------------------------- bugs found in review (issue 12), each refused
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("train.max_epochs", 0),
+        ("train.patience", 0),
+        ("train.min_steps_per_epoch", 0),
+        ("train.learning_rate", 0.0),
+        ("train.learning_rate", -0.01),
+        ("train.learning_rate", float("nan")),
+        ("model.dropout_rate", 1.5),
+        ("model.head_bias_prior", 1.0),
+        ("model.dtype", "float16"),
+        ("checkpoint.keep", 0),
+        ("train.loss", "dice"),
+    ],
+)
+def test_validate_config_names_the_bad_field(field, value):
+    from tests.conftest import smoke_config
+
+    with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
+        loop.validate_config(smoke_config(**{field: value}))
+
+
+def test_run_returns_and_prints_nothing(capsys, finished_run, cohort_root):
+    config, workdir, history = finished_run
+    again = loop.run(config, workdir)  # resumes the finished run: nothing to do
+    assert capsys.readouterr().out == ""
+    assert again == history
+    assert loop.summary_text(history, workdir).startswith("| round | labelled |")
+
+
+def test_shared_round0_that_exists_loads_no_data(finished_run, tmp_path, monkeypatch):
+    config, _, _ = finished_run
+    round0 = str(tmp_path / "round0")
+    first = loop.train_shared_round0(config, round0)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an existing round 0 must not build an Experiment")
+
+    monkeypatch.setattr(loop, "Experiment", refuse)
+    assert loop.train_shared_round0(config, round0) == first

@@ -202,3 +202,19 @@ def test_extending_a_finished_run_equals_the_longer_run(reference, tmp_path, coh
         jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(ref_state), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_restore_loop_of_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
+    from selal_jax import checkpointing
+
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "c"))
+    ckpt.save(0, {"w": np.zeros(3)}, {"round": 0})
+    ckpt.close()
+    for path in (tmp_path / "c" / "0" / "loop").iterdir():
+        path.write_text("{ not json")
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "c"))
+    try:
+        with pytest.raises(checkpointing.CheckpointError, match=r"cannot restore round 0"):
+            ckpt.restore_loop(0)
+    finally:
+        ckpt.close()

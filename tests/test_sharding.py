@@ -250,3 +250,11 @@ def test_two_process_run_matches_a_single_process_run(tmp_path, cohort_root):
         assert rc == 0, log[-4000:]
         assert "resuming" in log
     assert read_records(workdir) == records
+
+
+def test_the_replicating_identity_is_built_once_per_mesh():
+    # A fresh jax.jit per fetch recompiled the all-gather on every evaluation (multi-host).
+    from selal_jax import parallel
+
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    assert parallel.replicate_fn(mesh) is parallel.replicate_fn(mesh)
