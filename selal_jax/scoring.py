@@ -59,8 +59,9 @@ class PassTerms(NamedTuple):
 class ClassTerms(NamedTuple):
     """Per-pass class probabilities and their logs, each [passes, height, width, L] float32.
 
-    From logits, log_p is the log-softmax and p = exp(log_p): a probability that rounds to 1 in
-    float32 is never used to form a small one (those are sums of the other classes' p).
+    From logits, log_p is the log-softmax (`log_softmax`) and p = exp(log_p): a probability that
+    rounds to 1 in float32 is never used to form a small one (those are sums of the other
+    classes' p).
     """
 
     p: Array
@@ -102,9 +103,23 @@ def terms_from_probs(probs: Array) -> PassTerms:
     return PassTerms(p, q, jnp.log(p), jnp.log(q))
 
 
+def log_softmax(logits: Array) -> Array:
+    """log-softmax over the last axis, exact also for the most likely class.
+
+    log p_c = (z_c - z_max) - log1p(r), r = sum of exp(z_c' - z_max) over every class but one
+    argmax. `jax.nn.log_softmax` adds the 1 of the argmax inside the log, which rounds
+    log p_(1) = -r to 0 once r < float32 epsilon (|logit gap| > ~17) and so loses the
+    leading term of the entropy there; with two classes this is log_sigmoid(+-z) exactly.
+    """
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    is_top = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=bool)
+    rest = jnp.sum(jnp.where(is_top, 0.0, jnp.exp(shifted)), axis=-1, keepdims=True)
+    return shifted - jnp.log1p(rest)
+
+
 def class_terms_from_logits(logits: Array) -> ClassTerms:
-    """logits: [passes, height, width, L] -> ClassTerms (log-softmax, no clipping)."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    """logits: [passes, height, width, L] -> ClassTerms (stable log-softmax, no clipping)."""
+    log_p = log_softmax(logits.astype(jnp.float32))
     return ClassTerms(jnp.exp(log_p), log_p)
 
 
