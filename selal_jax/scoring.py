@@ -109,7 +109,8 @@ def log_softmax(logits: Array) -> Array:
     log p_c = (z_c - z_max) - log1p(r), r = sum of exp(z_c' - z_max) over every class but one
     argmax. `jax.nn.log_softmax` adds the 1 of the argmax inside the log, which rounds
     log p_(1) = -r to 0 once r < float32 epsilon (|logit gap| > ~17) and so loses the
-    leading term of the entropy there; with two classes this is log_sigmoid(+-z) exactly.
+    leading term of the entropy there. With two classes it is the computation of
+    `jax.nn.log_sigmoid(+-z)`, z = z_1 - z_0.
     """
     shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
     is_top = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=bool)

@@ -310,6 +310,24 @@ def test_empty_pool_stats_have_per_class_columns(tiny_multiclass_model):
     assert stats.class_target_count.shape == (0, 1)
 
 
+def test_official_convention_refuses_a_multiclass_model(tiny_multiclass_model):
+    model, variables, images = tiny_multiclass_model
+    with pytest.raises(ValueError, match="'official' is binary only"):
+        scoring.score_pool(
+            model,
+            variables,
+            images,
+            np.arange(2),
+            jax.random.key(7),
+            strategy="entropy",
+            convention="official",
+            target_threshold=T,
+            boundary_width=B,
+            passes=1,
+            batch_size=2,
+        )
+
+
 # ---------------------------------------------------------------- class-balanced stream
 
 
