@@ -173,3 +173,10 @@ def test_select_from_probs_paper_selective_matches_a_numpy_computation():
         if j not in picked:
             picked.append(j)
     assert got.tolist() == cand[picked].tolist()
+
+
+@pytest.mark.parametrize("strategy", ["random", "entropy", "bald"])
+def test_select_from_probs_with_every_slice_labelled_returns_an_empty_query(strategy):
+    probs = np.full((3, 4, 8, 8) if strategy == "bald" else (4, 8, 8), 0.5, np.float32)
+    got = selection.select_from_probs(probs, 2, strategy=strategy, labelled=np.ones(4, bool))
+    assert got.shape == (0,) and got.dtype == np.int64
