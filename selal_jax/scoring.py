@@ -12,6 +12,15 @@ Two conventions (see README, "Query strategies"):
   target pixels P >= T, boundary pixels |P - 0.5| <= B; the code ranks them in ascending order.
 
 For ``mc_dropout`` and ``bald`` both masks are computed on the mean probability over the passes.
+
+Multi-class (C >= 2 foreground classes, L = C + 1 softmax logits, class 0 = background; ``paper``
+convention only): a program is multi-class when its logits (or probabilities) carry a trailing
+class axis, i.e. per slice [passes, height, width, L] instead of [passes, height, width]; the
+decision is static (the array's ndim). With p the class probabilities (their mean over the
+passes), p_(1) >= p_(2) the two largest and H(p) = -sum_c p_c ln p_c: entropy H(p), least
+confidence 1 - p_(1), margin 1 - (p_(1) - p_(2)), mc_dropout H(p), bald H(p) - mean_t H(p_t);
+target pixels 1 - p_0 > T, boundary pixels p_(1) - p_(2) < 2B, class c's target pixels p_c > T.
+With L = 2 each reduces to its binary formula (1 - p_0 = p, p_(1) - p_(2) = |2p - 1|).
 """
 
 from __future__ import annotations
@@ -47,8 +56,26 @@ class PassTerms(NamedTuple):
     log_q: Array
 
 
+class ClassTerms(NamedTuple):
+    """Per-pass class probabilities and their logs, each [passes, height, width, L] float32.
+
+    From logits, log_p is the log-softmax and p = exp(log_p): a probability that rounds to 1 in
+    float32 is never used to form a small one (those are sums of the other classes' p).
+    """
+
+    p: Array
+    log_p: Array
+
+
 class SliceStats(NamedTuple):
-    """Per-slice masked sums of the per-pixel uncertainty, each [batch] float32."""
+    """Per-slice masked sums of the per-pixel uncertainty, each [batch] float32, and per class.
+
+    `class_target_sum` / `class_target_count` are [batch, C]: the sum of the uncertainty over
+    class c's target pixels (p_c > T, c = 1..C) and their number. The binary path has C = 1 and
+    fills them with target_sum / target_count. They default to None so that stats built by hand
+    from the six binary fields stay valid (`selection` then treats the target stream as the one
+    class).
+    """
 
     target_sum: Array
     target_count: Array
@@ -56,6 +83,8 @@ class SliceStats(NamedTuple):
     boundary_count: Array
     all_sum: Array
     all_count: Array
+    class_target_sum: Array | None = None
+    class_target_count: Array | None = None
 
 
 def terms_from_logits(logits: Array) -> PassTerms:
@@ -71,6 +100,30 @@ def terms_from_probs(probs: Array) -> PassTerms:
     p = probs.astype(jnp.float32)
     q = 1.0 - p
     return PassTerms(p, q, jnp.log(p), jnp.log(q))
+
+
+def class_terms_from_logits(logits: Array) -> ClassTerms:
+    """logits: [passes, height, width, L] -> ClassTerms (log-softmax, no clipping)."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return ClassTerms(jnp.exp(log_p), log_p)
+
+
+def class_terms_from_probs(probs: Array) -> ClassTerms:
+    """probs: [passes, height, width, L] class probabilities summing to 1 -> ClassTerms."""
+    p = probs.astype(jnp.float32)
+    return ClassTerms(p, jnp.log(p))
+
+
+def is_multiclass(x: Array, slice_ndim: int) -> bool:
+    """Static decision: a trailing class axis makes an array of `slice_ndim` binary dimensions
+    multi-class (logits [batch, H, W] vs [batch, H, W, L]: slice_ndim = 3)."""
+    if x.ndim == slice_ndim:
+        return False
+    if x.ndim == slice_ndim + 1:
+        if x.shape[-1] < 2:
+            raise ValueError(f"expected at least 2 classes on the last axis, got shape {x.shape}")
+        return True
+    raise ValueError(f"expected {slice_ndim} or {slice_ndim + 1} dimensions, got shape {x.shape}")
 
 
 def _xlogx(x: Array, log_x: Array) -> Array:
@@ -162,10 +215,108 @@ def masked_stats(
 
     t_sum, t_count = masked_sum(target)
     b_sum, b_count = masked_sum(boundary)
-    return SliceStats(t_sum, t_count, b_sum, b_count, jnp.sum(u), jnp.float32(u.size))
+    # One foreground class: its target pixels are the target pixels.
+    return SliceStats(
+        t_sum, t_count, b_sum, b_count, jnp.sum(u), jnp.float32(u.size), t_sum[None], t_count[None]
+    )
 
 
-def _stats_from_terms(terms: PassTerms, strategy, convention, target_threshold, boundary_width):
+def class_entropy(p: Array, log_p: Array) -> Array:
+    """H(p) = -sum_c p_c ln p_c over the last (class) axis, in nats."""
+    return -jnp.sum(_xlogx(p, log_p), axis=-1)
+
+
+def _mean_class_terms(terms: ClassTerms) -> ClassTerms:
+    """Terms of the mean class probabilities over passes (log-mean-exp keeps the logs exact)."""
+    log_n = jnp.log(jnp.float32(terms.p.shape[0]))
+    return ClassTerms(
+        jnp.mean(terms.p, axis=0), jax.scipy.special.logsumexp(terms.log_p, axis=0) - log_n
+    )
+
+
+class ClassMaps(NamedTuple):
+    """What the multi-class masks are computed on, from the (mean) class probabilities.
+
+    foreground: [H, W] 1 - p_0, summed over the foreground classes (not subtracted from 1).
+    top_gap: [H, W] p_(1) - p_(2).
+    classes: [H, W, C] p_1 .. p_C.
+    """
+
+    foreground: Array
+    top_gap: Array
+    classes: Array
+
+
+def class_pixel_uncertainty(
+    terms: ClassTerms, strategy: str, convention: str
+) -> tuple[Array, ClassMaps]:
+    """Multi-class per-pixel uncertainty ('paper' convention only).
+
+    Args:
+      terms: ClassTerms with a leading pass axis (1 for single-pass strategies).
+      strategy: one of UNCERTAINTY_STRATEGIES.
+      convention: must be 'paper': the published code is binary.
+
+    Returns:
+      (u [height, width] float32, ClassMaps of the mean class probabilities).
+    """
+    if convention != "paper":
+        raise ValueError(
+            f"convention {convention!r} is binary only (the published code has one foreground "
+            "class); multi-class scoring needs convention='paper'"
+        )
+    mean = _mean_class_terms(terms)
+    top2, top_index = jax.lax.top_k(mean.p, 2)
+    is_top = jnp.arange(mean.p.shape[-1]) == top_index[..., :1]
+    # 1 - p_(1) as the sum of the other classes: exact where p_(1) rounds to 1.
+    not_top = jnp.sum(jnp.where(is_top, 0.0, mean.p), axis=-1)
+    if strategy in ("entropy", "mc_dropout"):
+        u = class_entropy(*mean)
+    elif strategy == "least_confidence":
+        u = not_top
+    elif strategy == "margin":
+        u = not_top + top2[..., 1]  # 1 - (p_(1) - p_(2)), without cancellation
+    elif strategy == "bald":
+        expected = jnp.mean(class_entropy(*terms), axis=0)
+        u = jnp.maximum(class_entropy(*mean) - expected, 0.0)  # >= 0 (Jensen), as binary
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {UNCERTAINTY_STRATEGIES}")
+    maps = ClassMaps(
+        jnp.sum(mean.p[..., 1:], axis=-1), top2[..., 0] - top2[..., 1], mean.p[..., 1:]
+    )
+    return u, maps
+
+
+def class_masked_stats(
+    u: Array, maps: ClassMaps, target_threshold: Array, boundary_width: Array
+) -> SliceStats:
+    """Masked sums and counts for one multi-class slice (u: [height, width])."""
+    target = maps.foreground > target_threshold
+    boundary = maps.top_gap < 2.0 * boundary_width
+    class_target = maps.classes > target_threshold  # [H, W, C]
+
+    def masked_sum(mask):
+        return jnp.sum(jnp.where(mask, u, 0.0)), jnp.sum(mask, dtype=jnp.float32)
+
+    t_sum, t_count = masked_sum(target)
+    b_sum, b_count = masked_sum(boundary)
+    if maps.classes.shape[-1] == 1:
+        # One foreground class (L = 2): its mask is the target mask (p_1 = 1 - p_0 exactly);
+        # reusing the sums keeps a class-balanced query equal to the plain one bit for bit.
+        c_sum, c_count = t_sum[None], t_count[None]
+    else:
+        c_sum = jnp.sum(jnp.where(class_target, u[..., None], 0.0), axis=(0, 1))
+        c_count = jnp.sum(class_target, axis=(0, 1), dtype=jnp.float32)
+    return SliceStats(
+        t_sum, t_count, b_sum, b_count, jnp.sum(u), jnp.float32(u.size), c_sum, c_count
+    )
+
+
+def _stats_from_terms(terms, strategy, convention, target_threshold, boundary_width):
+    """SliceStats of one slice from PassTerms (binary) or ClassTerms (multi-class)."""
+    if isinstance(terms, ClassTerms):
+        u, maps = class_pixel_uncertainty(terms, strategy, convention)
+        return class_masked_stats(u, maps, target_threshold, boundary_width)
     u, mask_map = pixel_uncertainty(terms, strategy, convention)
     return masked_stats(u, mask_map, target_threshold, boundary_width, convention)
 
@@ -177,14 +328,19 @@ def stats_from_probs(
     """Per-slice stats from probability maps computed elsewhere.
 
     Args:
-      probs: [batch, passes, height, width] foreground probabilities (passes = 1 for single-pass
-        strategies).
+      probs: [batch, passes, height, width] foreground probabilities, or [batch, passes, height,
+        width, L] class probabilities (summing to 1 over the last axis; multi-class, 'paper'
+        convention only); passes = 1 for single-pass strategies.
       target_threshold, boundary_width: scalars T and B.
+
+    Returns:
+      SliceStats with [batch] entries ([batch, C] per-class entries; C = 1 for binary).
     """
+    to_terms = class_terms_from_probs if is_multiclass(probs, 4) else terms_from_probs
 
     def one(slice_probs):
         return _stats_from_terms(
-            terms_from_probs(slice_probs), strategy, convention, target_threshold, boundary_width
+            to_terms(slice_probs), strategy, convention, target_threshold, boundary_width
         )
 
     return jax.vmap(one)(probs)
@@ -199,7 +355,8 @@ def mc_logits(
     passes: int,
     reuse_encoder: bool = True,
 ) -> Array:
-    """Monte-Carlo dropout logits [batch, passes, height, width].
+    """Monte-Carlo dropout logits [batch, passes, height, width] (binary head) or
+    [batch, passes, height, width, L] (multi-class head).
 
     The dropout key of pass t of slice s is fold_in(fold_in(round_key, s), t), so a slice's passes
     do not depend on the batch it is in, its position, padding or resumption. With
@@ -256,26 +413,32 @@ def score_batch(
 
     Args:
       variables: {'params', 'batch_stats'} of `model`.
-      images: [batch, height, width] float32 (padding rows allowed; the caller drops them).
+      images: [batch, height, width] or [batch, height, width, K] float32 (padding rows
+        allowed; the caller drops them).
       slice_ids: [batch] int32 pool ids (seed MC dropout keys).
       round_key: the round's JAX key.
       target_threshold, boundary_width: T and B (traced: changing them does not recompile).
 
+    The model's head decides the path: logits [batch, H, W] are binary, [batch, H, W, L]
+    multi-class ('paper' convention only).
+
     Returns:
-      SliceStats with [batch] entries.
+      SliceStats with [batch] entries ([batch, C] per-class entries; C = 1 for binary).
     """
     if strategy in MC_STRATEGIES:
         logits = mc_logits(model, variables, images, slice_ids, round_key, passes, reuse_encoder)
     else:
         logits = model.apply(variables, images, False)[:, None]
 
+    multiclass = is_multiclass(logits, 4)  # [batch, passes, H, W] or [..., L]
+
     def one(slice_logits):
-        terms = (
-            terms_from_logits(slice_logits)
-            if convention == "paper"
-            # The published code works on probabilities; so does its convention here.
-            else terms_from_probs(jax.nn.sigmoid(slice_logits))
-        )
+        if multiclass:
+            terms = class_terms_from_logits(slice_logits)
+        elif convention == "paper":
+            terms = terms_from_logits(slice_logits)
+        else:  # The published code works on probabilities; so does its convention here.
+            terms = terms_from_probs(jax.nn.sigmoid(slice_logits))
         return _stats_from_terms(terms, strategy, convention, target_threshold, boundary_width)
 
     return jax.vmap(one)(logits)
@@ -301,7 +464,8 @@ def score_pool(
     """Scores the candidate slices of a pool in fixed-shape batches.
 
     Host memory stays bounded: each batch's images are gathered from `images` (a NumPy array or
-    memmap [N, H, W]) as it is dispatched, and only per-slice stats come back, in one transfer.
+    memmap [N, H, W] or [N, H, W, K]) as it is dispatched, and only per-slice stats come back, in
+    one transfer. The model's head decides binary (num_logits 1) or multi-class scoring.
 
     With a `mesh` (see selal_jax.parallel), `batch_size` is global: each batch is split over the
     mesh's devices (each process reads only its own rows), and the per-slice stats of every
@@ -310,7 +474,8 @@ def score_pool(
     single-device path.
 
     Returns:
-      SliceStats of NumPy arrays [len(candidate_ids)], aligned with `candidate_ids`.
+      SliceStats of NumPy arrays [len(candidate_ids)] (per-class fields [len(candidate_ids), C],
+      C = 1 for a binary head), aligned with `candidate_ids`.
     """
     candidate_ids = np.asarray(candidate_ids, np.int64)
     n = len(candidate_ids)
@@ -347,7 +512,10 @@ def score_pool(
             progress.update(start + n_valid)
     host = parallel.fetch(mesh, [s for s, _ in outs])
     if not host:
-        return SliceStats(*(np.zeros(0, np.float32) for _ in SliceStats._fields))
+        n_classes = max(int(model.num_logits) - 1, 1)
+        per_slice = (np.zeros(0, np.float32) for _ in range(6))
+        per_class = (np.zeros((0, n_classes), np.float32) for _ in range(2))
+        return SliceStats(*per_slice, *per_class)
     return SliceStats(
         *(
             np.concatenate([h[i][:nv] for h, (_, nv) in zip(host, outs, strict=True)])

@@ -15,6 +15,14 @@ Conventions (see `selal_jax.scoring`):
   *mean* of ``u`` over the mask ascending (an empty mask scores 0.0) with a stable sort; the
   selective merge alternates turns between the two rankings, a duplicate wasting its turn, over at
   most U turns, so it can return fewer than k slices (a warning is logged).
+
+Class-balanced option (``class_balanced=True``, ``paper`` convention, modes ``target`` and
+``selective``): the target ranking is replaced by a balanced order, a round-robin over the C
+per-class target rankings (class c's pixels p_c > T, each ranked like the target stream) that
+skips slices already taken; a class whose slices with pixels are used up yields its turn, and
+once every class is used up the rest follows the plain target ranking. The boundary stream and
+the merges are unchanged, so with C = 1 the query is the unbalanced one. Slices chosen for class
+c are recorded as stream 'target:<c>' (C >= 2; 'target' for C = 1 and for the rest).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ class Query:
 
     Attributes:
       ids: [n] int64 pool ids in selection order.
-      streams: per id, the ranking that chose it: 'target', 'boundary', 'all' or 'random'.
+      streams: per id, the ranking that chose it: 'target', 'boundary', 'all' or 'random';
+        'target:<c>' for the class-c ranking of a class-balanced query with C >= 2 classes.
       scores: [n] float64 score of each id in its stream (NaN for random).
     """
 
@@ -51,7 +60,28 @@ class Query:
         return len(self.ids)
 
 
-def validate_options(strategy: str, mode: str, convention: str, aggregation: str, merge: str):
+def check_class_balanced(mode: str, convention: str) -> None:
+    """Raises ValueError if the class-balanced target stream does not apply."""
+    if convention != "paper":
+        raise ValueError(
+            f"config field al.class_balanced: needs al.convention='paper', got {convention!r} "
+            "(the published code is binary)"
+        )
+    if mode not in ("target", "selective"):
+        raise ValueError(
+            "config field al.class_balanced: balances the target stream, which mode "
+            f"{mode!r} does not use; expected al.mode 'target' or 'selective'"
+        )
+
+
+def validate_options(
+    strategy: str,
+    mode: str,
+    convention: str,
+    aggregation: str,
+    merge: str,
+    class_balanced: bool = False,
+):
     """Raises ValueError naming the config field of an unknown or unsupported option."""
     for field, value, allowed in (
         ("al.strategy", strategy, scoring.STRATEGIES),
@@ -69,6 +99,8 @@ def validate_options(strategy: str, mode: str, convention: str, aggregation: str
             "config field al.strategy: 'margin' has no 'official' convention (the published margin "
             "code sorts along the image width and is defective); use al.convention='paper'"
         )
+    if class_balanced and strategy != "random":
+        check_class_balanced(mode, convention)
 
 
 def stream_scores(stats, stream: str, aggregation: str, convention: str):
@@ -96,6 +128,68 @@ def stream_scores(stats, stream: str, aggregation: str, convention: str):
     else:
         total = np.where(empty, 0.0, total)
     return total, empty
+
+
+def class_target_scores(stats, aggregation: str):
+    """Per-slice, per-class target scores ('paper' convention).
+
+    Args:
+      stats: SliceStats of NumPy arrays; without per-class fields (stats built from the six
+        binary fields) the target stream is the one class.
+
+    Returns:
+      (score [U, C] float64, empty [U, C] bool).
+    """
+    if stats.class_target_sum is None or stats.class_target_count is None:
+        total, count = stats.target_sum, stats.target_count
+    else:
+        total, count = stats.class_target_sum, stats.class_target_count
+    total = np.asarray(total, np.float64).reshape(len(stats.target_sum), -1)
+    count = np.asarray(count, np.float64).reshape(total.shape)
+    empty = count == 0
+    if aggregation == "mean":
+        total = total / np.where(empty, 1.0, count)
+    return np.where(empty, 0.0, total), empty
+
+
+def balanced_target_order(
+    class_score: np.ndarray, class_empty: np.ndarray, order_t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Round-robin distinct merge of the C per-class target rankings.
+
+    Turn by turn, class 1, 2, ..., C each takes its best slice not yet taken among those with
+    pixels of that class; a class that has none left yields its turn (its remaining ranking is
+    empty masks in pool order, arbitrary slices). When every class is used up, the remaining
+    positions follow `order_t`, the plain target ranking.
+
+    Args:
+      class_score, class_empty: [U, C] from `class_target_scores`.
+      order_t: [U] the plain target ranking.
+
+    Returns:
+      (order [U], a permutation of 0..U-1; chooser [U] int, the class 1..C whose ranking took
+      each position, 0 for those that followed `order_t`).
+    """
+    n, n_classes = class_score.shape
+    orders = [rank(class_score[:, c], class_empty[:, c], "paper") for c in range(n_classes)]
+    n_with_pixels = (~class_empty).sum(axis=0)
+    order, chooser, seen = [], [], np.zeros(n, bool)
+    cursors = [0] * n_classes
+    remaining = True
+    while remaining:
+        remaining = False
+        for c in range(n_classes):
+            while cursors[c] < n_with_pixels[c] and seen[orders[c][cursors[c]]]:
+                cursors[c] += 1
+            if cursors[c] < n_with_pixels[c]:
+                position = orders[c][cursors[c]]
+                seen[position] = True
+                order.append(position)
+                chooser.append(c + 1)
+                remaining = True
+    rest = [p for p in order_t if not seen[p]]
+    order = np.asarray(order + rest, np.int64)
+    return order, np.asarray(chooser + [0] * len(rest), np.int64)
 
 
 def rank(score: np.ndarray, empty: np.ndarray, convention: str) -> np.ndarray:
@@ -178,6 +272,7 @@ def select(
     convention: str = "paper",
     aggregation: str = "sum",
     merge: str = "union",
+    class_balanced: bool = False,
 ) -> Query:
     """Chooses k slices among the candidates from their per-slice stats.
 
@@ -186,16 +281,22 @@ def select(
       candidate_ids: [U] pool ids of the unlabelled slices, ascending.
       k: number of slices wanted.
       mode: 'all', 'target', 'boundary' or 'selective'.
+      class_balanced: take the target stream round-robin from the per-class target rankings
+        (see `balanced_target_order`); 'paper' convention, modes 'target' and 'selective'.
 
     Returns:
       The Query, ids in selection order.
     """
+    if class_balanced:
+        check_class_balanced(mode, convention)
     candidate_ids = np.asarray(candidate_ids, np.int64)
     n_candidates = len(candidate_ids)
     if k > n_candidates:
         logging.warning(
             "query size k=%d exceeds the %d unlabelled slices; taking all of them", k, n_candidates
         )
+    if class_balanced:
+        return _select_class_balanced(stats, candidate_ids, k, mode, aggregation, merge)
     if mode == "selective":
         score_t, empty_t = stream_scores(stats, "target", aggregation, convention)
         score_b, empty_b = stream_scores(stats, "boundary", aggregation, convention)
@@ -226,6 +327,39 @@ def select(
     )
 
 
+def _select_class_balanced(stats, candidate_ids, k, mode, aggregation, merge) -> Query:
+    """`select` with the balanced target order in place of the target ranking ('paper')."""
+    score_t, empty_t = stream_scores(stats, "target", aggregation, "paper")
+    class_score, class_empty = class_target_scores(stats, aggregation)
+    order_t, chooser = balanced_target_order(
+        class_score, class_empty, rank(score_t, empty_t, "paper")
+    )
+    chosen_by = dict(zip(order_t.tolist(), chooser.tolist(), strict=True))
+    if mode == "selective":
+        score_b, empty_b = stream_scores(stats, "boundary", aggregation, "paper")
+        order_b = rank(score_b, empty_b, "paper")
+        merged = merge_union if merge == "union" else merge_interleave
+        picked, streams = merged(order_t, order_b, k)
+    else:
+        picked = [int(p) for p in order_t[:k]]
+        streams, score_b = ["target"] * len(picked), None
+    several = class_score.shape[1] > 1
+    out_streams, scores = [], []
+    for position, stream in zip(picked, streams, strict=True):
+        c = chosen_by[position] if stream == "target" else 0
+        if c and several:
+            out_streams.append(f"target:{c}")
+            scores.append(class_score[position, c - 1])
+        else:
+            out_streams.append(stream)
+            scores.append((score_t if stream == "target" else score_b)[position])
+    return Query(
+        candidate_ids[np.asarray(picked, np.int64)],
+        tuple(out_streams),
+        np.asarray(scores, np.float64),
+    )
+
+
 def select_random(candidate_ids: np.ndarray, k: int, key: jax.Array) -> Query:
     """k candidates uniformly without replacement, drawn from `key` (no global state)."""
     candidate_ids = np.asarray(candidate_ids, np.int64)
@@ -241,7 +375,10 @@ def select_random(candidate_ids: np.ndarray, k: int, key: jax.Array) -> Query:
 
 
 def _as_stats_numpy(stats) -> scoring.SliceStats:
-    return scoring.SliceStats(*(np.asarray(x) for x in stats))
+    return scoring.SliceStats(*(None if x is None else np.asarray(x) for x in stats))
+
+
+PROBS_SUM_TOLERANCE = 1e-4  # |sum_c p_c - 1| allowed for class probabilities
 
 
 def select_from_probs(
@@ -258,60 +395,93 @@ def select_from_probs(
     merge: str = "union",
     batch_size: int = 64,
     seed: int = 0,
+    class_balanced: bool = False,
 ) -> np.ndarray:
     """Runs the query-strategy engine on probability maps predicted elsewhere.
 
     Args:
       probs: float array of foreground probabilities, [N, H, W]; or [T, N, H, W] Monte-Carlo
-        samples for 'mc_dropout' and 'bald' (axis 0 is the pass).
+        samples for 'mc_dropout' and 'bald' (axis 0 is the pass). Multi-class ('paper'
+        convention): class probabilities [N, C+1, H, W] (class 0 = background), or
+        [T, N, C+1, H, W] for 'mc_dropout' and 'bald', summing to 1 over the class axis. A 4D
+        array is therefore [N, C+1, H, W] for single-pass strategies and [T, N, H, W] for
+        Monte-Carlo ones.
       k: number of slices to select.
       strategy: 'random', 'entropy', 'least_confidence', 'margin', 'mc_dropout' or 'bald'.
       mode: 'all', 'target', 'boundary' or 'selective'.
-      convention: 'paper' or 'official' (reproduces the published code's selections).
+      convention: 'paper' or 'official' (reproduces the published code's selections; binary).
       labelled: optional [N] bool mask of slices that must not be chosen.
       target_threshold, boundary_width: T and B of the masks.
       aggregation: 'sum' or 'mean' over the selected pixels ('paper' convention only).
       merge: 'union' or 'interleave' for mode 'selective' ('paper' convention only).
       batch_size: slices scored per jitted call (the last batch is padded).
       seed: seed of the 'random' strategy.
+      class_balanced: balance the target stream over the classes (see `select`).
 
     Returns:
       [n] int64 pool indices in selection order.
     """
-    validate_options(strategy, mode, convention, aggregation, merge)
+    validate_options(strategy, mode, convention, aggregation, merge, class_balanced)
     probs = np.asarray(probs)
-    if strategy in scoring.MC_STRATEGIES:
-        if probs.ndim != 4:
-            raise ValueError(
-                f"probs: strategy {strategy!r} needs Monte-Carlo samples of shape (T, N, H, W), "
-                f"got shape {probs.shape}"
+    mc = strategy in scoring.MC_STRATEGIES
+    binary_ndim = 4 if mc else 3
+    if probs.ndim not in (binary_ndim, binary_ndim + 1):
+        raise ValueError(
+            f"probs: strategy {strategy!r} needs "
+            + (
+                "Monte-Carlo samples of shape (T, N, H, W) or (T, N, C+1, H, W)"
+                if mc
+                else "shape (N, H, W) or (N, C+1, H, W)"
             )
-        n_slices = probs.shape[1]
-    else:
-        if probs.ndim != 3:
-            raise ValueError(f"probs: expected shape (N, H, W), got {probs.shape}")
-        n_slices = probs.shape[0]
+            + f", got shape {probs.shape}"
+        )
+    multiclass = probs.ndim == binary_ndim + 1
+    n_slices = probs.shape[1] if mc else probs.shape[0]
     if labelled is None:
         labelled = np.zeros(n_slices, bool)
     labelled = np.asarray(labelled, bool)
     if labelled.shape != (n_slices,):
         raise ValueError(f"labelled: expected shape ({n_slices},), got {labelled.shape}")
-    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+    if probs.size and (not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1):
         raise ValueError("probs: values must be finite probabilities in [0, 1]")
+    if multiclass:
+        class_axis = binary_ndim - 2  # after the pass and slice axes
+        if convention != "paper":
+            raise ValueError(
+                f"probs: class probabilities of shape {probs.shape} are multi-class, and "
+                f"convention {convention!r} is binary only; use convention='paper'"
+            )
+        if probs.shape[class_axis] < 2:
+            raise ValueError(
+                f"probs: expected at least 2 classes on axis {class_axis}, got shape {probs.shape}"
+            )
+        error = np.abs(probs.sum(axis=class_axis, dtype=np.float64) - 1.0)
+        if error.size and error.max() > PROBS_SUM_TOLERANCE:
+            raise ValueError(
+                f"probs: class probabilities must sum to 1 over axis {class_axis} (the C+1 "
+                f"classes), within {PROBS_SUM_TOLERANCE}; worst sum is off by {error.max():.3g}"
+            )
     candidates = np.flatnonzero(~labelled)
     if strategy == "random":
         with rng.classic_threefry():
             return select_random(candidates, k, jax.random.key(seed)).ids
+    if len(candidates) == 0:
+        return np.zeros(0, np.int64)
 
-    stacked = probs[:, candidates] if probs.ndim == 4 else probs[None, candidates]
-    stacked = np.moveaxis(stacked, 0, 1).astype(np.float32)  # [U, passes, H, W]
+    stacked = probs[:, candidates] if mc else probs[None, candidates]
+    stacked = np.moveaxis(stacked, 0, 1).astype(np.float32)  # [U, passes, H, W] or [..., L, H, W]
+    if multiclass:
+        stacked = np.moveaxis(stacked, 2, -1)  # [U, passes, H, W, L], as the model's logits
+        fill = 1.0 / stacked.shape[-1]
+    else:
+        fill = 0.5
     batches = []
     for start in range(0, len(candidates), batch_size):
         chunk = stacked[start : start + batch_size]
         n_valid = len(chunk)
         if n_valid < batch_size:  # pad to the fixed shape: one compilation
             chunk = np.concatenate(
-                [chunk, np.full((batch_size - n_valid, *chunk.shape[1:]), 0.5, np.float32)]
+                [chunk, np.full((batch_size - n_valid, *chunk.shape[1:]), fill, np.float32)]
             )
         stats = scoring.stats_from_probs(
             chunk,
@@ -325,5 +495,12 @@ def select_from_probs(
         jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *batches)
     )
     return select(
-        stats, candidates, k, mode=mode, convention=convention, aggregation=aggregation, merge=merge
+        stats,
+        candidates,
+        k,
+        mode=mode,
+        convention=convention,
+        aggregation=aggregation,
+        merge=merge,
+        class_balanced=class_balanced,
     ).ids
