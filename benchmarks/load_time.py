@@ -1,6 +1,7 @@
 """Load time of a synthetic NIfTI cohort, cold (preprocess + write the cache) and cached.
 
-The cohort is written by the test helpers (tests/helpers.py) and reused across runs. Prints JSON.
+The cohort is written by the test helpers (tests/helpers.py) and reused across runs; timing and
+the host description come from selal_jax.bench.measure. Prints JSON.
 
   PYTHONPATH=. python benchmarks/load_time.py                       # 40 x 512x512x90 CT, MSD
   PYTHONPATH=. python benchmarks/load_time.py --shape=64,64,20 --n_volumes=8 --size=32,32
@@ -17,13 +18,13 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # noqa: E402
+from selal_jax.bench import measure  # noqa: E402
 from selal_jax.data import loading  # noqa: E402
 from tests import helpers  # noqa: E402
 
@@ -45,13 +46,13 @@ def main(argv):
     n = _N.value
     name = f"selal_load_time_{_LAYOUT.value}_{_KIND.value}_{n}x{'x'.join(map(str, shape))}"
     cohort = _COHORT.value or os.path.join(tempfile.gettempdir(), name)
-    start = time.perf_counter()
     if not os.path.isdir(cohort):
         tmp = cohort + ".partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        helpers.write_cohort(tmp, _LAYOUT.value, n, shape, seed=0, kind=_KIND.value)
+        write_s, _ = measure.wall_seconds(
+            lambda: helpers.write_cohort(tmp, _LAYOUT.value, n, shape, seed=0, kind=_KIND.value)
+        )
         os.rename(tmp, cohort)
-        write_s = time.perf_counter() - start
     else:
         write_s = None  # reused
     source_bytes = sum(
@@ -64,19 +65,15 @@ def main(argv):
         config.brats.grades = "LGG"
     scratch = tempfile.mkdtemp(prefix="selal_load_time_", dir=_SCRATCH.value)
     try:
-        t0 = time.perf_counter()
-        cold = loading.load_dataset(config, scratch)
-        cold_s = time.perf_counter() - t0
-        cached_s = []
-        for _ in range(_REPEATS.value):
-            t0 = time.perf_counter()
-            warm = loading.load_dataset(config, scratch)
-            cached_s.append(time.perf_counter() - t0)
+        cold_s, cold = measure.wall_seconds(lambda: loading.load_dataset(config, scratch))
+        cached_s, warm = measure.timed_runs(
+            lambda: loading.load_dataset(config, scratch), _REPEATS.value
+        )
         # What the loop does first with the pool: read every label once (from the memory map).
-        t0 = time.perf_counter()
         parts = (warm.train, warm.val, warm.test)
-        positive = sum(int(p.labels.reshape(len(p), -1).any(axis=1).sum()) for p in parts)
-        read_labels_s = time.perf_counter() - t0
+        read_labels_s, positive = measure.wall_seconds(
+            lambda: sum(int(p.labels.reshape(len(p), -1).any(axis=1).sum()) for p in parts)
+        )
         cache_dir = os.path.join(scratch, "cache", warm.fingerprint)
         cache_bytes = sum(
             os.path.getsize(os.path.join(cache_dir, f)) for f in os.listdir(cache_dir)
@@ -84,6 +81,7 @@ def main(argv):
         n_slices = len(cold.train) + len(cold.val) + len(cold.test)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    env = measure.host_environment()
     result = {
         "cold_s": round(cold_s, 2),
         "cold_s_per_volume": round(cold_s / n, 3),
@@ -104,8 +102,9 @@ def main(argv):
                 "cohort": cohort,
                 "cohort_gb": round(source_bytes / 1e9, 3),
                 "cohort_write_s": None if write_s is None else round(write_s, 1),
-                "cpus": os.cpu_count(),
-                "machine": platform.processor() or platform.machine(),
+                "cpus": env["cpu_count"],
+                "machine": env["cpu_model"] or platform.machine(),
+                "environment": env,
                 **result,
             },
             indent=1,

@@ -36,27 +36,11 @@ def assert_device_memory(memory, name):
     assert all(isinstance(v, int) for v in memory.values()), name
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One CLI run in quick mode, narrowed so that the test stays well under a minute on two
-    cores: BALD only (single-pass scoring still runs in the scaling and reference sections),
-    bfloat16 compute (the reference section runs float32), one train batch size, a U-Net of
-    depth 1 on 16x16 slices. Most of its time is XLA compiling the dropout RNG of the MC programs.
-    """
-    out = tmp_path_factory.mktemp("bench") / "quick.json"
+def run_quick_cli(out, *flags):
+    """Runs `python -m selal_jax.bench --quick` with these flags on the CPU; returns the JSON
+    written to `out` and the completed process."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "selal_jax.bench",
-            "--quick",
-            "--strategies=bald",
-            "--dtypes=bfloat16",
-            "--train_batches=4",
-            "--depth=1",
-            "--image_size=16",
-            f"--output={out}",
-        ],
+        [sys.executable, "-m", "selal_jax.bench", "--quick", *flags, f"--output={out}"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
@@ -65,6 +49,24 @@ def quick_run(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One CLI run in quick mode, narrowed so that the test stays well under a minute on two
+    cores: BALD only (single-pass scoring still runs in the scaling and reference sections),
+    bfloat16 compute (the reference section runs float32), one train batch size, a U-Net of
+    depth 1 on 16x16 slices. Most of its time is XLA compiling the dropout RNG of the MC programs.
+    """
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    return run_quick_cli(
+        out,
+        "--strategies=bald",
+        "--dtypes=bfloat16",
+        "--train_batches=4",
+        "--depth=1",
+        "--image_size=16",
+    )
 
 
 def test_stdout_is_the_json_and_stderr_the_table(quick_run):
@@ -212,7 +214,9 @@ def test_host_reference_matches_the_fused_formulas():
     fused = scoring.stats_from_probs(
         probs[:, None], np.float32(0.1), np.float32(0.1), strategy="entropy", convention="paper"
     )
-    np.testing.assert_allclose(host, np.stack([np.asarray(x) for x in fused], 1), rtol=1e-5)
+    # The six binary fields (SliceStats may carry per-class sums after them).
+    fused = np.stack([np.asarray(x) for x in fused[:6]], 1)
+    np.testing.assert_allclose(host, fused, rtol=1e-5)
 
 
 def test_synthetic_pool_is_lazy_and_bounded():
@@ -223,3 +227,50 @@ def test_synthetic_pool_is_lazy_and_bounded():
     np.testing.assert_array_equal(pool[[7]], pool[[7]])
     with pytest.raises(IndexError):
         pool[[10**9]]
+
+
+def test_multiclass_multichannel_run(quick_run, tmp_path):
+    """C = 3 foreground classes (a 4-logit softmax head) and K = 2 input channels: the scoring and
+    train sections run, the binary host reference says it is skipped (no speed checks)."""
+    result, proc = run_quick_cli(
+        tmp_path / "multiclass.json",
+        "--num_classes=3",
+        "--channels=2",
+        "--sections=scoring,reference,train",
+        "--strategies=entropy",
+        "--modes=selective",
+        "--dtypes=float32",
+        "--train_batches=4",
+        "--depth=1",
+        "--image_size=16",
+    )
+    config = result["config"]
+    assert (config["num_classes"], config["channels"]) == (3, 2)
+    assert config["sections"] == ["scoring", "reference", "train"]
+    # The binary run's U-Net plus 9 x base_width weights per further input channel (the first
+    # 3x3 convolution) and base_width + 1 per further logit (the 1x1 head).
+    width, binary = config["base_width"], quick_run[0]["model"]["params"]
+    assert result["model"]["params"] == binary + 9 * width * (2 - 1) + (width + 1) * (4 - 1)
+    assert "skipped" in result["reference"] and "num_classes = 3" in result["reference"]["skipped"]
+    assert "reference: skipped" in proc.stderr
+    [row] = result["scoring"]
+    assert (row["strategy"], row["mode"], row["dtype"]) == ("entropy", "selective", "float32")
+    assert_rates(row, "multiclass scoring")
+    assert_positive(row["device_only_slices_per_s"], "multiclass device_only_slices_per_s")
+    [row] = result["train"]
+    assert_rates(row, "multiclass train")
+    assert_positive(row["steps_per_s"], "multiclass steps_per_s")
+    assert_positive(row["final_loss"], "multiclass final_loss")  # softmax CE over 4 logits
+
+
+def test_synthetic_pool_channels_and_classes():
+    pool = bench.SyntheticPool(100, 16, seed=0, channels=3, num_classes=3)
+    assert pool[[0, 1]].shape == (2, 16, 16, 3)
+    labels = pool.labels(np.arange(64))
+    assert labels.shape == (64, 16, 16) and labels.dtype == np.float32
+    assert set(np.unique(labels)) <= {0.0, 1.0, 2.0, 3.0} and labels.max() == 3.0
+    # One class and one channel: the binary pool, bit for bit.
+    np.testing.assert_array_equal(
+        bench.SyntheticPool(100, 16, seed=0, channels=1, num_classes=1)[[5]],
+        bench.SyntheticPool(100, 16, seed=0)[[5]],
+    )

@@ -1,0 +1,165 @@
+"""The readable summary of a benchmark result (`format_table`), printed to stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _mib(memory: dict | None):
+    if not memory or "peak_bytes" not in memory:
+        return None
+    return memory["peak_bytes"] / 2**20
+
+
+def format_table(result: dict) -> str:
+    """A readable summary of `run`'s result."""
+    env, cfg = result["environment"], result["config"]
+    parts = [
+        f"device: {env['device_kind']} ({env['backend']}), cpu: {env['cpu_model']} "
+        f"x{env['cpu_count']}, jax {env['jax']}, flax {env['flax']}",
+        f"U-Net width {cfg['base_width']} depth {cfg['depth']} "
+        f"({result['model']['params']:,} params), {cfg['image_size']}x{cfg['image_size']} slices, "
+        f"pool {cfg['pool_size']}, MC passes {cfg['mc_passes']}",
+    ]
+    # Older results have neither field: binary, one channel.
+    classes, channels = cfg.get("num_classes", 1), cfg.get("channels", 1)
+    if (classes, channels) != (1, 1):
+        parts[-1] += f", {classes} foreground classes, {channels} input channels"
+    if "scoring" in result:
+        parts += [
+            "\nscoring (score_pool + select):",
+            _table(
+                (
+                    "strategy",
+                    "mode",
+                    "dtype",
+                    "batch",
+                    "compile s",
+                    "slices/s",
+                    "Mpix/s",
+                    "device-only slices/s",
+                    "dev MiB",
+                ),
+                [
+                    (
+                        r["strategy"],
+                        r["mode"],
+                        r["dtype"],
+                        r["batch_size"],
+                        r["compile_s"],
+                        r["slices_per_s"],
+                        r["pixels_per_s"] / 1e6,
+                        r["device_only_slices_per_s"],
+                        _mib(r["device_memory"]),
+                    )
+                    for r in result["scoring"]
+                ],
+            ),
+        ]
+    if "scaling" in result:
+        s = result["scaling"]
+        parts += [
+            f"\nscaling ({s['strategy']}, {s['dtype']}, {s['image_size']}x{s['image_size']}, "
+            f"batch {s['batch_size']}; per-slice time spread {s['per_slice_time_spread']:.2f}):",
+            _table(
+                ("pool", "seconds", "slices/s", "us/slice", "RSS MiB", "peak RSS MiB"),
+                [
+                    (
+                        r["pool_size"],
+                        r["seconds"],
+                        r["slices_per_s"],
+                        r["us_per_slice"],
+                        None if r["rss_after_bytes"] is None else r["rss_after_bytes"] / 2**20,
+                        r["peak_rss_bytes"] / 2**20,
+                    )
+                    for r in s["rows"]
+                ],
+            ),
+        ]
+    if "reference" in result and "skipped" in result["reference"]:
+        parts.append(f"\nreference: skipped ({result['reference']['skipped']})")
+    elif "reference" in result:
+        r = result["reference"]
+        parts += [
+            f"\nreference ({r['strategy']} {r['mode']}, {r['dtype']}, pool {r['pool_size']}):",
+            _table(
+                ("path", "device+copy s", "host scoring s", "select s", "total s", "slices/s"),
+                [
+                    (
+                        "host (published)",
+                        r["host"]["forward_copy_s"],
+                        r["host"]["host_scoring_s"],
+                        r["host"]["select_s"],
+                        r["host"]["seconds"],
+                        r["host"]["slices_per_s"],
+                    ),
+                    (
+                        "fused",
+                        r["fused"]["score_s"],
+                        None,
+                        r["fused"]["select_s"],
+                        r["fused"]["seconds"],
+                        r["fused"]["slices_per_s"],
+                    ),
+                ],
+            ),
+            f"fused / host: {r['speedup']:.2f}x",
+        ]
+    if "train" in result:
+        parts += [
+            "\ntrain (train_step: forward, backward, Adam):",
+            _table(
+                ("dtype", "batch", "compile s", "slices/s", "steps/s", "loss dtype", "dev MiB"),
+                [
+                    (
+                        r["dtype"],
+                        r["batch_size"],
+                        r["compile_s"],
+                        r["slices_per_s"],
+                        r["steps_per_s"],
+                        r["loss_dtype"],
+                        _mib(r["device_memory"]),
+                    )
+                    for r in result["train"]
+                ],
+            ),
+        ]
+    if "mc_reuse" in result:
+        parts += [
+            "\nMC encoder reuse (bald, score_pool only):",
+            _table(
+                ("dtype", "passes", "reuse slices/s", "no-reuse slices/s", "speedup"),
+                [
+                    (
+                        r["dtype"],
+                        r["passes"],
+                        r["reuse"]["slices_per_s"],
+                        r["no_reuse"]["slices_per_s"],
+                        r["speedup"],
+                    )
+                    for r in result["mc_reuse"]
+                ],
+            ),
+        ]
+    parts.append(
+        f"\npeak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB, total {result['total_s']:.0f} s"
+    )
+    return "\n".join(parts)
