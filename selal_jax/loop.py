@@ -66,6 +66,7 @@ ROUND0_NEUTRAL_KEYS = (
     "al.mc_passes",
     "al.reuse_encoder",
     "al.query_size",
+    "al.class_balanced",
 )
 ROUND0_CHECKPOINT = "round0"
 EMBEDDINGS_FILE = report.EMBEDDINGS_FILE
@@ -139,7 +140,14 @@ def validate_config(config) -> None:
             f"config field model.dtype: expected one of {tuple(DTYPES)}, got {model.dtype!r}"
         )
     al = config.al
-    selection.validate_options(al.strategy, al.mode, al.convention, al.aggregation, al.merge)
+    selection.validate_options(
+        al.strategy,
+        al.mode,
+        al.convention,
+        al.aggregation,
+        al.merge,
+        class_balanced=bool(al.class_balanced),
+    )
     if config.train.loss not in train_lib.LOSSES:
         raise ValueError(
             f"config field train.loss: expected one of {train_lib.LOSSES}, got "
@@ -266,6 +274,7 @@ def query(
         convention=al.convention,
         aggregation=al.aggregation,
         merge=al.merge,
+        class_balanced=bool(al.class_balanced),
     )
 
 
