@@ -92,7 +92,13 @@ RESUME_NEUTRAL_KEYS = (
 )
 # Config fields added after runs may have been started: a stored config without one had this
 # value (so such runs stay resumable).
-ADDED_KEYS = {"al.annotator": "simulated", "data.allow_unlabelled": False}
+ADDED_KEYS = {
+    "al.annotator": "simulated",
+    "data.allow_unlabelled": False,
+    "data.classes": "",
+    "data.background_values": "",
+    "data.synthetic.kind": "binary",
+}
 
 
 def validate_config(config) -> None:
