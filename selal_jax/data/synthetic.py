@@ -131,7 +131,7 @@ def make_multiclass_subject(
 
     One to three lesions per subject: a halo (label 1) of in-plane radius about 4-8 voxels at
     64x64 (scaled with the in-plane size) around a core (label 2) of radius about 2-4. Channel 0:
-    core +1.0, halo +0.15 over the tissue; channel 1: halo +0.8, core +0.45.
+    core +1.0, halo +0.05 over the tissue; channel 1: halo +0.8, core +0.3.
     """
     nx, ny, nz = shape
     x, y, z = np.meshgrid(
@@ -163,7 +163,7 @@ def make_multiclass_subject(
         label[halo & (label == 0)] = 1
         label[core] = 2
     halo, core = label == 1, label == 2
-    for k, (halo_gain, core_gain) in enumerate(((0.15, 1.0), (0.8, 0.45))):
+    for k, (halo_gain, core_gain) in enumerate(((0.05, 1.0), (0.8, 0.3))):
         lesion = halo_gain * halo + core_gain * core
         tissue[k] = tissue[k] + ndimage.gaussian_filter(lesion.astype(np.float32), 0.7)
     image = np.stack([_mri(rng, t, shape) for t in tissue], axis=-1)
