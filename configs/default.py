@@ -49,11 +49,23 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Cases without a label file (MSD entry without "label", paired image without label, BraTS
     # case without seg) join the training pool unlabelled; needs al.annotator = human.
     data.allow_unlabelled = False
-    data.modality = ""  # 4D images: channel name (MSD dataset.json) or index; '' = 3D images
+    # 4D images: input channel(s) by name (MSD dataset.json 'modality') or index; several
+    # comma-separated (e.g. FLAIR,T1w or 0,2: K channels, in that order) or 'all'; '' = 3D images.
+    data.modality = ""
+    # Foreground classes: '' = the binary target (data.label_values, or any label > 0); else
+    # comma-separated classes, each one label value or several joined by '+' ('1,2,4': three
+    # classes; '1+4,2': class 1 = {1, 4}, class 2 = {2}), or 'all' (every non-zero value of the
+    # dataset's label map). One class ('2') is the binary target of its values. Other non-zero
+    # label values are an error unless listed in data.background_values.
+    data.classes = ""
+    data.background_values = ""  # comma-separated label values read as background (with classes)
     data.brats = config_dict.ConfigDict()
-    data.brats.modality = "flair"  # flair | t1 | t1ce | t2
+    # flair | t1 | t1ce | t2; several comma-separated (flair,t1,t1ce,t2: K channels) or 'all'
+    data.brats.modality = "flair"
     data.brats.grades = "HGG,LGG"  # comma-separated grade folders: HGG | LGG | HGG,LGG
-    data.brats.target = "whole"  # whole (seg > 0) | core (labels 1, 4) | enhancing (label 4)
+    # whole (seg > 0) | core (labels 1, 4) | enhancing (label 4) | classes (necrotic_core 1,
+    # edema 2, enhancing 4: three classes; data.classes may regroup them, e.g. 1+4,2)
+    data.brats.target = "whole"
     data.paired = config_dict.ConfigDict()
     data.paired.images = "images"  # images folder, relative to data.root (or absolute)
     data.paired.labels = "labels"  # labels folder, relative to data.root (or absolute)
@@ -65,6 +77,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.synthetic.shape = (64, 64, 32)  # voxels (X, Y, Z) per volume
     data.synthetic.spacing = (1.0, 1.0, 2.0)  # mm
     data.synthetic.seed = 0  # generator seed (independent of config.seed)
+    # binary (lesions, 1 channel) | multiclass (halo 1 around core 2, 2 channels MRI_A/MRI_B, read
+    # with data.modality and data.classes 'all' unless they are set)
+    data.synthetic.kind = "binary"
     data.axis = 2  # slicing axis of the canonical (RAS) volume: 2 = axial
     data.size = (64, 64)  # pixels (H, W) of the 2D slices; CLI: --config.data.size=128,128
     data.resample = "resize"  # resize (bilinear / nearest for labels) | crop (centre crop/pad)

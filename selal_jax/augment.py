@@ -3,6 +3,8 @@
 Per slice, each with probability 0.5 and its own key: Gaussian blur (5x5 kernel, sigma drawn in
 [0.1, 2.0], image only), horizontal flip, vertical flip, rotation by an angle drawn uniformly in
 [-90, 90] degrees (bilinear for images, nearest for masks, reflect padding). Used only in training.
+Images of K >= 2 channels ([B, H, W, K]) get one draw per slice, applied to every channel and to
+the mask; masks hold class indices, which the nearest-neighbour rotation keeps.
 """
 
 from __future__ import annotations
@@ -96,7 +98,24 @@ def augment_pair(key: Array, image: Array, mask: Array) -> tuple[Array, Array]:
     return apply_params(draw_params(key), image, mask)
 
 
+def augment_channels(key: Array, image: Array, mask: Array) -> tuple[Array, Array]:
+    """Random augmentation of one (image [H, W, K], mask [H, W]) pair: one draw for all.
+
+    Each channel goes through `apply_params` as a one-channel image would (vmapped over the
+    channel axis), so channel k of the result is the [H, W] augmentation of channel k.
+    """
+    params = draw_params(key)
+    images = jax.vmap(lambda channel: apply_params(params, channel, mask)[0], in_axes=-1)(image)
+    _, mask = apply_params(params, image[..., 0], mask)
+    return jnp.moveaxis(images, 0, -1), mask
+
+
 def augment_batch(key: Array, images: Array, masks: Array) -> tuple[Array, Array]:
-    """Augments [batch, H, W] images and masks, one key per slice."""
+    """Augments [batch, H, W] (or [batch, H, W, K]) images and [batch, H, W] masks.
+
+    One key per slice; with K channels the slice's draw is applied to each channel.
+    """
     keys = jax.random.split(key, images.shape[0])
+    if images.ndim == 4:
+        return jax.vmap(augment_channels)(keys, images, masks)
     return jax.vmap(augment_pair)(keys, images, masks)

@@ -34,6 +34,7 @@ from selal_jax import (
     selection,
 )
 from selal_jax import train as train_lib
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import DTYPES, build_model, init_variables
@@ -100,14 +101,7 @@ RESUME_NEUTRAL_KEYS = (
     "checkpoint.keep",
     "train.eval_batch_size",
 )
-# Config fields added after runs may have been started: a stored config without one had this
-# value (so such runs stay resumable).
-ADDED_KEYS = {
-    "al.annotator": "simulated",
-    "data.allow_unlabelled": False,
-    "train.loss": "ce",
-    "al.class_balanced": False,
-}
+ADDED_KEYS = workdir_lib.ADDED_KEYS
 
 
 def validate_config(config) -> None:

@@ -162,3 +162,41 @@ def write_cohort(
     else:
         raise ValueError(f"layout: expected msd, brats or paired, got {layout!r}")
     return root
+
+
+def flip_xz(shape: tuple[int, ...]) -> np.ndarray:
+    """Voxel map of a file stored with its first and last spatial axes reversed: file voxel i is
+    voxel flip_xz @ i of the original (`affine @ flip_xz` keeps the world coordinates)."""
+    nx, _, nz = shape[:3]
+    return np.array([[-1, 0, 0, nx - 1], [0, 1, 0, 0], [0, 0, -1, nz - 1], [0, 0, 0, 1.0]])
+
+
+def swap_xy() -> np.ndarray:
+    """Voxel map of a file stored with its first two axes swapped."""
+    return np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+
+
+def stored_as(array: np.ndarray, how: str) -> np.ndarray:
+    """The voxels of `array` ([X, Y, Z] or [X, Y, Z, K]) as a file mapped by `flip_xz` or
+    `swap_xy` holds them."""
+    if how == "flip_xz":
+        return np.ascontiguousarray(array[::-1, :, ::-1])
+    if how == "swap_xy":
+        return np.ascontiguousarray(np.swapaxes(array, 0, 1))
+    raise ValueError(f"how: expected flip_xz or swap_xy, got {how!r}")
+
+
+def make_classes_volume(
+    rng: np.random.Generator, shape: tuple[int, int, int], channels: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image [X, Y, Z, K] float32, label [X, Y, Z] uint8 in {0, 1, 2, 4}) with K channels.
+
+    Nested regions as in BraTS (2 around 4 around 1), all three present; channel k is
+    `brats_modality(image, k)` of one base image, so the channels differ after z-scoring.
+    """
+    image, label = make_volume(rng, shape, "brats")
+    cx, cy, cz = (s // 2 for s in shape)
+    label[cx - 4 : cx + 4, cy - 4 : cy + 4, cz - 2 : cz + 2] = 2
+    label[cx - 2 : cx + 2, cy - 2 : cy + 2, cz - 1 : cz + 1] = 4
+    label[cx - 1 : cx + 1, cy - 1 : cy + 1, cz] = 1
+    return np.stack([brats_modality(image, k) for k in range(channels)], axis=-1), label

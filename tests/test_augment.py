@@ -133,3 +133,43 @@ def test_same_key_same_augmentation_and_keys_per_slice():
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
     np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
     assert not np.array_equal(np.asarray(a[0][0]), np.asarray(a[0][1]))  # one key per slice
+
+
+def test_channels_share_the_draw_and_one_channel_is_unchanged():
+    """[B, H, W, K] images: each channel gets exactly the [B, H, W] augmentation of it, with the
+    same mask; [B, H, W] results equal those of the code before channels (git history)."""
+    import subprocess
+    import types
+
+    rng = np.random.default_rng(5)
+    x = rng.random((N, H, W)).astype(np.float32)
+    y = rng.random((N, H, W)).astype(np.float32)
+    masks = jnp.asarray(np.broadcast_to(l_shape(), (N, H, W)) * np.uint8(3))  # class index 3
+    key = jax.random.key(11)
+    one_x = augment_batch(key, jnp.asarray(x), masks)
+    one_y = augment_batch(key, jnp.asarray(y), masks)
+    both = augment_batch(key, jnp.stack([jnp.asarray(x), jnp.asarray(x)], -1), masks)
+    mixed = augment_batch(key, jnp.stack([jnp.asarray(x), jnp.asarray(y)], -1), masks)
+    assert both[0].shape == (N, H, W, 2) and both[1].shape == (N, H, W)
+    for k in range(2):
+        np.testing.assert_array_equal(np.asarray(both[0][..., k]), np.asarray(one_x[0]))
+    np.testing.assert_array_equal(np.asarray(mixed[0][..., 1]), np.asarray(one_y[0]))
+    np.testing.assert_array_equal(np.asarray(both[1]), np.asarray(one_x[1]))
+    assert set(np.unique(np.asarray(both[1])).tolist()) == {0, 3}  # nearest keeps the index
+
+    repo = __file__.rsplit("/tests/", 1)[0]
+    base = "11706038e9027739bf47ebf4c33f709625249bc5"  # before channels
+    try:
+        text = subprocess.run(
+            ["git", "-C", repo, "show", f"{base}:selal_jax/augment.py"],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git history not available")
+    old = types.ModuleType("old_augment")
+    exec(compile(text, "old_augment.py", "exec"), old.__dict__)
+    before = jax.jit(old.augment_batch)(key, jnp.asarray(x), masks)
+    np.testing.assert_array_equal(np.asarray(one_x[0]), np.asarray(before[0]))
+    np.testing.assert_array_equal(np.asarray(one_x[1]), np.asarray(before[1]))

@@ -17,11 +17,18 @@ import tempfile
 import numpy as np
 from absl import logging
 
+from selal_jax.workdir import ADDED_KEYS
+
 # Bump when the cached content or format changes: old caches are then ignored.
 CACHE_VERSION = 1
 # config.data fields that do not change the preprocessed slices. (A dataset that loads both with
 # and without allow_unlabelled has every case labelled: the same slices either way.)
 NEUTRAL_FIELDS = ("root", "cache_dir", "allow_unlabelled")
+# config.data fields added after caches were written, with their default value (the project's
+# one table, selal_jax.workdir.ADDED_KEYS): at that value they are left out of the hash, so that
+# existing caches (and resumable runs) keep their key; any other value is hashed like every
+# other field. Dotted names reach into sub-sections.
+ADDED_FIELDS = {k[len("data.") :]: v for k, v in ADDED_KEYS.items() if k.startswith("data.")}
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
 META_FILE = "meta.json"
 
@@ -34,6 +41,13 @@ def fingerprint(source_files: list[str], root: str, data_config) -> str:
         rel = os.path.relpath(path, root)
         h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
     settings = {k: v for k, v in data_config.to_dict().items() if k not in NEUTRAL_FIELDS}
+    for name, default in ADDED_FIELDS.items():
+        *parents, leaf = name.split(".")
+        node = settings
+        for p in parents:
+            node = node.get(p, {})
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -84,14 +98,16 @@ class Builder:
     Cases are appended in order; on an exception the temporary folder is removed.
     """
 
-    def __init__(self, cache_dir: str, key: str, size: tuple[int, int], max_slices: int):
+    def __init__(
+        self, cache_dir: str, key: str, size: tuple[int, int], max_slices: int, channels: int = 1
+    ):
         os.makedirs(cache_dir, exist_ok=True)
         self.final = os.path.join(cache_dir, key)
         self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
         H, W = size
-        self.images = NpyAppender(
-            os.path.join(self.tmp, "images.npy"), (H, W), np.float32, max_slices
-        )
+        # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
+        row = (H, W) if channels == 1 else (H, W, channels)
+        self.images = NpyAppender(os.path.join(self.tmp, "images.npy"), row, np.float32, max_slices)
         self.labels = NpyAppender(
             os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
         )

@@ -43,10 +43,23 @@ def validate_data_config(data_config) -> None:
     lo, hi = (float(v) for v in data_config.ct_window)
     if not lo < hi:
         raise ValueError(f"config field data.ct_window: expected lo < hi, got {(lo, hi)}")
+    kind = data_config.synthetic.get("kind", "binary")
+    if kind not in synthetic.KINDS:
+        raise ValueError(
+            f"config field data.synthetic.kind: expected one of {synthetic.KINDS}, got {kind!r}"
+        )
+    # The syntax of the class fields; the layout checks them against the dataset's labels.
+    classes = str(data_config.get("classes", "") or "").strip()
+    if classes.lower() != "all":
+        layouts.parse_classes(classes)
+    layouts.parse_values(data_config.get("background_values", ""), "data.background_values")
 
 
 def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
     method = data_config.normalisation
+    channel_normalisation = source.channel_normalisation
+    if channel_normalisation is not None and method != "auto":
+        channel_normalisation = (str(method),) * len(channel_normalisation)
     return preprocess.Settings(
         axis=int(data_config.axis),
         size=tuple(int(s) for s in data_config.size),
@@ -56,6 +69,8 @@ def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
         keep_empty_slices=bool(data_config.keep_empty_slices),
         target_values=source.target_values,
         allowed_labels=source.allowed_labels,
+        class_values=source.class_values,
+        channel_normalisation=channel_normalisation,
     )
 
 
@@ -97,14 +112,16 @@ def split_subjects(
 
 def resolve_root(data_config, workdir: str) -> str:
     if data_config.layout == "synthetic":
-        root = data_config.root or os.path.join(workdir, "synthetic_cohort")
         syn = data_config.synthetic
+        kind = syn.get("kind", "binary")
+        root = data_config.root or os.path.join(workdir, synthetic.FOLDERS[kind])
         return synthetic.write_cohort(
             root,
             int(syn.n_subjects),
             tuple(int(s) for s in syn.shape),
             int(syn.seed),
             tuple(syn.spacing),
+            kind=kind,
         )
     if not data_config.root:
         raise ValueError(
@@ -147,7 +164,8 @@ def build_cache(
     order = np.concatenate(parts)
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
     ranges = {}
-    with cache.Builder(cache_dir, key, settings.size, max_slices) as builder:
+    channels = len(settings.channel_normalisation or ("image",))
+    with cache.Builder(cache_dir, key, settings.size, max_slices, channels) as builder:
         # One case at a time, in split order: a process pool was slower on the 2-core machine
         # this was measured on (benchmarks/load_time.py); its results cross pipes as pickles.
         part_of = np.repeat(np.arange(3), [len(p) for p in parts])
@@ -182,6 +200,8 @@ def build_cache(
                 "labelled": labelled.tolist(),
                 "n_slices": builder.n_slices,
                 "ranges": ranges,
+                "class_names": list(source.class_names),
+                "channel_names": list(source.channel_names),
                 "settings": {
                     k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()
                 },
@@ -207,7 +227,9 @@ def load_dataset(data_config, workdir: str) -> Splits:
     root = resolve_root(data_config, workdir)
     source = layouts.find_cases(data_config, root)
     settings = make_settings(data_config, source)
-    files = [p for c in source.cases for p in (c.image, c.label) if p is not None]
+    # Image files after the first (BraTS modalities) come between image and label: with one
+    # file per case the list, and so the cache key, is what it always was.
+    files = [p for c in source.cases for p in (*c.image_files, c.label) if p is not None]
     key = cache.fingerprint(files + list(source.extra_files), root, data_config)
     cache_dir = data_config.cache_dir or os.path.join(workdir, "cache")
     found = cache.read(cache_dir, key)
@@ -220,8 +242,11 @@ def load_dataset(data_config, workdir: str) -> Splits:
         logging.info("dataset %s: using cache %s", root, os.path.join(cache_dir, key))
     meta, arrays = found
 
-    # Caches written before unlabelled cases existed have every case labelled.
+    # Caches written before unlabelled cases existed have every case labelled; those written
+    # before classes and channels hold the binary target of one channel, as the source says.
     case_labelled = np.asarray(meta.get("labelled", [True] * len(meta["cases"])), bool)
+    class_names = tuple(meta.get("class_names", source.class_names))
+    channel_names = tuple(meta.get("channel_names", source.channel_names))
 
     def part(name: str) -> SliceSet:
         lo, hi = meta["ranges"][name]
@@ -234,6 +259,8 @@ def load_dataset(data_config, workdir: str) -> Splits:
             spacing=np.asarray(arrays["spacing"][lo:hi]),
             cases=list(meta["cases"]),
             has_label=case_labelled[subject],
+            class_names=class_names,
+            channel_names=channel_names,
         )
 
     splits = Splits(part("train"), part("val"), part("test"), key, source)

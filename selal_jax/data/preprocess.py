@@ -1,4 +1,4 @@
-"""One case -> 2D slices: checks, canonical orientation, target mask, normalisation, in-plane size.
+"""One case -> 2D slices: checks, canonical orientation, class masks, normalisation, in-plane size.
 
 Two passes over a dataset, so that bad data fails before any long work:
   `check_header`: shapes, dimensions, channel choice, affines (reads NIfTI headers only);
@@ -27,15 +27,30 @@ class CaseFiles:
 
     Attributes:
       case_id: subject identifier shown in reports ("case X, slice 57").
-      image: path of the image volume (3D, or 4D with `channel`).
+      image: path of the (first channel's) image volume (3D, or 4D with `channel`); its header
+        gives the case's geometry.
       label: path of the label volume, or None.
       channel: index along the 4th axis of a 4D image; None for 3D images.
+      extra_channels: the input channels after the first, in order, each (path, index along the
+        4th axis or None for a 3D file): other indices of the same 4D file (MSD) or other files
+        (BraTS modalities). () = one input channel, today's single-channel path.
     """
 
     case_id: str
     image: str
     label: str | None
     channel: int | None = None
+    extra_channels: tuple[tuple[str, int | None], ...] = ()
+
+    @property
+    def channel_sources(self) -> tuple[tuple[str, int | None], ...]:
+        """(path, index or None) of every input channel, in channel order."""
+        return ((self.image, self.channel), *self.extra_channels)
+
+    @property
+    def image_files(self) -> tuple[str, ...]:
+        """The distinct image files of the case, the first channel's first."""
+        return tuple(dict.fromkeys(path for path, _ in self.channel_sources))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +61,15 @@ class Settings:
       axis: slicing axis of the canonical (RAS+) volume; 2 = axial.
       size: (H, W) in-plane size of the output slices, pixels.
       resample: 'resize' (bilinear images, nearest labels) or 'crop' (centre crop / zero pad).
-      normalisation: 'zscore' or 'ct_window'.
+      normalisation: 'zscore' or 'ct_window' (of the first channel; of the only one if K = 1).
       ct_window: (lo, hi) HU for 'ct_window'.
-      keep_empty_slices: keep slices whose normalised image is all zero.
+      keep_empty_slices: keep slices whose normalised image is all zero (in every channel).
       target_values: label values that form the binary target; None = any value > 0.
       allowed_labels: label values a label file may contain; None = any non-negative integer.
+      class_values: per foreground class (C >= 2) its label values: voxels of class k get index
+        k (1-based), 0 = background; None = the binary target of `target_values`.
+      channel_normalisation: per input channel (K >= 2) 'zscore' or 'ct_window'; None = one
+        channel, normalised by `normalisation`.
     """
 
     axis: int
@@ -61,13 +80,19 @@ class Settings:
     keep_empty_slices: bool
     target_values: tuple[int, ...] | None
     allowed_labels: tuple[int, ...] | None
+    class_values: tuple[tuple[int, ...], ...] | None = None
+    channel_normalisation: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass
 class Volume:
-    """A canonical (RAS+) volume with its label; arrays are [X, Y, Z]."""
+    """A canonical (RAS+) volume with its label; arrays are [X, Y, Z].
 
-    image: np.ndarray  # float32
+    With K >= 2 input channels the image is channel-first, [K, X, Y, Z], so that each channel is
+    one contiguous volume (normalised in place on its own).
+    """
+
+    image: np.ndarray  # float32, [X, Y, Z] or [K, X, Y, Z]
     label: np.ndarray | None  # integer label values, or None for unlabelled volumes
     spacing: np.ndarray  # [3] float32, mm, canonical axis order
     affine: np.ndarray  # [4, 4] of the canonical image
@@ -77,8 +102,8 @@ class Volume:
 class CaseSlices:
     """The slices of one case, in slice order."""
 
-    images: np.ndarray  # [n, H, W] float32
-    labels: np.ndarray  # [n, H, W] uint8 in {0, 1}
+    images: np.ndarray  # [n, H, W] float32, or [n, H, W, K] for K >= 2 channels
+    labels: np.ndarray  # [n, H, W] uint8 class indices: {0, 1} binary, 0..C with C classes
     slice_index: np.ndarray  # [n] int32, index along `axis` of the canonical volume
     spacing: np.ndarray  # [3] float32, mm
 
@@ -130,6 +155,25 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
         raise DataError(f"{case.image}: unsupported voxel type {img.get_data_dtype()}")
     shape = _spatial_shape(img, case.image, "image", case.channel)
     _check_affine(img.affine, case.image)
+    headers = {case.image: img}
+    for path, channel in case.extra_channels:  # every channel: the first one's shape and affine
+        if path not in headers:
+            headers[path] = load_nifti(path, "image")
+            if headers[path].get_data_dtype().kind not in "iuf":
+                raise DataError(f"{path}: unsupported voxel type {headers[path].get_data_dtype()}")
+        other = headers[path]
+        other_shape = _spatial_shape(other, path, "image", channel)
+        if other_shape != shape:
+            raise DataError(
+                f"{path}: image shape {other_shape} differs from the first channel's {shape} "
+                f"({case.image})"
+            )
+        if not np.allclose(other.affine, img.affine, rtol=1e-4, atol=1e-3):
+            raise DataError(
+                f"{path}: image affine differs from the first channel's ({case.image}):\n"
+                f"channel {np.round(other.affine, 4).tolist()}\n"
+                f"first   {np.round(img.affine, 4).tolist()}"
+            )
     if case.label is None:
         return shape
     lab = load_nifti(case.label, "label")
@@ -163,9 +207,49 @@ def read_canonical(path: str, what: str, channel: int | None, as_float: bool):
     return data, img
 
 
+def read_canonical_channels(
+    sources: tuple[tuple[str, int | None], ...],
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Reads K >= 2 image channels in canonical orientation: ([K, X, Y, Z] float32, first image).
+
+    Each file is read once: a 4D file giving several channels is decompressed once, not once per
+    channel. Every channel is checked for NaN/Inf voxels, naming its file.
+    """
+    by_path: dict[str, list[int | None]] = {}
+    for path, channel in sources:
+        by_path.setdefault(path, []).append(channel)
+    volumes, first = {}, None
+    for path, channels in by_path.items():
+        img = load_nifti(path, "image")
+        try:
+            img = nib.as_closest_canonical(img)  # reorients the 3 spatial axes of a 4D image too
+            data = img.get_fdata(dtype=np.float32)
+        except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
+            raise DataError(
+                f"{path}: cannot read image voxels, truncated or corrupt ({type(e).__name__}: {e})"
+            ) from e
+        for channel in channels:
+            volume = data[..., channel or 0] if data.ndim == 4 else data
+            volumes[path, channel] = np.ascontiguousarray(volume, np.float32)
+        if first is None:
+            first = img
+    image = np.stack([volumes[source] for source in sources])
+    for (path, _), channel in zip(sources, image, strict=True):
+        if not np.all(np.isfinite(channel)):
+            bad = int(np.size(channel) - np.count_nonzero(np.isfinite(channel)))
+            raise DataError(f"{path}: contains {bad} NaN or Inf voxels")
+    return image, first
+
+
 def load_volume(case: CaseFiles) -> Volume:
-    """Reads a case in canonical orientation and checks its voxels (not its label values)."""
-    image, img = read_canonical(case.image, "image", case.channel, as_float=True)
+    """Reads a case in canonical orientation and checks its voxels (not its label values).
+
+    One input channel gives an [X, Y, Z] image, K >= 2 channels a [K, X, Y, Z] one.
+    """
+    if case.extra_channels:
+        image, img = read_canonical_channels(case.channel_sources)
+    else:
+        image, img = read_canonical(case.image, "image", case.channel, as_float=True)
     if not np.all(np.isfinite(image)):
         bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
@@ -193,22 +277,7 @@ def label_target(
     Returns:
       uint8 array of label's shape, 1 where the label is a target value.
     """
-    if label.dtype.kind == "f":
-        if not np.all(np.isfinite(label)):
-            raise DataError(f"{path}: label volume contains NaN or Inf voxels")
-        rounded = np.round(label)
-        if not np.array_equal(rounded, label):
-            examples = np.unique(label[rounded != label])[:5]
-            raise DataError(
-                f"{path}: label values must be integers, found {examples.tolist()} "
-                "(an image given as a label, or labels resampled with interpolation?)"
-            )
-        label = rounded.astype(np.int64)
-    elif label.dtype.kind not in "iu":
-        raise DataError(f"{path}: unsupported label voxel type {label.dtype}")
-    lo, hi = int(label.min()), int(label.max())
-    if lo < 0:
-        raise DataError(f"{path}: negative label value {lo}; labels must be integers >= 0")
+    label, lo, hi = integer_labels(label, path)
     if hi >= 2**16:  # too sparse for a lookup table
         allowed_set = None if allowed is None else np.asarray(allowed)
         if allowed_set is not None and not np.all(np.isin(label, allowed_set)):
@@ -235,6 +304,82 @@ def label_target(
         raise DataError(
             f"{path}: unexpected label values {bad[:10].tolist()}; expected a subset of "
             f"{sorted(allowed)}"
+        )
+    return codes
+
+
+def integer_labels(label: np.ndarray, path: str) -> tuple[np.ndarray, int, int]:
+    """Checks that a label volume holds non-negative integers; returns (label, min, max).
+
+    A float volume of integral values comes back as int64; integer volumes come back as they are.
+    """
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)):
+            raise DataError(f"{path}: label volume contains NaN or Inf voxels")
+        rounded = np.round(label)
+        if not np.array_equal(rounded, label):
+            examples = np.unique(label[rounded != label])[:5]
+            raise DataError(
+                f"{path}: label values must be integers, found {examples.tolist()} "
+                "(an image given as a label, or labels resampled with interpolation?)"
+            )
+        label = rounded.astype(np.int64)
+    elif label.dtype.kind not in "iu":
+        raise DataError(f"{path}: unsupported label voxel type {label.dtype}")
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0:
+        raise DataError(f"{path}: negative label value {lo}; labels must be integers >= 0")
+    return label, lo, hi
+
+
+def label_classes(
+    label: np.ndarray,
+    path: str,
+    class_values: tuple[tuple[int, ...], ...],
+    allowed: tuple[int, ...] | None,
+) -> np.ndarray:
+    """Checks a label volume and maps it to class indices.
+
+    Args:
+      label: integer-valued label volume (any numeric dtype).
+      path: the label file, for error messages.
+      class_values: per foreground class its label values; class k (1-based) gets index k.
+      allowed: values the file may contain (0, the class values and any background values);
+        None = any non-negative integer, values outside every class being background.
+
+    Returns:
+      uint8 array of label's shape: 0 = background, k = class k.
+    """
+    label, _, hi = integer_labels(label, path)
+    values = np.asarray([v for group in class_values for v in group], np.int64)
+    index = np.repeat(np.arange(1, len(class_values) + 1), [len(g) for g in class_values])
+    allowed_set = None if allowed is None else np.asarray(sorted(allowed), np.int64)
+    if hi >= 2**16:  # too sparse for a lookup table
+        if allowed_set is not None and not np.all(np.isin(label, allowed_set)):
+            bad = np.setdiff1d(np.unique(label), allowed_set)
+            raise DataError(
+                f"{path}: unexpected label values {bad[:10].tolist()}; expected a subset of "
+                f"{allowed_set.tolist()} (classes {[list(g) for g in class_values]}; list "
+                "values to ignore in data.background_values)"
+            )
+        out = np.zeros(label.shape, np.uint8)
+        for value, k in zip(values.tolist(), index.tolist(), strict=True):
+            out[label == value] = k
+        return out
+    # One lookup-table pass: class index per value, 255 = not an allowed value.
+    lut = np.zeros(hi + 1, np.uint8)
+    if allowed_set is not None:
+        lut[:] = 255
+        lut[allowed_set[allowed_set <= hi]] = 0
+    keep = values <= hi
+    lut[values[keep]] = index[keep]
+    codes = lut[label]
+    if allowed_set is not None and codes.max(initial=0) == 255:
+        bad = np.unique(label[codes == 255])
+        raise DataError(
+            f"{path}: unexpected label values {bad[:10].tolist()}; expected a subset of "
+            f"{allowed_set.tolist()} (classes {[list(g) for g in class_values]}; list values to "
+            "ignore in data.background_values)"
         )
     return codes
 
@@ -344,14 +489,12 @@ def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
 def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSlices:
     """Canonical volume -> normalised, fitted slices (and the slice indices kept).
 
-    Normalises `volume.image` in place.
+    Normalises `volume.image` in place. K >= 2 channels (settings.channel_normalisation set) give
+    [n, H, W, K] images; labels are class indices either way.
     """
-    if volume.label is None:  # an unlabelled case: its masks stay 0 (SliceSet.has_label says so)
-        target = np.zeros(volume.image.shape, np.uint8)
-    else:
-        target = label_target(
-            volume.label, case.label, settings.target_values, settings.allowed_labels
-        )
+    if settings.channel_normalisation is not None:
+        return _slice_channels(volume, case, settings)
+    target = case_labels(volume, case, settings)
     image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
     images = to_slices(image, settings.axis)
     labels = to_slices(target, settings.axis)
@@ -363,6 +506,46 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
     labels = fit_slices(labels, settings.size, settings.resample, is_label=True)
     return CaseSlices(
         np.ascontiguousarray(images, np.float32),
+        np.ascontiguousarray(labels, np.uint8),
+        index,
+        volume.spacing,
+    )
+
+
+def case_labels(volume: Volume, case: CaseFiles, settings: Settings) -> np.ndarray:
+    """The [X, Y, Z] uint8 class indices of a case (the binary target when C = 1)."""
+    shape = volume.image.shape[-3:]
+    if volume.label is None:  # an unlabelled case: its masks stay 0 (SliceSet.has_label says so)
+        return np.zeros(shape, np.uint8)
+    if settings.class_values is None:
+        return label_target(
+            volume.label, case.label, settings.target_values, settings.allowed_labels
+        )
+    return label_classes(volume.label, case.label, settings.class_values, settings.allowed_labels)
+
+
+def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSlices:
+    """`slice_volume` for K >= 2 input channels ([K, X, Y, Z] image): each channel normalised,
+    sliced and fitted on its own exactly as a single channel is; slices [n, H, W, K]."""
+    image = volume.image
+    if image.ndim != 4 or len(image) != len(settings.channel_normalisation):
+        raise ValueError(
+            f"{case.image}: {len(settings.channel_normalisation)} channels expected, got an "
+            f"image of shape {image.shape}"
+        )
+    labels = to_slices(case_labels(volume, case, settings), settings.axis)
+    channels = []
+    for channel, method in zip(image, settings.channel_normalisation, strict=True):
+        normalise(channel, method, settings.ct_window, in_place=True)
+        channels.append(to_slices(channel, settings.axis))
+    index = np.arange(len(labels), dtype=np.int32)
+    if not settings.keep_empty_slices:  # a slice is empty when every channel is
+        keep = np.any([c.reshape(len(c), -1).any(axis=1) for c in channels], axis=0)
+        channels, labels, index = [c[keep] for c in channels], labels[keep], index[keep]
+    fitted = [fit_slices(c, settings.size, settings.resample, is_label=False) for c in channels]
+    labels = fit_slices(labels, settings.size, settings.resample, is_label=True)
+    return CaseSlices(
+        np.ascontiguousarray(np.stack(fitted, axis=-1), np.float32),
         np.ascontiguousarray(labels, np.uint8),
         index,
         volume.spacing,

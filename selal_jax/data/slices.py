@@ -13,16 +13,18 @@ class SliceSet:
     """2D slices of one split.
 
     Attributes:
-      images: [N, H, W] float32 normalised intensities (may be a read-only memmap).
-      labels: [N, H, W] uint8 binary target masks (may be a read-only memmap).
+      images: [N, H, W] float32 normalised intensities of one input channel, or [N, H, W, K]
+        for K >= 2 channels (may be a read-only memmap).
+      labels: [N, H, W] uint8 class indices 0..C, 0 = background: binary {0, 1} target masks
+        when C = 1 (may be a read-only memmap).
       subject: [N] int32 index into `cases` of the volume each slice came from.
       slice_index: [N] int32 index of the slice along the slicing axis of the canonical volume.
       spacing: [N, 3] float32 voxel spacing (mm) of the source volume, canonical axis order.
       cases: case identifiers (e.g. file stems), indexed by `subject`.
       has_label: [N] bool, False for slices of cases without a label file (their `labels` are
         0 and mean nothing); None at construction means every slice has one.
-      class_names: names of the C foreground classes (label index c + 1 is class_names[c]).
-      channel_names: names of the K image channels.
+      class_names: the C >= 1 foreground class names; label k is class_names[k - 1].
+      channel_names: the K input channel names, in channel order.
     """
 
     images: np.ndarray
@@ -44,17 +46,17 @@ class SliceSet:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(H, W) in-plane size."""
+        """(H, W) of the slices."""
         return tuple(self.images.shape[1:3])
 
     @property
     def num_classes(self) -> int:
-        """C, the number of foreground classes (1: binary)."""
+        """C, the foreground classes (1 = the binary target)."""
         return len(self.class_names)
 
     @property
     def channels(self) -> int:
-        """K, the number of image channels."""
+        """K, the input channels."""
         return 1 if self.images.ndim == 3 else int(self.images.shape[3])
 
     def describe(self, i: int) -> str:

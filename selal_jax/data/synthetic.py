@@ -5,6 +5,11 @@ bias field and Rician-like noise, plus a label volume with a few small irregular
 them faint). Lesions occupy a minority of axial slices and roughly 0.2-3 % of a positive slice,
 so most slices have no target at all: the imbalance the paper is about.
 
+The 'multiclass' kind (data.synthetic.kind) has two input channels and two classes: each lesion
+is a bright core (label 2) inside a larger halo (label 1). Channel 0 ("MRI_A") shows mostly the
+core, channel 1 ("MRI_B") mostly the halo, with the core a little darker than the halo there: a
+different contrast per channel, so that both channels are needed to tell the classes apart.
+
 The cohort goes through `selal_jax.data.layouts.msd_source` exactly like a downloaded MSD task.
 """
 
@@ -19,7 +24,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from selal_jax.data.preprocess import DataError
+
 DATASET_NAME = "SyntheticLesions"
+MULTICLASS_NAME = "SyntheticHaloCore"
+KINDS = ("binary", "multiclass")  # data.synthetic.kind
+# Default cohort folder under the workdir, per kind (the binary one is where it always was).
+FOLDERS = {"binary": "synthetic_cohort", "multiclass": "synthetic_multiclass"}
+MULTICLASS_LABELS = {"0": "background", "1": "halo", "2": "core"}
+MULTICLASS_MODALITIES = {"0": "MRI_A", "1": "MRI_B"}
 
 
 def _smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
@@ -87,20 +100,104 @@ def make_subject(rng: np.random.Generator, shape: tuple[int, int, int], spacing=
     return image, label
 
 
+def _body(rng: np.random.Generator, shape, x, y, z) -> np.ndarray:
+    rx = rng.uniform(0.65, 0.85) * (1 - 0.25 * z**2)
+    ry = rng.uniform(0.55, 0.8) * (1 - 0.25 * z**2)
+    wobble = 0.06 * _smooth_noise(rng, shape, (6, 6, 3))
+    return ((x / rx) ** 2 + (y / ry) ** 2) < (1 + wobble)
+
+
+def _mri(rng: np.random.Generator, image: np.ndarray, shape) -> np.ndarray:
+    """Bias field, Rician-like noise and the 1000 scale of `make_subject`, for one channel."""
+    image = image * np.exp(0.2 * _smooth_noise(rng, shape, (16, 16, 8)))
+    sigma = 0.06
+    noisy = np.sqrt(
+        (image + sigma * rng.standard_normal(shape)) ** 2
+        + (sigma * rng.standard_normal(shape)) ** 2
+    )
+    return (1000.0 * noisy).astype(np.float32)
+
+
+def _ball(grid, centre, radii, distortion) -> np.ndarray:
+    """A distorted ellipsoid: voxels whose scaled distance to `centre` plus `distortion` is < 1."""
+    d = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)))
+    return d + distortion < 1.0
+
+
+def make_multiclass_subject(
+    rng: np.random.Generator, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (image [X, Y, Z, 2] float32, label [X, Y, Z] uint8 in {0, 1, 2}).
+
+    One to three lesions per subject: a halo (label 1) of in-plane radius about 4-8 voxels at
+    64x64 (scaled with the in-plane size) around a core (label 2) of radius about 2-4. Channel 0:
+    core +1.0, halo +0.05 over the tissue; channel 1: halo +0.8, core +0.3.
+    """
+    nx, ny, nz = shape
+    x, y, z = np.meshgrid(
+        np.linspace(-1, 1, nx), np.linspace(-1, 1, ny), np.linspace(-1, 1, nz), indexing="ij"
+    )
+    body = _body(rng, shape, x, y, z)
+    tissue = []
+    for _ in range(2):  # each channel its own texture
+        texture = 0.5 + 0.12 * _smooth_noise(rng, shape, (2, 2, 1))
+        classes = _smooth_noise(rng, shape, (5, 5, 2)) > 0.3
+        tissue.append(np.where(body, texture + 0.15 * classes, 0.0))
+    label = np.zeros(shape, np.uint8)
+    scale = min(nx, ny) / 64.0
+    grid = np.arange(nx)[:, None, None], np.arange(ny)[None, :, None], np.arange(nz)[None, None, :]
+    for _ in range(rng.integers(1, 4)):
+        for _attempt in range(50):
+            c = np.array(
+                [rng.uniform(0.25, 0.75) * n for n in (nx, ny)] + [rng.uniform(0.2, 0.8) * nz]
+            )
+            if body[tuple(c.astype(int))]:
+                break
+        halo_r = max(rng.uniform(4.0, 8.0) * scale, 2.5)
+        core_r = max(rng.uniform(0.4, 0.55) * halo_r, 1.5)
+        half_depth = rng.uniform(1.5, 3.5)  # slices: halos span about 3-7 slices
+        distortion = 0.25 * _smooth_noise(rng, shape, (2, 2, 1))
+
+        halo = _ball(grid, c, (halo_r, halo_r, half_depth), distortion) & body
+        core = _ball(grid, c, (core_r, core_r, max(0.6 * half_depth, 1.0)), distortion) & halo
+        label[halo & (label == 0)] = 1
+        label[core] = 2
+    halo, core = label == 1, label == 2
+    for k, (halo_gain, core_gain) in enumerate(((0.05, 1.0), (0.8, 0.3))):
+        lesion = halo_gain * halo + core_gain * core
+        tissue[k] = tissue[k] + ndimage.gaussian_filter(lesion.astype(np.float32), 0.7)
+    image = np.stack([_mri(rng, t, shape) for t in tissue], axis=-1)
+    return image, label
+
+
 def write_cohort(
     root: str,
     n_subjects: int = 32,
     shape: tuple[int, int, int] = (64, 64, 32),
     seed: int = 0,
     spacing: tuple[float, float, float] = (1.0, 1.0, 2.0),
+    kind: str = "binary",
 ) -> str:
     """Writes the cohort to `root` (imagesTr/, labelsTr/, dataset.json) and returns `root`.
 
     The write is atomic: the cohort is built in a temporary sibling folder and renamed into place,
-    so an interrupted generation leaves nothing at `root`. An existing complete cohort is kept.
+    so an interrupted generation leaves nothing at `root`. An existing complete cohort is kept
+    (one of the other kind there is an error).
     """
-    if os.path.exists(os.path.join(root, "dataset.json")):
+    if kind not in KINDS:
+        raise ValueError(f"config field data.synthetic.kind: expected one of {KINDS}, got {kind!r}")
+    meta_path = os.path.join(root, "dataset.json")
+    if os.path.exists(meta_path):
+        if kind == "multiclass" or _stored_name(meta_path) == MULTICLASS_NAME:
+            wanted = MULTICLASS_NAME if kind == "multiclass" else DATASET_NAME
+            if _stored_name(meta_path) != wanted:
+                raise DataError(
+                    f"{meta_path}: holds another synthetic cohort than data.synthetic.kind "
+                    f"{kind!r} asks for; choose another data.root"
+                )
         return root
+    if kind == "multiclass":
+        return _write_multiclass(root, n_subjects, shape, seed, spacing)
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
@@ -122,6 +219,56 @@ def write_cohort(
             "tensorImageSize": "3D",
             "modality": {"0": "MRI"},
             "labels": {"0": "background", "1": "lesion"},
+            "numTraining": n_subjects,
+            "numTest": 0,
+            "training": training,
+            "test": [],
+        }
+        with open(os.path.join(tmp, "dataset.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        if os.path.exists(root):
+            shutil.rmtree(root)  # an incomplete earlier attempt (no dataset.json)
+        os.rename(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _stored_name(meta_path: str) -> str | None:
+    try:
+        with open(meta_path) as f:
+            return json.load(f).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_multiclass(root: str, n_subjects: int, shape, seed: int, spacing) -> str:
+    """The multiclass cohort (4D images, labels {0, 1, 2}), written atomically in the MSD layout."""
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, "imagesTr"))
+        os.makedirs(os.path.join(tmp, "labelsTr"))
+        affine = np.diag([*spacing, 1.0]).astype(np.float64)
+        training = []
+        for i in range(n_subjects):
+            # Its own stream ("multiclass" salt): not the binary cohort's subjects.
+            rng = np.random.default_rng([seed, i, 2])
+            image, label = make_multiclass_subject(rng, tuple(shape))
+            name = f"halo_{i:03d}.nii.gz"
+            nib.save(nib.Nifti1Image(image, affine), os.path.join(tmp, "imagesTr", name))
+            nib.save(nib.Nifti1Image(label, affine), os.path.join(tmp, "labelsTr", name))
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        meta = {
+            "name": MULTICLASS_NAME,
+            "description": (
+                f"selal-jax synthetic halo/core cohort (seed {seed}, shape {list(shape)}, 2 channels)"
+            ),
+            "tensorImageSize": "4D",
+            "modality": dict(MULTICLASS_MODALITIES),
+            "labels": dict(MULTICLASS_LABELS),
             "numTraining": n_subjects,
             "numTest": 0,
             "training": training,
