@@ -35,15 +35,15 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 from absl import logging
 from nibabel import orientations
 
-from selal_jax import checkpointing, loop, rng
+from selal_jax import checkpointing, loop, parallel, rng
 from selal_jax.data import layouts, loading, preprocess
 from selal_jax.data.preprocess import CaseFiles, DataError
-from selal_jax.train import padded_batches
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
 PLANES = ("sagittal", "coronal", "axial")  # slicing along canonical (RAS) axis 0, 1, 2
@@ -155,21 +155,28 @@ def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def predict_batch(variables, images: jax.Array, *, model) -> jax.Array:
-    """[batch, H, W] images -> [batch, H, W] bool masks at P > 0.5 (deterministic model)."""
-    return model.apply(variables, images, False) > 0
+    """Images [batch, H, W(, K)] -> [batch, H, W] uint8 class indices of the deterministic
+    model: P > 0.5 for the binary head, the argmax class for several classes."""
+    logits = model.apply(variables, images, False)
+    if logits.ndim == 4:
+        return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+    return (logits > 0).astype(jnp.uint8)
 
 
 def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
-    """[n, H, W] uint8 predicted masks of pool ids, in fixed-shape batches."""
-    batch_size = int(experiment.config.train.eval_batch_size)
-    out = []
-    for idx, n_valid in padded_batches(len(ids), batch_size):
-        images = experiment.train.images[ids[idx]]
-        out.append(
-            (predict_batch(experiment.state.variables, images, model=experiment.model), n_valid)
-        )
-    host = jax.device_get([o for o, _ in out])
-    return np.concatenate([h[:n] for h, (_, n) in zip(host, out, strict=True)]).astype(np.uint8)
+    """[n, H, W] uint8 predicted class indices (binary: masks) of pool ids."""
+    variables, model = experiment.state.variables, experiment.model
+
+    def predict(_, images):
+        return predict_batch(variables, images, model=model)
+
+    masks = parallel.map_batches(
+        predict,
+        ids,
+        experiment.train.images,
+        batch_size=int(experiment.config.train.eval_batch_size),
+    )
+    return masks
 
 
 @dataclasses.dataclass

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from selal_jax import parallel
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet
-from selal_jax.train import padded_batches
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -43,20 +43,12 @@ def embed(
     model: UNet, variables, images, ids, batch_size: int, target_threshold=0.1, boundary_width=0.1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features [n, C] float32, predicted target pixels [n], boundary pixels [n]) of `ids`."""
-    ids = np.asarray(ids, np.int64)
-    outs = []
-    for idx, n_valid in padded_batches(len(ids), batch_size):
-        batch = np.asarray(images[ids[idx]], np.float32)
-        out = _embed_batch(
-            variables, batch, np.float32(target_threshold), np.float32(boundary_width), model=model
-        )
-        outs.append((out, n_valid))
-    if not outs:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    host = jax.device_get([o for o, _ in outs])
-    return tuple(
-        np.concatenate([h[i][:n] for h, (_, n) in zip(host, outs, strict=True)]) for i in range(3)
-    )
+    t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
+
+    def embed_batch(_, images):
+        return _embed_batch(variables, images, t_arr, b_arr, model=model)
+
+    return parallel.map_batches(embed_batch, ids, images, batch_size=batch_size)
 
 
 def redundancy(features: np.ndarray) -> float | None:

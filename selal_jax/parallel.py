@@ -203,3 +203,68 @@ def primary_first(fn):
     result = fn() if is_primary() else None
     multihost_utils.sync_global_devices("selal_jax.primary_first")
     return result if is_primary() else fn()
+
+
+def padded_batches(n: int, batch_size: int):
+    """Yields (index array of length batch_size, n_valid) over range(n); the last one is padded
+    with index 0 (fixed shapes: one compilation for every batch)."""
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        n_valid = len(idx)
+        if n_valid < batch_size:
+            idx = np.concatenate([idx, np.zeros(batch_size - n_valid, np.int64)])
+        yield idx, n_valid
+
+
+def _ids_batch(mesh: Mesh | None, batch_ids: np.ndarray):
+    """The batch's ids as int32, split over the mesh like the other inputs."""
+    if mesh is None:
+        return batch_ids.astype(np.int32)
+    return global_batch(mesh, batch_ids[local_rows(mesh, len(batch_ids))].astype(np.int32))
+
+
+def map_batches(fn, ids, *arrays, batch_size: int, mesh: Mesh | None = None, on_batch=None):
+    """`fn` over the rows `ids` of host arrays, in fixed-shape batches; one transfer back.
+
+    The one batching loop of the project (big_vision's pad-shard-unpad): for each batch of
+    `batch_size` ids (the last padded by repeating its first id), gathers `array[batch_ids]` of
+    every host array (NumPy or memmap [N, ...]), places it on the device(s), calls
+    `fn(batch_ids, *batch_arrays)` (batch_ids as int32), and after the last batch fetches every
+    result in one `device_get` and drops the padding rows.
+
+    Args:
+      fn: a jitted function returning a pytree of [batch, ...] arrays.
+      ids: [n] row ids (pool ids) to map over; empty gives zero rows of the right shapes.
+      arrays: host arrays indexed by `ids`.
+      batch_size: rows per call (global: over all devices of `mesh`).
+      mesh: None (one device, NumPy batches) or a mesh: each batch is split over its devices
+        (`host_batch`; each process reads only its own rows) and results are gathered on every
+        process.
+      on_batch: called with the number of rows done each time a batch's results are ready (one
+        batch behind the dispatch, so that waiting for it does not stall the device).
+
+    Returns:
+      The pytree of `fn`'s outputs as NumPy arrays with len(ids) rows.
+    """
+    ids = np.asarray(ids, np.int64)
+    if mesh is not None:
+        check_batch_size("batch size", batch_size, mesh.size)
+    outs, done = [], 0
+    for idx, n_valid in padded_batches(len(ids), batch_size):
+        batch_ids = ids[idx]
+        out = fn(_ids_batch(mesh, batch_ids), *host_batch(mesh, batch_ids, *arrays))
+        if on_batch is not None and outs:
+            jax.block_until_ready(outs[-1][0])
+            done += outs[-1][1]
+            on_batch(done)
+        outs.append((out, n_valid))
+    if not outs:  # no rows: zeros of the shapes one batch would give
+        sample = np.zeros(1, np.int64)
+        shapes = jax.eval_shape(fn, _ids_batch(None, sample), *host_batch(None, sample, *arrays))
+        return jax.tree_util.tree_map(lambda x: np.zeros((0, *x.shape[1:]), x.dtype), shapes)
+    host = fetch(mesh, [o for o, _ in outs])
+    if on_batch is not None:
+        on_batch(len(ids))
+    return jax.tree_util.tree_map(
+        lambda *xs: np.concatenate([x[:n] for x, (_, n) in zip(xs, outs, strict=True)]), *host
+    )

@@ -493,24 +493,12 @@ def score_pool(
       SliceStats of NumPy arrays [len(candidate_ids)] (per-class fields [len(candidate_ids), C],
       C = 1 for a binary head), aligned with `candidate_ids`.
     """
-    candidate_ids = np.asarray(candidate_ids, np.int64)
-    n = len(candidate_ids)
     t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
     if mesh is not None:
         variables = parallel.put_replicated(mesh, variables)
-    outs = []
-    for start in range(0, n, batch_size):
-        ids = candidate_ids[start : start + batch_size]
-        n_valid = len(ids)
-        if n_valid < batch_size:  # pad to the fixed shape: one compilation for the whole pool
-            ids = np.concatenate([ids, np.full(batch_size - n_valid, ids[0])])
-        if mesh is None:
-            batch_images, batch_ids = np.asarray(images[ids], np.float32), ids.astype(np.int32)
-        else:  # global arrays, of which this process reads and transfers only its own rows
-            rows = ids[parallel.local_rows(mesh, batch_size)]
-            batch_images = parallel.global_batch(mesh, np.asarray(images[rows], np.float32))
-            batch_ids = parallel.global_batch(mesh, rows.astype(np.int32))
-        stats = score_batch(
+
+    def score(batch_ids, batch_images):
+        return score_batch(
             variables,
             batch_images,
             batch_ids,
@@ -523,18 +511,18 @@ def score_pool(
             passes=passes,
             reuse_encoder=reuse_encoder,
         )
-        outs.append((stats, n_valid))
-        if progress is not None:
-            progress.update(start + n_valid)
-    host = parallel.fetch(mesh, [s for s, _ in outs])
-    if not host:
-        n_classes = max(int(model.num_logits) - 1, 1)
-        per_slice = (np.zeros(0, np.float32) for _ in range(6))
-        per_class = (np.zeros((0, n_classes), np.float32) for _ in range(2))
-        return SliceStats(*per_slice, *per_class)
-    return SliceStats(
-        *(
-            np.concatenate([h[i][:nv] for h, (_, nv) in zip(host, outs, strict=True)])
-            for i in range(len(SliceStats._fields))
-        )
+
+    on_batch = None if progress is None else progress.update
+    return parallel.map_batches(
+        score, candidate_ids, _Float32(images), batch_size=batch_size, mesh=mesh, on_batch=on_batch
     )
+
+
+class _Float32:
+    """Rows of a host array read as float32 (the scoring programs' input dtype)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __getitem__(self, rows):
+        return np.asarray(self.array[rows], np.float32)

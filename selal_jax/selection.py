@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import rng, scoring
+from selal_jax import parallel, rng, scoring
 
 MODES = ("all", "target", "boundary", "selective")
 AGGREGATIONS = ("sum", "mean")
@@ -472,27 +472,15 @@ def select_from_probs(
     stacked = np.moveaxis(stacked, 0, 1).astype(np.float32)  # [U, passes, H, W] or [..., L, H, W]
     if multiclass:
         stacked = np.moveaxis(stacked, 2, -1)  # [U, passes, H, W, L], as the model's logits
-        fill = 1.0 / stacked.shape[-1]
-    else:
-        fill = 0.5
-    batches = []
-    for start in range(0, len(candidates), batch_size):
-        chunk = stacked[start : start + batch_size]
-        n_valid = len(chunk)
-        if n_valid < batch_size:  # pad to the fixed shape: one compilation
-            chunk = np.concatenate(
-                [chunk, np.full((batch_size - n_valid, *chunk.shape[1:]), fill, np.float32)]
-            )
-        stats = scoring.stats_from_probs(
-            chunk,
-            np.float32(target_threshold),
-            np.float32(boundary_width),
-            strategy=strategy,
-            convention=convention,
+    t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
+
+    def stats_of(_, chunk):
+        return scoring.stats_from_probs(
+            chunk, t_arr, b_arr, strategy=strategy, convention=convention
         )
-        batches.append(jax.tree_util.tree_map(lambda x, n=n_valid: x[:n], stats))
+
     stats = _as_stats_numpy(
-        jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *batches)
+        parallel.map_batches(stats_of, np.arange(len(candidates)), stacked, batch_size=batch_size)
     )
     return select(
         stats,

@@ -188,16 +188,6 @@ def eval_batch(variables, images: Array, labels: Array, *, model: UNet) -> dict[
     }
 
 
-def padded_batches(n: int, batch_size: int):
-    """Yields (index array of length batch_size, n_valid); the last one is padded with index 0."""
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
-        n_valid = len(idx)
-        if n_valid < batch_size:
-            idx = np.concatenate([idx, np.zeros(batch_size - n_valid, np.int64)])
-        yield idx, n_valid
-
-
 def evaluate(
     model: UNet,
     variables,
@@ -214,17 +204,14 @@ def evaluate(
     ids = np.arange(len(data)) if ids is None else np.asarray(ids)
     if mesh is not None:
         variables = parallel.put_replicated(mesh, variables)
-    outs = []
-    for idx, n_valid in padded_batches(len(ids), batch_size):
-        sel = ids[idx]
-        out = eval_batch(
-            variables, *parallel.host_batch(mesh, sel, data.images, data.labels), model=model
-        )
-        outs.append((out, n_valid))
-    host = parallel.fetch(mesh, [o for o, _ in outs])  # one transfer for the whole split
-    return {
-        k: np.concatenate([h[k][:n] for h, (_, n) in zip(host, outs, strict=True)]) for k in host[0]
-    }
+
+    def terms(_, images, labels):
+        return eval_batch(variables, images, labels, model=model)
+
+    # One transfer for the whole split.
+    return parallel.map_batches(
+        terms, ids, data.images, data.labels, batch_size=batch_size, mesh=mesh
+    )
 
 
 def dice_scores(terms: dict[str, np.ndarray], smooth: float = 1e-5) -> tuple[float, float]:

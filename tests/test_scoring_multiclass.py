@@ -306,7 +306,9 @@ def test_empty_pool_stats_have_per_class_columns(tiny_multiclass_model):
     stats = _score_pool(model, variables, images, np.arange(0), 4, "entropy", passes=1)
     assert stats.target_sum.shape == (0,) and stats.class_target_sum.shape == (0, 3)
     binary = UNet(base_width=4, depth=2)
-    stats = _score_pool(binary, None, images, np.arange(0), 4, "entropy", passes=1)
+    channels = 1 if images.ndim == 3 else images.shape[-1]
+    binary_variables = init_variables(binary, jax.random.key(0), 32, 32, channels=channels)
+    stats = _score_pool(binary, binary_variables, images, np.arange(0), 4, "entropy", passes=1)
     assert stats.class_target_count.shape == (0, 1)
 
 

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from selal_jax import scoring, train
+from selal_jax import parallel, scoring
 from selal_jax.bench.config import (
     BOUNDARY_WIDTH,
     REFERENCE_MODE,
@@ -76,7 +76,7 @@ def reference_section(bench: Bench) -> dict:
         start = time.perf_counter()
         # The published code copies every probability map of the pool to the host first.
         probs = np.empty((c.pool_size, c.image_size, c.image_size), np.float32)
-        for idx, n_valid in train.padded_batches(c.pool_size, batch):
+        for idx, n_valid in parallel.padded_batches(c.pool_size, batch):
             out = np.asarray(compiled(bench.variables, bench.pool[idx]))
             probs[idx[:n_valid]] = out[:n_valid]
         forward_done = time.perf_counter()
