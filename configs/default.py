@@ -4,6 +4,7 @@ Run lines:
   python launch.py --config=configs/default.py --workdir=runs/demo
   python launch.py --config=configs/default.py --config.al.strategy=bald --config.al.mode=selective
   python launch.py --config=configs/default.py:smoke --workdir=/tmp/smoke   # tiny, < 1 minute
+  python launch.py --config=configs/default.py:multiclass --workdir=runs/multiclass  # 2 classes
   python launch.py sweep --config=configs/default.py:sweep --workdir=runs/sweep  # README table
   python launch.py --config=configs/default.py --config.al.annotator=human --workdir=runs/mine
   python launch.py query --workdir=runs/mine        # then: import-labels --labels=DIR, run
@@ -160,6 +161,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         al.initial_size = 8
         al.query_size = 6
         al.rounds = 2
+    elif arg == "multiclass":  # the multi-class demo: halo and core, two MRI-like channels
+        data.synthetic.kind = "multiclass"  # written to <workdir>/synthetic_multiclass
+        data.modality = "all"  # both channels (MRI_A, MRI_B), each z-scored on its own
+        data.classes = "all"  # halo (1) and core (2): a 3-logit softmax head
     elif arg == "sweep":  # the README's CPU sweep: fewer, larger rounds and shorter training
         al.query_size = 40
         al.rounds = 4
@@ -167,6 +172,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         train.patience = 4
     elif arg:
         raise ValueError(
-            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', 'sweep' or none"
+            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', 'multiclass', 'sweep' or none"
         )
     return config

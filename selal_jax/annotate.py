@@ -118,7 +118,7 @@ def prefill_volume(
     settings: preprocess.Settings,
     canonical_index: np.ndarray,
     masks: np.ndarray,
-    fill_value: int,
+    label_values: np.ndarray,
 ) -> np.ndarray:
     """The label volume to export, in the file's voxel order.
 
@@ -126,25 +126,31 @@ def prefill_volume(
       geometry: the case's file geometry.
       settings: the loader's settings (axis, size, resample).
       canonical_index: [n] indices of the queried slices along settings.axis (canonical).
-      masks: [n, H, W] {0, 1} masks of those slices at data.size.
-      fill_value: label value written where a mask is 1.
+      masks: [n, H, W] class indices of those slices at data.size ({0, 1} for one class).
+      label_values: [C + 1] label value written for each class index
+        (`preprocess.label_value_table`), or one int: the value of a binary mask's 1.
 
     Returns:
-      uint8 array of geometry.shape, `fill_value` on the masks, 0 elsewhere.
+      uint8 (uint16 for label values above 255) array of geometry.shape: each class's label
+      value on the queried slices, 0 elsewhere.
     """
-    canonical = np.zeros(geometry.canonical_shape(), np.uint8)
+    label_values = np.asarray(label_values)
+    if label_values.ndim == 0:
+        label_values = np.asarray([0, int(label_values)])
+    dtype = np.uint8 if label_values.max() <= 255 else np.uint16
+    canonical = np.zeros(geometry.canonical_shape(), dtype)
     stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
     planes = preprocess.unfit_slices(
         np.asarray(masks, np.uint8), stack.shape[1:], settings.resample
     )
-    stack[np.asarray(canonical_index)] = planes * np.uint8(fill_value)
+    stack[np.asarray(canonical_index)] = label_values.astype(dtype)[planes]
     return geometry.to_file(canonical)
 
 
 def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
     """Saves `data` as NIfTI with the source image's affine, qform/sform codes and units."""
     source = preprocess.load_nifti(case.image)
-    image = nib.Nifti1Image(np.ascontiguousarray(data, np.uint8), source.affine)
+    image = nib.Nifti1Image(np.ascontiguousarray(data), source.affine)
     header = source.header
     if hasattr(header, "get_sform"):  # NIfTI sources: viewers read the codes, keep them
         image.set_sform(*header.get_sform(coded=True))
@@ -246,10 +252,6 @@ def _awaited(experiment: loop.Experiment) -> tuple[int, np.ndarray]:
     return experiment.awaiting, np.asarray(experiment.history[-1]["queried"], np.int64)
 
 
-def _fill_value(settings: preprocess.Settings) -> int:
-    return int(settings.target_values[0]) if settings.target_values else 1
-
-
 def export_query(config, workdir: str, out: str | None = None) -> str:
     """Writes the awaited round's query for the annotator; returns the folder written.
 
@@ -266,6 +268,8 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
         finally:
             experiment.close()
     settings = loading.make_settings(config.data, experiment.splits.source)
+    label_values = preprocess.label_value_table(settings)
+    class_names = ("background", *experiment.train.class_names)
     out = os.path.abspath(out or os.path.join(workdir, "queries", f"round_{r:03d}"))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise AnnotationError(
@@ -284,7 +288,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
                 settings,
                 qc.canonical_index,
                 masks[qc.positions],
-                _fill_value(settings),
+                label_values,
             )
             write_label_volume(os.path.join(tmp, name), data, qc.case)
             for k, position in enumerate(qc.positions):
@@ -310,7 +314,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
             "round": r,
             "workdir": os.path.abspath(workdir),
             "n_slices": len(ids),
-            "fill_value": _fill_value(settings),
+            "label_values": dict(zip(class_names[1:], label_values[1:].tolist(), strict=True)),
             "axis_note": AXIS_NOTE,
             "cases": [
                 {
@@ -369,10 +373,8 @@ def read_correction(
         return None, [str(e)]
     reasons, target = [], None
     try:
-        target = preprocess.label_target(
-            label, path, settings.target_values, settings.allowed_labels
-        )
-    except DataError as e:  # non-integer, negative or unexpected values
+        target = preprocess.label_indices(label, path, settings)
+    except DataError as e:  # non-integer, negative or values outside the classes
         reasons.append(str(e))
     stack = np.moveaxis(label, settings.axis, 0)
     outside = np.ones(len(stack), bool)

@@ -19,6 +19,7 @@ import os
 from absl import logging
 
 from selal_jax import loop, report
+from selal_jax.data import synthetic
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:
@@ -53,7 +54,7 @@ def run_config(
     c = copy.deepcopy(config)
     c.seed = seed
     if c.data.layout == "synthetic" and not c.data.root:
-        c.data.root = os.path.join(workdir, "synthetic_cohort")
+        c.data.root = os.path.join(workdir, synthetic.FOLDERS[c.data.synthetic.kind])
     if not c.data.get("cache_dir"):
         c.data.cache_dir = os.path.join(workdir, "cache")
     if strategy is not None:

@@ -624,3 +624,63 @@ def test_an_interrupted_save_is_not_a_checkpoint(tmp_path, cohort_root):
     os.makedirs(tmp_path / "checkpoints" / "0.orbax-checkpoint-tmp-1700000000")
     with pytest.raises(annotate.AnnotationError, match="no checkpoint"):
         annotate.export_query(config, str(tmp_path))
+
+
+# ------------------------------------------------ the clinician round trip with several classes
+
+
+@pytest.fixture(scope="module")
+def multiclass_overrides(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("mc") / "cohort")
+    return {"data.root": root, "data.synthetic.kind": "multiclass", **TRAIN}
+
+
+@pytest.fixture(scope="module")
+def multiclass_simulated(tmp_path_factory, multiclass_overrides):
+    config = smoke_config(**multiclass_overrides, **{"al.rounds": 1})
+    workdir = str(tmp_path_factory.mktemp("mc-simulated"))
+    return config, workdir, loop.run(config, workdir)
+
+
+def test_multiclass_clinician_reproduces_the_simulated_loop(
+    multiclass_simulated, multiclass_overrides, tmp_path
+):
+    sim_config, _, sim_history = multiclass_simulated
+    assert list(sim_history[0]["dice_per_class"]) == ["halo", "core"]
+    config = smoke_config(**multiclass_overrides, **{"al.rounds": 1, "al.annotator": "human"})
+    workdir = str(tmp_path / "human")
+    root = config.data.root
+
+    def truth(case_id):
+        return os.path.join(root, "labelsTr", f"{case_id}.nii.gz")
+
+    loop.run(config, workdir)
+    export = annotate.export_query(config, workdir)
+    with open(os.path.join(export, annotate.QUERY_JSON)) as f:
+        assert json.load(f)["label_values"] == {"halo": 1, "core": 2}
+    # The prefill holds the model's argmax classes written as the dataset's label values.
+    prefilled = np.unique(
+        np.concatenate(
+            [
+                np.asarray(nib.load(os.path.join(export, "labels", name)).dataobj).ravel()
+                for name in os.listdir(os.path.join(export, "labels"))
+            ]
+        )
+    )
+    assert set(prefilled.tolist()) <= {0, 1, 2}
+    # A value outside the classes is refused by file and value; nothing is imported.
+    spoiled = str(tmp_path / "spoiled")
+    shutil.copytree(export, spoiled)
+    correct(spoiled, truth)
+    name = sorted(os.listdir(os.path.join(spoiled, "labels")))[0]
+    path = os.path.join(spoiled, "labels", name)
+    image = nib.load(path)
+    data = np.asarray(image.dataobj).copy()
+    data[data == 2] = 7
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), path)
+    with pytest.raises(annotate.AnnotationError, match=rf"{name}.*unexpected label values \[7\]"):
+        annotate.import_labels(config, workdir, spoiled)
+    correct(export, truth)
+    annotate.import_labels(config, workdir, export)
+    final = loop.run(config, workdir)
+    assert comparable(final) == comparable(sim_history)

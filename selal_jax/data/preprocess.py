@@ -517,11 +517,25 @@ def case_labels(volume: Volume, case: CaseFiles, settings: Settings) -> np.ndarr
     shape = volume.image.shape[-3:]
     if volume.label is None:  # an unlabelled case: its masks stay 0 (SliceSet.has_label says so)
         return np.zeros(shape, np.uint8)
+    return label_indices(volume.label, case.label, settings)
+
+
+def label_indices(label: np.ndarray, path: str, settings: Settings) -> np.ndarray:
+    """A label volume (of the file `path`) -> uint8 class indices as the loader maps them: the
+    binary target (C = 1) or the classes of `settings.class_values`; bad values raise
+    DataError naming the file."""
     if settings.class_values is None:
-        return label_target(
-            volume.label, case.label, settings.target_values, settings.allowed_labels
-        )
-    return label_classes(volume.label, case.label, settings.class_values, settings.allowed_labels)
+        return label_target(label, path, settings.target_values, settings.allowed_labels)
+    return label_classes(label, path, settings.class_values, settings.allowed_labels)
+
+
+def label_value_table(settings: Settings) -> np.ndarray:
+    """The inverse map for writing label files: entry c is the label value of class index c
+    (0 = background; a class of several values writes its first)."""
+    if settings.class_values is None:
+        target = settings.target_values
+        return np.asarray([0, int(target[0]) if target else 1], np.int64)
+    return np.asarray([0, *(int(values[0]) for values in settings.class_values)], np.int64)
 
 
 def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSlices:
