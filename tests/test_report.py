@@ -375,3 +375,20 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
     )
     out = report.plot_tsne(runs, str(embeddings), 0, str(tmp_path / "tsne.png"))
     assert os.path.getsize(out) > 0
+
+
+def test_cli_report_passes_the_reference_and_prints_the_comparison(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("random all", "entropy selective"):
+        write_run(tmp_path, history(*name.split(), 0, PCTS, [0.5, 0.6, 0.7, 0.7, 0.8]))
+    command = [sys.executable, os.path.join(repo, "launch.py"), "report", f"--workdir={tmp_path}"]
+    proc = subprocess.run(
+        command + ["--reference=entropy:selective"], cwd=repo, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| strategy | seeds | 10% |" in proc.stdout  # the summary, then the comparison
+    assert "Paired by seed against 'entropy selective'" in proc.stdout
+    assert "comparison.csv" in proc.stdout
