@@ -5,6 +5,8 @@ model. Predicted target / boundary pixel counts use the same model's probabiliti
 run's T and B (P > T, |P - 0.5| < B; with several classes 1 - p_0 > T and p_(1) - p_(2) < 2B),
 whatever the strategy (for MC strategies the ranking used
 the MC mean; the diagnostic uses the deterministic pass so that all strategies are measured alike).
+The `random_predicted` strategy draws among slices with predicted target (`predicted_target_mask`)
+and a round's annotation cost counts its training set's foreground (`labelled_target_pixels`).
 """
 
 from __future__ import annotations
@@ -92,17 +94,11 @@ def predicted_target_counts(
     counts leave the device, in one transfer.
     """
     ids = np.asarray(ids, np.int64)
-    outs = []
+    threshold, outs = np.float32(target_threshold), []
     for idx, n_valid in padded_batches(len(ids), batch_size):
         batch = np.asarray(images[ids[idx]], np.float32)
-        outs.append(
-            (
-                _predicted_target_batch(
-                    variables, batch, np.float32(target_threshold), model=model
-                ),
-                n_valid,
-            )
-        )
+        counts = _predicted_target_batch(variables, batch, threshold, model=model)
+        outs.append((counts, n_valid))
     host = jax.device_get([o for o, _ in outs])
     parts = [np.asarray(h[:n], np.int64) for h, (_, n) in zip(host, outs, strict=True)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -274,7 +274,7 @@ def comparison_rows(runs, reference: str | None) -> list[dict]:
         row.update({"paired seeds": "-", "ΔnAUC": "-", "ΔnAUC [95% CI]": "-", "Wilcoxon p": "-"})
         row["note"] = ""
         if reference == name:
-            row["paired seeds"], row["note"] = "reference", ""
+            row["paired seeds"] = "reference"
         elif reference is not None:
             paired = stats.paired_comparison(mine["nAUC"], numbers[reference]["nAUC"])
             row["paired seeds"] = str(len(paired["seeds"]))
@@ -329,7 +329,10 @@ def markdown_table(rows: list[dict], baseline: float | None) -> str:
     base = "none found" if baseline is None else f"{baseline:.4f}"
     lines.append(
         f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split "
-        "(with several classes: its mean over the foreground classes; see per_class.md)."
+        "(with several classes: its mean over the foreground classes; see per_class.md). "
+        "baseline at target pixels: the labelled target pixels (label > 0) the run had trained "
+        "on when it first reached the baseline. case Dice / HD95: the last round's per-case "
+        "evaluation. '-': not in the records."
     )
     return "\n".join(lines)
 
