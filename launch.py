@@ -3,7 +3,7 @@
   python launch.py --config=configs/default.py --workdir=runs/demo          # run (default verb)
   python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
   python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
-  python launch.py report --workdir=runs/sweep [--baseline=0.77]             # tables and plots
+  python launch.py report --workdir=runs/sweep [--baseline=0.77] [--reference=random:all]
 
 With --config.al.annotator=human, each round stops after its query; then
   python launch.py query --workdir=runs/mine [--out=DIR]
@@ -28,6 +28,9 @@ _WORKDIR = flags.DEFINE_string(
 )
 _BASELINE = flags.DEFINE_float(
     "baseline", None, "report: supervised baseline Dice (default: read supervised.json)."
+)
+_REFERENCE = flags.DEFINE_string(
+    "reference", None, "report: strategy:mode the comparison pairs against (default random:all)."
 )
 _OUT = flags.DEFINE_string("out", None, "query: output folder. Default: <workdir>/queries/round_R.")
 _LABELS = flags.DEFINE_string("labels", None, "import-labels: folder of corrected label volumes.")
@@ -80,9 +83,10 @@ def main(argv):
         if verb == "sweep":
             paths = sweep.run(config, workdir)
         else:
-            paths = report.write_report(workdir, baseline=_BASELINE.value)
-        with open(paths["summary.md"]) as f:
-            show(f.read())
+            paths = report.write_report(workdir, _BASELINE.value, reference=_REFERENCE.value)
+        for name in ("summary.md", "comparison.md"):
+            with open(paths[name]) as f:
+                show(f.read())
         show("\n".join(f"wrote {p}" for p in paths.values()))
     elif verb == "supervised":
         record = loop.train_supervised(config, workdir)

@@ -119,7 +119,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     train.loss = "ce"
 
     config.al = al = config_dict.ConfigDict()
-    al.strategy = "entropy"  # random | entropy | least_confidence | margin | mc_dropout | bald
+    # random | random_predicted (uniform among slices with predicted target) | entropy |
+    # least_confidence | margin | mc_dropout | bald
+    al.strategy = "entropy"
     al.mode = "selective"  # all | target | boundary | selective
     al.convention = "paper"  # paper | official (reproduces the published code's selections)
     al.target_threshold = 0.1  # T: target pixels P > T (published code: 0.1)
@@ -139,7 +141,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     al.annotator = "simulated"
 
     config.sweep = sweep = config_dict.ConfigDict()  # `python launch.py sweep`
-    sweep.runs = "random:all,entropy:all,entropy:selective"  # strategy:mode pairs, comma-separated
+    # strategy:mode pairs, comma-separated
+    sweep.runs = "random:all,random_predicted:all,entropy:all,entropy:selective"
     sweep.seeds = "0,1,2"  # comma-separated seeds; each seed shares initial set + round-0 model
     sweep.supervised = True  # also train the supervised baseline (whole training split)
 

@@ -5,6 +5,8 @@ model. Predicted target / boundary pixel counts use the same model's probabiliti
 run's T and B (P > T, |P - 0.5| < B; with several classes 1 - p_0 > T and p_(1) - p_(2) < 2B),
 whatever the strategy (for MC strategies the ranking used
 the MC mean; the diagnostic uses the deterministic pass so that all strategies are measured alike).
+The `random_predicted` strategy draws among slices with predicted target (`predicted_target_mask`)
+and a round's annotation cost counts its training set's foreground (`labelled_target_pixels`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,63 @@ def embed(
         return _embed_batch(variables, images, t_arr, b_arr, model=model)
 
     return parallel.map_batches(embed_batch, ids, images, batch_size=batch_size)
+
+
+def predicted_target_mask(logits, target_threshold):
+    """Pixels where the model predicts target, the definition of `random_predicted`.
+
+    Args:
+      logits: [batch, height, width] (binary head) or [batch, height, width, L] (multi-class).
+      target_threshold: T.
+
+    Returns:
+      [batch, height, width] bool: P > T for the binary head (the target mask of selective
+      sampling); argmax != 0 (a foreground class is the most likely) for the multi-class head.
+      The multi-class mask is the predicted segmentation, not the scoring module's 1 - p_0 > T,
+      so that a slice counts only if some pixel would be drawn as foreground.
+    """
+    if logits.ndim == 4:
+        return jnp.argmax(logits, axis=-1) != 0
+    return jax.nn.sigmoid(logits.astype(jnp.float32)) > target_threshold
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _predicted_target_batch(variables, images, target_threshold, *, model: UNet):
+    logits = model.apply(variables, images, False)
+    return jnp.sum(predicted_target_mask(logits, target_threshold), axis=(1, 2), dtype=jnp.int32)
+
+
+def predicted_target_counts(
+    model: UNet, variables, images, ids, batch_size: int, target_threshold: float
+) -> np.ndarray:
+    """Per-slice predicted target pixels [n] int64 of `ids` (see `predicted_target_mask`).
+
+    One jitted program per fixed-shape batch (the last padded), the deterministic model; only the
+    counts leave the device, in one transfer.
+    """
+    ids = np.asarray(ids, np.int64)
+    threshold, outs = np.float32(target_threshold), []
+    for idx, n_valid in padded_batches(len(ids), batch_size):
+        batch = np.asarray(images[ids[idx]], np.float32)
+        counts = _predicted_target_batch(variables, batch, threshold, model=model)
+        outs.append((counts, n_valid))
+    host = jax.device_get([o for o, _ in outs])
+    parts = [np.asarray(h[:n], np.int64) for h, (_, n) in zip(host, outs, strict=True)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def labelled_target_pixels(labels, ids, chunk: int = 256) -> dict:
+    """Annotation cost of a labelled set: its foreground pixels (label > 0) and the slices that
+    have any, read from `labels` (the training labels: the dataset's, with a human annotator's
+    imported masks in place), `chunk` slices at a time."""
+    ids = np.sort(np.asarray(ids, np.int64))
+    pixels, slices = 0, 0
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        counts = (np.asarray(labels[part]) > 0).reshape(len(part), -1).sum(axis=1)
+        pixels += int(counts.sum())
+        slices += int((counts > 0).sum())
+    return {"labelled_target_pixels": pixels, "labelled_slices_with_target": slices}
 
 
 def redundancy(features: np.ndarray) -> float | None:

@@ -4,8 +4,9 @@ Knows nothing of flags: `run(config, workdir)` is the whole experiment.
 
 Keys: root = key(config.seed); round r uses fold_in(root, r), and inside it fold_in(round_key,
 FIT) for training, fold_in(round_key, SCORE) for MC dropout, fold_in(round_key, RANDOM) for random
-sampling. Nothing depends on how often a key was split before, so a resumed run draws the same
-numbers as an uninterrupted one.
+sampling (random_predicted: the same key, and fold_in(that key, 1) for its top-up). Nothing
+depends on how often a key was split before, so a resumed run draws the same numbers as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -241,6 +242,18 @@ def query(
     candidates = np.flatnonzero(~labelled)
     if al.strategy == "random":
         return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM))
+    if al.strategy == "random_predicted":
+        predicted = diagnostics.predicted_target_counts(
+            model,
+            variables,
+            train.images,
+            candidates,
+            int(config.train.eval_batch_size),
+            float(al.target_threshold),
+        )
+        return selection.select_random_predicted(
+            candidates, predicted, k, jax.random.fold_in(round_key, RANDOM)
+        )
     passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
     progress = _ScoringProgress(round_index, len(candidates))
     stats = scoring.score_pool(
@@ -573,6 +586,8 @@ class Experiment:
             "dice_global": dice_global,
             "dice_per_class": dict(zip(names, per_class, strict=True)),
             "dice_global_per_class": dict(zip(names, global_per_class, strict=True)),
+            # What the annotator drew for this round's training set (imported masks included).
+            **diagnostics.labelled_target_pixels(self.train.labels, labelled_ids),
             "val_loss": fit_summary["best_val_loss"],
             "epochs": fit_summary["epochs"],
             "best_epoch": fit_summary["best_epoch"],

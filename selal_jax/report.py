@@ -5,11 +5,15 @@ records.jsonl`, `supervised/supervised.json`, `seed-<s>/round0/pool_embeddings.n
 
 The summary table follows the paper: per strategy, Dice at 10, 15, ..., 35 % of the pool labelled
 (the last round at or below each percentage, "-" if the run has not reached it), the highest
-Dice, and the labelled slices (and %) at which Dice first reaches the supervised baseline ("/"
-if never). With several seeds each cell is mean +- standard deviation over seeds, and a column
-gives the normalised area under the Dice-vs-%-labelled curve (the trapezoid area divided by the
-width of the %-labelled range: the curve's mean Dice). With several foreground classes the Dice is
-the mean over classes, and per_class.md/.csv give each class.
+Dice, the labelled slices (and %) at which Dice first reaches the supervised baseline ("/"
+if never) and the labelled target pixels there (the annotation cost; "-" for records written
+before `labelled_target_pixels` existed). With several seeds each cell is mean +- standard
+deviation over seeds, and a column gives the normalised area under the Dice-vs-%-labelled curve
+(the trapezoid area divided by the width of the %-labelled range: the curve's mean Dice); the
+last round's per-case Dice and HD95 follow when the records have them ("-" otherwise). With
+several foreground classes the Dice is the mean over classes, and per_class.md/.csv give each
+class. comparison.md/.csv give bootstrap intervals over seeds and the paired comparison against a
+reference run (see `comparison_rows` and selal_jax.stats).
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 
 import numpy as np
 
-from selal_jax import atomic
+from selal_jax import atomic, stats
 
 PCTS = (10, 15, 20, 25, 30, 35)
+# Per-case evaluation fields of the records (when present) and their columns in the tables.
+CASE_FIELDS = {"case_dice": "case Dice", "case_hd95": "case HD95"}
+DEFAULT_REFERENCE = "random all"
 RECORDS_FILE = "records.jsonl"
 SUPERVISED_FILE = "supervised.json"
 EMBEDDINGS_FILE = "pool_embeddings.npz"
@@ -182,9 +190,131 @@ def summary_rows(
             if len(n) < len(histories):
                 cell += f" [{len(n)} of {len(histories)} seeds]"
             row["reaches baseline at"] = cell
+        row["baseline at target pixels"] = _pixels_cell(reached, baseline)
         row["nAUC"] = _fmt([normalised_auc(h) for h in histories])
+        for field, column in CASE_FIELDS.items():
+            row[column] = _fmt([case_value(h[-1], field) for h in histories])
         rows.append(row)
     return rows
+
+
+def _pixels_cell(reached: list[dict | None], baseline: float | None) -> str:
+    """Labelled target pixels of the first rounds reaching the baseline ("/" if none does, "-"
+    if their records predate the field)."""
+    hits = [r for r in reached if r is not None]
+    if baseline is None or not hits:
+        return "/"
+    pixels = [r.get("labelled_target_pixels") for r in hits]
+    if any(p is None for p in pixels):
+        return "-"
+    cell = _fmt(pixels, 0)
+    return cell + (f" [{len(hits)} of {len(reached)} seeds]" if len(hits) < len(reached) else "")
+
+
+def case_value(record: dict, field: str) -> float | None:
+    """A per-case evaluation field of a record (`case_dice`, `case_hd95`: the mean over the test
+    cases) as a number; a {class: value} dict gives its mean over the classes; None if absent."""
+    value = record.get(field)
+    if isinstance(value, dict):
+        values = [float(v) for v in value.values() if v is not None]
+        value = float(np.mean(values)) if values else None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def per_seed(by_seed: dict[int, list[dict]]) -> dict[str, dict[int, float | None]]:
+    """Per seed, the numbers the comparison is made of: the highest Dice, the nAUC and the last
+    round's per-case fields."""
+    out = {
+        "highest": {s: max(rec["dice"] for rec in h) for s, h in by_seed.items()},
+        "nAUC": {s: normalised_auc(h) for s, h in by_seed.items()},
+    }
+    for field, column in CASE_FIELDS.items():
+        out[column] = {s: case_value(h[-1], field) for s, h in by_seed.items()}
+    return out
+
+
+def _with_interval(values, digits: int = 4) -> str:
+    """'mean [lo, hi]' (the bootstrap interval of the mean); '[-]' for one value; '-' for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    interval = stats.bootstrap_interval(values)
+    if interval is None:
+        return f"{np.mean(values):.{digits}f} [-]"
+    return f"{np.mean(values):.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def resolve_reference(runs: dict, reference: str | None) -> str | None:
+    """The run name of `reference` ('strategy:mode', or 'strategy' meaning mode 'selective' as in
+    sweep.runs); None gives 'random all' if present. Raises ValueError for a named one absent."""
+    if reference is None:
+        return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else None
+    strategy, _, mode = str(reference).strip().partition(":")
+    name = f"{strategy.strip()} {(mode or 'selective').strip()}"
+    if name not in runs:
+        raise ValueError(
+            f"report reference {reference!r}: no run {name!r} found; runs: {', '.join(runs)}"
+        )
+    return name
+
+
+def comparison_rows(runs, reference: str | None) -> list[dict]:
+    """Per strategy: 95 % bootstrap intervals over seeds (see selal_jax.stats) of the highest
+    Dice, the nAUC and the last round's case Dice / HD95, and the nAUC paired by seed against the
+    `reference` run name (difference strategy - reference: mean, interval, Wilcoxon p)."""
+    numbers = {name: per_seed(by_seed) for name, by_seed in runs.items()}
+    rows = []
+    for name, by_seed in runs.items():
+        mine = numbers[name]
+        row = {"strategy": name, "seeds": str(len(by_seed))}
+        for column in ("highest", "nAUC", *CASE_FIELDS.values()):
+            row[f"{column} [95% CI]"] = _with_interval(list(mine[column].values()))
+        row.update({"paired seeds": "-", "ΔnAUC": "-", "ΔnAUC [95% CI]": "-", "Wilcoxon p": "-"})
+        row["note"] = ""
+        if reference == name:
+            row["paired seeds"] = "reference"
+        elif reference is not None:
+            paired = stats.paired_comparison(mine["nAUC"], numbers[reference]["nAUC"])
+            row["paired seeds"] = str(len(paired["seeds"]))
+            if paired["mean"] is not None:
+                row["ΔnAUC"] = f"{paired['mean']:+.4f}"
+            if paired["interval"] is not None:
+                lo, hi = paired["interval"]
+                row["ΔnAUC [95% CI]"] = f"[{lo:+.4f}, {hi:+.4f}]"
+            if paired["p"] is not None:
+                row["Wilcoxon p"] = f"{paired['p']:.4g}"
+            row["note"] = paired["note"]
+        rows.append(row)
+    return rows
+
+
+def comparison_markdown(rows: list[dict], reference: str | None) -> str:
+    columns = [c for c in rows[0] if c != "note"]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    lines.append(
+        f"\nIntervals: mean over seeds [95 % percentile bootstrap interval of the mean, "
+        f"{stats.BOOTSTRAP_RESAMPLES:,} resamples of the seeds, numpy default_rng("
+        f"{stats.BOOTSTRAP_SEED})]; [-] with one seed. highest: highest Dice of the run; case "
+        "Dice / HD95: last round (mean over the test cases)."
+    )
+    if reference is None:
+        lines.append(
+            f"No paired comparison: no {DEFAULT_REFERENCE!r} run (choose one with "
+            "--reference=strategy:mode)."
+        )
+    else:
+        lines.append(
+            f"Paired by seed against {reference!r}: ΔnAUC = nAUC(strategy) - nAUC(reference); "
+            "p: two-sided Wilcoxon signed-rank test of the differences (scipy.stats.wilcoxon)."
+        )
+    lines += [f"* {row['strategy']}: {row['note']}." for row in rows if row["note"]]
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict], baseline: float | None) -> str:
@@ -199,7 +329,10 @@ def markdown_table(rows: list[dict], baseline: float | None) -> str:
     base = "none found" if baseline is None else f"{baseline:.4f}"
     lines.append(
         f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split "
-        "(with several classes: its mean over the foreground classes; see per_class.md)."
+        "(with several classes: its mean over the foreground classes; see per_class.md). "
+        "baseline at target pixels: the labelled target pixels (label > 0) the run had trained "
+        "on when it first reached the baseline. case Dice / HD95: the last round's per-case "
+        "evaluation. '-': not in the records."
     )
     return "\n".join(lines)
 
@@ -226,6 +359,30 @@ def csv_table(rows: list[dict]) -> str:
 
 def plot_learning_curves(runs, baseline: float | None, path: str) -> str:
     """Dice vs % labelled, one line per strategy (mean over seeds, band = min..max)."""
+    _plot_curves(runs, baseline, path, "pct_labelled", "% of the pool labelled")
+    return path
+
+
+def plot_learning_curves_pixels(runs, baseline: float | None, path: str) -> str | None:
+    """Dice vs labelled target pixels (the annotation cost), one line per strategy: x is the mean
+    over seeds of each round's `labelled_target_pixels`, y as in `plot_learning_curves`. Runs
+    whose records lack the field are left out; None (nothing written) if every run lacks it."""
+    with_pixels = {
+        name: {
+            s: h for s, h in by_seed.items() if all("labelled_target_pixels" in rec for rec in h)
+        }
+        for name, by_seed in runs.items()
+    }
+    with_pixels = {name: by_seed for name, by_seed in with_pixels.items() if by_seed}
+    if not with_pixels:
+        return None
+    _plot_curves(
+        with_pixels, baseline, path, "labelled_target_pixels", "labelled target pixels (label > 0)"
+    )
+    return path
+
+
+def _plot_curves(runs, baseline: float | None, path: str, x_field: str, x_label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,21 +392,20 @@ def plot_learning_curves(runs, baseline: float | None, path: str) -> str:
     for name, by_seed in runs.items():
         histories = [by_seed[s] for s in sorted(by_seed)]
         n = min(len(h) for h in histories)
-        x = np.mean([[rec["pct_labelled"] for rec in h[:n]] for h in histories], axis=0)
+        x = np.mean([[rec[x_field] for rec in h[:n]] for h in histories], axis=0)
         y = np.array([[rec["dice"] for rec in h[:n]] for h in histories])
         (line,) = ax.plot(x, y.mean(axis=0), marker="o", ms=3, label=f"{name} (n={len(histories)})")
         if len(histories) > 1:
             ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
     if baseline is not None:
         ax.axhline(baseline, color="k", ls="--", lw=1, label=f"supervised ({baseline:.3f})")
-    ax.set_xlabel("% of the pool labelled")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("Dice (mean per slice, test)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return path
 
 
 def tsne_coordinates(embeddings_path: str) -> np.ndarray:
@@ -267,54 +423,89 @@ def tsne_coordinates(embeddings_path: str) -> np.ndarray:
     return coords
 
 
-def plot_tsne(runs, embeddings_path: str, seed: int, path: str) -> str:
-    """The paper's Figure 2: t-SNE of the pool (bottleneck features of the round-0 model)
-    coloured by target pixel count, with each strategy's queried slices marked."""
+def tsne_figure(runs, coords: np.ndarray, target_pixels: np.ndarray, seed: int):
+    """The paper's Figure 2, one panel per strategy that has a run of `seed`: the pool's t-SNE
+    coordinates [N, 2] coloured by log(1 + target pixels) in every panel, that strategy's queried
+    slices (every round) marked. Returns (figure, [panel axes]); the caller saves and closes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    coords = tsne_coordinates(embeddings_path)
-    target = np.load(embeddings_path)["target_pixels"]
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=120)
-    sc = ax.scatter(coords[:, 0], coords[:, 1], c=np.log1p(target), s=6, cmap="viridis", alpha=0.6)
-    fig.colorbar(sc, ax=ax, label="log(1 + target pixels)")
-    markers = "xs^vD+*P"
-    for i, (name, by_seed) in enumerate(runs.items()):
-        if seed not in by_seed:
-            continue
-        ids = [j for rec in by_seed[seed] for j in rec["queried"]]
+    names = [name for name, by_seed in runs.items() if seed in by_seed]
+    n_cols = min(3, max(len(names), 1))
+    n_rows = max(1, math.ceil(len(names) / n_cols))
+    fig, grid = plt.subplots(
+        n_rows, n_cols, figsize=(4.2 * n_cols + 0.8, 4.0 * n_rows), dpi=120, squeeze=False
+    )
+    grid = grid.ravel()
+    for ax in grid[len(names) :]:
+        ax.remove()
+    panels = list(grid[: len(names)])
+    color = np.log1p(target_pixels)
+    sc = None
+    for ax, name in zip(panels, names, strict=True):
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=color, s=5, cmap="viridis", alpha=0.6)
+        ids = [j for rec in runs[name][seed] for j in rec["queried"]]
         ax.scatter(
             coords[ids, 0],
             coords[ids, 1],
-            marker=markers[i % len(markers)],
-            s=28,
-            color=f"C{i}",
-            label=f"{name} ({len(ids)} queried)",
+            marker="x",
+            s=22,
+            linewidths=1.0,
+            color="red",
+            label=f"queried ({len(ids)})",
         )
-    ax.set_title(f"pool t-SNE (seed {seed}, round-0 model)")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, loc="best")
+    if sc is not None:
+        fig.colorbar(sc, ax=panels, label="log(1 + target pixels)", shrink=0.85)
+    fig.suptitle(f"pool t-SNE (seed {seed}, round-0 model)")
+    return fig, panels
+
+
+def plot_tsne(runs, embeddings_path: str, seed: int, path: str) -> str:
+    """`tsne_figure` of the pool embeddings (bottleneck features of the round-0 model) in
+    `embeddings_path`, saved to `path`."""
+    import matplotlib.pyplot as plt
+
+    coords = tsne_coordinates(embeddings_path)
+    target = np.load(embeddings_path)["target_pixels"]
+    fig, _ = tsne_figure(runs, coords, target, seed)
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def write_report(workdir: str, baseline: float | None = None, out_dir: str | None = None) -> dict:
-    """Writes summary.md, summary.csv, learning_curves.png and (if embeddings exist) tsne.png to
-    <workdir>/report; returns {name: path} and prints nothing."""
+def write_report(
+    workdir: str,
+    baseline: float | None = None,
+    out_dir: str | None = None,
+    reference: str | None = None,
+) -> dict:
+    """Writes summary.md/.csv, comparison.md/.csv, learning_curves.png,
+    learning_curves_pixels.png (when records have labelled_target_pixels), per_class.md/.csv (with
+    several classes) and tsne.png (if embeddings exist) to <workdir>/report; returns {name: path}
+    and prints nothing. `reference`: the run the comparison pairs against ('strategy:mode';
+    default 'random all' if present)."""
     runs = load_runs(workdir)
     if not runs:
         raise ValueError(f"{workdir}: no {RECORDS_FILE} found (nothing to report)")
+    reference_name = resolve_reference(runs, reference)
     if baseline is None:
         baseline = load_baseline(workdir)
     out_dir = out_dir or os.path.join(workdir, "report")
     os.makedirs(out_dir, exist_ok=True)
     rows = summary_rows(runs, baseline)
-    tables = [("summary.md", markdown_table(rows, baseline)), ("summary.csv", csv_table(rows))]
+    compared = comparison_rows(runs, reference_name)
+    tables = [
+        ("summary.md", markdown_table(rows, baseline)),
+        ("summary.csv", csv_table(rows)),
+        ("comparison.md", comparison_markdown(compared, reference_name)),
+        ("comparison.csv", csv_table(compared)),
+    ]
     per_class = class_rows(runs)
     if per_class:
         tables += [
@@ -329,6 +520,11 @@ def write_report(workdir: str, baseline: float | None = None, out_dir: str | Non
     paths["learning_curves.png"] = plot_learning_curves(
         runs, baseline, os.path.join(out_dir, "learning_curves.png")
     )
+    pixels = plot_learning_curves_pixels(
+        runs, baseline, os.path.join(out_dir, "learning_curves_pixels.png")
+    )
+    if pixels is not None:
+        paths["learning_curves_pixels.png"] = pixels
     embeddings = sorted(glob.glob(os.path.join(workdir, "seed-*", "round0", EMBEDDINGS_FILE)))
     if embeddings:
         seed = int(os.path.basename(os.path.dirname(os.path.dirname(embeddings[0])))[5:])

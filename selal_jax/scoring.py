@@ -37,8 +37,11 @@ from selal_jax.models import UNet
 
 Array = jax.Array
 
-STRATEGIES = ("random", "entropy", "least_confidence", "margin", "mc_dropout", "bald")
-UNCERTAINTY_STRATEGIES = STRATEGIES[1:]
+UNCERTAINTY_STRATEGIES = ("entropy", "least_confidence", "margin", "mc_dropout", "bald")
+# Strategies that score no uncertainty: `random`, and `random_predicted` (uniform among the
+# slices with predicted target, see selection.select_random_predicted).
+RANDOM_STRATEGIES = ("random", "random_predicted")
+STRATEGIES = ("random", *UNCERTAINTY_STRATEGIES, "random_predicted")
 MC_STRATEGIES = ("mc_dropout", "bald")
 CONVENTIONS = ("paper", "official")
 

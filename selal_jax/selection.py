@@ -48,7 +48,9 @@ class Query:
     Attributes:
       ids: [n] int64 pool ids in selection order.
       streams: per id, the ranking that chose it: 'target', 'boundary', 'all' or 'random';
-        'target:<c>' for the class-c ranking of a class-balanced query with C >= 2 classes.
+        'target:<c>' for the class-c ranking of a class-balanced query with C >= 2 classes;
+        'random_predicted' for a uniform draw among slices with predicted target ('random' for
+        its top-up).
       scores: [n] float64 score of each id in its stream (NaN for random).
     """
 
@@ -99,7 +101,7 @@ def validate_options(
             "config field al.strategy: 'margin' has no 'official' convention (the published margin "
             "code sorts along the image width and is defective); use al.convention='paper'"
         )
-    if class_balanced and strategy != "random":
+    if class_balanced and strategy not in scoring.RANDOM_STRATEGIES:  # nothing ranked to balance
         check_class_balanced(mode, convention)
 
 
@@ -374,6 +376,51 @@ def select_random(candidate_ids: np.ndarray, k: int, key: jax.Array) -> Query:
     return Query(candidate_ids[order], ("random",) * n, np.full(n, np.nan))
 
 
+PREDICTED_TOPUP_TAG = 1  # fold_in tag of the top-up draw of random_predicted
+
+
+def select_random_predicted(
+    candidate_ids: np.ndarray, predicted_pixels: np.ndarray, k: int, key: jax.Array
+) -> Query:
+    """k candidates uniformly among those with predicted target, topped up uniformly from the rest.
+
+    The first draw is `select_random` with `key` on the candidates whose predicted target pixel
+    count is > 0 (stream 'random_predicted'); if fewer than k have any, all of them are taken and
+    the rest is `select_random` with fold_in(key, PREDICTED_TOPUP_TAG) on the other candidates
+    (stream 'random'). Scores are NaN (nothing is ranked).
+
+    Args:
+      candidate_ids: [U] pool ids of the unlabelled slices.
+      predicted_pixels: [U] predicted target pixels of each candidate
+        (`diagnostics.predicted_target_counts`).
+    """
+    candidate_ids = np.asarray(candidate_ids, np.int64)
+    predicted_pixels = np.asarray(predicted_pixels)
+    if predicted_pixels.shape != candidate_ids.shape:
+        raise ValueError(
+            f"predicted_pixels: expected shape {candidate_ids.shape}, got {predicted_pixels.shape}"
+        )
+    has_target = predicted_pixels > 0
+    with_target, without = candidate_ids[has_target], candidate_ids[~has_target]
+    first = select_random(with_target, min(k, len(with_target)), key)
+    streams = ("random_predicted",) * len(first)
+    if len(first) == k:
+        return Query(first.ids, streams, first.scores)
+    logging.info(
+        "random_predicted: %d unlabelled slices with predicted target for k=%d; topping up "
+        "uniformly from the other %d",
+        len(with_target),
+        k,
+        len(without),
+    )
+    rest = select_random(without, k - len(first), jax.random.fold_in(key, PREDICTED_TOPUP_TAG))
+    return Query(
+        np.concatenate([first.ids, rest.ids]),
+        streams + rest.streams,
+        np.concatenate([first.scores, rest.scores]),
+    )
+
+
 def _as_stats_numpy(stats) -> scoring.SliceStats:
     return scoring.SliceStats(*(None if x is None else np.asarray(x) for x in stats))
 
@@ -407,7 +454,8 @@ def select_from_probs(
         array is therefore [N, C+1, H, W] for single-pass strategies and [T, N, H, W] for
         Monte-Carlo ones.
       k: number of slices to select.
-      strategy: 'random', 'entropy', 'least_confidence', 'margin', 'mc_dropout' or 'bald'.
+      strategy: 'random', 'entropy', 'least_confidence', 'margin', 'mc_dropout', 'bald' or
+        'random_predicted' (uniform among slices with P > T; multi-class: argmax != 0).
       mode: 'all', 'target', 'boundary' or 'selective'.
       convention: 'paper' or 'official' (reproduces the published code's selections; binary).
       labelled: optional [N] bool mask of slices that must not be chosen.
@@ -415,7 +463,7 @@ def select_from_probs(
       aggregation: 'sum' or 'mean' over the selected pixels ('paper' convention only).
       merge: 'union' or 'interleave' for mode 'selective' ('paper' convention only).
       batch_size: slices scored per jitted call (the last batch is padded).
-      seed: seed of the 'random' strategy.
+      seed: seed of the 'random' and 'random_predicted' strategies.
       class_balanced: balance the target stream over the classes (see `select`).
 
     Returns:
@@ -465,6 +513,15 @@ def select_from_probs(
     if strategy == "random":
         with rng.classic_threefry():
             return select_random(candidates, k, jax.random.key(seed)).ids
+    if strategy == "random_predicted":  # the definition of diagnostics.predicted_target_mask
+        chosen = probs[candidates]
+        if multiclass:
+            target = np.argmax(chosen, axis=1) != 0
+        else:
+            target = chosen > np.float32(target_threshold)
+        pixels = target.reshape(len(candidates), -1).sum(axis=1)
+        with rng.classic_threefry():
+            return select_random_predicted(candidates, pixels, k, jax.random.key(seed)).ids
     if len(candidates) == 0:
         return np.zeros(0, np.int64)
 

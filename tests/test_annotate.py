@@ -324,11 +324,17 @@ def test_clinician_on_an_unlabelled_pool_with_reoriented_files(oriented, tmp_pat
             np.testing.assert_array_equal(got[k], want, err_msg=f"{cases[k]}")
         assert set(cases) & set(UNLABELLED)
         assert got[[c in UNLABELLED for c in cases]].any()  # not vacuous: target was imported
+        labelled = np.flatnonzero(experiment.labelled)
+        drawn = (np.asarray(train.labels[labelled]) > 0).reshape(len(labelled), -1).sum(1)
+        dataset = (np.asarray(experiment.dataset_labels[labelled]) > 0).sum()
     finally:
         experiment.close()
     history = loop.run(config, copy)  # the next round
     assert [r["round"] for r in history] == [0, 1]
     assert history[0]["queried_with_target"] == int(got.reshape(len(ids), -1).any(1).sum())
+    # the annotation cost counts the imported masks (the dataset has none for unlabelled cases)
+    assert history[1]["labelled_target_pixels"] == int(drawn.sum()) != int(dataset)
+    assert history[1]["labelled_slices_with_target"] == int((drawn > 0).sum())
     assert history[1]["n_labelled"] == summary["n_labelled"]
 
 

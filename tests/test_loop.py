@@ -44,9 +44,15 @@ def test_labelled_set_grows_by_exactly_k_new_distinct_slices(finished_run):
     assert len(initial) == config.al.initial_size
     assert initial <= positive  # drawn only from slices with target (initial_from_positive)
     labelled = set(initial)
+    target_pixels = (train_set.labels.reshape(len(train_set), -1) > 0).sum(axis=1)
     for rec in history:
         assert not (set(rec["queried"]) & labelled)
         assert rec["n_labelled"] == len(labelled)
+        # annotation cost of the set this round trained on
+        assert rec["labelled_target_pixels"] == int(target_pixels[sorted(labelled)].sum())
+        assert rec["labelled_slices_with_target"] == int(
+            (target_pixels[sorted(labelled)] > 0).sum()
+        )
         labelled |= set(rec["queried"])
     assert labelled == final
 
@@ -92,6 +98,7 @@ STRATEGY_MODES = [
     ("entropy", "all"),
     ("bald", "target"),
     ("least_confidence", "boundary"),
+    ("random_predicted", "all"),
 ]
 
 
@@ -113,7 +120,13 @@ def test_every_strategy_and_mode_runs_in_the_loop(strategy, mode, tmp_path, coho
     history = loop.run(config, str(tmp_path))
     queried = history[0]["queried"]
     assert len(queried) == len(set(queried)) == config.al.query_size
-    if strategy != "random":
+    if strategy == "random_predicted":
+        streams = history[0]["queried_streams"]
+        # slices with predicted target first, then the top-up (if any)
+        assert set(streams) <= {"random_predicted", "random"}
+        assert streams == sorted(streams, key=lambda s: s != "random_predicted")
+        assert all(s is None for s in history[0]["queried_scores"])
+    elif strategy != "random":
         expected_streams = {
             "selective": {"target", "boundary"},
             "all": {"all"},
