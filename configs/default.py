@@ -140,6 +140,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # human (run stops after each query; launch.py query exports it, import-labels reads it back)
     al.annotator = "simulated"
 
+    # Per-case evaluation each round (selal_jax/evaluation.py): every test volume at its own
+    # resolution, per class, Dice / HD95 / NSD; evaluation/round_<r>.csv and case_* record fields.
+    config.eval = ev = config_dict.ConfigDict()
+    ev.cases = True
+    ev.tolerance_mm = 1.0  # NSD tolerance, mm
+    ev.save_predictions = False  # also write each test case's predicted label volume
+
     config.sweep = sweep = config_dict.ConfigDict()  # `python launch.py sweep`
     # strategy:mode pairs, comma-separated
     sweep.runs = "random:all,random_predicted:all,entropy:all,entropy:selective"

@@ -85,15 +85,13 @@ def predicted_target_counts(
     One jitted program per fixed-shape batch (the last padded), the deterministic model; only the
     counts leave the device, in one transfer.
     """
+    threshold = np.float32(target_threshold)
+
+    def count(_, images):
+        return _predicted_target_batch(variables, images, threshold, model=model)
+
     ids = np.asarray(ids, np.int64)
-    threshold, outs = np.float32(target_threshold), []
-    for idx, n_valid in padded_batches(len(ids), batch_size):
-        batch = np.asarray(images[ids[idx]], np.float32)
-        counts = _predicted_target_batch(variables, batch, threshold, model=model)
-        outs.append((counts, n_valid))
-    host = jax.device_get([o for o, _ in outs])
-    parts = [np.asarray(h[:n], np.int64) for h, (_, n) in zip(host, outs, strict=True)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return parallel.map_batches(count, ids, images, batch_size=batch_size).astype(np.int64)
 
 
 def labelled_target_pixels(labels, ids, chunk: int = 256) -> dict:

@@ -26,6 +26,7 @@ from selal_jax import (
     atomic,
     checkpointing,
     diagnostics,
+    evaluation,
     faults,
     label_store,
     parallel,
@@ -93,6 +94,10 @@ ANNOTATORS = ("simulated", "human")
 # Config fields that may change between a run and its resumption without changing any result
 # of the completed rounds.
 RESUME_NEUTRAL_KEYS = (
+    # Evaluation adds record fields; it does not change training or selection.
+    "eval.cases",
+    "eval.tolerance_mm",
+    "eval.save_predictions",
     "sweep.runs",
     "sweep.seeds",
     "sweep.supervised",
@@ -592,7 +597,25 @@ class Experiment:
             "epochs": fit_summary["epochs"],
             "best_epoch": fit_summary["best_epoch"],
             "train_seconds": fit_summary["seconds"],
+            **self.evaluate_cases(r),
         }
+
+    def evaluate_cases(self, r: int) -> dict:
+        """Per-case metrics of round r's model on the test split (`eval.cases`), else {}."""
+        if not self.config.eval.cases:
+            return {}
+        return evaluation.evaluate_cases(
+            self.model,
+            self.state.variables,
+            self.splits.test,
+            self.splits.source,
+            loading.make_settings(self.config.data, self.splits.source),
+            int(self.config.train.eval_batch_size),
+            self.workdir,
+            r,
+            tolerance_mm=float(self.config.eval.tolerance_mm),
+            save_predictions=bool(self.config.eval.save_predictions),
+        )
 
     def query_round(self, r: int) -> selection.Query | None:
         """Scores the unlabelled pool and chooses the round's query (None after the last round

@@ -16,4 +16,7 @@ ADDED_KEYS = {
     "data.synthetic.kind": "binary",
     "train.loss": "ce",
     "al.class_balanced": False,
+    "eval.cases": False,
+    "eval.tolerance_mm": 1.0,
+    "eval.save_predictions": False,
 }

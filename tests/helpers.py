@@ -13,6 +13,8 @@ import nibabel as nib
 import numpy as np
 
 BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
+# Record fields that measure time: they differ between otherwise identical runs.
+TIMING_FIELDS = ("train_seconds", "score_seconds", "eval_seconds")
 
 
 def make_volume(

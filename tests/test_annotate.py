@@ -20,7 +20,7 @@ from tests import helpers
 from tests.conftest import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_FIELDS = ("train_seconds", "score_seconds")
+TIMING_FIELDS = helpers.TIMING_FIELDS
 # Smoke sizes, trained just enough that the uncertainty scores are not all 0 (ties).
 TRAIN = {"train.max_epochs": 2, "train.min_steps_per_epoch": 6, "train.learning_rate": 1e-2}
 

@@ -12,9 +12,10 @@ import pytest
 from selal_jax import checkpointing, loop
 from selal_jax.models import build_model, init_variables
 from selal_jax.train import create_train_state, make_optimizer
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_FIELDS = ("train_seconds", "score_seconds")
+TIMING_FIELDS = helpers.TIMING_FIELDS
 ROUNDS = 3  # rounds 0..3: a 4-round experiment
 
 

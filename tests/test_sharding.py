@@ -36,12 +36,13 @@ import pytest
 from selal_jax import checkpointing, loop, parallel
 from selal_jax.models import build_model, init_variables
 from selal_jax.train import create_train_state, make_optimizer
+from tests import helpers
 from tests import sharding_worker as worker
 from tests.conftest import smoke_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
-TIMING_FIELDS = ("train_seconds", "score_seconds")
+TIMING_FIELDS = helpers.TIMING_FIELDS
 
 
 @pytest.fixture(scope="module")
