@@ -16,4 +16,7 @@ ADDED_KEYS = {
     "data.synthetic.kind": "binary",
     "train.loss": "ce",
     "al.class_balanced": False,
+    "data.split_file": None,
+    "data.group_regex": "",
+    "data.reorient": "canonical",
 }
