@@ -6,14 +6,16 @@ import json
 import logging
 import os
 import shutil
+import types
 
+import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import cache, loading
+from selal_jax.data import cache, loading, preprocess
 from selal_jax.data.preprocess import DataError
 from tests import helpers
-from tests.test_data import data_config, load, volumes, zscore
+from tests.test_data import case_slices, data_config, load, volumes, zscore
 
 SHAPE = (8, 8, 3)
 # Three patients with two or three scans each, and two single-scan patients.
@@ -233,3 +235,146 @@ def test_editing_the_split_file_rebuilds_the_cache(root, tmp_path):
     second = load(config, tmp_path)
     assert first.fingerprint != second.fingerprint
     assert cases_of(second)["val"] == [NAMES[7]]
+
+
+# ------------------------------------------------------------------ data.reorient = 'none'
+
+
+def _stored_cases(shape=(16, 12, 6), channels: int = 0):
+    """A volume stored three ways (RAS, x and z reversed, x and y swapped) with affines that keep
+    its world coordinates: (stored volumes, affines). channels > 0: [X, Y, Z, K] images."""
+    rng = np.random.default_rng(3)
+    if channels:
+        image, label = helpers.make_classes_volume(rng, shape, channels)
+        label = (label > 0).astype(np.uint8)
+    else:
+        image, label = helpers.make_volume(rng, shape)
+    label[2:5, 3:4, 1] = 1  # something asymmetric in every direction
+    ras = helpers.affine_for((1.0, 2.0, 3.0))
+    vols = [(image, label)]
+    vols += [
+        (helpers.stored_as(image, h), helpers.stored_as(label, h)) for h in ("flip_xz", "swap_xy")
+    ]
+    return vols, [ras, ras @ helpers.flip_xz(shape), ras @ helpers.swap_xy()]
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_reorient_none_slices_each_files_stored_array(tmp_path, axis):
+    vols, affines = _stored_cases()
+    root = helpers.write_msd(str(tmp_path / "msd"), vols, affines=affines)
+    config = data_config(
+        "msd", root, size=(16, 16), split=(1, 1, 1), reorient="none", axis=axis, resample="crop"
+    )
+    splits = load(config, tmp_path)
+    canonical = load(
+        data_config("msd", root, size=(16, 16), split=(1, 1, 1), axis=axis, resample="crop"),
+        tmp_path / "canonical",
+    )
+    for i, ((image, label), affine) in enumerate(zip(vols, affines, strict=True)):
+        got = case_slices(splits, f"case_{i:03d}")
+        images = np.moveaxis(zscore(image), axis, 0)
+        labels = np.moveaxis(label, axis, 0)
+        np.testing.assert_array_equal(got["slice_index"], np.arange(image.shape[axis]))
+        np.testing.assert_allclose(
+            got["images"], preprocess.fit_slices(images, (16, 16), "crop", False), atol=1e-5
+        )
+        np.testing.assert_array_equal(
+            got["labels"], preprocess.fit_slices(labels, (16, 16), "crop", True)
+        )
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))  # per stored axis
+        np.testing.assert_allclose(got["spacing"], np.tile(spacing, (len(images), 1)))
+    # Not vacuous: the stored orders differ, so canonical slicing gives other slices.
+    for case in ("case_001", "case_002"):
+        assert not np.array_equal(
+            case_slices(splits, case)["labels"], case_slices(canonical, case)["labels"]
+        )
+
+
+def test_reorient_none_reads_every_channel_the_same_way(tmp_path):
+    vols, affines = _stored_cases(channels=2)
+    modality = {"0": "MRI_A", "1": "MRI_B"}
+    root = helpers.write_msd(str(tmp_path / "msd"), vols, affines=affines, modality=modality)
+    config = data_config(
+        "msd",
+        root,
+        size=(16, 16),
+        split=(1, 1, 1),
+        reorient="none",
+        axis=1,
+        resample="crop",
+        modality="all",
+    )
+    splits = load(config, tmp_path)
+    assert splits.train.channel_names == ("MRI_A", "MRI_B")
+    for i, (image, label) in enumerate(vols):
+        got = case_slices(splits, f"case_{i:03d}")
+        for k in range(2):
+            expected = np.moveaxis(zscore(image[..., k]), 1, 0)
+            np.testing.assert_allclose(
+                got["images"][..., k],
+                preprocess.fit_slices(expected, (16, 16), "crop", False),
+                atol=1e-5,
+            )
+        np.testing.assert_array_equal(
+            got["labels"], preprocess.fit_slices(np.moveaxis(label, 1, 0), (16, 16), "crop", True)
+        )
+
+
+@pytest.mark.parametrize("axis, size, resample", [(0, (32, 32), "crop"), (2, (24, 24), "resize")])
+def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis, size, resample):
+    """The export's geometry with reorient=none: the prefill lands on the stored slice the loader
+    cut, and the true masks written there import as the loader's slices."""
+    from selal_jax import annotate
+    from tests.test_annotate import SHAPE as ANNOTATE_SHAPE
+    from tests.test_annotate import _affines
+
+    affines = _affines()  # RAS, flipped and permuted files: none of it may matter
+    vols = [helpers.make_volume(np.random.default_rng([5, i]), ANNOTATE_SHAPE) for i in range(8)]
+    root = helpers.write_msd(str(tmp_path / "msd"), vols, affines=affines)
+    config = data_config(
+        "msd", root, size=size, split=(6, 1, 1), reorient="none", axis=axis, resample=resample
+    )
+    splits = load(config, tmp_path)
+    train, settings = splits.train, loading.make_settings(config, splits.source)
+    # Per training case: two slices with target and one without.
+    ids = []
+    for s in np.unique(train.subject):
+        rows = np.flatnonzero(train.subject == s)
+        has = np.asarray(train.labels[rows]).reshape(len(rows), -1).any(1)
+        ids += [*rows[has][:2], *rows[~has][:1]]
+    ids = np.asarray(ids)
+    experiment = types.SimpleNamespace(
+        train=train, config=types.SimpleNamespace(data=config), splits=splits
+    )
+    cases = annotate.queried_cases(experiment, ids)
+    assert len(cases) == 6
+    values = preprocess.label_value_table(settings)
+    for case_id, qc in cases.items():
+        i = int(case_id.split("_")[1])
+        true = vols[i][1]
+        assert qc.file_axis == axis
+        np.testing.assert_array_equal(qc.file_index, train.slice_index[ids[qc.positions]])
+        expected_plane = annotate.PLANES[int(nib.io_orientation(affines[i])[axis, 0])]
+        assert qc.geometry.plane(axis) == expected_plane
+        masks = np.asarray(train.labels[ids[qc.positions]])
+        prefill = annotate.prefill_volume(qc.geometry, settings, qc.canonical_index, masks, values)
+        assert prefill.shape == ANNOTATE_SHAPE
+        stack = np.moveaxis(prefill, axis, 0)
+        inplane = stack.shape[1:]
+        np.testing.assert_array_equal(
+            stack[qc.file_index], preprocess.unfit_slices(masks, inplane, resample)
+        )
+        assert not np.delete(stack, qc.file_index, axis=0).any()
+        if resample == "crop":  # fitting lost nothing: the prefill is the truth on those slices
+            np.testing.assert_array_equal(
+                stack[qc.file_index], np.moveaxis(true, axis, 0)[qc.file_index]
+            )
+        # The clinician writes the true masks on the queried slices: the loader's slices back.
+        corrected = np.zeros_like(true)
+        np.moveaxis(corrected, axis, 0)[qc.file_index] = np.moveaxis(true, axis, 0)[qc.file_index]
+        path = str(tmp_path / f"{case_id}.nii.gz")
+        annotate.write_label_volume(path, corrected, qc.case)
+        back, reasons = annotate.read_correction(path, qc, settings)
+        assert reasons == []
+        np.testing.assert_array_equal(back, masks)
+        assert masks.any()  # not vacuous

@@ -112,6 +112,7 @@ def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
         allowed_labels=source.allowed_labels,
         class_values=source.class_values,
         channel_normalisation=channel_normalisation,
+        reorient=str(data_config.get("reorient", "canonical")),
     )
 
 
