@@ -4,6 +4,7 @@
   python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
   python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
   python launch.py report --workdir=runs/sweep [--baseline=0.77] [--reference=random:all]
+  python launch.py inspect --config=... [--workdir=DIR] [--json]              # data dry run
 
 With --config.al.annotator=human, each round stops after its query; then
   python launch.py query --workdir=runs/mine [--out=DIR]
@@ -15,8 +16,10 @@ Several processes (hosts), each started with the same flags but its own --proces
       --num_processes=2 --process_id=0        # under SLURM: `srun python launch.py ...` (detected)
 """
 
+import json
 import logging as std_logging
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -39,6 +42,7 @@ _ALLOW_OUTSIDE = flags.DEFINE_bool(
     False,
     "import-labels: ignore voxels outside the queried slices instead of rejecting the file.",
 )
+_JSON = flags.DEFINE_bool("json", False, "inspect: print the summary as one JSON object on stdout.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed)."
 )
@@ -50,7 +54,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 )
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
-VERBS = ("run", "sweep", "supervised", "report", "query", "import-labels")
+VERBS = ("run", "sweep", "supervised", "report", "query", "import-labels", "inspect")
 NEEDS_WORKDIR = ("report", "query", "import-labels")
 
 
@@ -66,9 +70,12 @@ def main(argv):
             raise app.UsageError(f"{verb} needs --workdir")
         name = f"{config.al.strategy}-{config.al.mode}" if verb == "run" else verb
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f"--workdir not given; writing to {workdir}")
+        # stderr under --json: stdout holds the JSON object alone
+        print(
+            f"--workdir not given; writing to {workdir}", file=sys.stderr if _JSON.value else None
+        )
     # Imported after flag parsing: keeps --help fast.
-    from selal_jax import annotate, loop, parallel, report, sweep
+    from selal_jax import annotate, inspect_data, loop, parallel, report, sweep
 
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -91,6 +98,9 @@ def main(argv):
     elif verb == "supervised":
         record = loop.train_supervised(config, workdir)
         show(f"supervised baseline: dice {record['dice']:.4f} (global {record['dice_global']:.4f})")
+    elif verb == "inspect":  # the data as a run loads it (and its cache), without training
+        info = inspect_data.describe(config, workdir)
+        show(json.dumps(info, indent=1) if _JSON.value else inspect_data.format_text(info))
     elif verb == "query":
         print(f"wrote {annotate.export_query(config, workdir, _OUT.value)}")
     elif _LABELS.value is None:

@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # binary (lesions, 1 channel) | multiclass (halo 1 around core 2, 2 channels MRI_A/MRI_B, read
     # with data.modality and data.classes 'all' unless they are set)
     data.synthetic.kind = "binary"
-    data.axis = 2  # slicing axis of the canonical (RAS) volume: 2 = axial
+    data.axis = 2  # slicing axis (canonical RAS volume: 2 = axial; reorient=none: a stored axis)
     data.size = (64, 64)  # pixels (H, W) of the 2D slices; CLI: --config.data.size=128,128
     data.resample = "resize"  # resize (bilinear / nearest for labels) | crop (centre crop/pad)
     data.normalisation = (
@@ -92,6 +92,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.keep_empty_slices = True  # keep slices whose normalised image is all zero (paper: keep)
     data.split = (0.7, 0.15, 0.15)  # train/val/test fractions, by subject
     data.split_seed = 0  # seed of the subject split
+    # JSON {"train": [...], "val": [...], "test": [...]} of case names (MSD: the file stem, BraTS:
+    # the case folder, paired: the matched name): this split instead of the seeded one; cases in
+    # no list are left out. None = the seeded split of data.split.
+    data.split_file = config_dict.placeholder(str)
+    # Regular expression whose first group, searched in a case name, is its patient (e.g.
+    # ^(sub-\d+)_): the seeded split keeps each patient's cases together. '' = one case each.
+    data.group_regex = ""
+    # canonical: reorient to RAS+ (nib.as_closest_canonical) | none: keep the stored voxel order
+    # (data.axis is then an array axis of the file, spacing per stored axis)
+    data.reorient = "canonical"
 
     config.model = model = config_dict.ConfigDict()
     model.base_width = 8  # channels of the first level (the paper's network: 32)

@@ -19,7 +19,9 @@ Geometry: the loader cuts slices from the canonical (RAS+) volume along data.axi
 to data.size. Export inverts both (`preprocess.unfit_slices`, then the canonical volume is
 reoriented to the file's axes). Import runs the loader's own forward path on the corrected file
 (canonical read, label mapping, slicing, fitting), so the true masks written into the exported
-volumes give exactly the slices the loader makes from the dataset's label files.
+volumes give exactly the slices the loader makes from the dataset's label files. With
+data.reorient = 'none' the loader's "canonical" volume is the file's own voxel order: the
+geometry is the identity orientation.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ CSV_FIELDS = (
 )
 AXIS_NOTE = (
     "axis and slice_index are 0-based voxel coordinates of the source file (axis 0 = i, 1 = j, "
-    "2 = k, as 3D Slicer's IJK); canonical_axis/canonical_index are the loader's (RAS+) ones"
+    "2 = k, as 3D Slicer's IJK); canonical_axis/canonical_index are the loader's (RAS+) ones "
+    "(with data.reorient = 'none' the file's own)"
 )
+IDENTITY = orientations.axcodes2ornt("RAS")  # file axis i is loader axis i, not reversed
 
 
 class AnnotationError(ValueError):
@@ -80,7 +84,8 @@ class Geometry:
       shape: (3,) voxel shape of the file (its spatial axes).
       affine: [4, 4] voxel-to-world matrix of the file.
       ornt: [3, 2] nib.io_orientation(affine): file axis i is canonical axis ornt[i, 0],
-        reversed where ornt[i, 1] == -1 (what nib.as_closest_canonical applies).
+        reversed where ornt[i, 1] == -1 (what nib.as_closest_canonical applies); the identity
+        with data.reorient = 'none', where the loader slices the stored array.
     """
 
     shape: tuple[int, int, int]
@@ -88,11 +93,16 @@ class Geometry:
     ornt: np.ndarray
 
     @classmethod
-    def of(cls, case: CaseFiles) -> Geometry:
-        """From the image file's header."""
+    def of(cls, case: CaseFiles, reorient: str = "canonical") -> Geometry:
+        """From the image file's header; `reorient` as data.reorient."""
         shape = preprocess.check_header(dataclasses.replace(case, label=None))
         affine = np.asarray(preprocess.load_nifti(case.image).affine, np.float64)
-        return cls(shape, affine, nib.io_orientation(affine))
+        ornt = IDENTITY.copy() if reorient == "none" else nib.io_orientation(affine)
+        return cls(shape, affine, ornt)
+
+    def plane(self, file_axis: int) -> str:
+        """sagittal, coronal or axial: the anatomical plane of slices along a file axis."""
+        return PLANES[int(nib.io_orientation(self.affine)[file_axis, 0])]
 
     def canonical_shape(self) -> tuple[int, int, int]:
         out = [0, 0, 0]
@@ -209,7 +219,7 @@ def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, Que
         case = source.cases[subject]
         if case.case_id in out:
             raise AnnotationError(f"{case.image}: two queried cases named {case.case_id}")
-        geometry = Geometry.of(case)
+        geometry = Geometry.of(case, experiment.config.data.get("reorient", "canonical"))
         canonical_index = np.asarray([int(train.slice_index[ids[p]]) for p in positions])
         file_axis = geometry.file_slice(axis, 0)[0]
         file_index = np.asarray([geometry.file_slice(axis, int(c))[1] for c in canonical_index])
@@ -300,7 +310,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
                     "label_file": name,
                     "axis": qc.file_axis,
                     "slice_index": int(qc.file_index[k]),
-                    "plane": PLANES[settings.axis],
+                    "plane": qc.geometry.plane(qc.file_axis),
                     "stream": record["queried_streams"][position],
                     "score": record["queried_scores"][position],  # None (random): empty cell
                     "canonical_axis": settings.axis,
@@ -368,7 +378,7 @@ def read_correction(
                 f"image's ({qc.case.image}):\nfile   {np.round(header.affine, 4).tolist()}\n"
                 f"source {np.round(qc.geometry.affine, 4).tolist()}"
             ]
-        label, _ = preprocess.read_canonical(path, "label", None, as_float=False)
+        label, _ = preprocess.read_canonical(path, "label", None, False, settings.canonical)
     except DataError as e:  # unreadable, truncated: the message names the file
         return None, [str(e)]
     reasons, target = [], None

@@ -19,4 +19,7 @@ ADDED_KEYS = {
     "eval.cases": False,
     "eval.tolerance_mm": 1.0,
     "eval.save_predictions": False,
+    "data.split_file": None,
+    "data.group_regex": "",
+    "data.reorient": "canonical",
 }

@@ -17,6 +17,7 @@ import tempfile
 import numpy as np
 from absl import logging
 
+from selal_jax.data.preprocess import DataError
 from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.
@@ -48,8 +49,20 @@ def fingerprint(source_files: list[str], root: str, data_config) -> str:
             node = node.get(p, {})
         if leaf in node and node[leaf] == default:
             del node[leaf]
+    if settings.get("split_file") is not None:
+        # By content: editing the split file invalidates the cache, moving it does not.
+        settings["split_file"] = "sha256:" + file_digest(settings["split_file"], "data.split_file")
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def file_digest(path: str, field: str) -> str:
+    """SHA-256 of a file's bytes; a missing or unreadable file is a DataError naming the field."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it (config field {field}): {e}") from e
 
 
 class NpyAppender:

@@ -8,7 +8,9 @@ stats the source files and memory-maps the cache.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 
 import numpy as np
@@ -53,6 +55,45 @@ def validate_data_config(data_config) -> None:
     if classes.lower() != "all":
         layouts.parse_classes(classes)
     layouts.parse_values(data_config.get("background_values", ""), "data.background_values")
+    validate_split_fields(data_config)
+
+
+REORIENT = ("canonical", "none")
+
+
+def validate_split_fields(data_config) -> None:
+    """Checks data.split_file, data.group_regex and data.reorient (their syntax; the split file's
+    content is checked against the cases when the split is drawn)."""
+    reorient = data_config.get("reorient", "canonical")
+    if reorient not in REORIENT:
+        raise ValueError(
+            f"config field data.reorient: expected one of {REORIENT}, got {reorient!r}"
+        )
+    split_file = data_config.get("split_file", None)
+    if split_file is not None and (not isinstance(split_file, str) or not split_file.strip()):
+        raise ValueError(
+            f"config field data.split_file: expected the path of a JSON file, got {split_file!r}"
+        )
+    group_pattern(data_config)
+
+
+def group_pattern(data_config) -> re.Pattern | None:
+    """data.group_regex compiled ('' -> None); a config error unless it has a group."""
+    text = str(data_config.get("group_regex", "") or "")
+    if not text:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as e:
+        raise ValueError(
+            f"config field data.group_regex: not a regular expression ({e}), got {text!r}"
+        ) from e
+    if pattern.groups < 1:
+        raise ValueError(
+            "config field data.group_regex: needs a group, (...), whose match names the "
+            f"patient (e.g. '^(sub-\\d+)_'), got {text!r}"
+        )
+    return pattern
 
 
 def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
@@ -71,6 +112,7 @@ def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
         allowed_labels=source.allowed_labels,
         class_values=source.class_values,
         channel_normalisation=channel_normalisation,
+        reorient=str(data_config.get("reorient", "canonical")),
     )
 
 
@@ -108,6 +150,128 @@ def split_subjects(
     held_out = order[labelled[order]][n_train:]  # the last n_val + n_test labelled subjects
     val, test = held_out[:n_val], held_out[n_val:]
     return np.setdiff1d(order, held_out), np.sort(val), np.sort(test)
+
+
+def case_groups(case_ids: list[str], pattern: re.Pattern) -> list[str]:
+    """Each case's group (patient): the first group of `pattern` searched in its name.
+
+    A case the pattern does not match (or whose group takes no part in the match) is a DataError
+    naming every such case and the pattern.
+    """
+    groups, unmatched = [], []
+    for case_id in case_ids:
+        match = pattern.search(case_id)
+        if match is None or match.group(1) is None:
+            unmatched.append(case_id)
+        else:
+            groups.append(match.group(1))
+    if unmatched:
+        raise DataError(
+            f"config field data.group_regex {pattern.pattern!r} does not match "
+            f"{len(unmatched)} case names: {', '.join(unmatched)}"
+        )
+    return groups
+
+
+def split_groups(
+    case_ids: list[str], fractions, seed: int, labelled: np.ndarray, pattern: re.Pattern
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`split_subjects` over the groups of `pattern` (sorted by name), expanded to case indices:
+    a patient's cases all land in one part. A group is labelled when all its cases are; as in
+    `split_subjects`, val and test get only labelled groups."""
+    groups = case_groups(case_ids, pattern)
+    names = sorted(set(groups))
+    group_of = np.searchsorted(names, groups)
+    group_labelled = np.ones(len(names), bool)
+    np.logical_and.at(group_labelled, group_of, np.asarray(labelled, bool))
+    parts = split_subjects(len(names), fractions, seed, group_labelled)
+    return tuple(np.flatnonzero(np.isin(group_of, part)) for part in parts)
+
+
+def split_from_file(
+    path: str, case_ids: list[str], labelled: np.ndarray, pattern: re.Pattern | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
+    """The split listed in a JSON file {"train": [...], "val": [...], "test": [...]}.
+
+    Returns ((train, val, test) sorted case indices, names of the cases in no list). Unknown
+    names, names listed twice, unlabelled cases in val or test, an empty part and (with
+    `pattern`) a patient split over two parts are DataErrors naming the file and the cases.
+    """
+    where = f"{path} (config field data.split_file)"
+    try:
+        with open(path) as f:
+            listed = json.load(f)
+    except FileNotFoundError as e:
+        raise DataError(f"{where}: split file not found") from e
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: not a readable JSON file ({e})") from e
+    if not isinstance(listed, dict) or set(listed) != set(SPLIT_NAMES):
+        got = sorted(listed) if isinstance(listed, dict) else type(listed).__name__
+        raise DataError(
+            f"{where}: expected an object with exactly the keys {list(SPLIT_NAMES)}, got {got}"
+        )
+    index: dict[str, int] = {}
+    for i, case_id in enumerate(case_ids):
+        if case_id in index:
+            raise DataError(f"{where}: two cases of the dataset are named {case_id!r}")
+        index[case_id] = i
+    part_of: dict[str, str] = {}
+    problems = []
+    for name in SPLIT_NAMES:
+        names = listed[name]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{where}: field '{name}' must be a list of case names, got {names!r}")
+        if not names:
+            problems.append(f"field '{name}' lists no case")
+        for case_id in names:
+            if case_id not in index:
+                problems.append(f"unknown case {case_id!r} in '{name}'")
+            elif case_id in part_of:
+                problems.append(f"case {case_id!r} is in both '{part_of[case_id]}' and '{name}'")
+            else:
+                part_of[case_id] = name
+                if name != "train" and not labelled[index[case_id]]:
+                    problems.append(f"case {case_id!r} in '{name}' has no label")
+    if pattern is not None and not problems:
+        listed_ids = list(part_of)
+        parts_of_group: dict[str, set[str]] = {}
+        for case_id, group in zip(listed_ids, case_groups(listed_ids, pattern), strict=True):
+            parts_of_group.setdefault(group, set()).add(part_of[case_id])
+        for group, parts in sorted(parts_of_group.items()):
+            if len(parts) > 1:
+                problems.append(
+                    f"patient {group!r} (data.group_regex) has cases in {sorted(parts)}"
+                )
+    if problems:
+        raise DataError(f"{where}: " + "; ".join(problems))
+    parts = tuple(
+        np.sort(np.asarray([index[c] for c in listed[name]], np.int64)) for name in SPLIT_NAMES
+    )
+    left_out = [c for c in case_ids if c not in part_of]
+    return parts, left_out
+
+
+def split_cases(source: layouts.Source, data_config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (train, val, test) case indices of source.cases: the split file's, else the seeded
+    split (by patient with data.group_regex). Cases in no part are left out (one warning)."""
+    labelled = np.asarray([c.label is not None for c in source.cases], bool)
+    case_ids = [c.case_id for c in source.cases]
+    fractions, seed = tuple(data_config.split), int(data_config.split_seed)
+    pattern = group_pattern(data_config)
+    split_file = data_config.get("split_file", None)
+    if split_file is not None:
+        parts, left_out = split_from_file(split_file, case_ids, labelled, pattern)
+        if left_out:
+            logging.warning(
+                "%s: %d cases in no list of the split file are left out: %s",
+                split_file,
+                len(left_out),
+                ", ".join(left_out),
+            )
+        return parts
+    if pattern is not None:
+        return split_groups(case_ids, fractions, seed, labelled, pattern)
+    return split_subjects(len(case_ids), fractions, seed, labelled)
 
 
 def resolve_root(data_config, workdir: str) -> str:
@@ -156,12 +320,11 @@ def build_cache(
 ) -> None:
     """Checks and preprocesses every case into the cache folder <cache_dir>/<key>."""
     start = time.time()
-    shapes = check_headers(source.cases)
     labelled = np.asarray([c.label is not None for c in source.cases], bool)
-    parts = split_subjects(
-        len(source.cases), tuple(data_config.split), int(data_config.split_seed), labelled
-    )
+    parts = split_cases(source, data_config)
     order = np.concatenate(parts)
+    # Only the cases of the split: one left out of a split file may be the broken one.
+    shapes = check_headers([source.cases[i] for i in np.sort(order)])
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
     ranges = {}
     channels = len(settings.channel_normalisation or ("image",))
@@ -200,6 +363,10 @@ def build_cache(
                 "labelled": labelled.tolist(),
                 "n_slices": builder.n_slices,
                 "ranges": ranges,
+                "split": {
+                    name: [source.cases[i].case_id for i in part]
+                    for name, part in zip(SPLIT_NAMES, parts, strict=True)
+                },
                 "class_names": list(source.class_names),
                 "channel_names": list(source.channel_names),
                 "settings": {
@@ -263,7 +430,7 @@ def load_dataset(data_config, workdir: str) -> Splits:
             channel_names=channel_names,
         )
 
-    splits = Splits(part("train"), part("val"), part("test"), key, source)
+    splits = Splits(part("train"), part("val"), part("test"), key, source, meta.get("split"))
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",
         root,

@@ -58,7 +58,8 @@ class Settings:
     """What `process_case` does to every case (derived from config.data and the layout).
 
     Attributes:
-      axis: slicing axis of the canonical (RAS+) volume; 2 = axial.
+      axis: slicing axis of the canonical (RAS+) volume; 2 = axial (reorient 'none': an axis
+        of the stored array).
       size: (H, W) in-plane size of the output slices, pixels.
       resample: 'resize' (bilinear images, nearest labels) or 'crop' (centre crop / zero pad).
       normalisation: 'zscore' or 'ct_window' (of the first channel; of the only one if K = 1).
@@ -70,6 +71,8 @@ class Settings:
         k (1-based), 0 = background; None = the binary target of `target_values`.
       channel_normalisation: per input channel (K >= 2) 'zscore' or 'ct_window'; None = one
         channel, normalised by `normalisation`.
+      reorient: 'canonical' (RAS+, nib.as_closest_canonical) or 'none' (the stored voxel order:
+        `axis` is an array axis of the file).
     """
 
     axis: int
@@ -82,11 +85,18 @@ class Settings:
     allowed_labels: tuple[int, ...] | None
     class_values: tuple[tuple[int, ...], ...] | None = None
     channel_normalisation: tuple[str, ...] | None = None
+    reorient: str = "canonical"
+
+    @property
+    def canonical(self) -> bool:
+        """Whether volumes are reoriented to RAS+ before slicing."""
+        return self.reorient != "none"
 
 
 @dataclasses.dataclass
 class Volume:
-    """A canonical (RAS+) volume with its label; arrays are [X, Y, Z].
+    """A canonical (RAS+) volume with its label; arrays are [X, Y, Z] (the stored voxel order
+    with data.reorient = 'none').
 
     With K >= 2 input channels the image is channel-first, [K, X, Y, Z], so that each channel is
     one contiguous volume (normalised in place on its own).
@@ -192,13 +202,18 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
     return shape
 
 
-def read_canonical(path: str, what: str, channel: int | None, as_float: bool):
-    """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image)."""
+def read_canonical(
+    path: str, what: str, channel: int | None, as_float: bool, reorient: bool = True
+):
+    """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image).
+
+    With reorient=False, the volume and image are the file's own (stored voxel order)."""
     img = load_nifti(path, what)
     try:
         if len(img.shape) == 4:
             img = img.slicer[..., channel or 0]
-        img = nib.as_closest_canonical(img)
+        if reorient:
+            img = nib.as_closest_canonical(img)
         data = img.get_fdata(dtype=np.float32) if as_float else np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
         raise DataError(
@@ -208,12 +223,13 @@ def read_canonical(path: str, what: str, channel: int | None, as_float: bool):
 
 
 def read_canonical_channels(
-    sources: tuple[tuple[str, int | None], ...],
+    sources: tuple[tuple[str, int | None], ...], reorient: bool = True
 ) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Reads K >= 2 image channels in canonical orientation: ([K, X, Y, Z] float32, first image).
 
     Each file is read once: a 4D file giving several channels is decompressed once, not once per
-    channel. Every channel is checked for NaN/Inf voxels, naming its file.
+    channel. Every channel is checked for NaN/Inf voxels, naming its file. With reorient=False,
+    the stored voxel order.
     """
     by_path: dict[str, list[int | None]] = {}
     for path, channel in sources:
@@ -222,7 +238,8 @@ def read_canonical_channels(
     for path, channels in by_path.items():
         img = load_nifti(path, "image")
         try:
-            img = nib.as_closest_canonical(img)  # reorients the 3 spatial axes of a 4D image too
+            if reorient:  # reorients the 3 spatial axes of a 4D image too
+                img = nib.as_closest_canonical(img)
             data = img.get_fdata(dtype=np.float32)
         except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
             raise DataError(
@@ -241,21 +258,22 @@ def read_canonical_channels(
     return image, first
 
 
-def load_volume(case: CaseFiles) -> Volume:
+def load_volume(case: CaseFiles, reorient: bool = True) -> Volume:
     """Reads a case in canonical orientation and checks its voxels (not its label values).
 
-    One input channel gives an [X, Y, Z] image, K >= 2 channels a [K, X, Y, Z] one.
+    One input channel gives an [X, Y, Z] image, K >= 2 channels a [K, X, Y, Z] one. With
+    reorient=False, every array (and the spacing) is in the files' stored axis order.
     """
     if case.extra_channels:
-        image, img = read_canonical_channels(case.channel_sources)
+        image, img = read_canonical_channels(case.channel_sources, reorient)
     else:
-        image, img = read_canonical(case.image, "image", case.channel, as_float=True)
+        image, img = read_canonical(case.image, "image", case.channel, True, reorient)
     if not np.all(np.isfinite(image)):
         bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
     label = None
     if case.label is not None:
-        label, _ = read_canonical(case.label, "label", None, as_float=False)
+        label, _ = read_canonical(case.label, "label", None, False, reorient)
     spacing = np.sqrt(np.sum(img.affine[:3, :3] ** 2, axis=0)).astype(np.float32)
     return Volume(image, label, spacing, img.affine)
 
@@ -568,4 +586,4 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
 
 def process_case(case: CaseFiles, settings: Settings) -> CaseSlices:
     """Reads, checks and slices one case (an unlabelled case gets all-zero masks)."""
-    return slice_volume(load_volume(case), case, settings)
+    return slice_volume(load_volume(case, settings.canonical), case, settings)

@@ -18,8 +18,10 @@ class SliceSet:
       labels: [N, H, W] uint8 class indices 0..C, 0 = background: binary {0, 1} target masks
         when C = 1 (may be a read-only memmap).
       subject: [N] int32 index into `cases` of the volume each slice came from.
-      slice_index: [N] int32 index of the slice along the slicing axis of the canonical volume.
-      spacing: [N, 3] float32 voxel spacing (mm) of the source volume, canonical axis order.
+      slice_index: [N] int32 index of the slice along the slicing axis of the canonical volume
+        (with data.reorient = 'none': of the stored volume).
+      spacing: [N, 3] float32 voxel spacing (mm) of the source volume, canonical axis order
+        (with data.reorient = 'none': stored axis order).
       cases: case identifiers (e.g. file stems), indexed by `subject`.
       has_label: [N] bool, False for slices of cases without a label file (their `labels` are
         0 and mean nothing); None at construction means every slice has one.
@@ -72,3 +74,6 @@ class Splits:
     fingerprint: str  # hash of the source files and preprocessing config
     # The layouts.Source the slices came from (case files, label semantics); None if unknown.
     source: Any = None
+    # The case names of each split, {"train": [...], "val": [...], "test": [...]}, as the cache
+    # recorded them (cases left out by data.split_file are in none); None for older caches.
+    split_cases: dict[str, list[str]] | None = None
