@@ -200,3 +200,51 @@ def make_classes_volume(
     label[cx - 2 : cx + 2, cy - 2 : cy + 2, cz - 1 : cz + 1] = 4
     label[cx - 1 : cx + 1, cy - 1 : cy + 1, cz] = 1
     return np.stack([brats_modality(image, k) for k in range(channels)], axis=-1), label
+
+
+# NRRD `space` -> sign of each RAS world axis (LPS negates x and y).
+NRRD_SPACE_SIGNS = {"RAS": (1, 1, 1), "LPS": (-1, -1, 1), "left-posterior-superior": (-1, -1, 1)}
+
+
+def nrrd_header(affine: np.ndarray, space: str = "LPS", channel_axis: int | None = None) -> dict:
+    """The NRRD geometry fields of a RAS `affine`, in `space` (RAS, LPS or its long name): axis
+    i's `space directions` vector is the affine's column i, signs flipped into `space`."""
+    signs = np.asarray(NRRD_SPACE_SIGNS[space], np.float64)
+    directions = (signs[:, None] * np.asarray(affine, np.float64)[:3, :3]).T
+    kinds = ["domain"] * 3
+    if channel_axis is not None:
+        directions = np.insert(directions, channel_axis, np.nan, axis=0)
+        kinds.insert(channel_axis, "list")
+    return {
+        "space": space,
+        "space directions": directions,
+        "space origin": signs * np.asarray(affine, np.float64)[:3, 3],
+        "kinds": kinds,
+    }
+
+
+def write_nrrd(
+    path: str,
+    array: np.ndarray,
+    affine: np.ndarray,
+    space: str = "LPS",
+    channel_axis: int | None = None,
+    detached: bool = False,
+    extra: dict | None = None,
+) -> str:
+    """Writes `array` ([X, Y, Z] or [X, Y, Z, K]) as NRRD with the geometry of the RAS `affine`
+    (what a NIfTI file of the same array and affine holds). A 4D array's channels go on axis
+    `channel_axis` of the file (Slicer puts a 'list' axis first)."""
+    import nrrd
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = np.asarray(array)
+    if data.ndim == 4:
+        channel_axis = 0 if channel_axis is None else channel_axis
+        data = np.moveaxis(data, 3, channel_axis)
+    header = {
+        **nrrd_header(affine, space, channel_axis if data.ndim == 4 else None),
+        **(extra or {}),
+    }
+    nrrd.write(path, np.ascontiguousarray(data), header, detached_header=detached)
+    return path

@@ -20,7 +20,11 @@ import dataclasses
 import json
 import os
 
+from selal_jax.data import volumes
 from selal_jax.data.preprocess import NIFTI_EXTENSIONS, CaseFiles, DataError, load_nifti
+
+# What a layout's folders may hold: NIfTI, and NRRD (3D Slicer) volumes and label maps.
+VOLUME_EXTENSIONS = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr")
 
 BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
 BRATS_LABELS = (0, 1, 2, 4)  # background, necrotic/non-enhancing core, oedema, enhancing
@@ -87,15 +91,14 @@ class Source:
 
 
 def is_nifti(name: str) -> bool:
+    """A volume file the loader reads (NIfTI or NRRD), not a hidden one."""
     # macOS resource forks (._x.nii.gz) and other hidden files ship inside real archives.
-    return name.endswith(NIFTI_EXTENSIONS) and not name.startswith(".")
+    return name.endswith(VOLUME_EXTENSIONS) and not name.startswith(".")
 
 
 def strip_nifti(name: str) -> str:
-    for ext in NIFTI_EXTENSIONS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    """The case name of a volume file: without .nii.gz, .nii, .seg.nrrd, .nrrd or .nhdr."""
+    return volumes.strip_extension(name)
 
 
 def _label_values(data_config) -> tuple[int, ...] | None:
@@ -452,7 +455,9 @@ def brats_source(root: str, data_config) -> Source:
                 continue  # ._ files, .DS_Store, csv files
             paths = []
             for kind in (*modalities, "seg"):
-                candidates = [os.path.join(case_dir, f"{case}_{kind}{e}") for e in NIFTI_EXTENSIONS]
+                candidates = [
+                    os.path.join(case_dir, f"{case}_{kind}{e}") for e in VOLUME_EXTENSIONS
+                ]
                 found = [p for p in candidates if os.path.isfile(p)]
                 if not found and kind == "seg" and data_config.allow_unlabelled:
                     found = [None]  # an unlabelled case of the pool

@@ -14,11 +14,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from selal_jax.data import volumes
+from selal_jax.data.volumes import DataError  # noqa: F401  (re-exported)
+
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +108,9 @@ class CaseSlices:
 
 
 def load_nifti(path: str, what: str = "image"):
-    """nib.load (header only; voxels are read lazily) with errors that name the file."""
-    try:
-        return nib.load(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: {what} file not found") from e
-    except Exception as e:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: unreadable NIfTI {what} ({type(e).__name__}: {e})") from e
+    """The image header (voxels are read lazily) with errors that name the file: nib.load for
+    NIfTI, an NRRD file as a Nifti1Image with its RAS affine (`volumes.load_image`)."""
+    return volumes.load_image(path, what)
 
 
 def _spatial_shape(img, path: str, what: str, channel: int | None) -> tuple[int, int, int]:
@@ -192,9 +187,12 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
     return shape
 
 
-def read_canonical(path: str, what: str, channel: int | None, as_float: bool):
-    """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image)."""
-    img = load_nifti(path, what)
+def read_canonical(path: str, what: str, channel: int | None, as_float: bool, img=None):
+    """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image).
+
+    `img`: the file's image if already opened (e.g. a segmentation placed on its image's grid).
+    """
+    img = load_nifti(path, what) if img is None else img
     try:
         if len(img.shape) == 4:
             img = img.slicer[..., channel or 0]
