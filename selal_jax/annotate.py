@@ -42,7 +42,7 @@ from absl import logging
 from nibabel import orientations
 
 from selal_jax import checkpointing, loop, parallel, rng
-from selal_jax.data import layouts, loading, preprocess
+from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
@@ -353,7 +353,10 @@ def read_correction(
       else (None, reasons), each reason naming the file.
     """
     try:
-        header = preprocess.load_nifti(path, "label")
+        if volumes.is_segmentation(path):  # 3D Slicer: its (cropped) extent on the image grid
+            header = volumes.load_segmentation(path, qc.geometry.shape, qc.geometry.affine)
+        else:
+            header = preprocess.load_nifti(path, "label")
         shape = tuple(int(s) for s in header.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
@@ -368,7 +371,7 @@ def read_correction(
                 f"image's ({qc.case.image}):\nfile   {np.round(header.affine, 4).tolist()}\n"
                 f"source {np.round(qc.geometry.affine, 4).tolist()}"
             ]
-        label, _ = preprocess.read_canonical(path, "label", None, as_float=False)
+        label, _ = preprocess.read_canonical(path, "label", None, as_float=False, img=header)
     except DataError as e:  # unreadable, truncated: the message names the file
         return None, [str(e)]
     reasons, target = [], None
@@ -418,8 +421,9 @@ def import_labels(
 ) -> dict:
     """Imports the corrected label volumes of the awaited round's query; returns a summary.
 
-    `labels_dir` holds <case>.nii.gz (or .nii) per queried case: the export's labels/ folder, or
-    the export folder itself. Every file is checked before anything is written; if any is
+    `labels_dir` holds <case>.nii.gz (or .nii, a plain .nrrd label map, or a 3D Slicer
+    segmentation <case>.seg.nrrd) per queried case: the export's labels/ folder, or the export
+    folder itself. Every file is checked before anything is written; if any is
     rejected, an AnnotationError lists each rejected file with its reason and nothing changes.
     With `allow_changes_outside_query`, voxels outside the queried slices are ignored instead.
     """

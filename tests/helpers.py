@@ -248,3 +248,37 @@ def write_nrrd(
     }
     nrrd.write(path, np.ascontiguousarray(data), header, detached_header=detached)
     return path
+
+
+def write_seg_nrrd(path: str, label: np.ndarray, affine: np.ndarray, layers=None) -> str:
+    """Writes `label` as 3D Slicer does: cropped to the segments' extent, the origin shifted by
+    the crop, one segment per label value (all in layer 0 unless `layers` maps value -> layer,
+    which makes a 4D file of one label map per layer)."""
+    values = [int(v) for v in np.unique(label) if v]
+    nz = np.argwhere(label > 0)
+    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
+    crop = label[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    cropped = affine.copy()
+    cropped[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    layers = layers or {v: 0 for v in values}
+    n_layers = max(layers.values()) + 1
+    extra = {"Segmentation_ReferenceImageExtentOffset": " ".join(str(int(v)) for v in lo)}
+    for n, v in enumerate(values):
+        where = np.argwhere(crop == v)
+        extent = " ".join(f"{a} {b}" for a, b in zip(where.min(0), where.max(0), strict=True))
+        extra.update(
+            {
+                f"Segment{n}_ID": f"Segment_{v}",
+                f"Segment{n}_Name": f"label {v}",
+                f"Segment{n}_LabelValue": str(v),
+                f"Segment{n}_Layer": str(layers[v]),
+                f"Segment{n}_Extent": extent,
+            }
+        )
+    if n_layers == 1:
+        data = crop.astype(np.uint8)
+    else:
+        data = np.zeros((*crop.shape, n_layers), np.uint8)
+        for v, layer in layers.items():
+            data[..., layer][crop == v] = v
+    return write_nrrd(path, data, cropped, "LPS", channel_axis=0, extra=extra)

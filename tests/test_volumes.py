@@ -167,47 +167,13 @@ def test_missing_and_corrupt_nrrd_name_the_file(tmp_path):
 # ------------------------------------------------------------------ Slicer segmentations
 
 
-def write_seg_nrrd(path: str, label: np.ndarray, affine: np.ndarray, layers=None) -> str:
-    """Writes `label` as 3D Slicer does: cropped to the segments' extent, the origin shifted by
-    the crop, one segment per label value (all in layer 0 unless `layers` maps value -> layer,
-    which makes a 4D file of one label map per layer)."""
-    values = [int(v) for v in np.unique(label) if v]
-    nz = np.argwhere(label > 0)
-    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
-    crop = label[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-    cropped = affine.copy()
-    cropped[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    layers = layers or {v: 0 for v in values}
-    n_layers = max(layers.values()) + 1
-    extra = {"Segmentation_ReferenceImageExtentOffset": " ".join(str(int(v)) for v in lo)}
-    for n, v in enumerate(values):
-        where = np.argwhere(crop == v)
-        extent = " ".join(f"{a} {b}" for a, b in zip(where.min(0), where.max(0), strict=True))
-        extra.update(
-            {
-                f"Segment{n}_ID": f"Segment_{v}",
-                f"Segment{n}_Name": f"label {v}",
-                f"Segment{n}_LabelValue": str(v),
-                f"Segment{n}_Layer": str(layers[v]),
-                f"Segment{n}_Extent": extent,
-            }
-        )
-    if n_layers == 1:
-        data = crop.astype(np.uint8)
-    else:
-        data = np.zeros((*crop.shape, n_layers), np.uint8)
-        for v, layer in layers.items():
-            data[..., layer][crop == v] = v
-    return helpers.write_nrrd(path, data, cropped, "LPS", channel_axis=0, extra=extra)
-
-
 @pytest.mark.parametrize("layers", [None, {1: 0, 2: 1}])
 def test_seg_nrrd_with_a_cropped_extent_is_its_nifti_label_map(tmp_path, layers):
     affine = AFFINES["oblique"]
     label = np.zeros(SHAPE, np.uint8)
     label[2:5, 3:6, 1:3] = 1
     label[6:8, 1:3, 3] = 2
-    path = write_seg_nrrd(str(tmp_path / "c.seg.nrrd"), label, affine, layers)
+    path = helpers.write_seg_nrrd(str(tmp_path / "c.seg.nrrd"), label, affine, layers)
     assert nib.load(helpers.write_nifti(str(tmp_path / "c.nii.gz"), label, affine)).shape == SHAPE
     assert preprocess.load_nifti(path).shape[:3] != SHAPE  # cropped
     image = volumes.load_segmentation(path, SHAPE, affine)
@@ -219,7 +185,7 @@ def test_seg_nrrd_refusals(tmp_path):
     affine = AFFINES["diagonal"]
     label = np.zeros(SHAPE, np.uint8)
     label[2:5, 3:6, 1:3] = 1
-    path = write_seg_nrrd(str(tmp_path / "c.seg.nrrd"), label, affine)
+    path = helpers.write_seg_nrrd(str(tmp_path / "c.seg.nrrd"), label, affine)
     with pytest.raises(DataError, match="axes or spacing differ"):
         volumes.load_segmentation(path, SHAPE, helpers.affine_for((1, 1, 1)))
     shifted = affine.copy()
