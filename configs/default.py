@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.allow_config_change = False  # resume even if the config differs from the stored one
 
     config.data = data = config_dict.ConfigDict()
-    data.layout = "synthetic"  # synthetic | msd | brats | paired (see selal_jax/data/layouts.py)
+    data.layout = (
+        "synthetic"  # synthetic | msd | brats | paired | nnunetv2 (selal_jax/data/layouts.py)
+    )
     data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
     data.cache_dir = config_dict.placeholder(str)  # slice cache folder; None: <workdir>/cache
     # Cases without a label file (MSD entry without "label", paired image without label, BraTS

@@ -282,3 +282,42 @@ def write_seg_nrrd(path: str, label: np.ndarray, affine: np.ndarray, layers=None
         for v, layer in layers.items():
             data[..., layer][crop == v] = v
     return write_nrrd(path, data, cropped, "LPS", channel_axis=0, extra=extra)
+
+
+def write_nnunetv2(
+    root: str,
+    volumes,
+    channel_names: dict,
+    labels: dict,
+    affines: list[np.ndarray] | None = None,
+    file_ending: str = ".nii.gz",
+    names: list[str] | None = None,
+    **meta,
+) -> str:
+    """Writes an nnU-Net v2 raw dataset: imagesTr/<case>_<XXXX><ending> per channel of each
+    [X, Y, Z, K] image (or [X, Y, Z], one channel), labelsTr/<case><ending>, dataset.json."""
+    n = 0
+    for i, (image, label) in enumerate(volumes):
+        name = names[i] if names else f"case_{i:03d}"
+        affine = affines[i] if affines else affine_for()
+        image = image[..., None] if image.ndim == 3 else image
+        write = write_nifti if file_ending.startswith(".nii") else write_nrrd
+        for c in range(image.shape[3]):
+            write(
+                os.path.join(root, "imagesTr", f"{name}_{c:04d}{file_ending}"),
+                image[..., c],
+                affine,
+            )
+        if label is not None:
+            write(os.path.join(root, "labelsTr", f"{name}{file_ending}"), label, affine)
+        n += 1
+    contents = {
+        "channel_names": channel_names,
+        "labels": labels,
+        "numTraining": n,
+        "file_ending": file_ending,
+        **meta,
+    }
+    with open(os.path.join(root, "dataset.json"), "w") as f:
+        json.dump(contents, f, indent=1)
+    return root

@@ -3,6 +3,8 @@
   msd     Medical Segmentation Decathlon task folder: dataset.json lists the training pairs.
   brats   BraTS 2019: <grade>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz, grades HGG and LGG.
   paired  any images folder and labels folder whose NIfTI files match by name.
+  nnunetv2  nnU-Net v2 raw dataset: dataset.json, imagesTr/<case>_<XXXX>, labelsTr (nnunet.py).
+Volumes may be NIfTI or NRRD (.nrrd, .nhdr: 3D Slicer's format), see volumes.py.
 With data.allow_unlabelled, a case may lack its label (MSD entry without "label", BraTS case
 without seg, paired image without a label file): it joins the training pool unlabelled.
 Listing reads no voxels, so a cached dataset only costs a directory walk and some stats.
@@ -565,10 +567,14 @@ def find_cases(data_config, root: str) -> Source:
         source = brats_source(root, data_config)
     elif layout == "paired":
         source = paired_source(root, data_config)
+    elif layout == "nnunetv2":
+        from selal_jax.data import nnunet  # it builds on this module
+
+        source = nnunet.nnunetv2_source(root, data_config)
     else:
         raise ValueError(
             f"config field data.layout: unknown layout {layout!r}; expected synthetic, msd, "
-            "brats or paired"
+            "brats, paired or nnunetv2"
         )
     if not source.cases:
         raise DataError(f"{root}: no cases found (layout {layout})")
