@@ -85,7 +85,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.synthetic.kind = "binary"
     data.axis = 2  # slicing axis of the canonical (RAS) volume: 2 = axial
     data.size = (64, 64)  # pixels (H, W) of the 2D slices; CLI: --config.data.size=128,128
-    data.resample = "resize"  # resize (bilinear / nearest for labels) | crop (centre crop/pad)
+    # resize (bilinear / nearest for labels) | resize_aa (anti-aliased bilinear / per-class
+    # linear labels) | crop (centre crop/pad); unused with data.spacing
+    data.resample = "resize"
+    # (mm, mm): resample each slice to this in-plane spacing (anti-aliased images, per-class
+    # labels), then centre crop/pad to data.size; () = off (fit by data.resample)
+    data.spacing = ()
     data.normalisation = (
         "auto"  # auto (CT window if modality says CT, else zscore) | zscore | ct_window
     )

@@ -113,6 +113,13 @@ class Geometry:
         )
 
 
+def canonical_spacing(geometry: Geometry) -> np.ndarray:
+    """[3] float32 mm along the canonical axes: the loader's `Volume.spacing` of the case."""
+    spacing = np.zeros(3)
+    spacing[geometry.ornt[:, 0].astype(int)] = np.sqrt(np.sum(geometry.affine[:3, :3] ** 2, 0))
+    return spacing.astype(np.float32)
+
+
 def prefill_volume(
     geometry: Geometry,
     settings: preprocess.Settings,
@@ -140,8 +147,8 @@ def prefill_volume(
     dtype = np.uint8 if label_values.max() <= 255 else np.uint16
     canonical = np.zeros(geometry.canonical_shape(), dtype)
     stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
-    planes = preprocess.unfit_slices(
-        np.asarray(masks, np.uint8), stack.shape[1:], settings.resample
+    planes = preprocess.unfit_case_slices(
+        np.asarray(masks, np.uint8), stack.shape[1:], settings, canonical_spacing(geometry)
     )
     stack[np.asarray(canonical_index)] = label_values.astype(dtype)[planes]
     return geometry.to_file(canonical)
@@ -394,7 +401,8 @@ def read_correction(
     if reasons:
         return None, reasons
     planes = np.moveaxis(target, settings.axis, 0)[qc.canonical_index]
-    return preprocess.fit_slices(planes, settings.size, settings.resample, is_label=True), []
+    spacing = canonical_spacing(qc.geometry)
+    return preprocess.fit_case_slices(planes, settings, spacing, is_label=True), []
 
 
 def _find_files(labels_dir: str, case_ids) -> tuple[dict[str, str | None], list[str], list[str]]:

@@ -16,4 +16,7 @@ ADDED_KEYS = {
     "data.synthetic.kind": "binary",
     "train.loss": "ce",
     "al.class_balanced": False,
+    # () in the config; a list here as flatten_config stores tuples (cache.fingerprint and
+    # config_differences compare it either way).
+    "data.spacing": [],
 }

@@ -46,10 +46,15 @@ def fingerprint(source_files: list[str], root: str, data_config) -> str:
         node = settings
         for p in parents:
             node = node.get(p, {})
-        if leaf in node and node[leaf] == default:
+        if leaf in node and _plain(node[leaf]) == _plain(default):
             del node[leaf]
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def _plain(value):
+    """Tuples as lists: a config read back from JSON holds lists where get_config had tuples."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class NpyAppender:
