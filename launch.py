@@ -11,6 +11,9 @@ With --config.al.annotator=human, each round stops after its query; then
   python launch.py import-labels --workdir=runs/mine --labels=DIR
   python launch.py --config=... --workdir=runs/mine                         # the next round
 
+The labelled set as an nnU-Net v2 raw dataset (sparse slices, the rest nnU-Net's ignore label):
+  python launch.py export-nnunet --workdir=runs/mine --out=Dataset501_Mine
+
 Several processes (hosts), each started with the same flags but its own --process_id:
   python launch.py --config=... --workdir=... --coordinator_address=host0:12355 \
       --num_processes=2 --process_id=0        # under SLURM: `srun python launch.py ...` (detected)
@@ -35,7 +38,11 @@ _BASELINE = flags.DEFINE_float(
 _REFERENCE = flags.DEFINE_string(
     "reference", None, "report: strategy:mode the comparison pairs against (default random:all)."
 )
-_OUT = flags.DEFINE_string("out", None, "query: output folder. Default: <workdir>/queries/round_R.")
+_OUT = flags.DEFINE_string(
+    "out",
+    None,
+    "query: output folder (default <workdir>/queries/round_R); export-nnunet: the dataset folder.",
+)
 _LABELS = flags.DEFINE_string("labels", None, "import-labels: folder of corrected label volumes.")
 _ALLOW_OUTSIDE = flags.DEFINE_bool(
     "allow_changes_outside_query",
@@ -54,8 +61,17 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 )
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
-VERBS = ("run", "sweep", "supervised", "report", "query", "import-labels", "inspect")
-NEEDS_WORKDIR = ("report", "query", "import-labels")
+VERBS = (
+    "run",
+    "sweep",
+    "supervised",
+    "report",
+    "query",
+    "import-labels",
+    "inspect",
+    "export-nnunet",
+)
+NEEDS_WORKDIR = ("report", "query", "import-labels", "export-nnunet")
 
 
 def main(argv):
@@ -80,7 +96,7 @@ def main(argv):
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
-    if verb in ("query", "import-labels") and not flags.FLAGS["config"].present:
+    if verb in ("query", "import-labels", "export-nnunet") and not flags.FLAGS["config"].present:
         config = loop.stored_config(workdir)  # the run's own config
     # The library returns; only process 0 prints (the others hold the same results).
     show = print if parallel.is_primary() else (lambda *_: None)
@@ -103,6 +119,12 @@ def main(argv):
         show(json.dumps(info, indent=1) if _JSON.value else inspect_data.format_text(info))
     elif verb == "query":
         print(f"wrote {annotate.export_query(config, workdir, _OUT.value)}")
+    elif verb == "export-nnunet":
+        if _OUT.value is None:
+            raise app.UsageError("export-nnunet needs --out=DIR")
+        from selal_jax import export
+
+        print(f"wrote {export.export_nnunet(config, workdir, _OUT.value)}")
     elif _LABELS.value is None:
         raise app.UsageError("import-labels needs --labels=DIR")
     else:

@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.allow_config_change = False  # resume even if the config differs from the stored one
 
     config.data = data = config_dict.ConfigDict()
-    data.layout = "synthetic"  # synthetic | msd | brats | paired (see selal_jax/data/layouts.py)
+    data.layout = (
+        "synthetic"  # synthetic | msd | brats | paired | nnunetv2 (selal_jax/data/layouts.py)
+    )
     data.root = config_dict.placeholder(str)  # dataset folder; synthetic: where to write it
     data.cache_dir = config_dict.placeholder(str)  # slice cache folder; None: <workdir>/cache
     # Cases without a label file (MSD entry without "label", paired image without label, BraTS
@@ -83,7 +85,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.synthetic.kind = "binary"
     data.axis = 2  # slicing axis (canonical RAS volume: 2 = axial; reorient=none: a stored axis)
     data.size = (64, 64)  # pixels (H, W) of the 2D slices; CLI: --config.data.size=128,128
-    data.resample = "resize"  # resize (bilinear / nearest for labels) | crop (centre crop/pad)
+    # resize (bilinear / nearest for labels) | resize_aa (anti-aliased bilinear / per-class
+    # linear labels) | crop (centre crop/pad); unused with data.spacing
+    data.resample = "resize"
+    # (mm, mm): resample each slice to this in-plane spacing (anti-aliased images, per-class
+    # labels), then centre crop/pad to data.size; () = off (fit by data.resample)
+    data.spacing = ()
     data.normalisation = (
         "auto"  # auto (CT window if modality says CT, else zscore) | zscore | ct_window
     )

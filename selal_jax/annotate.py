@@ -44,7 +44,7 @@ from absl import logging
 from nibabel import orientations
 
 from selal_jax import checkpointing, loop, parallel, rng
-from selal_jax.data import layouts, loading, preprocess
+from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
@@ -123,6 +123,13 @@ class Geometry:
         )
 
 
+def canonical_spacing(geometry: Geometry) -> np.ndarray:
+    """[3] float32 mm along the canonical axes: the loader's `Volume.spacing` of the case."""
+    spacing = np.zeros(3)
+    spacing[geometry.ornt[:, 0].astype(int)] = np.sqrt(np.sum(geometry.affine[:3, :3] ** 2, 0))
+    return spacing.astype(np.float32)
+
+
 def prefill_volume(
     geometry: Geometry,
     settings: preprocess.Settings,
@@ -150,8 +157,8 @@ def prefill_volume(
     dtype = np.uint8 if label_values.max() <= 255 else np.uint16
     canonical = np.zeros(geometry.canonical_shape(), dtype)
     stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
-    planes = preprocess.unfit_slices(
-        np.asarray(masks, np.uint8), stack.shape[1:], settings.resample
+    planes = preprocess.unfit_case_slices(
+        np.asarray(masks, np.uint8), stack.shape[1:], settings, canonical_spacing(geometry)
     )
     stack[np.asarray(canonical_index)] = label_values.astype(dtype)[planes]
     return geometry.to_file(canonical)
@@ -363,7 +370,10 @@ def read_correction(
       else (None, reasons), each reason naming the file.
     """
     try:
-        header = preprocess.load_nifti(path, "label")
+        if volumes.is_segmentation(path):  # 3D Slicer: its (cropped) extent on the image grid
+            header = volumes.load_segmentation(path, qc.geometry.shape, qc.geometry.affine)
+        else:
+            header = preprocess.load_nifti(path, "label")
         shape = tuple(int(s) for s in header.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
@@ -378,7 +388,9 @@ def read_correction(
                 f"image's ({qc.case.image}):\nfile   {np.round(header.affine, 4).tolist()}\n"
                 f"source {np.round(qc.geometry.affine, 4).tolist()}"
             ]
-        label, _ = preprocess.read_canonical(path, "label", None, False, settings.canonical)
+        label, _ = preprocess.read_canonical(
+            path, "label", None, as_float=False, reorient=settings.canonical, img=header
+        )
     except DataError as e:  # unreadable, truncated: the message names the file
         return None, [str(e)]
     reasons, target = [], None
@@ -401,7 +413,8 @@ def read_correction(
     if reasons:
         return None, reasons
     planes = np.moveaxis(target, settings.axis, 0)[qc.canonical_index]
-    return preprocess.fit_slices(planes, settings.size, settings.resample, is_label=True), []
+    spacing = canonical_spacing(qc.geometry)
+    return preprocess.fit_case_slices(planes, settings, spacing, is_label=True), []
 
 
 def _find_files(labels_dir: str, case_ids) -> tuple[dict[str, str | None], list[str], list[str]]:
@@ -428,8 +441,9 @@ def import_labels(
 ) -> dict:
     """Imports the corrected label volumes of the awaited round's query; returns a summary.
 
-    `labels_dir` holds <case>.nii.gz (or .nii) per queried case: the export's labels/ folder, or
-    the export folder itself. Every file is checked before anything is written; if any is
+    `labels_dir` holds <case>.nii.gz (or .nii, a plain .nrrd label map, or a 3D Slicer
+    segmentation <case>.seg.nrrd) per queried case: the export's labels/ folder, or the export
+    folder itself. Every file is checked before anything is written; if any is
     rejected, an AnnotationError lists each rejected file with its reason and nothing changes.
     With `allow_changes_outside_query`, voxels outside the queried slices are ignored instead.
     """

@@ -81,11 +81,13 @@ def evaluate_cases(
             test.images,
             batch_size=batch_size,
         )
-        geometry = annotate.Geometry.of(case)
+        geometry = annotate.Geometry.of(case, settings.reorient)
         prediction = annotate.prefill_volume(
             geometry, settings, test.slice_index[ids], predicted, index_table
         )
-        label, _ = preprocess.read_canonical(case.label, "label", None, as_float=False)
+        label, _ = preprocess.read_canonical(
+            case.label, "label", None, as_float=False, reorient=settings.canonical
+        )
         label = preprocess.label_indices(label, case.label, settings)
         reference = geometry.to_file(label)  # the file's voxel order, as the prediction
         spacing = file_spacing(geometry.affine)

@@ -22,4 +22,7 @@ ADDED_KEYS = {
     "data.split_file": None,
     "data.group_regex": "",
     "data.reorient": "canonical",
+    # () in the config; a list here as flatten_config stores tuples (cache.fingerprint and
+    # config_differences compare it either way).
+    "data.spacing": [],
 }

@@ -202,3 +202,124 @@ def make_classes_volume(
     label[cx - 2 : cx + 2, cy - 2 : cy + 2, cz - 1 : cz + 1] = 4
     label[cx - 1 : cx + 1, cy - 1 : cy + 1, cz] = 1
     return np.stack([brats_modality(image, k) for k in range(channels)], axis=-1), label
+
+
+# NRRD `space` -> sign of each RAS world axis (LPS negates x and y).
+NRRD_SPACE_SIGNS = {"RAS": (1, 1, 1), "LPS": (-1, -1, 1), "left-posterior-superior": (-1, -1, 1)}
+
+
+def nrrd_header(affine: np.ndarray, space: str = "LPS", channel_axis: int | None = None) -> dict:
+    """The NRRD geometry fields of a RAS `affine`, in `space` (RAS, LPS or its long name): axis
+    i's `space directions` vector is the affine's column i, signs flipped into `space`."""
+    signs = np.asarray(NRRD_SPACE_SIGNS[space], np.float64)
+    directions = (signs[:, None] * np.asarray(affine, np.float64)[:3, :3]).T
+    kinds = ["domain"] * 3
+    if channel_axis is not None:
+        directions = np.insert(directions, channel_axis, np.nan, axis=0)
+        kinds.insert(channel_axis, "list")
+    return {
+        "space": space,
+        "space directions": directions,
+        "space origin": signs * np.asarray(affine, np.float64)[:3, 3],
+        "kinds": kinds,
+    }
+
+
+def write_nrrd(
+    path: str,
+    array: np.ndarray,
+    affine: np.ndarray,
+    space: str = "LPS",
+    channel_axis: int | None = None,
+    detached: bool = False,
+    extra: dict | None = None,
+) -> str:
+    """Writes `array` ([X, Y, Z] or [X, Y, Z, K]) as NRRD with the geometry of the RAS `affine`
+    (what a NIfTI file of the same array and affine holds). A 4D array's channels go on axis
+    `channel_axis` of the file (Slicer puts a 'list' axis first)."""
+    import nrrd
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = np.asarray(array)
+    if data.ndim == 4:
+        channel_axis = 0 if channel_axis is None else channel_axis
+        data = np.moveaxis(data, 3, channel_axis)
+    header = {
+        **nrrd_header(affine, space, channel_axis if data.ndim == 4 else None),
+        **(extra or {}),
+    }
+    nrrd.write(path, np.ascontiguousarray(data), header, detached_header=detached)
+    return path
+
+
+def write_seg_nrrd(path: str, label: np.ndarray, affine: np.ndarray, layers=None) -> str:
+    """Writes `label` as 3D Slicer does: cropped to the segments' extent, the origin shifted by
+    the crop, one segment per label value (all in layer 0 unless `layers` maps value -> layer,
+    which makes a 4D file of one label map per layer)."""
+    values = [int(v) for v in np.unique(label) if v]
+    nz = np.argwhere(label > 0)
+    lo, hi = nz.min(axis=0), nz.max(axis=0) + 1
+    crop = label[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    cropped = affine.copy()
+    cropped[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    layers = layers or {v: 0 for v in values}
+    n_layers = max(layers.values()) + 1
+    extra = {"Segmentation_ReferenceImageExtentOffset": " ".join(str(int(v)) for v in lo)}
+    for n, v in enumerate(values):
+        where = np.argwhere(crop == v)
+        extent = " ".join(f"{a} {b}" for a, b in zip(where.min(0), where.max(0), strict=True))
+        extra.update(
+            {
+                f"Segment{n}_ID": f"Segment_{v}",
+                f"Segment{n}_Name": f"label {v}",
+                f"Segment{n}_LabelValue": str(v),
+                f"Segment{n}_Layer": str(layers[v]),
+                f"Segment{n}_Extent": extent,
+            }
+        )
+    if n_layers == 1:
+        data = crop.astype(np.uint8)
+    else:
+        data = np.zeros((*crop.shape, n_layers), np.uint8)
+        for v, layer in layers.items():
+            data[..., layer][crop == v] = v
+    return write_nrrd(path, data, cropped, "LPS", channel_axis=0, extra=extra)
+
+
+def write_nnunetv2(
+    root: str,
+    volumes,
+    channel_names: dict,
+    labels: dict,
+    affines: list[np.ndarray] | None = None,
+    file_ending: str = ".nii.gz",
+    names: list[str] | None = None,
+    **meta,
+) -> str:
+    """Writes an nnU-Net v2 raw dataset: imagesTr/<case>_<XXXX><ending> per channel of each
+    [X, Y, Z, K] image (or [X, Y, Z], one channel), labelsTr/<case><ending>, dataset.json."""
+    n = 0
+    for i, (image, label) in enumerate(volumes):
+        name = names[i] if names else f"case_{i:03d}"
+        affine = affines[i] if affines else affine_for()
+        image = image[..., None] if image.ndim == 3 else image
+        write = write_nifti if file_ending.startswith(".nii") else write_nrrd
+        for c in range(image.shape[3]):
+            write(
+                os.path.join(root, "imagesTr", f"{name}_{c:04d}{file_ending}"),
+                image[..., c],
+                affine,
+            )
+        if label is not None:
+            write(os.path.join(root, "labelsTr", f"{name}{file_ending}"), label, affine)
+        n += 1
+    contents = {
+        "channel_names": channel_names,
+        "labels": labels,
+        "numTraining": n,
+        "file_ending": file_ending,
+        **meta,
+    }
+    with open(os.path.join(root, "dataset.json"), "w") as f:
+        json.dump(contents, f, indent=1)
+    return root

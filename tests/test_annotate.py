@@ -690,3 +690,35 @@ def test_multiclass_clinician_reproduces_the_simulated_loop(
     annotate.import_labels(config, workdir, export)
     final = loop.run(config, workdir)
     assert comparable(final) == comparable(sim_history)
+
+
+def test_slicer_segmentations_and_nrrd_label_maps_import_as_their_nifti(oriented, tmp_path):
+    """The corrected volumes saved from 3D Slicer (.seg.nrrd, cropped to the segments, LPS; or
+    a plain .nrrd label map) import to exactly the masks of the same corrections as NIfTI."""
+    config, workdir, export, root = oriented
+    corrected = str(tmp_path / "corrected")
+    shutil.copytree(export, corrected)
+    correct(corrected, truth_of(root))
+    slicer = str(tmp_path / "slicer_files")
+    os.makedirs(slicer)
+    kinds = set()
+    for name in sorted(os.listdir(os.path.join(corrected, annotate.LABELS_DIR))):
+        image = nib.load(os.path.join(corrected, annotate.LABELS_DIR, name))
+        data = np.asarray(image.dataobj)
+        case = name[: -len(".nii.gz")]
+        if data.any() and len(kinds) % 2 == 0:
+            helpers.write_seg_nrrd(os.path.join(slicer, f"{case}.seg.nrrd"), data, image.affine)
+            kinds.add("seg")
+        else:
+            helpers.write_nrrd(os.path.join(slicer, f"{case}.nrrd"), data, image.affine)
+            kinds.add("nrrd")
+    assert kinds == {"seg", "nrrd"}
+    masks = {}
+    for name, labels in (("nifti", corrected), ("slicer", slicer)):
+        copy = str(tmp_path / f"run_{name}")
+        shutil.copytree(workdir, copy)
+        annotate.import_labels(config, copy, labels)
+        masks[name] = label_store.LabelStore(os.path.join(copy, loop.ANNOTATIONS_DIR)).read(0)
+    np.testing.assert_array_equal(masks["slicer"][0], masks["nifti"][0])
+    np.testing.assert_array_equal(masks["slicer"][1], masks["nifti"][1])
+    assert masks["nifti"][1].any()

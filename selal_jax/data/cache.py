@@ -47,7 +47,7 @@ def fingerprint(source_files: list[str], root: str, data_config) -> str:
         node = settings
         for p in parents:
             node = node.get(p, {})
-        if leaf in node and node[leaf] == default:
+        if leaf in node and _plain(node[leaf]) == _plain(default):
             del node[leaf]
     if settings.get("split_file") is not None:
         # By content: editing the split file invalidates the cache, moving it does not.
@@ -63,6 +63,11 @@ def file_digest(path: str, field: str) -> str:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError as e:
         raise DataError(f"{path}: cannot read it (config field {field}): {e}") from e
+
+
+def _plain(value):
+    """Tuples as lists: a config read back from JSON holds lists where get_config had tuples."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class NpyAppender:

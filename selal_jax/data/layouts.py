@@ -3,6 +3,8 @@
   msd     Medical Segmentation Decathlon task folder: dataset.json lists the training pairs.
   brats   BraTS 2019: <grade>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz, grades HGG and LGG.
   paired  any images folder and labels folder whose NIfTI files match by name.
+  nnunetv2  nnU-Net v2 raw dataset: dataset.json, imagesTr/<case>_<XXXX>, labelsTr (nnunet.py).
+Volumes may be NIfTI or NRRD (.nrrd, .nhdr: 3D Slicer's format), see volumes.py.
 With data.allow_unlabelled, a case may lack its label (MSD entry without "label", BraTS case
 without seg, paired image without a label file): it joins the training pool unlabelled.
 Listing reads no voxels, so a cached dataset only costs a directory walk and some stats.
@@ -20,7 +22,11 @@ import dataclasses
 import json
 import os
 
+from selal_jax.data import volumes
 from selal_jax.data.preprocess import NIFTI_EXTENSIONS, CaseFiles, DataError, load_nifti
+
+# What a layout's folders may hold: NIfTI, and NRRD (3D Slicer) volumes and label maps.
+VOLUME_EXTENSIONS = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr")
 
 BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
 BRATS_LABELS = (0, 1, 2, 4)  # background, necrotic/non-enhancing core, oedema, enhancing
@@ -87,15 +93,14 @@ class Source:
 
 
 def is_nifti(name: str) -> bool:
+    """A volume file the loader reads (NIfTI or NRRD), not a hidden one."""
     # macOS resource forks (._x.nii.gz) and other hidden files ship inside real archives.
-    return name.endswith(NIFTI_EXTENSIONS) and not name.startswith(".")
+    return name.endswith(VOLUME_EXTENSIONS) and not name.startswith(".")
 
 
 def strip_nifti(name: str) -> str:
-    for ext in NIFTI_EXTENSIONS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    """The case name of a volume file: without .nii.gz, .nii, .seg.nrrd, .nrrd or .nhdr."""
+    return volumes.strip_extension(name)
 
 
 def _label_values(data_config) -> tuple[int, ...] | None:
@@ -452,7 +457,9 @@ def brats_source(root: str, data_config) -> Source:
                 continue  # ._ files, .DS_Store, csv files
             paths = []
             for kind in (*modalities, "seg"):
-                candidates = [os.path.join(case_dir, f"{case}_{kind}{e}") for e in NIFTI_EXTENSIONS]
+                candidates = [
+                    os.path.join(case_dir, f"{case}_{kind}{e}") for e in VOLUME_EXTENSIONS
+                ]
                 found = [p for p in candidates if os.path.isfile(p)]
                 if not found and kind == "seg" and data_config.allow_unlabelled:
                     found = [None]  # an unlabelled case of the pool
@@ -560,10 +567,14 @@ def find_cases(data_config, root: str) -> Source:
         source = brats_source(root, data_config)
     elif layout == "paired":
         source = paired_source(root, data_config)
+    elif layout == "nnunetv2":
+        from selal_jax.data import nnunet  # it builds on this module
+
+        source = nnunet.nnunetv2_source(root, data_config)
     else:
         raise ValueError(
             f"config field data.layout: unknown layout {layout!r}; expected synthetic, msd, "
-            "brats or paired"
+            "brats, paired or nnunetv2"
         )
     if not source.cases:
         raise DataError(f"{root}: no cases found (layout {layout})")

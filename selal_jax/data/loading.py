@@ -33,10 +33,12 @@ def validate_data_config(data_config) -> None:
         )
     if int(data_config.axis) not in (0, 1, 2):
         raise ValueError(f"config field data.axis: expected 0, 1 or 2, got {data_config.axis}")
-    if data_config.resample not in ("resize", "crop"):
+    if data_config.resample not in ("resize", "resize_aa", "crop"):
         raise ValueError(
-            f"config field data.resample: expected 'resize' or 'crop', got {data_config.resample!r}"
+            "config field data.resample: expected 'resize', 'resize_aa' or 'crop', got "
+            f"{data_config.resample!r}"
         )
+    spacing_setting(data_config)
     if data_config.normalisation not in ("auto", "zscore", "ct_window"):
         raise ValueError(
             "config field data.normalisation: expected 'auto', 'zscore' or 'ct_window', got "
@@ -113,7 +115,25 @@ def make_settings(data_config, source: layouts.Source) -> preprocess.Settings:
         class_values=source.class_values,
         channel_normalisation=channel_normalisation,
         reorient=str(data_config.get("reorient", "canonical")),
+        spacing=spacing_setting(data_config),
     )
+
+
+def spacing_setting(data_config) -> tuple[float, float] | None:
+    """data.spacing -> (mm, mm) of the output pixels, or None for () (off)."""
+    spacing = tuple(data_config.get("spacing", ()) or ())
+    if not spacing:
+        return None
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(
+            "config field data.spacing: expected () (off) or two positive in-plane spacings in "
+            f"mm (e.g. --config.data.spacing=1.0,1.0), got {spacing}"
+        )
+    return values
 
 
 def split_subjects(

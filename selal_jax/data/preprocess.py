@@ -14,11 +14,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from selal_jax.data import volumes
+from selal_jax.data.volumes import DataError  # noqa: F401  (re-exported)
+
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +60,8 @@ class Settings:
       axis: slicing axis of the canonical (RAS+) volume; 2 = axial (reorient 'none': an axis
         of the stored array).
       size: (H, W) in-plane size of the output slices, pixels.
-      resample: 'resize' (bilinear images, nearest labels) or 'crop' (centre crop / zero pad).
+      resample: 'resize' (bilinear images, nearest labels), 'resize_aa' (anti-aliased
+        bilinear images, per-class linear labels) or 'crop' (centre crop / zero pad).
       normalisation: 'zscore' or 'ct_window' (of the first channel; of the only one if K = 1).
       ct_window: (lo, hi) HU for 'ct_window'.
       keep_empty_slices: keep slices whose normalised image is all zero (in every channel).
@@ -73,6 +73,9 @@ class Settings:
         channel, normalised by `normalisation`.
       reorient: 'canonical' (RAS+, nib.as_closest_canonical) or 'none' (the stored voxel order:
         `axis` is an array axis of the file).
+      spacing: in-plane (mm, mm) of the output pixels (data.spacing): each slice is resampled
+        to it (anti-aliased images, per-class labels), then centre cropped/padded to `size`;
+        `resample` is then unused. None = fit by `resample` alone.
     """
 
     axis: int
@@ -85,6 +88,7 @@ class Settings:
     allowed_labels: tuple[int, ...] | None
     class_values: tuple[tuple[int, ...], ...] | None = None
     channel_normalisation: tuple[str, ...] | None = None
+    spacing: tuple[float, float] | None = None
     reorient: str = "canonical"
 
     @property
@@ -119,13 +123,9 @@ class CaseSlices:
 
 
 def load_nifti(path: str, what: str = "image"):
-    """nib.load (header only; voxels are read lazily) with errors that name the file."""
-    try:
-        return nib.load(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: {what} file not found") from e
-    except Exception as e:  # nibabel raises many types for corrupt files
-        raise DataError(f"{path}: unreadable NIfTI {what} ({type(e).__name__}: {e})") from e
+    """The image header (voxels are read lazily) with errors that name the file: nib.load for
+    NIfTI, an NRRD file as a Nifti1Image with its RAS affine (`volumes.load_image`)."""
+    return volumes.load_image(path, what)
 
 
 def _spatial_shape(img, path: str, what: str, channel: int | None) -> tuple[int, int, int]:
@@ -203,12 +203,19 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
 
 
 def read_canonical(
-    path: str, what: str, channel: int | None, as_float: bool, reorient: bool = True
+    path: str,
+    what: str,
+    channel: int | None,
+    as_float: bool,
+    reorient: bool = True,
+    img=None,
 ):
     """Reads one 3D volume in canonical (RAS+) orientation; returns (array, canonical image).
 
-    With reorient=False, the volume and image are the file's own (stored voxel order)."""
-    img = load_nifti(path, what)
+    With reorient=False, the volume and image are the file's own (stored voxel order).
+    `img`: the file's image if already opened (e.g. a segmentation placed on its image's grid).
+    """
+    img = load_nifti(path, what) if img is None else img
     try:
         if len(img.shape) == 4:
             img = img.slicer[..., channel or 0]
@@ -465,8 +472,13 @@ def fit_slices(
         source, target = _centre_windows((h, w), (H, W))
         out[target] = slices[source]
         return out
+    if method == "resize_aa":
+        if is_label:
+            return resize_per_class(slices, (H, W))
+        return resize_anti_aliased(slices, (H, W)).astype(slices.dtype)
     raise ValueError(
-        f"config field data.resample: unknown method {method!r}; expected 'resize' or 'crop'"
+        f"config field data.resample: unknown method {method!r}; expected 'resize', "
+        "'resize_aa' or 'crop'"
     )
 
 
@@ -494,9 +506,104 @@ def unfit_slices(slices: np.ndarray, shape: tuple[int, int], method: str) -> np.
         source, target = _centre_windows((h, w), (H, W))
         out[source] = slices[target]
         return out
+    if method == "resize_aa":
+        return resize_per_class(slices, (h, w))
     raise ValueError(
-        f"config field data.resample: unknown method {method!r}; expected 'resize' or 'crop'"
+        f"config field data.resample: unknown method {method!r}; expected 'resize', "
+        "'resize_aa' or 'crop'"
     )
+
+
+def _zoom_to(slices: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
+    """ndimage.zoom of [N, h, w] to exactly [N, H, W] (edge-replicated where zoom rounds the
+    size one pixel short), pixel areas aligned (grid_mode) as skimage.transform.resize does."""
+    n, h, w = slices.shape
+    H, W = size
+    out = ndimage.zoom(slices, (1.0, H / h, W / w), order=order, mode="nearest", grid_mode=True)
+    out = out[:, :H, :W]
+    pad = ((0, 0), (0, H - out.shape[1]), (0, W - out.shape[2]))
+    return np.pad(out, pad, mode="edge") if any(p[1] for p in pad) else out
+
+
+def resize_anti_aliased(slices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[N, h, w] -> [N, H, W] float32: bilinear, after a Gaussian prefilter where downsampling.
+
+    As skimage.transform.resize(order=1, anti_aliasing=True, mode='edge') per slice: sigma =
+    max(0, (factor - 1) / 2) per axis with factor = input / output pixels.
+    """
+    n, h, w = slices.shape
+    sigma = [0.0, *(max(0.0, (a / b - 1.0) / 2.0) for a, b in ((h, size[0]), (w, size[1])))]
+    image = np.asarray(slices, np.float32)
+    if any(sigma):
+        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    return _zoom_to(image, size, order=1)
+
+
+def resize_per_class(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[N, h, w] class indices -> [N, H, W] uint8: each class's one-hot mask resampled
+    bilinearly, then the argmax (ties to the lower class index), instead of nearest neighbour,
+    which shifts and thins boundaries when the factor is not an integer."""
+    labels = np.asarray(labels)
+    best = np.full((len(labels), *size), -1.0, np.float32)
+    out = np.zeros((len(labels), *size), np.uint8)
+    for c in np.unique(labels).tolist():
+        weight = _zoom_to((labels == c).astype(np.float32), size, order=1)
+        better = weight > best
+        out[better], best[better] = c, weight[better]
+    return out
+
+
+def in_plane_spacing(spacing: np.ndarray, axis: int) -> np.ndarray:
+    """[3] canonical spacing -> [2] mm of a slice's two axes (those other than `axis`)."""
+    return np.asarray([spacing[i] for i in range(3) if i != axis], np.float64)
+
+
+def spacing_shape(shape, spacing: np.ndarray, target) -> tuple[int, int]:
+    """In-plane pixels (h', w') of a slice of `shape` pixels at `spacing` mm resampled to
+    `target` mm per pixel."""
+    return tuple(
+        max(1, int(round(n * float(s) / float(t))))
+        for n, s, t in zip(shape, spacing, target, strict=True)
+    )
+
+
+def fit_case_slices(
+    slices: np.ndarray, settings: Settings, spacing: np.ndarray, is_label: bool
+) -> np.ndarray:
+    """The loader's in-plane fit of a case's [N, h, w] slices to [N, H, W] = settings.size.
+
+    With settings.spacing: resampled to that mm per pixel (anti-aliased bilinear images,
+    per-class labels), then centre cropped or zero-padded; else `fit_slices` by
+    settings.resample.
+
+    Args:
+      spacing: [3] float32 canonical spacing of the case (Volume.spacing), mm.
+    """
+    if settings.spacing is None:
+        return fit_slices(slices, settings.size, settings.resample, is_label)
+    shape = spacing_shape(
+        slices.shape[1:], in_plane_spacing(spacing, settings.axis), settings.spacing
+    )
+    if shape != tuple(slices.shape[1:]):
+        if is_label:
+            slices = resize_per_class(slices, shape)
+        else:
+            slices = resize_anti_aliased(slices, shape).astype(slices.dtype)
+    return fit_slices(slices, settings.size, "crop", is_label)
+
+
+def unfit_case_slices(
+    masks: np.ndarray, shape: tuple[int, int], settings: Settings, spacing: np.ndarray
+) -> np.ndarray:
+    """Inverse of `fit_case_slices` for label masks: [N, H, W] -> [N, h, w] class indices (crop
+    back, then per-class resampling back, with settings.spacing; else `unfit_slices`)."""
+    if settings.spacing is None:
+        return unfit_slices(masks, shape, settings.resample)
+    resampled = spacing_shape(shape, in_plane_spacing(spacing, settings.axis), settings.spacing)
+    masks = unfit_slices(masks, resampled, "crop")
+    if resampled != tuple(shape):
+        masks = resize_per_class(masks, tuple(shape))
+    return masks
 
 
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
@@ -520,8 +627,8 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
     if not settings.keep_empty_slices:
         keep = images.reshape(len(images), -1).any(axis=1)
         images, labels, index = images[keep], labels[keep], index[keep]
-    images = fit_slices(images, settings.size, settings.resample, is_label=False)
-    labels = fit_slices(labels, settings.size, settings.resample, is_label=True)
+    images = fit_case_slices(images, settings, volume.spacing, is_label=False)
+    labels = fit_case_slices(labels, settings, volume.spacing, is_label=True)
     return CaseSlices(
         np.ascontiguousarray(images, np.float32),
         np.ascontiguousarray(labels, np.uint8),
@@ -574,8 +681,8 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
     if not settings.keep_empty_slices:  # a slice is empty when every channel is
         keep = np.any([c.reshape(len(c), -1).any(axis=1) for c in channels], axis=0)
         channels, labels, index = [c[keep] for c in channels], labels[keep], index[keep]
-    fitted = [fit_slices(c, settings.size, settings.resample, is_label=False) for c in channels]
-    labels = fit_slices(labels, settings.size, settings.resample, is_label=True)
+    fitted = [fit_case_slices(c, settings, volume.spacing, is_label=False) for c in channels]
+    labels = fit_case_slices(labels, settings, volume.spacing, is_label=True)
     return CaseSlices(
         np.ascontiguousarray(np.stack(fitted, axis=-1), np.float32),
         np.ascontiguousarray(labels, np.uint8),
