@@ -116,6 +116,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     model.dropout_rate = 0.2  # after the bottleneck and each decoder block
     model.dtype = "float32"  # computation dtype: float32 | bfloat16 (params stay float32)
     model.head_bias_prior = 0.01  # foreground probability at init (head bias = its log-odds)
+    # Gradients of the transposed convolutions and poolings: auto (custom backward passes on the
+    # CPU backend, Flax's layers elsewhere) | xla | custom; same parameters and forward outputs.
+    model.conv_impl = "auto"
 
     config.train = train = config_dict.ConfigDict()
     # Adam. The paper's 1e-4 (configs/brats_lgg_flair.py, msd_spleen.py) needs far more steps

@@ -34,6 +34,7 @@ import numpy as np
 
 from selal_jax import parallel
 from selal_jax.models import UNet
+from selal_jax.xla_options import backend_jit
 
 Array = jax.Array
 
@@ -412,7 +413,7 @@ def mc_logits(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
+    backend_jit, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
 )
 def score_batch(
     variables,

@@ -19,6 +19,7 @@ from selal_jax import faults, parallel
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet
 from selal_jax.progress import Progress
+from selal_jax.xla_options import backend_jit
 
 Array = jax.Array
 
@@ -107,7 +108,7 @@ def segmentation_loss(logits: Array, labels: Array, loss: str = "ce") -> Array:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "tx", "augment", "loss"), donate_argnames=("state",)
+    backend_jit, static_argnames=("model", "tx", "augment", "loss"), donate_argnames=("state",)
 )
 def train_step(
     state: TrainState,
@@ -151,7 +152,7 @@ def train_step(
     return TrainState(state.step + 1, params, batch_stats, opt_state), value
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(backend_jit, static_argnames=("model",))
 def eval_batch(variables, images: Array, labels: Array, *, model: UNet) -> dict[str, Array]:
     """Per-slice loss sum and Dice terms (deterministic model).
 

@@ -274,3 +274,52 @@ def test_synthetic_pool_channels_and_classes():
         bench.SyntheticPool(100, 16, seed=0, channels=1, num_classes=1)[[5]],
         bench.SyntheticPool(100, 16, seed=0)[[5]],
     )
+
+
+def test_peer_section(tmp_path):
+    """--sections=peer: with torch, the same U-Net in PyTorch beside the product (rows, rates and
+    per-pair ratios, no speed checks); without it, the skip message."""
+    result, proc = run_quick_cli(
+        tmp_path / "peer.json",
+        "--sections=peer",
+        "--depth=1",
+        "--image_size=16",
+        "--train_batches=4",
+    )
+    assert result["config"]["sections"] == ["peer"]
+    assert set(result) >= {"peer", "environment", "model"} and "scoring" not in result
+    peer = result["peer"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert peer == {"skipped": "torch not importable"}
+        assert "peer: skipped (torch not importable)" in proc.stderr
+        return
+    assert peer["torch_device"] == "cpu" and peer["pairs"] >= bench.PEER_PAIRS
+    config = result["config"]
+    assert [r["name"] for r in peer["rows"]] == ["score_entropy", "score_bald", "train"]
+    for r in peer["rows"]:
+        for key in ("product", "torch_eager"):
+            assert len(r[f"{key}_s"]) == peer["pairs"]
+            assert_positive(r[f"{key}_slices_per_s"], f"peer {r['name']} {key}")
+        assert_positive(r["product_over_torch_eager"], f"peer {r['name']} ratio")
+    assert peer["rows"][1]["passes"] == config["mc_passes"]
+    assert peer["rows"][2]["slices"] == 4 * config["train_steps"]
+    assert "product / torch_eager" in proc.stderr
+
+
+def test_peer_section_says_when_torch_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    config = dataclasses.replace(bench.default_config("cpu", quick=True), sections=("peer",))
+    assert bench.peer_section(bench.Bench(config)) == {"skipped": "torch not importable"}
+    assert "peer: skipped" in bench.format_table(
+        {
+            "environment": {k: "x" for k in ("device_kind", "backend", "cpu_model", "cpu_count")}
+            | {"jax": "x", "flax": "x"},
+            "config": dataclasses.asdict(config),
+            "model": {"params": 1},
+            "peer": {"skipped": "torch not importable"},
+            "peak_rss_bytes": 1,
+            "total_s": 1.0,
+        }
+    )

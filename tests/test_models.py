@@ -1,8 +1,11 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from selal_jax import models, xla_options
 from selal_jax.models import UNet, count_params, init_variables
 
 
@@ -121,3 +124,88 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables["params"]))
     out = model.apply(variables, jnp.ones((2, 32, 32)))
     assert out.dtype == jnp.float32 and out.shape == (2, 32, 32)
+
+
+def _loss_grads(model, variables, images, labels):
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            images,
+            train=True,
+            rngs={"dropout": jax.random.key(2)},
+            mutable=["batch_stats"],
+        )
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+
+def test_custom_and_xla_conv_impls_agree():
+    """Same parameter tree and initial values, bit-identical forward outputs (the custom path
+    keeps XLA's forward), gradients equal to float32 rounding."""
+    xla, custom = UNet(base_width=4, depth=2, conv_impl="xla"), UNet(4, 2, conv_impl="custom")
+    vx, vc = (init_variables(m, jax.random.key(0), 32, 32) for m in (xla, custom))
+    assert jax.tree_util.tree_structure(vx) == jax.tree_util.tree_structure(vc)
+    for a, b in zip(jax.tree_util.tree_leaves(vx), jax.tree_util.tree_leaves(vc), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert vx["params"]["upconv_1"]["kernel"].shape == (2, 2, 16, 8)  # bottleneck -> level 1
+    gen = np.random.default_rng(1)
+    images = gen.standard_normal((4, 32, 32)).astype(np.float32)
+    labels = (gen.random((4, 32, 32)) < 0.2).astype(np.float32)
+    outs = [jax.jit(lambda v, m=m: m.apply(v, images, False))(vx) for m in (xla, custom)]
+    np.testing.assert_array_equal(*outs)
+    (loss_x, grads_x), (loss_c, grads_c) = (
+        _loss_grads(m, vx, images, labels) for m in (xla, custom)
+    )
+    np.testing.assert_array_equal(loss_x, loss_c)
+    leaves = jax.tree_util.tree_leaves
+    for gx, gc in zip(leaves(grads_x), leaves(grads_c), strict=True):
+        np.testing.assert_allclose(gc, gx, rtol=1e-4, atol=1e-6 * float(np.max(np.abs(gx))))
+
+
+def test_upconv_2x2_matches_conv_transpose_and_its_gradients():
+    gen = np.random.default_rng(0)
+    x = jnp.asarray(gen.standard_normal((2, 3, 5, 4)), jnp.float32)
+    kernel = jnp.asarray(gen.standard_normal((2, 2, 4, 3)), jnp.float32)
+    layer = nn.ConvTranspose(3, (2, 2), strides=(2, 2), use_bias=False)
+    expected = layer.apply({"params": {"kernel": kernel}}, x)
+    np.testing.assert_array_equal(models.upconv_2x2(x, kernel), expected)
+    # y[2i + a, 2j + b] = x[i, j] @ kernel[1 - a, 1 - b], by hand for one block
+    np.testing.assert_allclose(expected[0, 2, 7], x[0, 1, 3] @ kernel[1, 0], rtol=1e-6)
+    cot = jnp.asarray(gen.standard_normal(expected.shape), jnp.float32)
+    _, vjp_xla = jax.vjp(models._conv_transpose_2x2, x, kernel)
+    _, vjp_custom = jax.vjp(models.upconv_2x2, x, kernel)
+    for a, b in zip(vjp_xla(cot), vjp_custom(cot), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_2x2_gradient_goes_to_the_first_maximum():
+    gen = np.random.default_rng(0)
+    x = jnp.asarray(np.round(gen.standard_normal((2, 4, 6, 3)) * 2) / 2, jnp.float32)  # ties
+    x = x.at[0, :2, :2, 0].set(1.0)  # a window of four equal maxima
+    weights = jnp.asarray(gen.standard_normal((2, 2, 3, 3)), jnp.float32)
+    grads = [
+        jax.grad(lambda z, f=f: jnp.sum(jnp.sin(f(z)) * weights))(x)
+        for f in (models._max_pool_2x2, models.max_pool_2x2)
+    ]
+    np.testing.assert_array_equal(models.max_pool_2x2(x), models._max_pool_2x2(x))
+    np.testing.assert_array_equal(grads[1], grads[0])
+    assert grads[1][0, 0, 0, 0] != 0 and not np.any(grads[1][0, :2, :2, 0].ravel()[1:])
+
+
+def test_conv_impl_auto_and_validation():
+    assert models.resolve_conv_impl("auto") == (
+        "custom" if jax.default_backend() == "cpu" else "xla"
+    )
+    assert models.resolve_conv_impl("xla") == "xla"
+    with pytest.raises(ValueError, match="model.conv_impl"):
+        models.resolve_conv_impl("fast")
+
+
+def test_cpu_programs_compile_without_ynnpack():
+    assert xla_options.compiler_options("gpu") is None
+    assert xla_options.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    jitted = xla_options.backend_jit(lambda x, n: x * n, static_argnames=("n",))
+    assert jitted.__wrapped__ is not None
+    np.testing.assert_array_equal(jitted(jnp.arange(3.0), n=2), [0.0, 2.0, 4.0])
+    assert jitted.lower(jnp.arange(3.0), n=2).compile() is not None

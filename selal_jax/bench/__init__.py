@@ -26,6 +26,9 @@ What each section times:
 * train: the jitted `train.train_step` (forward, backward, Adam; state donated), fed host batches
   as `train.fit` does. bfloat16 is mixed precision: float32 parameters, optimizer state and loss.
 * mc_reuse: BALD with and without computing the encoder once per batch for all passes.
+* peer (only with --sections=peer; needs torch): the same U-Net in PyTorch eager (and
+  torch.compile on CUDA) beside scoring (entropy), BALD and training, alternated in pairs;
+  per-pair median ratios. Without torch its result is {"skipped": "torch not importable"}.
 
 Multi-class and multi-channel (`--num_classes=C`, `--channels=K`): the U-Net gets C + 1 softmax
 logits for C >= 2 (one sigmoid logit for C = 1) and K input channels; the synthetic labels are
@@ -45,6 +48,7 @@ from selal_jax.bench.config import (
     AGGREGATION,
     BOUNDARY_WIDTH,
     CONVENTION,
+    DEFAULT_SECTIONS,
     DTYPES,
     LEARNING_RATE,
     REFERENCE_MODE,
@@ -72,6 +76,7 @@ from selal_jax.bench.measure import (
     timed_runs,
     wall_seconds,
 )
+from selal_jax.bench.peer import PEER_PAIRS, peer_section, torch_unet
 from selal_jax.bench.pool import SyntheticPool
 from selal_jax.bench.reference import host_entropy_stats, reference_section
 from selal_jax.bench.sections import (
@@ -90,8 +95,10 @@ __all__ = [
     "AGGREGATION",
     "BOUNDARY_WIDTH",
     "CONVENTION",
+    "DEFAULT_SECTIONS",
     "DTYPES",
     "LEARNING_RATE",
+    "PEER_PAIRS",
     "REFERENCE_MODE",
     "REFERENCE_PAIRS",
     "REFERENCE_STRATEGY",
@@ -117,12 +124,14 @@ __all__ = [
     "median_seconds",
     "peak_device_bytes",
     "peak_rss_bytes",
+    "peer_section",
     "reference_section",
     "relative_difference",
     "run",
     "scaling_section",
     "scoring_section",
     "timed_runs",
+    "torch_unet",
     "train_section",
     "validate_config",
     "wall_seconds",

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 
 from selal_jax import scoring, selection
 
-SECTIONS = ("scoring", "scaling", "reference", "train", "mc_reuse")
+SECTIONS = ("scoring", "scaling", "reference", "train", "mc_reuse", "peer")
+# `peer` (PyTorch beside the product) runs only when asked for: --sections=peer.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SCHEMA_VERSION = 1
 # Options of the scoring engine that the benchmark holds fixed.
@@ -60,7 +62,9 @@ class BenchConfig:
     train_steps: int = _field(50, "timed train steps per repeat")
     repeats: int = _field(3, "timed repetitions per measurement (median reported)")
     query_size: int = _field(256, "slices selected per query")
-    sections: tuple[str, ...] = _field(SECTIONS, f"sections to run, of {','.join(SECTIONS)}")
+    sections: tuple[str, ...] = _field(
+        DEFAULT_SECTIONS, f"sections to run, of {','.join(SECTIONS)} (default: all but peer)"
+    )
     quick: bool = _field(False, "tiny sizes (a smoke run for tests)")
     seed: int = _field(0, "seed of parameters, keys and synthetic images")
 

@@ -28,6 +28,7 @@ from selal_jax.bench.measure import (
     median_seconds,
     peak_rss_bytes,
 )
+from selal_jax.bench.peer import peer_section
 from selal_jax.bench.reference import reference_section
 from selal_jax.models import count_params
 
@@ -205,6 +206,7 @@ SECTION_FUNCTIONS = {
     "reference": reference_section,
     "train": train_section,
     "mc_reuse": mc_reuse_section,
+    "peer": peer_section,
 }
 assert tuple(SECTION_FUNCTIONS) == SECTIONS
 

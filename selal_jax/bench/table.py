@@ -159,6 +159,29 @@ def format_table(result: dict) -> str:
                 ],
             ),
         ]
+    if "peer" in result and "skipped" in result["peer"]:
+        parts.append(f"\npeer: skipped ({result['peer']['skipped']})")
+    elif "peer" in result:
+        p = result["peer"]
+        peers = [k for k in ("torch_eager", "torch_compile") if f"{k}_s" in p["rows"][0]]
+        load = p.get("load_average")
+        parts += [
+            f"\npeer (PyTorch {p['torch']} on {p['torch_device']}, {p['torch_threads']} threads, "
+            f"{p['pairs']} alternated pairs; ratio = median per-pair PyTorch s / product s"
+            + (f"; load average {load[0]:.2f}" if load else "")
+            + "):",
+            _table(
+                ("measurement", "batch", "product slices/s")
+                + tuple(f"{k} slices/s" for k in peers)
+                + tuple(f"product / {k}" for k in peers),
+                [
+                    (r["name"], r["batch"], r["product_slices_per_s"])
+                    + tuple(r[f"{k}_slices_per_s"] for k in peers)
+                    + tuple(r[f"product_over_{k}"] for k in peers)
+                    for r in p["rows"]
+                ],
+            ),
+        ]
     parts.append(
         f"\npeak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB, total {result['total_s']:.0f} s"
     )
