@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from nibabel import orientations
 
-from selal_jax import checkpointing, loop, parallel, rng
+from selal_jax import checkpointing, lock, loop, parallel, rng
 from selal_jax.data import layouts, loading, preprocess
 from selal_jax.data.preprocess import CaseFiles, DataError
 
@@ -258,7 +258,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
     `out` defaults to <workdir>/queries/round_<r>; it must not exist yet or be empty (an earlier
     export there may hold corrections). It is written in a temporary sibling and renamed.
     """
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir, create=False):
         experiment = _open(config, workdir)
         try:
             r, ids = _awaited(experiment)
@@ -428,7 +428,7 @@ def import_labels(
         labels_dir = os.path.join(labels_dir, LABELS_DIR)  # given the export folder
     if not os.path.isdir(labels_dir):
         raise AnnotationError(f"{labels_dir}: labels folder not found")
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir, create=False):
         experiment = _open(config, workdir)
         try:
             r, ids = _awaited(experiment)

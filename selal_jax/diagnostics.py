@@ -87,7 +87,7 @@ def predicted_target_counts(
     """
     ids = np.asarray(ids, np.int64)
     threshold, outs = np.float32(target_threshold), []
-    for idx, n_valid in padded_batches(len(ids), batch_size):
+    for idx, n_valid in parallel.padded_batches(len(ids), batch_size):
         batch = np.asarray(images[ids[idx]], np.float32)
         counts = _predicted_target_batch(variables, batch, threshold, model=model)
         outs.append((counts, n_valid))

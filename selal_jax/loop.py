@@ -28,6 +28,7 @@ from selal_jax import (
     diagnostics,
     faults,
     label_store,
+    lock,
     parallel,
     report,
     rng,
@@ -312,6 +313,7 @@ def config_differences(stored: dict, current: dict) -> list[str]:
 
 def stored_config(workdir: str) -> config_dict.ConfigDict:
     """The config snapshot of the run in `workdir` (from its latest checkpoint)."""
+    lock.check_workdir(workdir, create=False)  # a mistyped --workdir is not created
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         latest = ckpt.latest_round()
@@ -336,12 +338,14 @@ def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
     With `round0_dir` (see `train_shared_round0`), a fresh run takes its round-0 model and
     metrics from there instead of training them, so that runs of different strategies share them.
     """
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir):
         experiment = Experiment(config, workdir, round0_dir)
         try:
             history = experiment.run()
-        finally:
-            experiment.close()
+        except BaseException as e:
+            checkpointing.close_quietly(experiment, e)
+            raise
+        experiment.close()
     return history
 
 
@@ -421,6 +425,7 @@ class Experiment:
         self.next_round = 0
         self.round0_record: dict | None = None
         self.extend_finished = False  # resumed a finished run with al.rounds raised
+        self.ckpt.check_writable()
         latest = self.ckpt.latest_round()
         if latest is not None and not config.resume:
             raise ValueError(
@@ -736,7 +741,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
     """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
     record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent: an existing
     round 0 is returned without loading data or building a model."""
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(round0_dir):
         ckpt = checkpointing.Checkpointer(os.path.join(round0_dir, ROUND0_CHECKPOINT), 1)
         try:
             if ckpt.latest_round() is not None:
@@ -781,15 +786,15 @@ def train_supervised(config, workdir: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir):
         experiment = Experiment(config, workdir)
         try:
             experiment.labelled[:] = True
             record = experiment.train_round(0)
         finally:
             experiment.close()
-    record = {**record, "supervised": True, "seed": int(config.seed)}
-    checkpointing.write_json_atomic(path, record)
+        record = {**record, "supervised": True, "seed": int(config.seed)}
+        checkpointing.write_json_atomic(path, record)
     logging.info(
         "supervised baseline: dice %.4f (global %.4f)", record["dice"], record["dice_global"]
     )
