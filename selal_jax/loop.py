@@ -48,6 +48,7 @@ from selal_jax.train import (
     evaluate,
     fit,
     make_optimizer,
+    mean_loss,
 )
 
 # fold_in tags (distinct from any round index used with the same parent key).
@@ -557,6 +558,7 @@ class Experiment:
         if config.train.reset_optimizer:
             self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
         labelled_ids = np.flatnonzero(self.labelled)
+        untrained_val_loss = self._untrained_val_loss(r)
         self.state, fit_summary = fit(
             self.model,
             self.state,
@@ -569,6 +571,8 @@ class Experiment:
             round_index=r,
             mesh=self.mesh,
         )
+        if untrained_val_loss is not None:
+            train_lib.check_divergence(r, fit_summary["best_val_loss"], untrained_val_loss)
         terms = evaluate(
             self.model,
             self.state.variables,
@@ -597,7 +601,25 @@ class Experiment:
             "epochs": fit_summary["epochs"],
             "best_epoch": fit_summary["best_epoch"],
             "train_seconds": fit_summary["seconds"],
+            **({"untrained_val_loss": untrained_val_loss} if r == 0 else {}),
         }
+
+    def _untrained_val_loss(self, r: int) -> float | None:
+        """The untrained model's validation loss, the yardstick of `check_divergence`: computed
+        before round 0's training, then read from round 0's (checkpointed) record, so that a
+        resumed run compares against the same number. None for runs recorded without it."""
+        if r == 0:
+            return mean_loss(
+                evaluate(
+                    self.model,
+                    self.state.variables,
+                    self.splits.val,
+                    None,
+                    int(self.config.train.eval_batch_size),
+                    self.mesh,
+                )
+            )
+        return self.history[0].get("untrained_val_loss") if self.history else None
 
     def query_round(self, r: int) -> selection.Query | None:
         """Scores the unlabelled pool and chooses the round's query (None after the last round

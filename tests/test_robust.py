@@ -227,3 +227,199 @@ def test_an_error_of_close_does_not_mask_the_error_that_ended_the_run(
     monkeypatch.setattr(loop.Experiment, "close", close_fails)
     with pytest.raises(checkpointing.CheckpointError, match="disk full while saving"):
         loop.run(smoke_config(**{"data.root": cohort_root}), str(tmp_path / "run"))
+
+
+# --------------------------------------------------------------------------- 4. divergence
+
+
+def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, cohort_root):
+    from selal_jax import train
+    from tests.conftest import smoke_config
+
+    config = smoke_config(**{"data.root": cohort_root, "train.learning_rate": 1e3})
+    with pytest.raises(
+        train.TrainingDivergedError,
+        match=r"round 0: training diverged: best validation loss \S+ exceeds 10 x the untrained "
+        r"model's validation loss \S+; lower train.learning_rate",
+    ):
+        loop.run(config, str(tmp_path / "run"))
+
+
+def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, cohort_root):
+    from selal_jax import train
+    from tests.conftest import smoke_config
+
+    workdir = str(tmp_path / "run")
+    history = loop.run(smoke_config(**{"data.root": cohort_root, "al.rounds": 0}), workdir)
+    untrained = history[0]["untrained_val_loss"]
+    assert untrained > history[0]["val_loss"] > 0
+    # a resumed run's round 1 is held to round 0's number (a changed rate diverges there)
+    config = smoke_config(
+        **{
+            "data.root": cohort_root,
+            "al.rounds": 1,
+            "train.learning_rate": 1e3,
+            "allow_config_change": True,
+        }
+    )
+    with pytest.raises(train.TrainingDivergedError, match=f"round 1: .*{untrained:.6g}"):
+        loop.run(config, workdir)
+
+
+# ------------------------------------------------------------------- 2, 3, 6: input data
+
+
+def _msd(root, **fields):
+    from tests.test_data import data_config
+
+    return data_config("msd", root, split=(1, 1, 1), **fields)
+
+
+def _three(tmp_path):
+    from tests import helpers
+    from tests.test_data import volumes
+
+    return helpers.write_msd(str(tmp_path / "msd"), volumes(3))
+
+
+def _edit_dataset_json(root, edit):
+    import json
+
+    path = os.path.join(root, "dataset.json")
+    with open(path) as f:
+        meta = json.load(f)
+    meta = edit(meta)
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "second",
+    ["./imagesTr/case_000.nii.gz", "./imagesTr/../imagesTr/case_000.nii.gz", "other/case_000"],
+)
+def test_a_case_listed_twice_is_refused_naming_both(tmp_path, second):
+    import shutil
+
+    from selal_jax.data.preprocess import DataError
+    from tests.test_data import load
+
+    root = _three(tmp_path)
+    image, label = "./imagesTr/case_000.nii.gz", "./labelsTr/case_000.nii.gz"
+    if second == "other/case_000":  # another file of the same case name
+        os.makedirs(os.path.join(root, "other"))
+        for sub in ("imagesTr", "labelsTr"):
+            shutil.copy(os.path.join(root, sub, "case_000.nii.gz"), os.path.join(root, "other"))
+        second, label = "./other/case_000.nii.gz", "./other/case_000.nii.gz"
+
+    def add(meta):
+        meta["training"].append({"image": second, "label": label})
+        return meta
+
+    _edit_dataset_json(root, add)
+    with pytest.raises(DataError, match="are the same case") as e:
+        load(_msd(root), tmp_path)
+    for listed in (image, second):  # both entries
+        assert os.path.normpath(os.path.join(root, listed)) in str(e.value)
+
+
+def test_a_brats_case_in_both_grades_is_refused(tmp_path):
+    import shutil
+
+    from selal_jax.data.preprocess import DataError
+    from tests import helpers
+    from tests.test_data import data_config, load, volumes
+
+    root = str(tmp_path / "brats")
+    helpers.write_brats(root, {"HGG": volumes(2, kind="brats"), "LGG": volumes(2, kind="brats")})
+    case = "BraTS19_HGG_000_1"
+    shutil.copytree(os.path.join(root, "HGG", case), os.path.join(root, "LGG", case))
+    with pytest.raises(DataError, match=f"same case name '{case}'"):
+        load(data_config("brats", root, split=(1, 1, 1)), tmp_path)
+
+
+def test_extreme_finite_voxels_are_refused_naming_the_file_and_range(tmp_path):
+    from tests.test_data import replace_file, volumes
+
+    root = _three(tmp_path)
+    path = os.path.join(root, "imagesTr", "case_001.nii.gz")
+    image = volumes(2)[1][0].copy()
+    image[3, 4, 5] = 3e38  # finite: passes the NaN/Inf check, then the z-score is NaN
+    replace_file(path, image)
+    from selal_jax.data.preprocess import DataError
+    from tests.test_data import load
+
+    with pytest.raises(DataError, match=rf"{path}: voxel values range from 0 to 3e\+38"):
+        load(_msd(root), tmp_path)
+
+
+def test_a_non_finite_slice_after_preprocessing_names_its_case(tmp_path, monkeypatch):
+    import numpy as np
+
+    from selal_jax.data import preprocess
+    from tests.test_data import load
+
+    root = _three(tmp_path)
+    original = preprocess.process_case
+
+    def with_nan(case, settings):
+        slices = original(case, settings)
+        if case.case_id == "case_002":
+            slices.images[1, 0, 0] = np.nan
+        return slices
+
+    monkeypatch.setattr(preprocess, "process_case", with_nan)
+    with pytest.raises(preprocess.DataError, match=r"case case_002: 1 slices are not finite"):
+        load(_msd(root), tmp_path)
+
+
+def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
+    from selal_jax.data import preprocess
+    from tests.test_data import load
+
+    root = _three(tmp_path)
+    path = os.path.join(root, "imagesTr", "case_001.nii.gz")
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[-8] ^= 0xFF  # the stored CRC-32 (the content is intact: nibabel alone reads it)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    import nibabel as nib
+
+    nib.load(path).get_fdata()  # what the loader did before: no error
+    with pytest.raises(preprocess.DataError, match=rf"{path}: image file truncated or corrupt"):
+        load(_msd(root), tmp_path)
+    with pytest.raises(preprocess.DataError, match="CRC"):
+        preprocess.load_nifti(path)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda meta: meta["training"],
+            "expected a JSON object with a 'training' list, got a list",
+        ),
+        (
+            lambda meta: {**meta, "training": [{"image": 7, "label": "./labelsTr/x.nii.gz"}]},
+            "field 'training[0].image' must be a path (a string), got 7",
+        ),
+    ],
+)
+def test_malformed_dataset_json_is_a_data_error(tmp_path, edit, message):
+    from selal_jax.data.preprocess import DataError
+    from tests.test_data import load
+
+    root = _three(tmp_path)
+    path = _edit_dataset_json(root, edit)
+    import re
+
+    with pytest.raises(DataError, match=re.escape(f"{path}: {message}")):
+        load(_msd(root), tmp_path)
+
+
+def test_synthetic_cohort_of_no_subjects_is_a_config_error():
+    from tests.conftest import smoke_config
+
+    with pytest.raises(ValueError, match=r"config field data\.synthetic\.n_subjects: must be >= 1"):
+        loop.validate_config(smoke_config(**{"data.synthetic.n_subjects": 0}))
