@@ -64,6 +64,18 @@ class Checkpointer:
     def all_rounds(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def discard_after(self, round_index: int) -> list[int]:
+        """Deletes the checkpoints of rounds after `round_index`; returns those rounds."""
+        later = [r for r in self.all_rounds() if r > round_index]
+        for r in later:
+            try:
+                self.manager.delete(r)
+            except Exception as e:
+                raise CheckpointError(
+                    f"{self.directory}: cannot delete round {r}'s checkpoint ({e})"
+                ) from e
+        return later
+
     def save(self, round_index: int, state, loop: dict) -> None:
         """Saves round `round_index` and waits until it is on disk."""
         try:

@@ -103,6 +103,7 @@ RESUME_NEUTRAL_KEYS = (
     "al.rounds",
     "checkpoint.keep",
     "train.eval_batch_size",
+    "resume_from",
 )
 ADDED_KEYS = workdir_lib.ADDED_KEYS
 
@@ -165,6 +166,11 @@ def validate_config(config) -> None:
             raise ValueError(f"config field {field}: must be >= 1, got {value}")
     if int(al.rounds) < 0:
         raise ValueError(f"config field al.rounds: must be >= 0, got {al.rounds}")
+    if int(config.get("resume_from", -1)) < -1:
+        raise ValueError(
+            f"config field resume_from: must be -1 (latest) or a round >= 0, got "
+            f"{config.resume_from}"
+        )
     if not 0 < float(al.target_threshold) < 1:
         raise ValueError(
             f"config field al.target_threshold: must be in (0, 1), got {al.target_threshold}"
@@ -434,6 +440,7 @@ class Experiment:
                 "starting afresh needs an empty workdir"
             )
         if latest is not None:
+            latest = self._resume_round(latest)
             loop = self._restore(latest)
             if self.human:
                 self._restore_annotations(loop)
@@ -465,10 +472,67 @@ class Experiment:
             raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
         self.state, self.round0_record = state, dict(stored["record"])
 
+    def _resume_round(self, latest: int) -> int:
+        """The round to restore: the latest, or config.resume_from (later rounds discarded)."""
+        wanted = int(self.config.get("resume_from", -1))
+        if wanted < 0 or wanted == latest:
+            return latest
+        rounds = self.ckpt.all_rounds()
+        if wanted not in rounds:
+            raise ValueError(
+                f"config field resume_from: {self.ckpt.directory} holds no checkpoint of round "
+                f"{wanted} (rounds {rounds})"
+            )
+        discarded = self.ckpt.discard_after(wanted)
+        logging.warning(
+            "resume_from=%d: discarded the checkpoints of rounds %s in %s",
+            wanted,
+            discarded,
+            self.ckpt.directory,
+        )
+        return wanted
+
+    def _restore_checkpoint(self, latest: int) -> dict:
+        """Restores round `latest`; a damaged checkpoint's error says how to resume from the
+        round before it."""
+        try:
+            self.state, loop = self.ckpt.restore(latest, checkpointing.abstract_like(self.state))
+        except checkpointing.CheckpointError as e:
+            earlier = [r for r in self.ckpt.all_rounds() if r < latest]
+            how = (
+                f"to resume from round {earlier[-1]}, the previous checkpoint, run again with "
+                f"--config.resume_from={earlier[-1]} (the later rounds are discarded and redone)"
+                if earlier
+                else "no earlier checkpoint is kept: start afresh in a new workdir"
+            )
+            raise checkpointing.CheckpointError(
+                f"{e} -- the newest checkpoint, round {latest}, is damaged; {how}"
+            ) from e
+        return loop
+
+    def _rebuild_records(self) -> None:
+        """records.jsonl from the checkpoint's history when it is missing or out of step (a
+        deleted file, or one behind or ahead of the restored round)."""
+        path = os.path.join(self.workdir, RECORDS_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                if sum(1 for line in f if line.strip()) == len(self.history):
+                    return
+        logging.warning("%s: rebuilt from the checkpoint's %d rounds", path, len(self.history))
+        checkpointing.write_json_atomic(path, self.history, lines=True)
+
     def _restore(self, latest: int) -> dict:
         config, workdir = self.config, self.workdir
-        self.state, loop = self.ckpt.restore(latest, checkpointing.abstract_like(self.state))
+        loop = self._restore_checkpoint(latest)
         changed = config_differences(loop["config"], self.flat_config)
+        if "data.root" in changed and loop["fingerprint"] == self.splits.fingerprint:
+            # The dataset moved: the same files (relative paths, sizes, mtimes) at a new root.
+            logging.info(
+                "dataset moved from %s to %s (same files)",
+                loop["config"].get("data.root"),
+                self.flat_config.get("data.root"),
+            )
+            changed.remove("data.root")
         if changed and not config.allow_config_change:
             details = ", ".join(
                 f"{k}: {loop['config'].get(k)!r} -> {self.flat_config.get(k)!r}" for k in changed
@@ -485,6 +549,7 @@ class Experiment:
             )
         self.labelled[np.asarray(loop["labelled_ids"], np.int64)] = True
         self.history = list(loop["history"])
+        self._rebuild_records()
         self.next_round = latest + 1
         if self.history and not self.history[-1]["queried"]:
             # Finished (or the pool was exhausted). Given more rounds, a simulated run continues.
@@ -582,6 +647,10 @@ class Experiment:
             self.mesh,
         )
         dice, dice_global = dice_scores(terms)
+        label_sum = np.asarray(terms["label_sum"]).reshape(len(terms["label_sum"]), -1)
+        test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))
+        if test_with_target == 0:
+            logging.warning("round %d: %s", r, report.NO_TARGET_NOTE)
         names = list(self.train.class_names)
         if len(names) == 1:  # binary: the class's Dice is the run's, to the bit
             per_class, global_per_class = [dice], [dice_global]
@@ -595,6 +664,7 @@ class Experiment:
             "dice_global": dice_global,
             "dice_per_class": dict(zip(names, per_class, strict=True)),
             "dice_global_per_class": dict(zip(names, global_per_class, strict=True)),
+            "test_slices_with_target": test_with_target,
             # What the annotator drew for this round's training set (imported masks included).
             **diagnostics.labelled_target_pixels(self.train.labels, labelled_ids),
             "val_loss": fit_summary["best_val_loss"],

@@ -16,4 +16,5 @@ ADDED_KEYS = {
     "data.synthetic.kind": "binary",
     "train.loss": "ce",
     "al.class_balanced": False,
+    "resume_from": -1,
 }

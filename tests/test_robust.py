@@ -423,3 +423,147 @@ def test_synthetic_cohort_of_no_subjects_is_a_config_error():
 
     with pytest.raises(ValueError, match=r"config field data\.synthetic\.n_subjects: must be >= 1"):
         loop.validate_config(smoke_config(**{"data.synthetic.n_subjects": 0}))
+
+
+# ------------------------------------------------------------------- resuming what is there
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cohort_root):
+    """A finished 3-round smoke run on its own copy of the cohort; (config, workdir, history)."""
+    import shutil
+
+    from tests.conftest import smoke_config
+
+    base = tmp_path_factory.mktemp("finished")
+    root = str(base / "cohort")
+    shutil.copytree(cohort_root, root)
+    config = smoke_config(**{"data.root": root, "data.cache_dir": str(base / "cache")})
+    workdir = str(base / "run")
+    return config, workdir, loop.run(config, workdir)
+
+
+def _records(workdir):
+    from selal_jax import report
+
+    return report.read_records(os.path.join(workdir, "records.jsonl"))
+
+
+def test_records_are_rebuilt_when_missing_or_behind(finished):
+    import json
+
+    config, workdir, history = finished
+    expected = json.loads(json.dumps(history))
+    path = os.path.join(workdir, "records.jsonl")
+    os.remove(path)
+    assert loop.run(config, workdir) == history  # a finished run: nothing trained
+    assert _records(workdir) == expected
+    with open(path) as f:
+        first = f.readline()
+    with open(path, "w") as f:
+        f.write(first)  # behind the newest checkpoint
+    loop.run(config, workdir)
+    assert _records(workdir) == expected
+
+
+def test_a_moved_dataset_with_the_same_files_resumes(finished, tmp_path):
+    import shutil
+
+    config, workdir, history = finished
+    moved = str(tmp_path / "moved")
+    shutil.copytree(config.data.root, moved)  # copy2: sizes and mtimes kept
+    import copy
+
+    from tests.conftest import set_fields
+
+    again = set_fields(copy.deepcopy(config), {"data.root": moved})
+    assert loop.run(again, workdir) == history
+    with open(
+        os.path.join(moved, "imagesTr", sorted(os.listdir(f"{moved}/imagesTr"))[0]), "ab"
+    ) as f:
+        f.write(b"\0")  # now a different dataset: still refused
+    with pytest.raises(ValueError, match="data.root"):
+        loop.run(again, workdir)
+
+
+def test_report_names_the_file_and_line_of_a_bad_record(tmp_path):
+    from selal_jax import report
+
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"round": 0}\n{"round": 1, oops\n')
+    with pytest.raises(ValueError, match=rf"{path}: line 2 is not valid JSON"):
+        report.read_records(str(path))
+
+
+def test_a_damaged_newest_checkpoint_says_how_to_resume_from_the_previous_round(finished, tmp_path):
+    import copy
+    import shutil
+
+    from tests.conftest import set_fields
+
+    config, workdir_done, history = finished
+    workdir = str(tmp_path / "run")
+    shutil.copytree(workdir_done, workdir)
+    os.remove(os.path.join(workdir, lock.LOCK_FILE))
+    state = os.path.join(workdir, "checkpoints", "2", "state")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs if "/d/" in f"{d}/"]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+    with pytest.raises(checkpointing.CheckpointError) as e:
+        loop.run(config, workdir)
+    message = str(e.value)
+    assert (
+        "cannot restore round 2" in message
+        and "the newest checkpoint, round 2, is damaged" in message
+    )
+    assert "--config.resume_from=1" in message
+    resumed = loop.run(set_fields(copy.deepcopy(config), {"resume_from": 1}), workdir)
+    assert [r["round"] for r in resumed] == [0, 1, 2]
+    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in h]  # noqa: E731
+    assert strip(resumed) == strip(history)  # round 2 redone from round 1: the same numbers
+    assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_rounds() == [1, 2]
+
+
+def test_no_target_in_the_test_split_is_flagged(tmp_path, caplog):
+    import numpy as np
+
+    from tests import helpers
+    from tests.conftest import smoke_config
+    from tests.test_data import volumes
+
+    vols = [(image, np.zeros_like(label)) for image, label in volumes(3, shape=(16, 16, 8))]
+    root = helpers.write_msd(str(tmp_path / "msd"), vols)
+    config = smoke_config(
+        **{
+            "data.layout": "msd",
+            "data.root": root,
+            "data.size": (16, 16),
+            "data.split": (1, 1, 1),
+            "al.rounds": 0,
+            "al.initial_size": 4,
+            "train.max_epochs": 1,
+        }
+    )
+    history = loop.run(config, str(tmp_path / "run"))
+    assert history[0]["dice"] == 1.0 and history[0]["test_slices_with_target"] == 0
+    table = loop.summary_text(history, str(tmp_path / "run"))
+    assert table.splitlines()[-1] == "warning: no target in the test split: Dice is not meaningful"
+    assert "no target in the test split" in caplog.text
+
+
+@pytest.mark.parametrize("field,value", [("train.patience", -1), ("resume_from", -2)])
+def test_validate_config_refuses(field, value):
+    from tests.conftest import smoke_config
+
+    with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
+        loop.validate_config(smoke_config(**{field: value}))
+
+
+def test_the_smoke_config_learns_enough_to_rank_its_queries(finished):
+    _, _, history = finished
+    for record in history[:-1]:  # rounds with a query
+        scores = record["queried_scores"]
+        assert any(s > 0 for s in scores), (record["round"], scores)
+        assert scores == sorted(scores, reverse=True) or record["queried_streams"]
+    assert history[-1]["dice_global"] > 0  # it predicts target where there is some
