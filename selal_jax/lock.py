@@ -76,10 +76,11 @@ def _acquire(workdir: str):
 
 @contextlib.contextmanager
 def hold(workdir: str, create: bool = True):
-    """Holds the workdir's lock for the `with` block (creating the folder if `create`)."""
-    check_workdir(workdir, create)
-    if not _is_primary():
-        yield
+    """Holds the workdir's lock for the `with` block (creating the folder if `create`; else a
+    missing folder is left missing and not locked)."""
+    check_workdir(workdir, create=True)  # a file is refused here; a missing folder ...
+    if not _is_primary() or not (create or os.path.isdir(workdir)):
+        yield  # ... is not created: the verb finds no run there and says so
         return
     os.makedirs(workdir, exist_ok=True)
     key = os.path.realpath(workdir)

@@ -387,7 +387,9 @@ def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
     import nibabel as nib
 
     nib.load(path).get_fdata()  # what the loader did before: no error
-    with pytest.raises(preprocess.DataError, match=rf"{path}: image file truncated or corrupt"):
+    with pytest.raises(
+        preprocess.DataError, match=rf"{path}: unreadable NIfTI image, truncated or corrupt"
+    ):
         load(_msd(root), tmp_path)
     with pytest.raises(preprocess.DataError, match="CRC"):
         preprocess.load_nifti(path)

@@ -140,7 +140,7 @@ def _from_verified_gzip(path: str, what: str):
         raise
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
-            f"{path}: {what} file truncated or corrupt: its gzip stream does not check out "
+            f"{path}: unreadable NIfTI {what}, truncated or corrupt: its gzip stream does not check out "
             f"(CRC-32 and length; {type(e).__name__}: {e})"
         ) from e
     first_error = None
