@@ -28,7 +28,43 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")
+DEFAULT_CONFIG = "configs/default.py"
+
+
+def _unknown_field_message(argv) -> str | None:
+    """'unknown config field X; did you mean Y?' for the first --config.X not in the config."""
+    import difflib
+    import runpy
+
+    given = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    path, _, arg = (given or DEFAULT_CONFIG).partition(":")
+    try:  # the flag holds no value after a failed override: load the file again
+        config = runpy.run_path(path)["get_config"](arg or None)
+    except Exception:
+        return None
+    keys = []
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            keys.append(prefix + key)
+            if hasattr(value, "items"):
+                walk(f"{prefix}{key}.", value)
+
+    walk("", config)
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            name = arg[len("--config.") :].partition("=")[0]
+            if name not in keys:
+                close = difflib.get_close_matches(name, keys, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                return f"unknown config field {name}{hint}"
+    return None
+
+
+try:  # the default config is loaded here, with any --config.X overrides of the command line
+    _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.")
+except (AttributeError, KeyError) as e:
+    sys.exit(f"error: {_unknown_field_message(sys.argv) or e}")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (checkpoints, records). Default: runs/<verb or strategy>-<time>."
 )
@@ -60,6 +96,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "under SLURM (srun with several tasks).",
 )
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Print the traceback of expected failures too (or SELAL_JAX_TRACEBACK=1)."
+)
 
 VERBS = (
     "run",
@@ -75,6 +114,57 @@ NEEDS_WORKDIR = ("report", "query", "import-labels", "export-nnunet")
 
 
 def main(argv):
+    try:
+        _main(argv)
+    except Exception as e:
+        if not _is_expected(e):
+            raise  # a bug: keep its traceback
+        _exit_with_message(e)
+
+
+def _is_expected(e: BaseException) -> bool:
+    """Bad input, config, data, workdir or disk: a message is enough, a traceback is noise."""
+    from selal_jax import checkpointing, lock
+
+    expected = (ValueError, checkpointing.CheckpointError, lock.LockedError, FloatingPointError)
+    return isinstance(e, expected)
+
+
+def _exit_with_message(e: BaseException) -> None:
+    """Prints the error (its traceback with --verbose or SELAL_JAX_TRACEBACK=1) and ends the
+    process now: after a failed save, orbax's background threads would otherwise keep it alive
+    for their 300 s timeout. os._exit skips them (and atexit), so flush first."""
+    import traceback
+
+    logging.flush()
+    sys.stdout.flush()
+    if _VERBOSE.value or os.environ.get("SELAL_JAX_TRACEBACK") == "1":
+        traceback.print_exc()
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a typo in a --config.X override or a missing --config file
+    reported in one line instead of ml_collections' traceback."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --help for the flags.", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError) as e:
+        print(f"error: {_unknown_field_message(argv) or e}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        _CONFIG.value.keys()
+    except OSError:  # ml_collections defers the load error to the first use of the config
+        given = config_flags.get_config_filename(flags.FLAGS["config"])
+        print(f"error: config file {given} not found or not loadable (--config)", file=sys.stderr)
+        sys.exit(1)
+    return rest
+
+
+def _main(argv):
     verbs = argv[1:] or ["run"]
     if len(verbs) > 1 or verbs[0] not in VERBS:
         raise app.UsageError(f"unknown command {' '.join(verbs)!r}; expected one of {VERBS}")
@@ -143,4 +233,4 @@ class _QuietLibraries:
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

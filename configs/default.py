@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.seed = 0  # root seed: every key is fold_in(root, round/step/slice)
     config.resume = True  # continue after the last completed round found in the workdir
     config.allow_config_change = False  # resume even if the config differs from the stored one
+    # Round to resume from: -1 = the latest checkpoint; R = round R's checkpoint (a damaged newer
+    # one: checkpoints of later rounds are deleted, with a warning in the log)
+    config.resume_from = -1
 
     config.data = data = config_dict.ConfigDict()
     data.layout = (
@@ -184,9 +187,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         model.depth = 2
         train.batch_size = 8
         train.eval_batch_size = 32
+        # 1e-2 and 4 steps an epoch: round 0's model already predicts some target, so that
+        # tests can tell a score-ranked query from pool order (1e-3 x 2 steps predicted none)
+        train.learning_rate = 1e-2
         train.max_epochs = 3
         train.patience = 2
-        train.min_steps_per_epoch = 2
+        train.min_steps_per_epoch = 4
         al.mc_passes = 3
         al.initial_size = 8
         al.query_size = 6

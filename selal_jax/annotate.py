@@ -43,7 +43,7 @@ import numpy as np
 from absl import logging
 from nibabel import orientations
 
-from selal_jax import checkpointing, loop, parallel, rng
+from selal_jax import checkpointing, lock, loop, parallel, rng
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
 
@@ -96,7 +96,7 @@ class Geometry:
     def of(cls, case: CaseFiles, reorient: str = "canonical") -> Geometry:
         """From the image file's header; `reorient` as data.reorient."""
         shape = preprocess.check_header(dataclasses.replace(case, label=None))
-        affine = np.asarray(preprocess.load_nifti(case.image).affine, np.float64)
+        affine = np.asarray(preprocess.load_nifti(case.image, header_only=True).affine, np.float64)
         ornt = IDENTITY.copy() if reorient == "none" else nib.io_orientation(affine)
         return cls(shape, affine, ornt)
 
@@ -166,7 +166,7 @@ def prefill_volume(
 
 def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
     """Saves `data` as NIfTI with the source image's affine, qform/sform codes and units."""
-    source = preprocess.load_nifti(case.image)
+    source = preprocess.load_nifti(case.image, header_only=True)
     image = nib.Nifti1Image(np.ascontiguousarray(data), source.affine)
     header = source.header
     if hasattr(header, "get_sform"):  # NIfTI sources: viewers read the codes, keep them
@@ -275,7 +275,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
     `out` defaults to <workdir>/queries/round_<r>; it must not exist yet or be empty (an earlier
     export there may hold corrections). It is written in a temporary sibling and renamed.
     """
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir, create=False):
         experiment = _open(config, workdir)
         try:
             r, ids = _awaited(experiment)
@@ -452,7 +452,7 @@ def import_labels(
         labels_dir = os.path.join(labels_dir, LABELS_DIR)  # given the export folder
     if not os.path.isdir(labels_dir):
         raise AnnotationError(f"{labels_dir}: labels folder not found")
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir, create=False):
         experiment = _open(config, workdir)
         try:
             r, ids = _awaited(experiment)

@@ -42,11 +42,39 @@ class Checkpointer:
                 f"{self.directory}: cannot create the checkpoint directory ({e})"
             ) from e
 
+    def check_writable(self) -> None:
+        """Writes and removes a probe file, so that a read-only or full disk is found before a
+        round is trained rather than when it is saved."""
+        probe = os.path.join(self.directory, f".probe-{os.getpid()}")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            os.remove(probe)
+        except OSError as e:
+            raise CheckpointError(
+                f"{self.directory}: the checkpoint folder is not writable ({e}); nothing was "
+                "trained. Free space or fix permissions, then run again"
+            ) from e
+
     def latest_round(self) -> int | None:
         return self.manager.latest_step()
 
     def all_rounds(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def discard_after(self, round_index: int) -> list[int]:
+        """Deletes the checkpoints of rounds after `round_index`; returns those rounds."""
+        later = [r for r in self.all_rounds() if r > round_index]
+        for r in later:
+            try:
+                self.manager.delete(r)
+            except Exception as e:
+                raise CheckpointError(
+                    f"{self.directory}: cannot delete round {r}'s checkpoint ({e})"
+                ) from e
+        return later
 
     def save(self, round_index: int, state, loop: dict) -> None:
         """Saves round `round_index` and waits until it is on disk."""
@@ -97,6 +125,17 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def close_quietly(closeable, error: BaseException) -> None:
+    """Closes after `error` (already propagating): a second error from close() (a full disk
+    fails both the save and the wait in close) is logged, not raised, so it cannot mask it."""
+    try:
+        closeable.close()
+    except Exception as e:
+        logging.error(
+            "closing after %s failed too: %s: %s", type(error).__name__, type(e).__name__, e
+        )
 
 
 def abstract_like(state):

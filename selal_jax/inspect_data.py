@@ -44,7 +44,7 @@ def case_geometry(case: preprocess.CaseFiles, axis: int, reorient: str) -> dict:
       RAS+, or the stored array with reorient 'none'), with the number of slices along it.
     """
     shape = preprocess.check_header(case)
-    affine = np.asarray(preprocess.load_nifti(case.image).affine, np.float64)
+    affine = np.asarray(preprocess.load_nifti(case.image, header_only=True).affine, np.float64)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if reorient == "none":
         loader_axis = np.arange(3)

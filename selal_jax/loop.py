@@ -29,6 +29,7 @@ from selal_jax import (
     evaluation,
     faults,
     label_store,
+    lock,
     parallel,
     report,
     rng,
@@ -48,6 +49,7 @@ from selal_jax.train import (
     evaluate,
     fit,
     make_optimizer,
+    mean_loss,
 )
 
 # fold_in tags (distinct from any round index used with the same parent key).
@@ -106,6 +108,7 @@ RESUME_NEUTRAL_KEYS = (
     "al.rounds",
     "checkpoint.keep",
     "train.eval_batch_size",
+    "resume_from",
 )
 ADDED_KEYS = workdir_lib.ADDED_KEYS
 
@@ -168,6 +171,11 @@ def validate_config(config) -> None:
             raise ValueError(f"config field {field}: must be >= 1, got {value}")
     if int(al.rounds) < 0:
         raise ValueError(f"config field al.rounds: must be >= 0, got {al.rounds}")
+    if int(config.get("resume_from", -1)) < -1:
+        raise ValueError(
+            f"config field resume_from: must be -1 (latest) or a round >= 0, got "
+            f"{config.resume_from}"
+        )
     if not 0 < float(al.target_threshold) < 1:
         raise ValueError(
             f"config field al.target_threshold: must be in (0, 1), got {al.target_threshold}"
@@ -317,6 +325,7 @@ def config_differences(stored: dict, current: dict) -> list[str]:
 
 def stored_config(workdir: str) -> config_dict.ConfigDict:
     """The config snapshot of the run in `workdir` (from its latest checkpoint)."""
+    lock.check_workdir(workdir, create=False)  # a mistyped --workdir is not created
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         latest = ckpt.latest_round()
@@ -341,12 +350,14 @@ def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
     With `round0_dir` (see `train_shared_round0`), a fresh run takes its round-0 model and
     metrics from there instead of training them, so that runs of different strategies share them.
     """
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir):
         experiment = Experiment(config, workdir, round0_dir)
         try:
             history = experiment.run()
-        finally:
-            experiment.close()
+        except BaseException as e:
+            checkpointing.close_quietly(experiment, e)
+            raise
+        experiment.close()
     return history
 
 
@@ -426,6 +437,7 @@ class Experiment:
         self.next_round = 0
         self.round0_record: dict | None = None
         self.extend_finished = False  # resumed a finished run with al.rounds raised
+        self.ckpt.check_writable()
         latest = self.ckpt.latest_round()
         if latest is not None and not config.resume:
             raise ValueError(
@@ -433,6 +445,7 @@ class Experiment:
                 "starting afresh needs an empty workdir"
             )
         if latest is not None:
+            latest = self._resume_round(latest)
             loop = self._restore(latest)
             if self.human:
                 self._restore_annotations(loop)
@@ -464,10 +477,67 @@ class Experiment:
             raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
         self.state, self.round0_record = state, dict(stored["record"])
 
+    def _resume_round(self, latest: int) -> int:
+        """The round to restore: the latest, or config.resume_from (later rounds discarded)."""
+        wanted = int(self.config.get("resume_from", -1))
+        if wanted < 0 or wanted == latest:
+            return latest
+        rounds = self.ckpt.all_rounds()
+        if wanted not in rounds:
+            raise ValueError(
+                f"config field resume_from: {self.ckpt.directory} holds no checkpoint of round "
+                f"{wanted} (rounds {rounds})"
+            )
+        discarded = self.ckpt.discard_after(wanted)
+        logging.warning(
+            "resume_from=%d: discarded the checkpoints of rounds %s in %s",
+            wanted,
+            discarded,
+            self.ckpt.directory,
+        )
+        return wanted
+
+    def _restore_checkpoint(self, latest: int) -> dict:
+        """Restores round `latest`; a damaged checkpoint's error says how to resume from the
+        round before it."""
+        try:
+            self.state, loop = self.ckpt.restore(latest, checkpointing.abstract_like(self.state))
+        except checkpointing.CheckpointError as e:
+            earlier = [r for r in self.ckpt.all_rounds() if r < latest]
+            how = (
+                f"to resume from round {earlier[-1]}, the previous checkpoint, run again with "
+                f"--config.resume_from={earlier[-1]} (the later rounds are discarded and redone)"
+                if earlier
+                else "no earlier checkpoint is kept: start afresh in a new workdir"
+            )
+            raise checkpointing.CheckpointError(
+                f"{e} -- the newest checkpoint, round {latest}, is damaged; {how}"
+            ) from e
+        return loop
+
+    def _rebuild_records(self) -> None:
+        """records.jsonl from the checkpoint's history when it is missing or out of step (a
+        deleted file, or one behind or ahead of the restored round)."""
+        path = os.path.join(self.workdir, RECORDS_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                if sum(1 for line in f if line.strip()) == len(self.history):
+                    return
+        logging.warning("%s: rebuilt from the checkpoint's %d rounds", path, len(self.history))
+        checkpointing.write_json_atomic(path, self.history, lines=True)
+
     def _restore(self, latest: int) -> dict:
         config, workdir = self.config, self.workdir
-        self.state, loop = self.ckpt.restore(latest, checkpointing.abstract_like(self.state))
+        loop = self._restore_checkpoint(latest)
         changed = config_differences(loop["config"], self.flat_config)
+        if "data.root" in changed and loop["fingerprint"] == self.splits.fingerprint:
+            # The dataset moved: the same files (relative paths, sizes, mtimes) at a new root.
+            logging.info(
+                "dataset moved from %s to %s (same files)",
+                loop["config"].get("data.root"),
+                self.flat_config.get("data.root"),
+            )
+            changed.remove("data.root")
         if changed and not config.allow_config_change:
             details = ", ".join(
                 f"{k}: {loop['config'].get(k)!r} -> {self.flat_config.get(k)!r}" for k in changed
@@ -484,6 +554,7 @@ class Experiment:
             )
         self.labelled[np.asarray(loop["labelled_ids"], np.int64)] = True
         self.history = list(loop["history"])
+        self._rebuild_records()
         self.next_round = latest + 1
         if self.history and not self.history[-1]["queried"]:
             # Finished (or the pool was exhausted). Given more rounds, a simulated run continues.
@@ -557,6 +628,7 @@ class Experiment:
         if config.train.reset_optimizer:
             self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
         labelled_ids = np.flatnonzero(self.labelled)
+        untrained_val_loss = self._untrained_val_loss(r)
         self.state, fit_summary = fit(
             self.model,
             self.state,
@@ -569,6 +641,8 @@ class Experiment:
             round_index=r,
             mesh=self.mesh,
         )
+        if untrained_val_loss is not None:
+            train_lib.check_divergence(r, fit_summary["best_val_loss"], untrained_val_loss)
         terms = evaluate(
             self.model,
             self.state.variables,
@@ -578,6 +652,10 @@ class Experiment:
             self.mesh,
         )
         dice, dice_global = dice_scores(terms)
+        label_sum = np.asarray(terms["label_sum"]).reshape(len(terms["label_sum"]), -1)
+        test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))
+        if test_with_target == 0:
+            logging.warning("round %d: %s", r, report.NO_TARGET_NOTE)
         names = list(self.train.class_names)
         if len(names) == 1:  # binary: the class's Dice is the run's, to the bit
             per_class, global_per_class = [dice], [dice_global]
@@ -591,6 +669,7 @@ class Experiment:
             "dice_global": dice_global,
             "dice_per_class": dict(zip(names, per_class, strict=True)),
             "dice_global_per_class": dict(zip(names, global_per_class, strict=True)),
+            "test_slices_with_target": test_with_target,
             # What the annotator drew for this round's training set (imported masks included).
             **diagnostics.labelled_target_pixels(self.train.labels, labelled_ids),
             "val_loss": fit_summary["best_val_loss"],
@@ -598,6 +677,7 @@ class Experiment:
             "best_epoch": fit_summary["best_epoch"],
             "train_seconds": fit_summary["seconds"],
             **self.evaluate_cases(r),
+            **({"untrained_val_loss": untrained_val_loss} if r == 0 else {}),
         }
 
     def evaluate_cases(self, r: int) -> dict:
@@ -616,6 +696,23 @@ class Experiment:
             tolerance_mm=float(self.config.eval.tolerance_mm),
             save_predictions=bool(self.config.eval.save_predictions),
         )
+
+    def _untrained_val_loss(self, r: int) -> float | None:
+        """The untrained model's validation loss, the yardstick of `check_divergence`: computed
+        before round 0's training, then read from round 0's (checkpointed) record, so that a
+        resumed run compares against the same number. None for runs recorded without it."""
+        if r == 0:
+            return mean_loss(
+                evaluate(
+                    self.model,
+                    self.state.variables,
+                    self.splits.val,
+                    None,
+                    int(self.config.train.eval_batch_size),
+                    self.mesh,
+                )
+            )
+        return self.history[0].get("untrained_val_loss") if self.history else None
 
     def query_round(self, r: int) -> selection.Query | None:
         """Scores the unlabelled pool and chooses the round's query (None after the last round
@@ -759,7 +856,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
     """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
     record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent: an existing
     round 0 is returned without loading data or building a model."""
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(round0_dir):
         ckpt = checkpointing.Checkpointer(os.path.join(round0_dir, ROUND0_CHECKPOINT), 1)
         try:
             if ckpt.latest_round() is not None:
@@ -804,15 +901,15 @@ def train_supervised(config, workdir: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    with rng.classic_threefry():
+    with rng.classic_threefry(), lock.hold(workdir):
         experiment = Experiment(config, workdir)
         try:
             experiment.labelled[:] = True
             record = experiment.train_round(0)
         finally:
             experiment.close()
-    record = {**record, "supervised": True, "seed": int(config.seed)}
-    checkpointing.write_json_atomic(path, record)
+        record = {**record, "supervised": True, "seed": int(config.seed)}
+        checkpointing.write_json_atomic(path, record)
     logging.info(
         "supervised baseline: dice %.4f (global %.4f)", record["dice"], record["dice_global"]
     )

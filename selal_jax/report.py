@@ -34,6 +34,8 @@ PCTS = (10, 15, 20, 25, 30, 35)
 CASE_FIELDS = {"case_dice": "case Dice", "case_hd95": "case HD95"}
 DEFAULT_REFERENCE = "random all"
 RECORDS_FILE = "records.jsonl"
+# Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
+NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
 SUPERVISED_FILE = "supervised.json"
 EMBEDDINGS_FILE = "pool_embeddings.npz"
 
@@ -62,6 +64,8 @@ def round_table(history: list[dict]) -> str:
         f"\nhighest Dice {best['dice']:.4f} at round {best['round']} "
         f"({best['n_labelled']} labelled slices)"
     )
+    if any(rec.get("test_slices_with_target") == 0 for rec in history):
+        lines.append(f"warning: {NO_TARGET_NOTE}")
     return "\n".join(lines)
 
 
@@ -98,8 +102,16 @@ def class_rows(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
 
 
 def read_records(path: str) -> list[dict]:
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from e
+    return records
 
 
 def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:

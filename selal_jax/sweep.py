@@ -18,7 +18,7 @@ import os
 
 from absl import logging
 
-from selal_jax import loop, report
+from selal_jax import lock, loop, report
 from selal_jax.data import synthetic
 
 
@@ -69,6 +69,11 @@ def run(config, workdir: str) -> dict:
     seeds = parse_seeds(config.sweep.seeds)
     for strategy, mode in runs:  # refuse a bad name before hours of training
         loop.validate_config(run_config(config, workdir, seeds[0], strategy, mode))
+    with lock.hold(workdir):  # the sweep folder; each run below locks its own sub-folder
+        return _run(config, workdir, runs, seeds)
+
+
+def _run(config, workdir: str, runs, seeds) -> dict:
     os.makedirs(workdir, exist_ok=True)
     if config.sweep.supervised:
         loop.train_supervised(

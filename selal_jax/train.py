@@ -255,6 +255,27 @@ def mean_loss(terms: dict[str, np.ndarray]) -> float:
     return float(loss_sum.sum() / terms["pixels"].sum())
 
 
+class TrainingDivergedError(FloatingPointError):
+    """A round's best validation loss is far above the untrained model's (see
+    `check_divergence`); the message names the round and both losses."""
+
+
+DIVERGENCE_FACTOR = 10.0  # best val loss above this many times the untrained model's: diverged
+
+
+def check_divergence(round_index: int, best_val_loss: float, untrained_val_loss: float) -> None:
+    """Raises TrainingDivergedError if the round's best validation loss exceeds
+    DIVERGENCE_FACTOR x the untrained model's validation loss (or is not finite): a learning
+    rate far too large ends in a finite but useless model otherwise."""
+    limit = DIVERGENCE_FACTOR * untrained_val_loss
+    if not best_val_loss <= limit:  # also NaN
+        raise TrainingDivergedError(
+            f"round {round_index}: training diverged: best validation loss {best_val_loss:.6g} "
+            f"exceeds {DIVERGENCE_FACTOR:g} x the untrained model's validation loss "
+            f"{untrained_val_loss:.6g}; lower train.learning_rate"
+        )
+
+
 def epoch_order(
     key: Array, labelled_ids: np.ndarray, batch_size: int, min_steps: int
 ) -> np.ndarray:

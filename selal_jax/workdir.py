@@ -27,4 +27,5 @@ ADDED_KEYS = {
     # () in the config; a list here as flatten_config stores tuples (cache.fingerprint and
     # config_differences compare it either way).
     "data.spacing": [],
+    "resume_from": -1,
 }

@@ -328,6 +328,11 @@ def msd_source(root: str, data_config) -> Source:
             meta = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{meta_path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DataError(
+            f"{meta_path}: expected a JSON object with a 'training' list, got a "
+            f"{type(meta).__name__}"
+        )
     training = meta.get("training")
     if not isinstance(training, list) or not training:
         raise DataError(
@@ -365,6 +370,12 @@ def msd_source(root: str, data_config) -> Source:
                 f"{meta_path}: field 'training[{i}]' must have 'image' and 'label' (cases "
                 "without labels need --config.data.allow_unlabelled=True and al.annotator=human)"
             )
+        for what in ("image", "label"):
+            if entry.get(what) is not None and not isinstance(entry[what], str):
+                raise DataError(
+                    f"{meta_path}: field 'training[{i}].{what}' must be a path (a string), got "
+                    f"{entry[what]!r}"
+                )
         image = os.path.normpath(os.path.join(root, entry["image"]))
         label = os.path.normpath(os.path.join(root, entry["label"])) if entry.get("label") else None
         if os.path.basename(image).startswith("._"):
@@ -531,7 +542,7 @@ def paired_source(root: str, data_config) -> Source:
     modality = str(data_config.modality or "").strip()
     count = None
     if modality.lower() == "all" and images:  # no modality map: the first image's channels
-        shape = load_nifti(images[sorted(images)[0]], "image").shape
+        shape = load_nifti(images[sorted(images)[0]], "image", header_only=True).shape
         count = int(shape[3]) if len(shape) == 4 else 1
     channels = channel_indices(modality, None, images_dir, count)
     channel = channels[0] if channels else None
@@ -578,4 +589,24 @@ def find_cases(data_config, root: str) -> Source:
         )
     if not source.cases:
         raise DataError(f"{root}: no cases found (layout {layout})")
+    refuse_duplicate_cases(source.cases, root)
     return source
+
+
+def refuse_duplicate_cases(cases: list[CaseFiles], where: str) -> None:
+    """A case listed twice (the same file under two spellings, os.path.realpath, or two files
+    of one case name) would become two subjects and could fall into two splits: a DataError
+    naming both entries."""
+    seen: dict[str, CaseFiles] = {}
+    for case in cases:
+        keys = [("name", case.case_id)]
+        keys += [("file", os.path.realpath(p)) for p in (*case.image_files, case.label) if p]
+        for kind, key in keys:
+            first = seen.setdefault(f"{kind}:{key}", case)
+            if first is not case:
+                why = f"same case name {key!r}" if kind == "name" else f"same file {key}"
+                raise DataError(
+                    f"{where}: the cases {first.case_id!r} ({first.image}) and {case.case_id!r} "
+                    f"({case.image}) are the same case ({why}); listed twice it would be two "
+                    "subjects, possibly in two splits: remove one entry"
+                )

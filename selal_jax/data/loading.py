@@ -47,6 +47,11 @@ def validate_data_config(data_config) -> None:
     lo, hi = (float(v) for v in data_config.ct_window)
     if not lo < hi:
         raise ValueError(f"config field data.ct_window: expected lo < hi, got {(lo, hi)}")
+    if data_config.layout == "synthetic" and int(data_config.synthetic.n_subjects) < 1:
+        raise ValueError(
+            "config field data.synthetic.n_subjects: must be >= 1, got "
+            f"{data_config.synthetic.n_subjects}"
+        )
     kind = data_config.synthetic.get("kind", "binary")
     if kind not in synthetic.KINDS:
         raise ValueError(
@@ -354,6 +359,7 @@ def build_cache(
         part_of = np.repeat(np.arange(3), [len(p) for p in parts])
         for n_done, (subject, part) in enumerate(zip(order, part_of, strict=True)):
             slices = preprocess.process_case(source.cases[subject], settings)
+            preprocess.check_finite_slices(slices, source.cases[subject])
             name = SPLIT_NAMES[part]
             ranges.setdefault(name, [builder.n_slices, builder.n_slices])
             builder.add(

@@ -9,6 +9,9 @@ Every problem raises `DataError` with the offending file's path in the message.
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import math
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -122,10 +125,69 @@ class CaseSlices:
     spacing: np.ndarray  # [3] float32, mm
 
 
-def load_nifti(path: str, what: str = "image"):
-    """The image header (voxels are read lazily) with errors that name the file: nib.load for
-    NIfTI, an NRRD file as a Nifti1Image with its RAS affine (`volumes.load_image`)."""
+def load_nifti(path: str, what: str = "image", header_only: bool = False):
+    """The image with errors that name the file: nib.load for NIfTI, an NRRD file as a
+    Nifti1Image with its RAS affine (`volumes.load_image`); voxels are read lazily.
+
+    A .gz file is decompressed whole with Python's gzip module, which checks the stream's CRC-32
+    and length at its end (nibabel reads only as far as it needs and never reaches them, so a
+    damaged stream would load silently), and the image is built from the bytes in memory. With
+    `header_only` (the header pass), the header is read lazily instead: the voxel pass
+    verifies the same file before anything is cached.
+    """
+    if path.endswith(".gz") and not header_only:
+        try:
+            return _from_verified_gzip(path, what)
+        except FileNotFoundError as e:
+            raise DataError(f"{path}: {what} file not found") from e
     return volumes.load_image(path, what)
+
+
+def _from_verified_gzip(path: str, what: str):
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()  # raises at the end of the stream if its CRC or length differ
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: unreadable NIfTI {what}, truncated or corrupt: its gzip stream does not check out "
+            f"(CRC-32 and length; {type(e).__name__}: {e})"
+        ) from e
+    first_error = None
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            return klass.from_bytes(data)
+        except Exception as e:  # not this NIfTI version (or not NIfTI at all)
+            first_error = first_error or e
+    raise DataError(
+        f"{path}: unreadable NIfTI {what} ({type(first_error).__name__}: {first_error})"
+    )
+
+
+def check_magnitude(image: np.ndarray, path: str) -> None:
+    """Refuses finite voxel values so large that the z-score's float32 sums would overflow
+    (a voxel of 3e38 passes the NaN/Inf check, then normalises to NaN): magnitudes up to
+    sqrt(float32 max / (4 n)) for n voxels keep every sum of squared deviations finite."""
+    limit = math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(image.size, 1)))
+    lo, hi = float(image.min(initial=0.0)), float(image.max(initial=0.0))
+    if max(-lo, hi) > limit:
+        raise DataError(
+            f"{path}: voxel values range from {lo:.4g} to {hi:.4g}; magnitudes above "
+            f"{limit:.3g} overflow the normalisation of a volume of {image.size} voxels "
+            "(a corrupt or wrongly scaled file?)"
+        )
+
+
+def check_finite_slices(slices: CaseSlices, case: CaseFiles) -> None:
+    """After preprocessing: any non-finite slice is an error naming its case."""
+    images = slices.images
+    bad = ~np.isfinite(images).reshape(len(images), int(np.prod(images.shape[1:]))).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{case.image}: case {case.case_id}: {int(bad.sum())} slices are not finite after "
+            f"preprocessing (slice indices {slices.slice_index[bad][:10].tolist()})"
+        )
 
 
 def _spatial_shape(img, path: str, what: str, channel: int | None) -> tuple[int, int, int]:
@@ -160,7 +222,7 @@ def _check_affine(affine: np.ndarray, path: str) -> None:
 
 def check_header(case: CaseFiles) -> tuple[int, int, int]:
     """Checks a case from the NIfTI headers alone; returns the image's 3D shape (file order)."""
-    img = load_nifti(case.image, "image")
+    img = load_nifti(case.image, "image", header_only=True)
     if img.get_data_dtype().kind not in "iuf":
         raise DataError(f"{case.image}: unsupported voxel type {img.get_data_dtype()}")
     shape = _spatial_shape(img, case.image, "image", case.channel)
@@ -168,7 +230,7 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
     headers = {case.image: img}
     for path, channel in case.extra_channels:  # every channel: the first one's shape and affine
         if path not in headers:
-            headers[path] = load_nifti(path, "image")
+            headers[path] = load_nifti(path, "image", header_only=True)
             if headers[path].get_data_dtype().kind not in "iuf":
                 raise DataError(f"{path}: unsupported voxel type {headers[path].get_data_dtype()}")
         other = headers[path]
@@ -186,7 +248,7 @@ def check_header(case: CaseFiles) -> tuple[int, int, int]:
             )
     if case.label is None:
         return shape
-    lab = load_nifti(case.label, "label")
+    lab = load_nifti(case.label, "label", header_only=True)
     if lab.get_data_dtype().kind not in "iuf":
         raise DataError(f"{case.label}: unsupported label voxel type {lab.get_data_dtype()}")
     lab_shape = _spatial_shape(lab, case.label, "label", None)
@@ -262,6 +324,7 @@ def read_canonical_channels(
         if not np.all(np.isfinite(channel)):
             bad = int(np.size(channel) - np.count_nonzero(np.isfinite(channel)))
             raise DataError(f"{path}: contains {bad} NaN or Inf voxels")
+        check_magnitude(channel, path)
     return image, first
 
 
@@ -278,6 +341,7 @@ def load_volume(case: CaseFiles, reorient: bool = True) -> Volume:
     if not np.all(np.isfinite(image)):
         bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
         raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
+    check_magnitude(image, case.image)
     label = None
     if case.label is not None:
         label, _ = read_canonical(case.label, "label", None, False, reorient)
