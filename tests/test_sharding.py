@@ -133,6 +133,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The two-process comparison trains as the smoke config did before it learned fast: at its 1e-2
+# the split batch's last-bit differences (another summation order) grow into Dice differences of
+# 1e-3 within three rounds; at 1e-3 they stay within the tolerances below.
+GENTLE_TRAINING = {"train.learning_rate": 1e-3, "train.min_steps_per_epoch": 2}
+
+
 def launch_processes(workdir, n, env, timeout=600):
     """Runs launch.py as n jax.distributed processes; returns their (returncode, log) pairs.
 
@@ -150,6 +156,7 @@ def launch_processes(workdir, n, env, timeout=600):
             f"--coordinator_address=localhost:{port}",
             f"--num_processes={n}",
             f"--process_id={p}",
+            *(f"--config.{k}={v}" for k, v in GENTLE_TRAINING.items()),
         ]
         procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log))
         logs.append(log)
@@ -228,13 +235,15 @@ def test_two_process_run_matches_a_single_process_run(tmp_path, cohort_root):
     assert "jax.distributed: process 1 of 2" in log
 
     reference_dir = str(tmp_path / "one")
-    reference = loop.run(smoke_config(**{"data.root": cohort_root}), reference_dir)
+    reference = loop.run(
+        smoke_config(**{"data.root": cohort_root, **GENTLE_TRAINING}), reference_dir
+    )
     reference = json.loads(json.dumps(reference))
     records = read_records(workdir)
     assert_records_match(records, reference)
 
     # final parameters: Adam steps of all rounds, each within 0.1 lr (module docstring)
-    train = smoke_config().train
+    train = smoke_config(**GENTLE_TRAINING).train
     steps = sum(
         r["epochs"] * max(math.ceil(r["n_labelled"] / train.batch_size), train.min_steps_per_epoch)
         for r in records
