@@ -38,6 +38,7 @@ class backend_jit:  # noqa: N801 (used like the function jax.jit)
         self._fun = fun
         self._jit_kwargs = jit_kwargs
         self._by_backend = {}
+        self._nested = None
         functools.update_wrapper(self, fun)
 
     def jitted(self, backend: str | None = None):
@@ -50,7 +51,18 @@ class backend_jit:  # noqa: N801 (used like the function jax.jit)
         return self._by_backend[backend]
 
     def __call__(self, *args, **kwargs):
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            # Called inside another trace (jit, eval_shape): compiler options are only allowed
+            # on a top-level jit, and the outer program's own options apply anyway.
+            return self.nested()(*args, **kwargs)
         return self.jitted()(*args, **kwargs)
+
+    def nested(self):
+        """The same function jitted without compiler options, for calls inside a trace."""
+        if self._nested is None:
+            self._nested = jax.jit(self._fun, **self._jit_kwargs)
+        return self._nested
 
     def __getattr__(self, name):
         if name.startswith("__"):
