@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 
@@ -32,3 +33,21 @@ def atomic_open(path: str, mode: str = "w"):
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str, prefix: str = ".tmp-"):
+    """`with atomic_folder(path) as tmp: ...` fills a temporary sibling folder and renames it to
+    `path` when the block succeeds (an existing `path`, an empty or incomplete folder, is removed
+    first); on an error the temporary folder is removed and `path` is left as it was."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from selal_jax import atomic
 from selal_jax.data.preprocess import DataError
 
 DATASET_NAME = "SyntheticLesions"
@@ -198,10 +197,7 @@ def write_cohort(
         return root
     if kind == "multiclass":
         return _write_multiclass(root, n_subjects, shape, seed, spacing)
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
-    try:
+    with atomic.atomic_folder(root, prefix=".synthetic-") as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         affine = np.diag([*spacing, 1.0]).astype(np.float64)
@@ -226,12 +222,7 @@ def write_cohort(
         }
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(root):
-            shutil.rmtree(root)  # an incomplete earlier attempt (no dataset.json)
-        os.rename(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # An incomplete earlier attempt at `root` (no dataset.json) is replaced.
     return root
 
 
@@ -245,10 +236,7 @@ def _stored_name(meta_path: str) -> str | None:
 
 def _write_multiclass(root: str, n_subjects: int, shape, seed: int, spacing) -> str:
     """The multiclass cohort (4D images, labels {0, 1, 2}), written atomically in the MSD layout."""
-    parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
-    try:
+    with atomic.atomic_folder(root, prefix=".synthetic-") as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         affine = np.diag([*spacing, 1.0]).astype(np.float64)
@@ -276,10 +264,5 @@ def _write_multiclass(root: str, n_subjects: int, shape, seed: int, spacing) -> 
         }
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(root):
-            shutil.rmtree(root)  # an incomplete earlier attempt (no dataset.json)
-        os.rename(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # An incomplete earlier attempt at `root` (no dataset.json) is replaced.
     return root
