@@ -14,6 +14,8 @@ from selal_jax.models import build_model, init_variables
 from selal_jax.train import create_train_state, make_optimizer
 from tests import helpers
 
+# Minutes of end-to-end runs (SIGKILL and resume): skipped by the README's test command, run by .ci/run.
+pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_FIELDS = helpers.TIMING_FIELDS
 ROUNDS = 3  # rounds 0..3: a 4-round experiment

@@ -44,6 +44,8 @@ from tests import helpers
 from tests import sharding_worker as worker
 from tests.conftest import smoke_config
 
+# Minutes of end-to-end runs (4 fake devices and two processes): skipped by the README's test command, run by .ci/run.
+pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 TIMING_FIELDS = helpers.TIMING_FIELDS
