@@ -32,8 +32,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import jax
@@ -43,7 +41,7 @@ import numpy as np
 from absl import logging
 from nibabel import orientations
 
-from selal_jax import checkpointing, lock, loop, parallel, rng
+from selal_jax import atomic, checkpointing, lock, loop, parallel, rng
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
 
@@ -293,9 +291,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
             f"{out}: already exists; it may hold corrected labels: remove it or choose another "
             "output folder"
         )
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-query-", dir=os.path.dirname(out))
-    try:
+    with atomic.atomic_folder(out, prefix=".tmp-query-") as tmp:
         os.makedirs(os.path.join(tmp, LABELS_DIR))
         rows: list[dict] = [{} for _ in ids]
         for case_id, qc in cases.items():
@@ -347,12 +343,6 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
         }
         with open(os.path.join(tmp, QUERY_JSON), "w") as f:
             json.dump(summary, f, indent=1)
-        if os.path.isdir(out):
-            os.rmdir(out)  # empty (checked above)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logging.info("round %d: exported %d slices of %d cases to %s", r, len(ids), len(cases), out)
     return out
 

@@ -36,17 +36,18 @@ def atomic_open(path: str, mode: str = "w"):
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str, prefix: str = ".tmp-"):
+def atomic_folder(path: str, prefix: str = ".tmp-", replace: bool = False):
     """`with atomic_folder(path) as tmp: ...` fills a temporary sibling folder and renames it to
-    `path` when the block succeeds (an existing `path`, an empty or incomplete folder, is removed
-    first); on an error the temporary folder is removed and `path` is left as it was."""
+    `path` when the block succeeds; on an error the temporary folder is removed and `path` is
+    left as it was. An existing empty `path` is replaced; a non-empty one only with `replace`
+    (an incomplete earlier attempt), else os.rmdir refuses it."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         yield tmp
-        if os.path.exists(path):
-            shutil.rmtree(path)
+        if os.path.isdir(path):
+            shutil.rmtree(path) if replace else os.rmdir(path)
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

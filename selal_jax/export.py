@@ -24,13 +24,12 @@ import collections
 import json
 import os
 import shutil
-import tempfile
 
 import nibabel as nib
 import numpy as np
 from absl import logging
 
-from selal_jax import annotate, loop, rng
+from selal_jax import annotate, atomic, loop, rng
 from selal_jax.data import loading, preprocess
 
 IGNORE = "ignore"
@@ -103,9 +102,7 @@ def export_nnunet(config, workdir: str, out: str) -> str:
     for name, value in zip(class_names, label_values[1:].tolist(), strict=True):
         labels[str(name)] = int(value)
     labels[IGNORE] = ignore
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-nnunet-", dir=os.path.dirname(out))
-    try:
+    with atomic.atomic_folder(out, prefix=".tmp-nnunet-") as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         cases = []
@@ -140,12 +137,6 @@ def export_nnunet(config, workdir: str, out: str) -> str:
         }
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=1)
-        if os.path.isdir(out):
-            os.rmdir(out)  # empty (checked above)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logging.info(
         "exported %d labelled slices of %d cases to %s",
         sum(len(i) for i, _ in slices.values()),

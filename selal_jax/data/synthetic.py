@@ -197,7 +197,7 @@ def write_cohort(
         return root
     if kind == "multiclass":
         return _write_multiclass(root, n_subjects, shape, seed, spacing)
-    with atomic.atomic_folder(root, prefix=".synthetic-") as tmp:
+    with atomic.atomic_folder(root, prefix=".synthetic-", replace=True) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         affine = np.diag([*spacing, 1.0]).astype(np.float64)
@@ -236,7 +236,7 @@ def _stored_name(meta_path: str) -> str | None:
 
 def _write_multiclass(root: str, n_subjects: int, shape, seed: int, spacing) -> str:
     """The multiclass cohort (4D images, labels {0, 1, 2}), written atomically in the MSD layout."""
-    with atomic.atomic_folder(root, prefix=".synthetic-") as tmp:
+    with atomic.atomic_folder(root, prefix=".synthetic-", replace=True) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         affine = np.diag([*spacing, 1.0]).astype(np.float64)
