@@ -182,12 +182,13 @@ def _main(argv):
         )
     # Imported after flag parsing: keeps --help fast.
     from selal_jax import annotate, inspect_data, loop, parallel, report, sweep
+    from selal_jax import workdir as workdir_lib
 
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     if verb in ("query", "import-labels", "export-nnunet") and not flags.FLAGS["config"].present:
-        config = loop.stored_config(workdir)  # the run's own config
+        config = workdir_lib.stored_config(workdir)  # the run's own config
     # The library returns; only process 0 prints (the others hold the same results).
     show = print if parallel.is_primary() else (lambda *_: None)
     if verb == "run":
@@ -202,7 +203,7 @@ def _main(argv):
                 show(f.read())
         show("\n".join(f"wrote {p}" for p in paths.values()))
     elif verb == "supervised":
-        record = loop.train_supervised(config, workdir)
+        record = sweep.train_supervised(config, workdir)
         show(f"supervised baseline: dice {record['dice']:.4f} (global {record['dice_global']:.4f})")
     elif verb == "inspect":  # the data as a run loads it (and its cache), without training
         info = inspect_data.describe(config, workdir)

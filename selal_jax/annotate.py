@@ -42,6 +42,7 @@ from absl import logging
 from nibabel import orientations
 
 from selal_jax import atomic, checkpointing, lock, loop, parallel, rng
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
 
@@ -194,7 +195,7 @@ def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
     masks = parallel.map_batches(
         predict,
         ids,
-        experiment.train.images,
+        experiment.pool.images,
         batch_size=int(experiment.config.train.eval_batch_size),
     )
     return masks
@@ -214,7 +215,7 @@ class QueriedCase:
 
 def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, QueriedCase]:
     """The query grouped by case (in order of first appearance), with each case's geometry."""
-    train, axis = experiment.train, int(experiment.config.data.axis)
+    train, axis = experiment.pool, int(experiment.config.data.axis)
     source: layouts.Source = experiment.splits.source
     groups: dict[int, list[int]] = collections.OrderedDict()
     for position, pool_id in enumerate(ids):
@@ -243,9 +244,10 @@ def _has_finished_checkpoint(ckpt_dir: str) -> bool:
         ckpt.close()
 
 
-def _open(config, workdir: str) -> loop.Experiment:
-    """The run in `workdir`, which must be a human-annotator run with a checkpoint."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+def _open(config, workdir: str, with_model: bool) -> loop.Experiment:
+    """The run in `workdir`, which must be a human-annotator run with a checkpoint (its model
+    only `with_model`: the export predicts masks, the import does not)."""
+    ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
     if not os.path.isdir(ckpt_dir) or not _has_finished_checkpoint(ckpt_dir):
         raise AnnotationError(f"{workdir}: no checkpoint; start the run with `launch.py run`")
     if config.al.annotator != "human":
@@ -253,7 +255,7 @@ def _open(config, workdir: str) -> loop.Experiment:
             f"{workdir}: config field al.annotator is {config.al.annotator!r}; export and import "
             "need a run started with --config.al.annotator=human"
         )
-    return loop.Experiment(config, workdir)
+    return loop.Experiment.open(config, workdir, with_model=with_model)
 
 
 def _awaited(experiment: loop.Experiment) -> tuple[int, np.ndarray]:
@@ -274,7 +276,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
     export there may hold corrections). It is written in a temporary sibling and renamed.
     """
     with rng.classic_threefry(), lock.hold(workdir, create=False):
-        experiment = _open(config, workdir)
+        experiment = _open(config, workdir, with_model=True)
         try:
             r, ids = _awaited(experiment)
             record = experiment.history[-1]
@@ -284,8 +286,8 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
             experiment.close()
     settings = loading.make_settings(config.data, experiment.splits.source)
     label_values = preprocess.label_value_table(settings)
-    class_names = ("background", *experiment.train.class_names)
-    out = os.path.abspath(out or os.path.join(workdir, "queries", f"round_{r:03d}"))
+    class_names = ("background", *experiment.pool.class_names)
+    out = os.path.abspath(out or os.path.join(workdir, workdir_lib.QUERIES_DIR, f"round_{r:03d}"))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise AnnotationError(
             f"{out}: already exists; it may hold corrected labels: remove it or choose another "
@@ -443,7 +445,7 @@ def import_labels(
     if not os.path.isdir(labels_dir):
         raise AnnotationError(f"{labels_dir}: labels folder not found")
     with rng.classic_threefry(), lock.hold(workdir, create=False):
-        experiment = _open(config, workdir)
+        experiment = _open(config, workdir, with_model=False)
         try:
             r, ids = _awaited(experiment)
             cases = queried_cases(experiment, ids)
@@ -489,7 +491,7 @@ def import_labels(
         "n_slices": len(ids),
         "n_cases": len(cases),
         "queried_with_target": record["queried_with_target"],
-        "store": experiment.store.path(r),
+        "store": experiment.annotator.store.path(r),
         "n_labelled": int(experiment.labelled.sum()),
     }
     logging.info("imported round %d's labels: %s", r, summary)

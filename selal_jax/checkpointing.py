@@ -122,6 +122,47 @@ class Checkpointer:
             ) from e
         return dict(restored["loop"])
 
+    def resume_round(self, wanted: int) -> int:
+        """The round a resumed run restores: the latest, or `wanted` (config.resume_from, >= 0)
+        with the checkpoints of later rounds deleted."""
+        latest = self.latest_round()
+        if wanted < 0 or wanted == latest:
+            return latest
+        rounds = self.all_rounds()
+        if wanted not in rounds:
+            raise ValueError(
+                f"config field resume_from: {self.directory} holds no checkpoint of round "
+                f"{wanted} (rounds {rounds})"
+            )
+        discarded = self.discard_after(wanted)
+        logging.warning(
+            "resume_from=%d: discarded the checkpoints of rounds %s in %s",
+            wanted,
+            discarded,
+            self.directory,
+        )
+        return wanted
+
+    def restore_latest(self, round_index: int, abstract_state=None) -> tuple[object, dict]:
+        """(state, loop record) of round `round_index`, the newest kept (state None without
+        `abstract_state`: the record alone); a damaged checkpoint's error says how to resume
+        from the round before it."""
+        try:
+            if abstract_state is None:
+                return None, self.restore_loop(round_index)
+            return self.restore(round_index, abstract_state)
+        except CheckpointError as e:
+            earlier = [r for r in self.all_rounds() if r < round_index]
+            how = (
+                f"to resume from round {earlier[-1]}, the previous checkpoint, run again with "
+                f"--config.resume_from={earlier[-1]} (the later rounds are discarded and redone)"
+                if earlier
+                else "no earlier checkpoint is kept: start afresh in a new workdir"
+            )
+            raise CheckpointError(
+                f"{e} -- the newest checkpoint, round {round_index}, is damaged; {how}"
+            ) from e
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

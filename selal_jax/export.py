@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from selal_jax import annotate, atomic, loop, rng
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 
 IGNORE = "ignore"
@@ -61,7 +62,7 @@ def _write_channel(path: str, source: str, channel: int | None) -> None:
 
 def _labelled_slices(experiment: loop.Experiment) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{subject: (canonical slice indices, [n, H, W] training labels)} of the labelled set."""
-    train = experiment.train
+    train = experiment.pool
     ids = np.flatnonzero(experiment.labelled)
     labels = np.asarray(train.labels[ids], np.uint8)  # an imported-labels overlay reads too
     by_subject: dict[int, list[int]] = collections.OrderedDict()
@@ -81,16 +82,16 @@ def export_nnunet(config, workdir: str, out: str) -> str:
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ExportError(f"{out}: already exists and is not empty; choose another --out")
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
     if not os.path.isdir(ckpt_dir) or not annotate._has_finished_checkpoint(ckpt_dir):
         raise ExportError(f"{workdir}: no checkpoint; run the experiment first (`launch.py run`)")
     with rng.classic_threefry():
-        experiment = loop.Experiment(config, workdir)
+        experiment = loop.Experiment.open(config, workdir, with_model=False)
         try:
             slices = _labelled_slices(experiment)
             source = experiment.splits.source
-            channel_names = experiment.train.channel_names
-            class_names = experiment.train.class_names
+            channel_names = experiment.pool.channel_names
+            class_names = experiment.pool.class_names
             last_round = experiment.history[-1]["round"] if experiment.history else None
         finally:
             experiment.close()

@@ -15,7 +15,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-from selal_jax import loop, parallel
+from selal_jax import parallel, validation
 from selal_jax.data import loading, preprocess
 
 CHUNK = 256  # slices per pass when counting labels of a memory-mapped split
@@ -68,7 +68,7 @@ def case_geometry(case: preprocess.CaseFiles, axis: int, reorient: str) -> dict:
 def describe(config, workdir: str) -> dict:
     """Loads the dataset as a run would and summarises it (see the module docstring).
 
-    The same checks as a run, in the same order: `loop.validate_config`, then
+    The same checks as a run, in the same order: `validation.validate_config`, then
     `loading.load_dataset(config.data, workdir)` (its cache under <workdir>/cache unless
     data.cache_dir is set). Raises what a run would raise for a bad config or bad data.
 
@@ -81,7 +81,7 @@ def describe(config, workdir: str) -> dict:
       shape, spacing, in_plane_size, in_plane_spacing, slices_along_axis, image, label]) and
       dataset (layout, root, workdir, fingerprint, cache folder and the slicing settings).
     """
-    loop.validate_config(config)
+    validation.validate_config(config)
     os.makedirs(workdir, exist_ok=True)
     # Multi-host: process 0 writes the synthetic cohort and the slice cache, the rest read them.
     splits = parallel.primary_first(lambda: loading.load_dataset(config.data, workdir))

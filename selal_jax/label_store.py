@@ -131,3 +131,54 @@ class OverlaidLabels:
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)
+
+
+class HumanAnnotator:
+    """The human annotator's state in a run (`al.annotator = human`): the imported rounds (with
+    the digest of each file, checked on resume), the round whose query awaits labels, and the
+    training labels with every imported round's masks in place of the dataset's.
+
+    Args:
+      directory: <workdir>/annotations, the LabelStore's folder.
+      dataset_labels: [N, H, W] the pool's labels as the dataset gives them (maybe a memmap).
+    """
+
+    def __init__(self, directory: str, dataset_labels):
+        self.store = LabelStore(directory)
+        self.dataset_labels = dataset_labels
+        self.imported: dict[int, str] = {}  # round -> SHA-256 of its annotation file
+        self.awaiting: int | None = None
+
+    def restore(self, annotations: dict[str, str], awaiting: int | None) -> None:
+        """Takes the checkpoint's state, checking that every imported file is unchanged."""
+        for r, digest in sorted((int(r), d) for r, d in annotations.items()):
+            self.store.verify(r, digest)
+            self.imported[r] = digest
+        self.awaiting = awaiting
+
+    def labels(self) -> OverlaidLabels:
+        """Training labels: the dataset's, with every imported round's masks in place."""
+        parts = [self.store.read(r) for r in sorted(self.imported)]
+        shape = self.dataset_labels.shape[1:]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, *shape))
+        return OverlaidLabels(self.dataset_labels, ids, masks)
+
+    def take_import(self, r: int, queried: dict, workdir: str) -> np.ndarray:
+        """Marks round r's stored file as imported after checking it answers `queried` (the
+        round's record); returns its pool ids."""
+        ids, _ = self.store.read(r)
+        if queried["round"] != r or [int(i) for i in ids] != queried["queried"]:
+            raise LabelStoreError(
+                f"{self.store.path(r)}: its ids are not round {r}'s query in {workdir}"
+            )
+        self.imported[r] = self.store.digest(r)
+        self.awaiting = None
+        return ids
+
+    def state(self) -> dict:
+        """The fields a human-annotator run's LoopRecord stores."""
+        return {
+            "awaiting_labels": self.awaiting,
+            "annotations": {str(k): d for k, d in sorted(self.imported.items())},
+        }

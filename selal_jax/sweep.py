@@ -2,7 +2,8 @@
 
 Layout of a sweep folder:
   supervised/            the supervised baseline (whole training split, first seed)
-  seed-<s>/round0/       round 0 of seed s, trained once: model, record, pool embeddings
+  seed-<s>/round0/       round 0 of seed s, trained once: checkpoints/ (model, record),
+                         pool_embeddings.npz
   seed-<s>/<strategy>-<mode>/   one active-learning run, starting from round0's model
   report/                summary.md, summary.csv, learning_curves.png, tsne.png
 
@@ -14,11 +15,24 @@ All runs read one dataset copy and one slice cache (under the sweep folder unles
 from __future__ import annotations
 
 import copy
+import json
 import os
 
+import numpy as np
 from absl import logging
 
-from selal_jax import lock, loop, report
+from selal_jax import (
+    atomic,
+    checkpointing,
+    diagnostics,
+    lock,
+    loop,
+    parallel,
+    report,
+    rng,
+    validation,
+)
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import synthetic
 
 
@@ -56,7 +70,7 @@ def run_config(
     if c.data.layout == "synthetic" and not c.data.root:
         c.data.root = os.path.join(workdir, synthetic.FOLDERS[c.data.synthetic.kind])
     if not c.data.get("cache_dir"):
-        c.data.cache_dir = os.path.join(workdir, "cache")
+        c.data.cache_dir = os.path.join(workdir, workdir_lib.CACHE_DIR)
     if strategy is not None:
         c.al.strategy, c.al.mode = strategy, mode
     return c
@@ -68,7 +82,7 @@ def run(config, workdir: str) -> dict:
     runs = parse_runs(config.sweep.runs)
     seeds = parse_seeds(config.sweep.seeds)
     for strategy, mode in runs:  # refuse a bad name before hours of training
-        loop.validate_config(run_config(config, workdir, seeds[0], strategy, mode))
+        validation.validate_config(run_config(config, workdir, seeds[0], strategy, mode))
     with lock.hold(workdir):  # the sweep folder; each run below locks its own sub-folder
         return _run(config, workdir, runs, seeds)
 
@@ -76,13 +90,14 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str, runs, seeds) -> dict:
     os.makedirs(workdir, exist_ok=True)
     if config.sweep.supervised:
-        loop.train_supervised(
-            run_config(config, workdir, seeds[0]), os.path.join(workdir, "supervised")
+        train_supervised(
+            run_config(config, workdir, seeds[0]),
+            os.path.join(workdir, workdir_lib.SUPERVISED_DIR),
         )
     for seed in seeds:
-        seed_dir = os.path.join(workdir, f"seed-{seed}")
-        round0 = os.path.join(seed_dir, "round0")
-        loop.train_shared_round0(run_config(config, workdir, seed), round0)
+        seed_dir = workdir_lib.seed_dir(workdir, seed)
+        round0 = os.path.join(seed_dir, workdir_lib.ROUND0_DIR)
+        train_shared_round0(run_config(config, workdir, seed), round0)
         for strategy, mode in runs:
             logging.info("sweep: seed %d, %s %s", seed, strategy, mode)
             loop.run(
@@ -91,3 +106,78 @@ def _run(config, workdir: str, runs, seeds) -> dict:
                 round0_dir=round0,
             )
     return report.write_report(workdir)
+
+
+def load_round0(round0_dir: str, state_like):
+    """(state, stored) of a sweep seed's shared round 0, restored into `state_like`'s structure."""
+    ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
+    try:
+        if ckpt.latest_round() is None:
+            raise ValueError(f"{round0_dir}: no shared round-0 checkpoint found")
+        return ckpt.restore(0, checkpointing.abstract_like(state_like))
+    finally:
+        ckpt.close()
+
+
+def train_shared_round0(config, round0_dir: str) -> dict:
+    """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
+    record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent: an existing
+    round 0 is returned without loading data or building a model."""
+    with rng.classic_threefry(), lock.hold(round0_dir):
+        ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
+        try:
+            if ckpt.latest_round() is not None:
+                return ckpt.restore_loop(0)["record"]
+            experiment = loop.Experiment.open(config, round0_dir)
+            try:
+                record = experiment.train_round(0)
+                pool = experiment.pool
+                features, _, _ = diagnostics.embed(
+                    experiment.model,
+                    experiment.state.variables,
+                    pool.images,
+                    np.arange(len(pool)),
+                    int(config.train.eval_batch_size),
+                )
+                target_pixels = (np.asarray(pool.labels) > 0).reshape(len(pool), -1).sum(axis=1)
+                path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)
+                if parallel.is_primary():
+                    with atomic.atomic_open(path, "wb") as f:
+                        np.savez(f, features=features, target_pixels=target_pixels)
+                ckpt.save(
+                    0,
+                    experiment.state,
+                    {
+                        "record": record,
+                        "labelled_ids": [int(i) for i in np.flatnonzero(experiment.labelled)],
+                        "config": experiment.flat_config,
+                        "fingerprint": experiment.splits.fingerprint,
+                    },
+                )
+                return record
+            finally:
+                experiment.close()
+        finally:
+            ckpt.close()
+
+
+def train_supervised(config, workdir: str) -> dict:
+    """The supervised baseline: the same fit routine on the whole training split; its record is
+    written to <workdir>/supervised.json (and returned; an existing one is returned as is)."""
+    path = os.path.join(workdir, workdir_lib.SUPERVISED_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    with rng.classic_threefry(), lock.hold(workdir):
+        experiment = loop.Experiment.open(config, workdir)
+        try:
+            experiment.labelled[:] = True
+            record = experiment.train_round(0)
+        finally:
+            experiment.close()
+        record = {**record, "supervised": True, "seed": int(config.seed)}
+        checkpointing.write_json_atomic(path, record)
+    logging.info(
+        "supervised baseline: dice %.4f (global %.4f)", record["dice"], record["dice_global"]
+    )
+    return record

@@ -1,4 +1,23 @@
-"""What a run folder holds and how its stored config is read back.
+"""The run folder: every file and folder name, the checkpointed loop record, the stored config,
+and the one compatibility check used by resuming a run and by sharing a round-0 model.
+
+A run folder (`loop.run`, `launch.py run`):
+  checkpoints/<r>/          orbax, one per round: the model state and the LoopRecord (JSON)
+  records.jsonl             one JSON record per round (rebuilt from the checkpoint if missing)
+  evaluation/round_<r>.csv  per-case metrics of round r's model (eval.cases)
+  annotations/round_<r>.npz al.annotator = human: the imported masks (`label_store`)
+  queries/round_<r>/        `launch.py query`: the export for the annotator (query.csv/.json,
+                            labels/<case>.nii.gz)
+  cache/<fingerprint>/      the slice cache (unless data.cache_dir)
+  report/                   `launch.py report`
+  .lock                     held while a verb uses the folder (`selal_jax.lock`)
+
+A sweep folder (`sweep.run`):
+  supervised/supervised.json            the supervised baseline
+  seed-<s>/round0/checkpoints/          round 0 of seed s, trained once, shared by its runs
+  seed-<s>/round0/pool_embeddings.npz   round 0's pool embeddings (t-SNE maps)
+  seed-<s>/<strategy>-<mode>/           one run folder, starting from round 0's model
+  report/, cache/, the synthetic cohort
 
 ADDED_KEYS is the one table of config fields added after runs (and slice caches) may have been
 written: a stored config without one had the listed value, so that such runs stay resumable and
@@ -7,6 +26,41 @@ value out of its hash).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from ml_collections import config_dict
+
+from selal_jax import checkpointing, lock
+
+CHECKPOINTS_DIR = "checkpoints"
+RECORDS_FILE = "records.jsonl"
+SUPERVISED_FILE = "supervised.json"
+EMBEDDINGS_FILE = "pool_embeddings.npz"
+EVALUATION_DIR = "evaluation"
+ANNOTATIONS_DIR = "annotations"
+QUERIES_DIR = "queries"
+CACHE_DIR = "cache"
+REPORT_DIR = "report"
+SUPERVISED_DIR = "supervised"
+ROUND0_DIR = "round0"
+# Sweeps written before the flattening kept round 0's checkpoints in seed-<s>/round0/round0/.
+ROUND0_LEGACY_CHECKPOINTS = "round0"
+
+
+def seed_dir(sweep_dir: str, seed: int) -> str:
+    return os.path.join(sweep_dir, f"seed-{seed}")
+
+
+def round0_checkpoints(round0_dir: str) -> str:
+    """Round 0's checkpoint folder of a sweep seed (the older nested name where it exists)."""
+    legacy = os.path.join(round0_dir, ROUND0_LEGACY_CHECKPOINTS)
+    return legacy if os.path.isdir(legacy) else os.path.join(round0_dir, CHECKPOINTS_DIR)
+
 
 ADDED_KEYS = {
     "al.annotator": "simulated",
@@ -29,3 +83,180 @@ ADDED_KEYS = {
     "data.spacing": [],
     "resume_from": -1,
 }
+# Config fields that may change between a run and its resumption without changing any result
+# of the completed rounds.
+RESUME_NEUTRAL_KEYS = (
+    # Evaluation adds record fields; it does not change training or selection.
+    "eval.cases",
+    "eval.tolerance_mm",
+    "eval.save_predictions",
+    "sweep.runs",
+    "sweep.seeds",
+    "sweep.supervised",
+    "resume",
+    "allow_config_change",
+    "al.rounds",
+    "checkpoint.keep",
+    "train.eval_batch_size",
+    "resume_from",
+)
+# Fields in which runs sharing one round-0 model may differ (they act after round 0's training).
+ROUND0_NEUTRAL_KEYS = (
+    "al.strategy",
+    "al.mode",
+    "al.convention",
+    "al.aggregation",
+    "al.merge",
+    "al.target_threshold",
+    "al.boundary_width",
+    "al.mc_passes",
+    "al.reuse_encoder",
+    "al.query_size",
+    "al.class_balanced",
+)
+
+
+@dataclasses.dataclass
+class LoopRecord:
+    """What a round's checkpoint stores beside the model state (as JSON).
+
+    `history` holds the records of rounds 0..round; `config` the flattened config the run was
+    started with; `fingerprint` the dataset's. A human-annotator run adds the round whose query
+    awaits labels and the SHA-256 of each imported round's annotation file.
+    """
+
+    round: int
+    labelled_ids: list[int]
+    history: list[dict]
+    config: dict
+    fingerprint: str
+    root_key: list[int]
+    pool_size: int
+    awaiting_labels: int | None = None
+    annotations: dict[str, str] | None = None
+
+    @classmethod
+    def from_json(cls, loop: dict) -> LoopRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in loop.items() if k in names})
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.annotations is None:  # a simulated run: the fields it has always stored
+            del out["awaiting_labels"], out["annotations"]
+        return out
+
+
+def key_data(key) -> list[int]:
+    """A typed JAX key as the JSON list of its words (the root key in the LoopRecord)."""
+    return [int(x) for x in np.asarray(jax.random.key_data(key)).ravel()]
+
+
+def flatten_config(config) -> dict:
+    """{'train.batch_size': 8, ...}: the config as stored in checkpoints (tuples as lists)."""
+    out = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if hasattr(value, "items"):
+                walk(name + ".", value)
+            else:
+                out[name] = list(value) if isinstance(value, tuple) else value
+
+    walk("", config.to_dict())
+    return out
+
+
+def unflatten_config(flat: dict) -> config_dict.ConfigDict:
+    """The inverse of flatten_config, with ADDED_KEYS filled in where `flat` lacks them."""
+    nested: dict = {}
+    for name, value in {**ADDED_KEYS, **flat}.items():
+        *parents, leaf = name.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_dict.ConfigDict(nested)
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    """Fields (flattened names) in which two configs differ, except RESUME_NEUTRAL_KEYS."""
+    keys = sorted(set(stored) | set(current))
+    stored = {**ADDED_KEYS, **stored}
+    return [
+        k
+        for k in keys
+        if k not in RESUME_NEUTRAL_KEYS and stored.get(k, "<absent>") != current.get(k, "<absent>")
+    ]
+
+
+def check_compatible(
+    stored_config: dict,
+    stored_fingerprint: str,
+    config: dict,
+    fingerprint: str,
+    *,
+    where: str,
+    neutral: tuple[str, ...] = (),
+    allow_change: bool = False,
+) -> None:
+    """Refuses to continue from a checkpoint written with another config or dataset.
+
+    `where` names the folder in the message; `neutral` lists further fields that may differ
+    (ROUND0_NEUTRAL_KEYS for a shared round 0). A moved dataset (the same files, hence the same
+    fingerprint, at a new data.root) is accepted. With `allow_change` nothing is refused.
+    """
+    changed = [k for k in config_differences(stored_config, config) if k not in neutral]
+    if "data.root" in changed and stored_fingerprint == fingerprint:
+        logging.info(
+            "dataset moved from %s to %s (same files)",
+            stored_config.get("data.root"),
+            config.get("data.root"),
+        )
+        changed.remove("data.root")
+    if allow_change:
+        return
+    if changed:
+        details = ", ".join(f"{k}: {stored_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{where}: the config differs from the one this run was started with ({details}); "
+            "use a new workdir or pass --config.allow_config_change=True"
+        )
+    if stored_fingerprint != fingerprint:
+        raise ValueError(
+            f"{where}: the dataset changed since this run was started (fingerprint "
+            f"{stored_fingerprint} -> {fingerprint}: files, sizes, mtimes or "
+            "preprocessing differ); use a new workdir or pass --config.allow_config_change=True"
+        )
+
+
+def stored_config(workdir: str) -> config_dict.ConfigDict:
+    """The config snapshot of the run in `workdir` (from its latest checkpoint)."""
+    lock.check_workdir(workdir, create=False)  # a mistyped --workdir is not created
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR))
+    try:
+        latest = ckpt.latest_round()
+        if latest is None:
+            raise ValueError(f"{workdir}: no checkpoint (run the experiment first)")
+        flat = ckpt.restore_loop(latest)["config"]
+    finally:
+        ckpt.close()
+    return unflatten_config(flat)
+
+
+def write_records(workdir: str, history: list[dict]) -> None:
+    """<workdir>/records.jsonl: one JSON line per round, written atomically."""
+    checkpointing.write_json_atomic(os.path.join(workdir, RECORDS_FILE), history, lines=True)
+
+
+def sync_records(workdir: str, history: list[dict]) -> None:
+    """records.jsonl from the checkpoint's history when it is missing or out of step (a
+    deleted file, or one behind or ahead of the restored round)."""
+    path = os.path.join(workdir, RECORDS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            if sum(1 for line in f if line.strip()) == len(history):
+                return
+    logging.warning("%s: rebuilt from the checkpoint's %d rounds", path, len(history))
+    write_records(workdir, history)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from selal_jax import loop, parallel, rng, scoring, selection, train
+from selal_jax import parallel, rng, scoring, selection, train, validation
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet, init_variables
 from tests.conftest import smoke_config
@@ -149,10 +149,10 @@ def main(out_path: str) -> None:
 
         # (3) Global batch sizes that do not divide over 4 devices.
         messages["validate_config"] = refusal(
-            lambda: loop.validate_config(smoke_config(**{"train.batch_size": 6}))
+            lambda: validation.validate_config(smoke_config(**{"train.batch_size": 6}))
         )
         messages["validate_config_eval"] = refusal(
-            lambda: loop.validate_config(smoke_config(**{"train.eval_batch_size": 30}))
+            lambda: validation.validate_config(smoke_config(**{"train.eval_batch_size": 30}))
         )
         bad = config_dict.ConfigDict(train_config.to_dict())
         bad.batch_size = 10

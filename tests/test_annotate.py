@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from selal_jax import annotate, checkpointing, label_store, loop
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 from tests import helpers
 from tests.conftest import smoke_config
@@ -49,7 +50,7 @@ def correct(export_dir: str, truth) -> None:
 
 
 def labelled_ids(config, workdir) -> set[int]:
-    experiment = loop.Experiment(config, workdir)
+    experiment = loop.Experiment.open(config, workdir)
     try:
         return set(np.flatnonzero(experiment.labelled).tolist())
     finally:
@@ -57,7 +58,7 @@ def labelled_ids(config, workdir) -> set[int]:
 
 
 def final_state(config, workdir):
-    experiment = loop.Experiment(config, workdir)
+    experiment = loop.Experiment.open(config, workdir)
     try:
         return experiment.state
     finally:
@@ -91,7 +92,7 @@ def clinician(tmp_path_factory, cohort_config, cohort_root):
     steps = []
     for _ in range(config.al.rounds):
         history = loop.run(config, workdir)
-        with open(os.path.join(workdir, loop.RECORDS_FILE)) as f:
+        with open(os.path.join(workdir, workdir_lib.RECORDS_FILE)) as f:
             records = [json.loads(line) for line in f]
         export = annotate.export_query(config, workdir)
         correct(export, truth)
@@ -129,7 +130,7 @@ def test_clinician_writing_true_masks_reproduces_the_simulated_loop(simulated, c
         assert step["summary"]["n_labelled"] == len(labelled)
         assert step["summary"]["queried_with_target"] == sim_history[r]["queried_with_target"]
     assert comparable(final) == comparable(sim_history)
-    with open(os.path.join(workdir, loop.RECORDS_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.RECORDS_FILE)) as f:
         assert comparable([json.loads(line) for line in f]) == comparable(sim_history)
     for a, b in zip(
         jax.tree_util.tree_leaves(final_state(config, workdir)),
@@ -165,7 +166,7 @@ def test_changed_or_missing_annotation_file_is_refused_on_resume(clinician, tmp_
     config, workdir, _, _ = clinician
     copy = str(tmp_path / "w")
     shutil.copytree(workdir, copy)
-    path = os.path.join(copy, loop.ANNOTATIONS_DIR, "round_000.npz")
+    path = os.path.join(copy, workdir_lib.ANNOTATIONS_DIR, "round_000.npz")
     with open(path, "ab") as f:
         f.write(b"\0")
     with pytest.raises(label_store.LabelStoreError, match="round_000.npz: changed"):
@@ -250,7 +251,7 @@ def test_simulated_annotator_refuses_an_unlabelled_pool(oriented, tmp_path):
     simulated = config.copy_and_resolve_references()
     simulated.al.annotator = "simulated"
     with pytest.raises(ValueError, match="3 training cases have no labels.*al.annotator=human"):
-        loop.Experiment(simulated, str(tmp_path))
+        loop.Experiment.open(simulated, str(tmp_path))
 
 
 def test_export_is_in_each_files_own_geometry(oriented):
@@ -309,14 +310,14 @@ def test_clinician_on_an_unlabelled_pool_with_reoriented_files(oriented, tmp_pat
     correct(labels, truth_of(root))
     summary = annotate.import_labels(config, copy, labels)
     expected = loader_labels(root, tmp_path)
-    experiment = loop.Experiment(config, copy)
+    experiment = loop.Experiment.open(config, copy)
     try:
         ids = np.asarray(experiment.history[-1]["queried"])
         assert experiment.awaiting is None and experiment.labelled[ids].all()
         assert (
             summary["n_slices"] == len(ids) and summary["n_labelled"] == experiment.labelled.sum()
         )
-        train = experiment.train
+        train = experiment.pool
         got = train.labels[ids]  # what training reads: the imported masks
         cases = [train.cases[train.subject[i]] for i in ids]
         for k, pool_id in enumerate(ids):
@@ -326,7 +327,7 @@ def test_clinician_on_an_unlabelled_pool_with_reoriented_files(oriented, tmp_pat
         assert got[[c in UNLABELLED for c in cases]].any()  # not vacuous: target was imported
         labelled = np.flatnonzero(experiment.labelled)
         drawn = (np.asarray(train.labels[labelled]) > 0).reshape(len(labelled), -1).sum(1)
-        dataset = (np.asarray(experiment.dataset_labels[labelled]) > 0).sum()
+        dataset = (np.asarray(experiment.splits.train.labels[labelled]) > 0).sum()
     finally:
         experiment.close()
     history = loop.run(config, copy)  # the next round
@@ -342,19 +343,21 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
     config, workdir, export, _ = oriented
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
-    experiment = loop.Experiment(config, copy)
+    experiment = loop.Experiment.open(config, copy)
     try:
         ids = np.asarray(experiment.history[-1]["queried"])
         predicted = annotate.predicted_masks(experiment, ids)
         source = experiment.splits.source
         canonical = [
             annotate.Geometry.of(source.cases[s]).canonical_shape()
-            for s in experiment.train.subject[ids]
+            for s in experiment.pool.subject[ids]
         ]
     finally:
         experiment.close()
     annotate.import_labels(config, copy, export)  # the export folder itself works too
-    stored_ids, masks = label_store.LabelStore(os.path.join(copy, loop.ANNOTATIONS_DIR)).read(0)
+    stored_ids, masks = label_store.LabelStore(
+        os.path.join(copy, workdir_lib.ANNOTATIONS_DIR)
+    ).read(0)
     np.testing.assert_array_equal(stored_ids, ids)
     # Exact where the loader did not resize (canonical in-plane shape = data.size).
     same_size = np.asarray([shape[:2] == tuple(config.data.size) for shape in canonical])
@@ -431,7 +434,7 @@ def test_cli_query_and_import_labels_use_the_runs_stored_config(oriented, tmp_pa
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert os.path.isfile(os.path.join(copy, loop.ANNOTATIONS_DIR, "round_000.npz"))
+    assert os.path.isfile(os.path.join(copy, workdir_lib.ANNOTATIONS_DIR, "round_000.npz"))
 
 
 def test_workflow_refusals(oriented, tmp_path):
@@ -541,9 +544,9 @@ REJECTIONS = [
 
 
 def _snapshot(workdir):
-    with open(os.path.join(workdir, loop.RECORDS_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.RECORDS_FILE)) as f:
         records = f.read()
-    annotations = os.path.join(workdir, loop.ANNOTATIONS_DIR)
+    annotations = os.path.join(workdir, workdir_lib.ANNOTATIONS_DIR)
     return records, sorted(os.listdir(annotations)) if os.path.isdir(annotations) else []
 
 
@@ -577,7 +580,8 @@ def test_changes_outside_the_query_can_be_allowed_and_are_ignored(oriented, tmp_
     shutil.copytree(workdir, reference)
     annotate.import_labels(config, reference, export)
     stores = [
-        label_store.LabelStore(os.path.join(w, loop.ANNOTATIONS_DIR)) for w in (copy, reference)
+        label_store.LabelStore(os.path.join(w, workdir_lib.ANNOTATIONS_DIR))
+        for w in (copy, reference)
     ]
     for a, b in zip(stores[0].read(0), stores[1].read(0), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -597,7 +601,7 @@ def test_an_import_interrupted_after_its_commit_point_is_applied_on_resume(
     with pytest.raises(KeyboardInterrupt):
         annotate.import_labels(config, copy, export)
     monkeypatch.undo()
-    experiment = loop.Experiment(config, copy)
+    experiment = loop.Experiment.open(config, copy)
     try:
         ids = experiment.history[-1]["queried"]
         assert experiment.awaiting is None and experiment.labelled[ids].all()
@@ -607,11 +611,11 @@ def test_an_import_interrupted_after_its_commit_point_is_applied_on_resume(
 
 
 def test_runs_started_before_the_annotator_fields_existed_stay_resumable():
-    current = loop.flatten_config(smoke_config())
-    stored = {k: v for k, v in current.items() if k not in loop.ADDED_KEYS}
-    assert loop.config_differences(stored, current) == []
-    human = loop.flatten_config(smoke_config(**{"al.annotator": "human"}))
-    assert loop.config_differences(stored, human) == ["al.annotator"]
+    current = workdir_lib.flatten_config(smoke_config())
+    stored = {k: v for k, v in current.items() if k not in workdir_lib.ADDED_KEYS}
+    assert workdir_lib.config_differences(stored, current) == []
+    human = workdir_lib.flatten_config(smoke_config(**{"al.annotator": "human"}))
+    assert workdir_lib.config_differences(stored, human) == ["al.annotator"]
 
 
 def test_finished_human_run_with_more_rounds_is_refused(clinician, tmp_path):
@@ -718,7 +722,9 @@ def test_slicer_segmentations_and_nrrd_label_maps_import_as_their_nifti(oriented
         copy = str(tmp_path / f"run_{name}")
         shutil.copytree(workdir, copy)
         annotate.import_labels(config, copy, labels)
-        masks[name] = label_store.LabelStore(os.path.join(copy, loop.ANNOTATIONS_DIR)).read(0)
+        masks[name] = label_store.LabelStore(os.path.join(copy, workdir_lib.ANNOTATIONS_DIR)).read(
+            0
+        )
     np.testing.assert_array_equal(masks["slicer"][0], masks["nifti"][0])
     np.testing.assert_array_equal(masks["slicer"][1], masks["nifti"][1])
     assert masks["nifti"][1].any()

@@ -3,6 +3,7 @@
 import pytest
 
 from configs import brats_lgg_flair, default, msd_spleen
+from selal_jax import validation
 
 
 @pytest.mark.parametrize(
@@ -20,10 +21,9 @@ def test_paper_configs(module, initial, per_round, batch, size):
 
 
 def test_demo_and_smoke_configs_validate():
-    from selal_jax import loop
 
     for arg in (None, "smoke", "sweep"):
-        loop.validate_config(default.get_config(arg))
+        validation.validate_config(default.get_config(arg))
     with pytest.raises(ValueError, match="unknown config argument"):
         default.get_config("nope")
 
@@ -31,11 +31,10 @@ def test_demo_and_smoke_configs_validate():
 @pytest.mark.parametrize("arg", [None, "cpu"])
 def test_msd_multiclass_configs_validate(arg):
     from configs import msd_brain_tumour, msd_hippocampus
-    from selal_jax import loop
 
     for module in (msd_brain_tumour, msd_hippocampus):
         c = module.get_config(arg)
-        loop.validate_config(c)
+        validation.validate_config(c)
         assert c.data.classes == "all" and c.data.layout == "msd" and c.data.root is None
         assert c.train.learning_rate == 1e-4 and c.train.reset_optimizer
     assert msd_brain_tumour.get_config(arg).data.modality == "all"

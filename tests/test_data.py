@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import brats_lgg_flair, default, msd_spleen
-from selal_jax import loop
+from selal_jax import validation
 from selal_jax.data import cache, layouts, loading, preprocess
 from selal_jax.data.preprocess import DataError
 from tests import helpers
@@ -609,7 +609,7 @@ def test_configs_parse_size_root_and_layout_from_the_command_line(name, tmp_path
     path = os.path.join(REPO, "configs", f"{name}.py")
     config = parse([f"--config={path}"])
     assert config.data.root is None
-    loop.validate_config(config)
+    validation.validate_config(config)
     config = parse(
         [
             f"--config={path}:cpu",
@@ -620,7 +620,7 @@ def test_configs_parse_size_root_and_layout_from_the_command_line(name, tmp_path
     )
     assert tuple(config.data.size) == (96, 128)
     assert (config.data.layout, config.data.root) == ("paired", str(tmp_path))
-    loop.validate_config(config)
+    validation.validate_config(config)
 
 
 def test_paper_settings_of_the_configs():
@@ -638,7 +638,7 @@ def test_paper_settings_of_the_configs():
     assert tuple(spleen.data.ct_window) == (-160.0, 240.0)
     assert (spleen.al.initial_size, spleen.al.query_size, spleen.train.batch_size) == (150, 50, 16)
     for config in (brats, spleen, brats_lgg_flair.get_config("cpu"), msd_spleen.get_config("cpu")):
-        loop.validate_config(config)
+        validation.validate_config(config)
         assert config.train.augment
     assert tuple(msd_spleen.get_config("cpu").data.size) == (128, 128)
 

@@ -82,7 +82,7 @@ def loading_values(settings):
 
 def test_written_prediction_holds_the_models_slices(evaluated_run):
     config, workdir, history = evaluated_run
-    experiment = loop.Experiment(config, workdir)
+    experiment = loop.Experiment.open(config, workdir)
     try:
         test, source = experiment.splits.test, experiment.splits.source
         settings = loading.make_settings(config.data, source)

@@ -24,9 +24,9 @@ def check_export(config, workdir: str, out: str) -> dict:
     """Reading each exported label file with the loader's forward path at the labelled slices
     gives the run's training labels; every other voxel is the ignore value; images are the
     source channels in the source geometry."""
-    experiment = loop.Experiment(config, workdir)
+    experiment = loop.Experiment.open(config, workdir)
     try:
-        train, source = experiment.train, experiment.splits.source
+        train, source = experiment.pool, experiment.splits.source
         ids = np.flatnonzero(experiment.labelled)
         expected = np.asarray(train.labels[ids])
         subjects = np.asarray(train.subject[ids])

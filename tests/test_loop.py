@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from selal_jax import loop
+from selal_jax import loop, sweep, validation
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_validate_config_names_the_bad_field(field, value):
     from tests.conftest import smoke_config
 
     with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
-        loop.validate_config(smoke_config(**{field: value}))
+        validation.validate_config(smoke_config(**{field: value}))
 
 
 def test_run_returns_and_prints_nothing(capsys, finished_run, cohort_root):
@@ -207,10 +207,10 @@ def test_run_returns_and_prints_nothing(capsys, finished_run, cohort_root):
 def test_shared_round0_that_exists_loads_no_data(finished_run, tmp_path, monkeypatch):
     config, _, _ = finished_run
     round0 = str(tmp_path / "round0")
-    first = loop.train_shared_round0(config, round0)
+    first = sweep.train_shared_round0(config, round0)
 
     def refuse(*args, **kwargs):
         raise AssertionError("an existing round 0 must not build an Experiment")
 
     monkeypatch.setattr(loop, "Experiment", refuse)
-    assert loop.train_shared_round0(config, round0) == first
+    assert sweep.train_shared_round0(config, round0) == first

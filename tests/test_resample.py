@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from selal_jax import annotate
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 from tests import helpers
 from tests.test_data import axial, case_slices, data_config, zscore
@@ -141,7 +142,6 @@ def test_prefill_inverts_the_fit_and_import_gets_the_masks_back(tmp_path, fields
 
 def test_spacing_off_keeps_the_cache_key_and_the_stored_config_resumes(tmp_path):
     from configs import default
-    from selal_jax import loop
     from selal_jax.data import cache
 
     config = default.get_config("smoke")
@@ -150,6 +150,11 @@ def test_spacing_off_keeps_the_cache_key_and_the_stored_config_resumes(tmp_path)
     assert cache.fingerprint([], str(tmp_path), config.data) == key
     config.data.spacing = []  # as a config read back from a run's JSON holds it
     assert cache.fingerprint([], str(tmp_path), config.data) == key
-    stored = loop.flatten_config(config)
+    stored = workdir_lib.flatten_config(config)
     del stored["data.spacing"]
-    assert loop.config_differences(stored, loop.flatten_config(default.get_config("smoke"))) == []
+    assert (
+        workdir_lib.config_differences(
+            stored, workdir_lib.flatten_config(default.get_config("smoke"))
+        )
+        == []
+    )

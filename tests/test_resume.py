@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from selal_jax import checkpointing, loop
+from selal_jax import workdir as workdir_lib
 from selal_jax.models import build_model, init_variables
 from selal_jax.train import create_train_state, make_optimizer
 from tests import helpers
@@ -116,7 +117,7 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
         loop.run(changed, workdir)
     assert "allow_config_change" in str(e.value)
     # neutral keys (more rounds) are accepted: the run just continues
-    assert "al.rounds" in loop.RESUME_NEUTRAL_KEYS
+    assert "al.rounds" in workdir_lib.RESUME_NEUTRAL_KEYS
 
 
 def test_changed_dataset_is_refused(tmp_path, cohort_root):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from selal_jax import checkpointing, lock, loop
+from selal_jax import checkpointing, lock, loop, sweep, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
@@ -66,12 +66,12 @@ def test_a_second_process_is_refused_naming_the_workdir_and_holder(held_workdir,
     assert socket.gethostname() in str(e.value)
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing touched
     # every verb that writes the workdir takes the lock
-    from selal_jax import annotate, sweep
+    from selal_jax import annotate
 
     for call in (
         lambda: sweep.run(config, workdir),
-        lambda: loop.train_supervised(config, workdir),
-        lambda: loop.train_shared_round0(config, workdir),
+        lambda: sweep.train_supervised(config, workdir),
+        lambda: sweep.train_shared_round0(config, workdir),
         lambda: annotate.export_query(config, workdir),
         lambda: annotate.import_labels(config, workdir, workdir),
     ):
@@ -204,7 +204,7 @@ def test_resume_checks_that_the_checkpoints_folder_is_writable_before_training(
         raise AssertionError("trained before finding out it cannot save")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    monkeypatch.setattr(loop, "fit", no_training)
+    monkeypatch.setattr(loop.train_lib, "fit", no_training)
     with pytest.raises(
         checkpointing.CheckpointError,
         match=rf"{workdir}/checkpoints: the checkpoint folder is not writable .*No space left",
@@ -424,7 +424,7 @@ def test_synthetic_cohort_of_no_subjects_is_a_config_error():
     from tests.conftest import smoke_config
 
     with pytest.raises(ValueError, match=r"config field data\.synthetic\.n_subjects: must be >= 1"):
-        loop.validate_config(smoke_config(**{"data.synthetic.n_subjects": 0}))
+        validation.validate_config(smoke_config(**{"data.synthetic.n_subjects": 0}))
 
 
 # ------------------------------------------------------------------- resuming what is there
@@ -559,7 +559,7 @@ def test_validate_config_refuses(field, value):
     from tests.conftest import smoke_config
 
     with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
-        loop.validate_config(smoke_config(**{field: value}))
+        validation.validate_config(smoke_config(**{field: value}))
 
 
 def test_the_smoke_config_learns_enough_to_rank_its_queries(finished):

@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 
 from selal_jax import checkpointing, loop, parallel
+from selal_jax import workdir as workdir_lib
 from selal_jax.models import build_model, init_variables
 from selal_jax.train import create_train_state, make_optimizer
 from tests import helpers
@@ -186,7 +187,7 @@ def launch_processes(workdir, n, env, timeout=600):
 
 
 def read_records(workdir):
-    with open(os.path.join(workdir, loop.RECORDS_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.RECORDS_FILE)) as f:
         return [json.loads(line) for line in f]
 
 

@@ -1,0 +1,188 @@
+"""One round's steps as functions of the config, the model and the pool: the initial labelled
+set, the query (scoring + selection), the test metrics and the record's query fields.
+`loop.Experiment` strings them together and checkpoints the result.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import logging
+
+from selal_jax import diagnostics, faults, report, scoring, selection
+from selal_jax import train as train_lib
+from selal_jax.data.slices import SliceSet
+from selal_jax.progress import Progress
+
+# fold_in tags (distinct from any round index used with the same parent key).
+INIT_TAG = 2**31 - 1
+INITIAL_SET_TAG = 2**31 - 2
+FIT, SCORE, RANDOM = 0, 1, 2
+
+# Record fields that commit_round adds after training (the query and its diagnostics).
+QUERY_FIELDS = (
+    "score_seconds",
+    "strategy",
+    "mode",
+    "seed",
+    "queried",
+    "queried_streams",
+    "queried_scores",
+    "queried_with_target",
+    "queried_mean_target_pixels",
+    "queried_mean_pred_target_pixels",
+    "queried_mean_pred_boundary_pixels",
+    "queried_redundancy",
+)
+
+
+def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -> np.ndarray:
+    """Initial labelled pool ids, drawn with `key` from the slices that have labels; from slices
+    with target if asked.
+
+    If fewer slices have target than `size`, all of them are taken and the rest is drawn from
+    the other slices (with a warning).
+    """
+    n = len(train)
+    with_label = np.flatnonzero(train.has_label)  # every slice, unless some cases are unlabelled
+    if size > len(with_label):
+        what = "training slices" if len(with_label) == n else "training slices with labels"
+        raise ValueError(
+            f"config field al.initial_size: {size} exceeds the {len(with_label)} {what}"
+        )
+    if not from_positive:
+        perm = np.asarray(jax.random.permutation(key, len(with_label)))
+        return np.sort(with_label[perm[:size]])
+    positive = np.flatnonzero(train.labels.reshape(n, -1).any(axis=1))  # unlabelled: all 0
+    negative = np.setdiff1d(with_label, positive)
+    k_pos, k_neg = jax.random.split(key)
+    if len(positive) >= size:
+        return np.sort(positive[np.asarray(jax.random.permutation(k_pos, len(positive)))[:size]])
+    logging.warning(
+        "only %d training slices contain target; the initial set of %d adds %d without target",
+        len(positive),
+        size,
+        size - len(positive),
+    )
+    extra = negative[
+        np.asarray(jax.random.permutation(k_neg, len(negative)))[: size - len(positive)]
+    ]
+    return np.sort(np.concatenate([positive, extra]))
+
+
+class _ScoringProgress(Progress):
+    """Progress display that is also the 'score' fault-injection point."""
+
+    def __init__(self, round_index: int, total: int):
+        super().__init__("scoring pool", total=total, unit="slices")
+        self.round_index = round_index
+
+    def update(self, done: int, info: str = "") -> None:
+        faults.checkpoint("score", self.round_index)
+        super().update(done, info)
+
+
+def query(
+    config,
+    model,
+    variables,
+    train: SliceSet,
+    labelled: np.ndarray,
+    round_key,
+    k: int,
+    round_index: int = 0,
+    mesh=None,
+) -> selection.Query:
+    """Scores the unlabelled pool and returns the round's query."""
+    al = config.al
+    candidates = np.flatnonzero(~labelled)
+    if al.strategy == "random":
+        return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM))
+    if al.strategy == "random_predicted":
+        predicted = diagnostics.predicted_target_counts(
+            model,
+            variables,
+            train.images,
+            candidates,
+            int(config.train.eval_batch_size),
+            float(al.target_threshold),
+        )
+        return selection.select_random_predicted(
+            candidates, predicted, k, jax.random.fold_in(round_key, RANDOM)
+        )
+    passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
+    progress = _ScoringProgress(round_index, len(candidates))
+    stats = scoring.score_pool(
+        model,
+        variables,
+        train.images,
+        candidates,
+        jax.random.fold_in(round_key, SCORE),
+        strategy=al.strategy,
+        convention=al.convention,
+        target_threshold=float(al.target_threshold),
+        boundary_width=float(al.boundary_width),
+        passes=passes,
+        batch_size=int(config.train.eval_batch_size),
+        reuse_encoder=bool(al.reuse_encoder),
+        progress=progress,
+        mesh=mesh,
+    )
+    progress.close()
+    return selection.select(
+        stats,
+        candidates,
+        k,
+        mode=al.mode,
+        convention=al.convention,
+        aggregation=al.aggregation,
+        merge=al.merge,
+        class_balanced=bool(al.class_balanced),
+    )
+
+
+def test_metrics(model, variables, test: SliceSet, batch_size: int, mesh, r: int) -> dict:
+    """Round r's Dice on the test split: mean per slice and global, overall and per class."""
+    terms = train_lib.evaluate(model, variables, test, ids=None, batch_size=batch_size, mesh=mesh)
+    dice, dice_global = train_lib.dice_scores(terms)
+    label_sum = np.asarray(terms["label_sum"]).reshape(len(terms["label_sum"]), -1)
+    test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))
+    if test_with_target == 0:
+        logging.warning("round %d: %s", r, report.NO_TARGET_NOTE)
+    names = list(test.class_names)
+    if len(names) == 1:  # binary: the class's Dice is the run's, to the bit
+        per_class, global_per_class = [dice], [dice_global]
+    else:
+        per_class, global_per_class = (v.tolist() for v in train_lib.class_dice_scores(terms))
+    return {
+        "dice": dice,
+        "dice_global": dice_global,
+        "dice_per_class": dict(zip(names, per_class, strict=True)),
+        "dice_global_per_class": dict(zip(names, global_per_class, strict=True)),
+        "test_slices_with_target": test_with_target,
+    }
+
+
+def query_fields(config, model, variables, pool: SliceSet, q: selection.Query | None) -> dict:
+    """A round's query as record fields, with the model's diagnostics of the queried slices
+    (the label diagnostics come with the labels)."""
+    ids = [] if q is None else q.ids
+    return {
+        "strategy": config.al.strategy,
+        "mode": config.al.mode,
+        "seed": int(config.seed),
+        "queried": [int(i) for i in ids],
+        "queried_streams": [] if q is None else list(q.streams),
+        "queried_scores": []
+        if q is None
+        else [None if np.isnan(s) else float(s) for s in q.scores],
+        **diagnostics.model_diagnostics(
+            model,
+            variables,
+            pool,
+            ids,
+            int(config.train.eval_batch_size),
+            float(config.al.target_threshold),
+            float(config.al.boundary_width),
+        ),
+    }
