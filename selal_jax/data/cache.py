@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 from absl import logging
 
-from selal_jax.data.preprocess import DataError
+from selal_jax.data.volumes import DataError
 from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.
