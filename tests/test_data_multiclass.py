@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from selal_jax.data import cache, layouts, loading, synthetic
+from selal_jax.data import cache, config_fields, layouts, synthetic
 from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.test_data import axial, case_slices, data_config, load, zscore
@@ -510,7 +510,7 @@ def test_source_maps_classes_back_to_label_values(tmp_path):
     source = layouts.find_cases(data_config("msd", root, label_values=(2,)), root)
     assert source.class_values is None and source.class_label_values() == ((2,),)
     assert source.class_names == ("target",) and source.channels == 1
-    settings = loading.make_settings(
+    settings = config_fields.make_settings(
         data_config("msd", root), layouts.find_cases(data_config("msd", root), root)
     )
     assert settings.class_values is None and settings.channel_normalisation is None

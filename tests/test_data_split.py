@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import cache, fitting, label_maps, loading
+from selal_jax.data import cache, config_fields, fitting, label_maps, loading
 from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.test_data import case_slices, data_config, load, volumes, zscore
@@ -335,7 +335,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         "msd", root, size=size, split=(6, 1, 1), reorient="none", axis=axis, resample=resample
     )
     splits = load(config, tmp_path)
-    train, settings = splits.train, loading.make_settings(config, splits.source)
+    train, settings = splits.train, config_fields.make_settings(config, splits.source)
     # Per training case: two slices with target and one without.
     ids = []
     for s in np.unique(train.subject):

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from selal_jax import annotate
-from selal_jax.data import fitting, loading, preprocess
+from selal_jax.data import config_fields, fitting, loading, preprocess
 from tests import helpers
 from tests.test_data import axial, case_slices, data_config, zscore
 
@@ -110,7 +110,7 @@ def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
         ).fingerprint
     )
     with pytest.raises(ValueError, match="config field data.spacing"):
-        loading.validate_data_config(data_config("msd", root, spacing=(1.0, 0.0)))
+        config_fields.validate_data_config(data_config("msd", root, spacing=(1.0, 0.0)))
 
 
 @pytest.mark.parametrize("fields", [{"spacing": (1.0, 1.0)}, {"resample": "resize_aa"}])
