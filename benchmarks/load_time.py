@@ -1,7 +1,7 @@
 """Load time of a synthetic NIfTI cohort, cold (preprocess + write the cache) and cached.
 
-The cohort is written by the test helpers (tests/helpers.py) and reused across runs; timing and
-the host description come from selal_jax.bench.measure. Prints JSON.
+The cohort is written by selal_jax.data.writers (the tests' layout writers) and reused across
+runs; timing and the host description come from selal_jax.bench.measure. Prints JSON.
 
   PYTHONPATH=. python benchmarks/load_time.py                       # 40 x 512x512x90 CT, MSD
   PYTHONPATH=. python benchmarks/load_time.py --shape=64,64,20 --n_volumes=8 --size=32,32
@@ -25,8 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # noqa: E402
 from selal_jax.bench import measure  # noqa: E402
-from selal_jax.data import loading  # noqa: E402
-from tests import helpers  # noqa: E402
+from selal_jax.data import loading, writers  # noqa: E402
 
 _N = flags.DEFINE_integer("n_volumes", 40, "Volumes in the cohort.")
 _SHAPE = flags.DEFINE_list("shape", ["512", "512", "90"], "Voxels X,Y,Z per volume.")
@@ -50,7 +49,7 @@ def main(argv):
         tmp = cohort + ".partial"
         shutil.rmtree(tmp, ignore_errors=True)
         write_s, _ = measure.wall_seconds(
-            lambda: helpers.write_cohort(tmp, _LAYOUT.value, n, shape, seed=0, kind=_KIND.value)
+            lambda: writers.write_cohort(tmp, _LAYOUT.value, n, shape, seed=0, kind=_KIND.value)
         )
         os.rename(tmp, cohort)
     else:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from selal_jax.data import cache, layouts, loading, synthetic
+from selal_jax.data import cache, config_fields, layouts, synthetic
 from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.test_data import axial, case_slices, data_config, load, zscore
@@ -510,27 +510,27 @@ def test_source_maps_classes_back_to_label_values(tmp_path):
     source = layouts.find_cases(data_config("msd", root, label_values=(2,)), root)
     assert source.class_values is None and source.class_label_values() == ((2,),)
     assert source.class_names == ("target",) and source.channels == 1
-    settings = loading.make_settings(
+    settings = config_fields.make_settings(
         data_config("msd", root), layouts.find_cases(data_config("msd", root), root)
     )
     assert settings.class_values is None and settings.channel_normalisation is None
 
 
 def test_label_classes_by_hand_also_for_sparse_values():
-    from selal_jax.data import preprocess
+    from selal_jax.data import label_maps
 
     label = np.array([[0, 1, 2], [4, 70000, 1]], np.int64)
     groups = ((1, 70000), (4,))
     allowed = (0, 1, 2, 4, 70000)  # 2 is a background value
-    got = preprocess.label_classes(label, "x.nii.gz", groups, allowed)
+    got = label_maps.label_classes(label, "x.nii.gz", groups, allowed)
     np.testing.assert_array_equal(got, [[0, 1, 0], [2, 1, 1]])
-    got = preprocess.label_classes(label.astype(np.float64), "x.nii.gz", groups, None)
+    got = label_maps.label_classes(label.astype(np.float64), "x.nii.gz", groups, None)
     np.testing.assert_array_equal(got, [[0, 1, 0], [2, 1, 1]])
     small = np.array([[0, 1, 2], [4, 3, 1]], np.uint8)
     np.testing.assert_array_equal(
-        preprocess.label_classes(small, "x.nii.gz", ((1,), (4, 3)), (0, 1, 2, 3, 4)),
+        label_maps.label_classes(small, "x.nii.gz", ((1,), (4, 3)), (0, 1, 2, 3, 4)),
         [[0, 1, 0], [2, 2, 1]],
     )
     for bad in (label, small):
         with pytest.raises(DataError, match=r"y.nii.gz: unexpected label values \[2\]"):
-            preprocess.label_classes(bad, "y.nii.gz", ((1, 70000, 3), (4,)), (0, 1, 3, 4, 70000))
+            label_maps.label_classes(bad, "y.nii.gz", ((1, 70000, 3), (4,)), (0, 1, 3, 4, 70000))

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import cache, loading, preprocess
+from selal_jax.data import cache, config_fields, fitting, label_maps, loading
 from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.test_data import case_slices, data_config, load, volumes, zscore
@@ -276,10 +276,10 @@ def test_reorient_none_slices_each_files_stored_array(tmp_path, axis):
         labels = np.moveaxis(label, axis, 0)
         np.testing.assert_array_equal(got["slice_index"], np.arange(image.shape[axis]))
         np.testing.assert_allclose(
-            got["images"], preprocess.fit_slices(images, (16, 16), "crop", False), atol=1e-5
+            got["images"], fitting.fit_slices(images, (16, 16), "crop", False), atol=1e-5
         )
         np.testing.assert_array_equal(
-            got["labels"], preprocess.fit_slices(labels, (16, 16), "crop", True)
+            got["labels"], fitting.fit_slices(labels, (16, 16), "crop", True)
         )
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))  # per stored axis
         np.testing.assert_allclose(got["spacing"], np.tile(spacing, (len(images), 1)))
@@ -312,11 +312,11 @@ def test_reorient_none_reads_every_channel_the_same_way(tmp_path):
             expected = np.moveaxis(zscore(image[..., k]), 1, 0)
             np.testing.assert_allclose(
                 got["images"][..., k],
-                preprocess.fit_slices(expected, (16, 16), "crop", False),
+                fitting.fit_slices(expected, (16, 16), "crop", False),
                 atol=1e-5,
             )
         np.testing.assert_array_equal(
-            got["labels"], preprocess.fit_slices(np.moveaxis(label, 1, 0), (16, 16), "crop", True)
+            got["labels"], fitting.fit_slices(np.moveaxis(label, 1, 0), (16, 16), "crop", True)
         )
 
 
@@ -335,7 +335,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         "msd", root, size=size, split=(6, 1, 1), reorient="none", axis=axis, resample=resample
     )
     splits = load(config, tmp_path)
-    train, settings = splits.train, loading.make_settings(config, splits.source)
+    train, settings = splits.train, config_fields.make_settings(config, splits.source)
     # Per training case: two slices with target and one without.
     ids = []
     for s in np.unique(train.subject):
@@ -348,7 +348,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
     )
     cases = annotate.queried_cases(experiment, ids)
     assert len(cases) == 6
-    values = preprocess.label_value_table(settings)
+    values = label_maps.label_value_table(settings)
     for case_id, qc in cases.items():
         i = int(case_id.split("_")[1])
         true = vols[i][1]
@@ -362,7 +362,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         stack = np.moveaxis(prefill, axis, 0)
         inplane = stack.shape[1:]
         np.testing.assert_array_equal(
-            stack[qc.file_index], preprocess.unfit_slices(masks, inplane, resample)
+            stack[qc.file_index], fitting.unfit_slices(masks, inplane, resample)
         )
         assert not np.delete(stack, qc.file_index, axis=0).any()
         if resample == "crop":  # fitting lost nothing: the prefill is the truth on those slices

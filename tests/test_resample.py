@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from selal_jax import annotate
 from selal_jax import workdir as workdir_lib
-from selal_jax.data import loading, preprocess
+from selal_jax.data import config_fields, fitting, loading, preprocess
 from tests import helpers
 from tests.test_data import axial, case_slices, data_config, zscore
 
@@ -31,7 +31,7 @@ def bilinear(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def test_anti_aliased_resize_is_skimage_resize(size):
     skimage_transform = pytest.importorskip("skimage.transform")
     slices = np.random.default_rng(0).normal(size=(3, 37, 29)).astype(np.float32)
-    got = preprocess.resize_anti_aliased(slices, size)
+    got = fitting.resize_anti_aliased(slices, size)
     assert got.shape == (3, *size) and got.dtype == np.float32
     for plane, out in zip(slices, got, strict=True):
         expected = skimage_transform.resize(
@@ -48,22 +48,22 @@ def test_per_class_label_resampling_is_the_argmax_of_bilinear_one_hot_masks():
     rng = np.random.default_rng(1)
     labels = ndimage.zoom(rng.integers(0, 4, (2, 7, 6)), (1, 5, 5), order=0)  # blobs of 0..3
     for size in ((13, 11), (50, 47)):
-        got = preprocess.resize_per_class(labels, size)
+        got = fitting.resize_per_class(labels, size)
         for plane, out in zip(labels, got, strict=True):
             weights = np.stack([bilinear(plane == c, size) for c in range(4)])
             expected = np.argmax(weights + 1e-9 * np.arange(4)[::-1, None, None], axis=0)
             np.testing.assert_array_equal(out, expected)
     # Through fit_slices (data.resample=resize_aa) and its inverse.
-    fitted = preprocess.fit_slices(labels, (13, 11), "resize_aa", is_label=True)
-    np.testing.assert_array_equal(fitted, preprocess.resize_per_class(labels, (13, 11)))
-    back = preprocess.unfit_slices(fitted, labels.shape[1:], "resize_aa")
-    np.testing.assert_array_equal(back, preprocess.resize_per_class(fitted, labels.shape[1:]))
+    fitted = fitting.fit_slices(labels, (13, 11), "resize_aa", is_label=True)
+    np.testing.assert_array_equal(fitted, fitting.resize_per_class(labels, (13, 11)))
+    back = fitting.unfit_slices(fitted, labels.shape[1:], "resize_aa")
+    np.testing.assert_array_equal(back, fitting.resize_per_class(fitted, labels.shape[1:]))
 
 
 def test_default_resize_is_unchanged():
     """data.resample=resize keeps plain bilinear images and nearest labels (today's slices)."""
     slices = np.random.default_rng(2).normal(size=(2, 20, 30)).astype(np.float32)
-    got = preprocess.fit_slices(slices, (16, 16), "resize", is_label=False)
+    got = fitting.fit_slices(slices, (16, 16), "resize", is_label=False)
     ref = ndimage.zoom(slices, (1, 16 / 20, 16 / 30), order=1, mode="nearest", grid_mode=True)
     np.testing.assert_array_equal(got, ref[:, :16, :16])
 
@@ -85,7 +85,7 @@ def settings(**fields) -> preprocess.Settings:
 def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
     """0.5 mm pixels resampled to 1 mm: half the pixels (40 x 36 -> 20 x 18), then the 20 rows
     cropped to 16 and the 18 columns padded to 24."""
-    assert preprocess.spacing_shape((40, 36), np.array([0.5, 0.5]), (1.0, 1.0)) == (20, 18)
+    assert fitting.spacing_shape((40, 36), np.array([0.5, 0.5]), (1.0, 1.0)) == (20, 18)
     vols = [helpers.make_volume(np.random.default_rng([3, i]), (40, 36, 4)) for i in range(3)]
     root = helpers.write_msd(
         str(tmp_path / "msd"), vols, affines=[helpers.affine_for((0.5, 0.5, 2.0))] * 3
@@ -94,8 +94,8 @@ def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
     splits = loading.load_dataset(config, str(tmp_path / "w"))
     image, label = vols[0]
     got = case_slices(splits, "case_000")
-    half_image = preprocess.resize_anti_aliased(axial(zscore(image)).astype(np.float32), (20, 18))
-    half_label = preprocess.resize_per_class(axial(label), (20, 18))
+    half_image = fitting.resize_anti_aliased(axial(zscore(image)).astype(np.float32), (20, 18))
+    half_label = fitting.resize_per_class(axial(label), (20, 18))
     expected_image = np.zeros((4, 16, 24), np.float32)
     expected_image[:, :, 3:21] = half_image[:, 2:18]
     expected_label = np.zeros((4, 16, 24), np.uint8)
@@ -111,7 +111,7 @@ def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
         ).fingerprint
     )
     with pytest.raises(ValueError, match="config field data.spacing"):
-        loading.validate_data_config(data_config("msd", root, spacing=(1.0, 0.0)))
+        config_fields.validate_data_config(data_config("msd", root, spacing=(1.0, 0.0)))
 
 
 @pytest.mark.parametrize("fields", [{"spacing": (1.0, 1.0)}, {"resample": "resize_aa"}])
@@ -129,13 +129,13 @@ def test_prefill_inverts_the_fit_and_import_gets_the_masks_back(tmp_path, fields
     np.testing.assert_allclose(annotate.canonical_spacing(geometry), [0.5, 0.5, 2.0])
     blocks = ndimage.zoom(rng.integers(0, 3, (2, 16, 24)), (1, 2, 2), order=0).astype(np.uint8)
     spacing = annotate.canonical_spacing(geometry)
-    masks = preprocess.fit_case_slices(blocks, s, spacing, is_label=True)
+    masks = fitting.fit_case_slices(blocks, s, spacing, is_label=True)
     volume = annotate.prefill_volume(geometry, s, np.array([0, 3]), masks, np.array([0, 5, 7]))
     planes = np.moveaxis(volume, 2, 0)[[0, 3]]
-    back = preprocess.fit_case_slices(np.searchsorted([0, 5, 7], planes), s, spacing, True)
+    back = fitting.fit_case_slices(np.searchsorted([0, 5, 7], planes), s, spacing, True)
     np.testing.assert_array_equal(back, masks)
     if "spacing" in fields:  # 2x2 blocks at 0.5 mm are 1 mm pixels: the round trip is exact
-        back = preprocess.unfit_case_slices(masks, blocks.shape[1:], s, spacing)
+        back = fitting.unfit_case_slices(masks, blocks.shape[1:], s, spacing)
         np.testing.assert_array_equal(back, blocks)
         np.testing.assert_array_equal(planes, np.asarray([0, 5, 7])[blocks])
 

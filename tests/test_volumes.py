@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import layouts, loading, preprocess, volumes
+from selal_jax.data import layouts, loading, preprocess, reading, volumes
 from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.test_data import case_slices, data_config
@@ -38,15 +38,15 @@ def test_nrrd_loads_like_its_nifti_twin(tmp_path, space, affine_name, detached):
     suffix = ".nhdr" if detached else ".nrrd"
     path = helpers.write_nrrd(str(tmp_path / f"a{suffix}"), image, affine, space, detached=detached)
     lab_path = helpers.write_nrrd(str(tmp_path / "l.nrrd"), label, affine, space)
-    twin, got = nib.load(nifti), preprocess.load_nifti(path)
+    twin, got = nib.load(nifti), reading.load_nifti(path)
     np.testing.assert_allclose(got.affine, twin.affine, atol=1e-6)
     assert got.shape == twin.shape and got.get_data_dtype() == twin.get_data_dtype()
     assert got.dataobj._data is None  # the header alone: no voxels read yet
-    data, img = preprocess.read_canonical(path, "image", None, as_float=True)
-    twin_data, twin_img = preprocess.read_canonical(nifti, "image", None, as_float=True)
+    data, img = reading.read_canonical(path, "image", None, as_float=True)
+    twin_data, twin_img = reading.read_canonical(nifti, "image", None, as_float=True)
     np.testing.assert_array_equal(data, twin_data)
     np.testing.assert_allclose(img.affine, twin_img.affine, atol=1e-6)
-    lab, _ = preprocess.read_canonical(lab_path, "label", None, as_float=False)
+    lab, _ = reading.read_canonical(lab_path, "label", None, as_float=False)
     np.testing.assert_array_equal(lab, nib.as_closest_canonical(nib.load(nifti)).get_fdata() > 0.5)
     assert lab.dtype == np.uint8
     case = preprocess.CaseFiles("a", path, lab_path)
@@ -58,16 +58,16 @@ def test_nrrd_4d_channels_load_like_a_4d_nifti(tmp_path):
     image = np.random.default_rng(1).normal(size=(*SHAPE, 3)).astype(np.float32)
     nifti = helpers.write_nifti(str(tmp_path / "a.nii.gz"), image, affine)
     path = helpers.write_nrrd(str(tmp_path / "a.nrrd"), image, affine, channel_axis=0)
-    got = preprocess.load_nifti(path)
+    got = reading.load_nifti(path)
     assert got.shape == (*SHAPE, 3)
     sources = ((path, 2), (path, 0))
     twins = ((nifti, 2), (nifti, 0))
-    data, img = preprocess.read_canonical_channels(sources)
-    twin, twin_img = preprocess.read_canonical_channels(twins)
+    data, img = reading.read_canonical_channels(sources)
+    twin, twin_img = reading.read_canonical_channels(twins)
     np.testing.assert_array_equal(data, twin)
     np.testing.assert_allclose(img.affine, twin_img.affine, atol=1e-6)
-    one, _ = preprocess.read_canonical(path, "image", 1, as_float=True)
-    np.testing.assert_array_equal(one, preprocess.read_canonical(nifti, "image", 1, True)[0])
+    one, _ = reading.read_canonical(path, "image", 1, as_float=True)
+    np.testing.assert_array_equal(one, reading.read_canonical(nifti, "image", 1, True)[0])
 
 
 @pytest.mark.parametrize("layout", ["msd", "paired", "brats"])
@@ -155,13 +155,13 @@ def test_nrrd_without_anatomical_geometry_is_refused(tmp_path, fields, match):
 
 def test_missing_and_corrupt_nrrd_name_the_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        preprocess.load_nifti(str(tmp_path / "none.nrrd"))
+        reading.load_nifti(str(tmp_path / "none.nrrd"))
     path = str(tmp_path / "short.nrrd")
     helpers.write_nrrd(path, np.ones(SHAPE, np.float32), np.eye(4))
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 20)
     with pytest.raises(DataError, match="short.nrrd: cannot read NRRD image voxels"):
-        preprocess.read_canonical(path, "image", None, as_float=True)
+        reading.read_canonical(path, "image", None, as_float=True)
 
 
 # ------------------------------------------------------------------ Slicer segmentations
@@ -175,7 +175,7 @@ def test_seg_nrrd_with_a_cropped_extent_is_its_nifti_label_map(tmp_path, layers)
     label[6:8, 1:3, 3] = 2
     path = helpers.write_seg_nrrd(str(tmp_path / "c.seg.nrrd"), label, affine, layers)
     assert nib.load(helpers.write_nifti(str(tmp_path / "c.nii.gz"), label, affine)).shape == SHAPE
-    assert preprocess.load_nifti(path).shape[:3] != SHAPE  # cropped
+    assert reading.load_nifti(path).shape[:3] != SHAPE  # cropped
     image = volumes.load_segmentation(path, SHAPE, affine)
     np.testing.assert_array_equal(np.asarray(image.dataobj), label)
     np.testing.assert_allclose(image.affine, affine)

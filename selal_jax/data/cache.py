@@ -1,7 +1,8 @@
 """Cache of preprocessed slices: memory-mapped .npy files under <cache_dir>/<fingerprint>/.
 
 The fingerprint hashes the source files' relative paths, sizes and mtimes and the preprocessing
-config, so reading a cache costs a few stats and no voxel reads. A cache is built in a temporary
+config (the config.data fields the configured layout reads), so reading a cache costs a few stats
+and no voxel reads. A cache is built in a temporary
 sibling folder and renamed into place once complete: an interrupted build leaves no cache behind
 (a killed process can leave a `.tmp-*` folder, which is never read).
 """
@@ -17,7 +18,7 @@ import tempfile
 import numpy as np
 from absl import logging
 
-from selal_jax.data.preprocess import DataError
+from selal_jax.data.volumes import DataError
 from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.
@@ -30,18 +31,49 @@ NEUTRAL_FIELDS = ("root", "cache_dir", "allow_unlabelled")
 # existing caches (and resumable runs) keep their key; any other value is hashed like every
 # other field. Dotted names reach into sub-sections.
 ADDED_FIELDS = {k[len("data.") :]: v for k, v in ADDED_KEYS.items() if k.startswith("data.")}
+# config.data fields that only some layouts read: (their value in configs/default.py, the layouts
+# that read them). Any other layout hashes such a field at that value, whatever the config holds:
+# editing it (data.brats.* on an MSD run, data.synthetic.* on real data, data.modality on BraTS)
+# then keeps the cache and the run's fingerprint, and a config whose unused fields hold these
+# values keeps the key it had when every field was hashed.
+LAYOUT_FIELDS = {
+    "modality": ("", ("synthetic", "msd", "paired", "nnunetv2")),  # BraTS: data.brats.modality
+    "brats.modality": ("flair", ("brats",)),
+    "brats.grades": ("HGG,LGG", ("brats",)),
+    "brats.target": ("whole", ("brats",)),
+    "paired.images": ("images", ("paired",)),
+    "paired.labels": ("labels", ("paired",)),
+    "paired.image_suffix": ("", ("paired",)),
+    "paired.label_suffix": ("", ("paired",)),
+    "paired.strict_labels": (False, ("paired",)),
+    "synthetic.n_subjects": (32, ("synthetic",)),
+    "synthetic.shape": ((64, 64, 32), ("synthetic",)),
+    "synthetic.spacing": ((1.0, 1.0, 2.0), ("synthetic",)),
+    "synthetic.seed": (0, ("synthetic",)),
+    "synthetic.kind": ("binary", ("synthetic",)),
+}
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
 META_FILE = "meta.json"
 
 
 def fingerprint(source_files: list[str], root: str, data_config) -> str:
-    """Hash of the files' paths (relative to root), sizes and mtimes and of the data config."""
+    """Hash of the files' paths (relative to root), sizes and mtimes and of the data config
+    fields the configured layout reads (LAYOUT_FIELDS)."""
     h = hashlib.sha256(f"selal-jax slice cache v{CACHE_VERSION};".encode())
     for path in source_files:
         st = os.stat(path)
         rel = os.path.relpath(path, root)
         h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
     settings = {k: v for k, v in data_config.to_dict().items() if k not in NEUTRAL_FIELDS}
+    for name, (default, readers) in LAYOUT_FIELDS.items():
+        if settings.get("layout") in readers:
+            continue
+        *parents, leaf = name.split(".")
+        node = settings
+        for p in parents:
+            node = node.get(p, {})
+        if leaf in node:
+            node[leaf] = default
     for name, default in ADDED_FIELDS.items():
         *parents, leaf = name.split(".")
         node = settings

@@ -19,8 +19,9 @@ import json
 import os
 import re
 
-from selal_jax.data import layouts
-from selal_jax.data.preprocess import CaseFiles, DataError
+from selal_jax.data import sources
+from selal_jax.data.preprocess import CaseFiles
+from selal_jax.data.volumes import DataError
 
 IGNORE_LABEL = "ignore"  # nnU-Net v2's name of the label of unannotated voxels
 DATASET_JSON = "dataset.json"
@@ -117,7 +118,7 @@ def _files_by_case(folder: str, ending: str, with_channel: bool) -> dict:
     return out
 
 
-def nnunetv2_source(root: str, data_config) -> layouts.Source:
+def nnunetv2_source(root: str, data_config) -> sources.Source:
     """Reads an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/)."""
     meta_path, meta = read_dataset_json(root)
     names = {str(k): str(v) for k, v in meta.get("channel_names", meta.get("modality")).items()}
@@ -130,7 +131,7 @@ def nnunetv2_source(root: str, data_config) -> layouts.Source:
                 f"({names}); choose one or several by name or index, or 'all', got ''"
             )
         modality = next(iter(names))
-    channels = layouts.channel_indices(modality, names, meta_path)
+    channels = sources.channel_indices(modality, names, meta_path)
     unknown = [c for c in channels if str(c) not in names]
     if unknown:
         raise ValueError(
@@ -143,7 +144,7 @@ def nnunetv2_source(root: str, data_config) -> layouts.Source:
             f"config field data.label_values: {target} not among the labels of {meta_path} "
             f"({values})"
         )
-    classes = layouts.resolve_classes(
+    classes = sources.resolve_classes(
         data_config,
         str(data_config.get("classes", "") or ""),
         values,
@@ -189,17 +190,7 @@ def nnunetv2_source(root: str, data_config) -> layouts.Source:
             f"{len(cases)} cases"
         )
     channel_names = tuple(names[str(c)] for c in channels)
-    normalisation = tuple(layouts._normalisation_of(n) for n in channel_names)
-    return layouts.Source(
-        root,
-        cases,
-        normalisation[0],
-        classes.target_values,
-        classes.allowed_labels,
-        (meta_path,),
-        class_values=classes.class_values,
-        class_names=classes.class_names,
-        channel_names=channel_names,
-        channel_normalisation=normalisation if len(channels) > 1 else None,
-        background_values=classes.background_values,
+    normalisation = tuple(sources.normalisation_of(n) for n in channel_names)
+    return sources.make_source(
+        root, cases, classes, channel_names, normalisation, extra_files=(meta_path,)
     )

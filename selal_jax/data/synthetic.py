@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from selal_jax import atomic
-from selal_jax.data.preprocess import DataError
+from selal_jax.data.volumes import DataError
 
 DATASET_NAME = "SyntheticLesions"
 MULTICLASS_NAME = "SyntheticHaloCore"
