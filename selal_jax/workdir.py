@@ -181,13 +181,22 @@ def unflatten_config(flat: dict) -> config_dict.ConfigDict:
 
 
 def config_differences(stored: dict, current: dict) -> list[str]:
-    """Fields (flattened names) in which two configs differ, except RESUME_NEUTRAL_KEYS."""
+    """Fields (flattened names) in which two configs differ, except RESUME_NEUTRAL_KEYS and the
+    data fields that only other layouts read (`cache.LAYOUT_FIELDS`: data.brats.* on an MSD run)."""
+    from selal_jax.data import cache  # cache reads ADDED_KEYS from this module
+
     keys = sorted(set(stored) | set(current))
     stored = {**ADDED_KEYS, **stored}
+    layout = current.get("data.layout")
+    unread = set()
+    if stored.get("data.layout") == layout:
+        unread = {f"data.{n}" for n, (_, by) in cache.LAYOUT_FIELDS.items() if layout not in by}
     return [
         k
         for k in keys
-        if k not in RESUME_NEUTRAL_KEYS and stored.get(k, "<absent>") != current.get(k, "<absent>")
+        if k not in RESUME_NEUTRAL_KEYS
+        and k not in unread
+        and stored.get(k, "<absent>") != current.get(k, "<absent>")
     ]
 
 

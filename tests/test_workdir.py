@@ -1,0 +1,79 @@
+"""The run folder's stored config, the checkpointed loop record and the compatibility check."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from selal_jax import workdir as workdir_lib
+from tests.conftest import smoke_config
+
+
+def _flat(**fields):
+    return workdir_lib.flatten_config(smoke_config(**fields))
+
+
+def test_unread_layout_fields_are_not_differences():
+    """data.brats.* on an MSD run (and data.synthetic.* on a real-data run) are not read: editing
+    them does not block a resume, as they do not change the slice cache's key either."""
+    msd = {"data.layout": "msd", "data.root": "/data/Task09"}
+    stored = _flat(**msd)
+    edited = _flat(**msd, **{"data.brats.modality": "t2", "data.synthetic.n_subjects": 5})
+    assert stored["data.brats.modality"] != edited["data.brats.modality"]
+    assert workdir_lib.config_differences(stored, edited) == []
+    # Read by the layout: a difference.
+    synthetic = _flat(**{"data.synthetic.n_subjects": 5})
+    assert workdir_lib.config_differences(_flat(), synthetic) == ["data.synthetic.n_subjects"]
+    # A changed layout: everything that differs counts.
+    assert "data.brats.modality" in workdir_lib.config_differences(
+        _flat(), _flat(**msd, **{"data.brats.modality": "t2"})
+    )
+
+
+def test_stored_config_round_trip_fills_added_keys():
+    config = default.get_config("smoke")
+    flat = workdir_lib.flatten_config(config)
+    old = {k: v for k, v in flat.items() if k not in workdir_lib.ADDED_KEYS}
+    restored = workdir_lib.flatten_config(workdir_lib.unflatten_config(old))
+    assert workdir_lib.config_differences(restored, flat) == []
+    assert restored["train.loss"] == "ce" and restored["al.annotator"] == "simulated"
+
+
+def test_loop_record_json_keeps_the_stored_fields():
+    key = jax.random.key(7)
+    fields = dict(
+        round=2,
+        labelled_ids=[1, 4],
+        history=[{"round": 0}],
+        config={"seed": 7},
+        fingerprint="ab",
+        root_key=workdir_lib.key_data(key),
+        pool_size=10,
+    )
+    simulated = workdir_lib.LoopRecord(**fields).to_json()
+    assert simulated == fields  # what a simulated run has always stored, nothing more
+    words = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    assert simulated["root_key"] == words
+    human = workdir_lib.LoopRecord(**fields, awaiting_labels=2, annotations={}).to_json()
+    assert human == {**fields, "awaiting_labels": 2, "annotations": {}}
+    assert workdir_lib.LoopRecord.from_json({**human, "unknown": 1}) == workdir_lib.LoopRecord(
+        **fields, awaiting_labels=2, annotations={}
+    )
+
+
+def test_check_compatible_names_the_field_and_accepts_a_moved_dataset():
+    stored = _flat()
+    workdir_lib.check_compatible(stored, "f1", _flat(**{"data.root": "/moved"}), "f1", where="w")
+    with pytest.raises(ValueError, match=r"w: the config differs .*train.learning_rate"):
+        workdir_lib.check_compatible(
+            stored, "f1", _flat(**{"train.learning_rate": 0.5}), "f1", where="w"
+        )
+    with pytest.raises(ValueError, match="dataset changed"):
+        workdir_lib.check_compatible(stored, "f1", stored, "f2", where="w")
+    workdir_lib.check_compatible(stored, "f1", stored, "f2", where="w", allow_change=True)
+    shared = _flat(**{"al.strategy": "bald"})
+    with pytest.raises(ValueError, match="al.strategy"):
+        workdir_lib.check_compatible(stored, "f1", shared, "f1", where="w")
+    workdir_lib.check_compatible(
+        stored, "f1", shared, "f1", where="w", neutral=workdir_lib.ROUND0_NEUTRAL_KEYS
+    )
