@@ -29,26 +29,19 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import functools
 import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import nibabel as nib
 import numpy as np
 from absl import logging
-from nibabel import orientations
 
-from selal_jax import atomic, checkpointing, lock, loop, parallel, rng
+from selal_jax import atomic, label_volumes, lock, loop, parallel, rng
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
-PLANES = ("sagittal", "coronal", "axial")  # slicing along canonical (RAS) axis 0, 1, 2
-RAS = orientations.axcodes2ornt("RAS")
 CSV_FIELDS = (
     "rank",
     "pool_id",
@@ -68,121 +61,10 @@ AXIS_NOTE = (
     "2 = k, as 3D Slicer's IJK); canonical_axis/canonical_index are the loader's (RAS+) ones "
     "(with data.reorient = 'none' the file's own)"
 )
-IDENTITY = orientations.axcodes2ornt("RAS")  # file axis i is loader axis i, not reversed
 
 
 class AnnotationError(ValueError):
     """An export or import was refused; the message names each file and the reason."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    """A case's voxel grid and how its canonical (RAS+) volume maps onto it.
-
-    Attributes:
-      shape: (3,) voxel shape of the file (its spatial axes).
-      affine: [4, 4] voxel-to-world matrix of the file.
-      ornt: [3, 2] nib.io_orientation(affine): file axis i is canonical axis ornt[i, 0],
-        reversed where ornt[i, 1] == -1 (what nib.as_closest_canonical applies); the identity
-        with data.reorient = 'none', where the loader slices the stored array.
-    """
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-    ornt: np.ndarray
-
-    @classmethod
-    def of(cls, case: CaseFiles, reorient: str = "canonical") -> Geometry:
-        """From the image file's header; `reorient` as data.reorient."""
-        shape = preprocess.check_header(dataclasses.replace(case, label=None))
-        affine = np.asarray(preprocess.load_nifti(case.image, header_only=True).affine, np.float64)
-        ornt = IDENTITY.copy() if reorient == "none" else nib.io_orientation(affine)
-        return cls(shape, affine, ornt)
-
-    def plane(self, file_axis: int) -> str:
-        """sagittal, coronal or axial: the anatomical plane of slices along a file axis."""
-        return PLANES[int(nib.io_orientation(self.affine)[file_axis, 0])]
-
-    def canonical_shape(self) -> tuple[int, int, int]:
-        out = [0, 0, 0]
-        for i in range(3):
-            out[int(self.ornt[i, 0])] = self.shape[i]
-        return tuple(out)
-
-    def file_slice(self, canonical_axis: int, canonical_index: int) -> tuple[int, int]:
-        """(file voxel axis, index along it) of a canonical slice."""
-        axis = int(np.flatnonzero(self.ornt[:, 0] == canonical_axis)[0])
-        flipped = self.ornt[axis, 1] < 0
-        return axis, (self.shape[axis] - 1 - canonical_index) if flipped else canonical_index
-
-    def to_file(self, canonical: np.ndarray) -> np.ndarray:
-        """Canonical [X, Y, Z] array -> the file's voxel order."""
-        return orientations.apply_orientation(
-            canonical, orientations.ornt_transform(RAS, self.ornt)
-        )
-
-
-def canonical_spacing(geometry: Geometry) -> np.ndarray:
-    """[3] float32 mm along the canonical axes: the loader's `Volume.spacing` of the case."""
-    spacing = np.zeros(3)
-    spacing[geometry.ornt[:, 0].astype(int)] = np.sqrt(np.sum(geometry.affine[:3, :3] ** 2, 0))
-    return spacing.astype(np.float32)
-
-
-def prefill_volume(
-    geometry: Geometry,
-    settings: preprocess.Settings,
-    canonical_index: np.ndarray,
-    masks: np.ndarray,
-    label_values: np.ndarray,
-) -> np.ndarray:
-    """The label volume to export, in the file's voxel order.
-
-    Args:
-      geometry: the case's file geometry.
-      settings: the loader's settings (axis, size, resample).
-      canonical_index: [n] indices of the queried slices along settings.axis (canonical).
-      masks: [n, H, W] class indices of those slices at data.size ({0, 1} for one class).
-      label_values: [C + 1] label value written for each class index
-        (`preprocess.label_value_table`), or one int: the value of a binary mask's 1.
-
-    Returns:
-      uint8 (uint16 for label values above 255) array of geometry.shape: each class's label
-      value on the queried slices, 0 elsewhere.
-    """
-    label_values = np.asarray(label_values)
-    if label_values.ndim == 0:
-        label_values = np.asarray([0, int(label_values)])
-    dtype = np.uint8 if label_values.max() <= 255 else np.uint16
-    canonical = np.zeros(geometry.canonical_shape(), dtype)
-    stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
-    planes = preprocess.unfit_case_slices(
-        np.asarray(masks, np.uint8), stack.shape[1:], settings, canonical_spacing(geometry)
-    )
-    stack[np.asarray(canonical_index)] = label_values.astype(dtype)[planes]
-    return geometry.to_file(canonical)
-
-
-def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
-    """Saves `data` as NIfTI with the source image's affine, qform/sform codes and units."""
-    source = preprocess.load_nifti(case.image, header_only=True)
-    image = nib.Nifti1Image(np.ascontiguousarray(data), source.affine)
-    header = source.header
-    if hasattr(header, "get_sform"):  # NIfTI sources: viewers read the codes, keep them
-        image.set_sform(*header.get_sform(coded=True))
-        image.set_qform(*header.get_qform(coded=True))
-        image.header.set_xyzt_units(*header.get_xyzt_units())
-    nib.save(image, path)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def predict_batch(variables, images: jax.Array, *, model) -> jax.Array:
-    """Images [batch, H, W(, K)] -> [batch, H, W] uint8 class indices of the deterministic
-    model: P > 0.5 for the binary head, the argmax class for several classes."""
-    logits = model.apply(variables, images, False)
-    if logits.ndim == 4:
-        return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
-    return (logits > 0).astype(jnp.uint8)
 
 
 def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
@@ -190,7 +72,7 @@ def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
     variables, model = experiment.state.variables, experiment.model
 
     def predict(_, images):
-        return predict_batch(variables, images, model=model)
+        return label_volumes.predict_batch(variables, images, model=model)
 
     masks = parallel.map_batches(
         predict,
@@ -206,7 +88,7 @@ class QueriedCase:
     """The queried slices of one case, in selection order."""
 
     case: CaseFiles
-    geometry: Geometry
+    geometry: label_volumes.Geometry
     positions: list[int]  # positions in the query
     canonical_index: np.ndarray  # [n] along data.axis of the canonical volume
     file_axis: int
@@ -225,7 +107,9 @@ def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, Que
         case = source.cases[subject]
         if case.case_id in out:
             raise AnnotationError(f"{case.image}: two queried cases named {case.case_id}")
-        geometry = Geometry.of(case, experiment.config.data.get("reorient", "canonical"))
+        geometry = label_volumes.Geometry.of(
+            case, experiment.config.data.get("reorient", "canonical")
+        )
         canonical_index = np.asarray([int(train.slice_index[ids[p]]) for p in positions])
         file_axis = geometry.file_slice(axis, 0)[0]
         file_index = np.asarray([geometry.file_slice(axis, int(c))[1] for c in canonical_index])
@@ -235,20 +119,10 @@ def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, Que
     return out
 
 
-def _has_finished_checkpoint(ckpt_dir: str) -> bool:
-    """Whether orbax sees a finished step (an interrupted save's temporary folder is none)."""
-    ckpt = checkpointing.Checkpointer(ckpt_dir)
-    try:
-        return ckpt.latest_round() is not None
-    finally:
-        ckpt.close()
-
-
 def _open(config, workdir: str, with_model: bool) -> loop.Experiment:
     """The run in `workdir`, which must be a human-annotator run with a checkpoint (its model
     only `with_model`: the export predicts masks, the import does not)."""
-    ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
-    if not os.path.isdir(ckpt_dir) or not _has_finished_checkpoint(ckpt_dir):
+    if not workdir_lib.has_checkpoint(workdir):
         raise AnnotationError(f"{workdir}: no checkpoint; start the run with `launch.py run`")
     if config.al.annotator != "human":
         raise AnnotationError(
@@ -298,14 +172,14 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
         rows: list[dict] = [{} for _ in ids]
         for case_id, qc in cases.items():
             name = os.path.join(LABELS_DIR, f"{case_id}.nii.gz")
-            data = prefill_volume(
+            data = label_volumes.prefill_volume(
                 qc.geometry,
                 settings,
                 qc.canonical_index,
                 masks[qc.positions],
                 label_values,
             )
-            write_label_volume(os.path.join(tmp, name), data, qc.case)
+            label_volumes.write_label_volume(os.path.join(tmp, name), data, qc.case)
             for k, position in enumerate(qc.positions):
                 rows[position] = {
                     "rank": position + 1,
@@ -405,7 +279,7 @@ def read_correction(
     if reasons:
         return None, reasons
     planes = np.moveaxis(target, settings.axis, 0)[qc.canonical_index]
-    spacing = canonical_spacing(qc.geometry)
+    spacing = label_volumes.canonical_spacing(qc.geometry)
     return preprocess.fit_case_slices(planes, settings, spacing, is_label=True), []
 
 

@@ -2,7 +2,7 @@
 
 Each round, every test case (volume) is predicted slice by slice, the slices are stacked and
 mapped back to the case's own voxel grid (the inverse in-plane fit and orientation that the
-annotation export uses, `annotate.prefill_volume`), and compared with the case's label file read
+annotation export uses, `label_volumes.prefill_volume`), and compared with the case's label file read
 the way the loader reads it (`preprocess.label_indices`), per foreground class, with
 `metrics.case_metrics` (Dice, HD95, NSD; MONAI's definitions, BraTS's empty-mask convention).
 
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from selal_jax import atomic, metrics, parallel
+from selal_jax import atomic, label_volumes, metrics, parallel
 from selal_jax.data import preprocess
 
 EVALUATION_DIR = "evaluation"
@@ -64,8 +64,6 @@ def evaluate_cases(
       {'case_dice', 'case_hd95', 'case_nsd': means over cases and classes,
        'case_dice_per_class': {class name: mean over cases}, 'eval_seconds'}.
     """
-    from selal_jax import annotate  # annotate imports loop, which imports this module
-
     start = time.time()
     class_names = tuple(test.class_names)
     class_ids = list(range(1, len(class_names) + 1))
@@ -76,13 +74,13 @@ def evaluate_cases(
         case = source.cases[int(subject)]
         ids = np.flatnonzero(test.subject == subject)
         predicted = parallel.map_batches(
-            lambda _, images: annotate.predict_batch(variables, images, model=model),
+            lambda _, images: label_volumes.predict_batch(variables, images, model=model),
             ids,
             test.images,
             batch_size=batch_size,
         )
-        geometry = annotate.Geometry.of(case, settings.reorient)
-        prediction = annotate.prefill_volume(
+        geometry = label_volumes.Geometry.of(case, settings.reorient)
+        prediction = label_volumes.prefill_volume(
             geometry, settings, test.slice_index[ids], predicted, index_table
         )
         label, _ = preprocess.read_canonical(
@@ -102,7 +100,7 @@ def evaluate_cases(
             path = os.path.join(pred_dir, f"{case.case_id}.nii.gz")
             tmp = os.path.join(pred_dir, f".tmp-{case.case_id}.nii.gz")  # never read
             dtype = np.uint8 if values.max() <= 255 else np.uint16
-            annotate.write_label_volume(tmp, values.astype(dtype)[prediction], case)
+            label_volumes.write_label_volume(tmp, values.astype(dtype)[prediction], case)
             os.replace(tmp, path)
     if parallel.is_primary():
         out = io.StringIO()

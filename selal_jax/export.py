@@ -9,7 +9,7 @@
   labelsTr/<case>.nii.gz         the labels the run trained on (the dataset's, or the imported
                                  annotations of a human run) on its labelled slices, mapped back
                                  to the source geometry as the annotation export does
-                                 (`annotate.prefill_volume`), and the ignore label everywhere
+                                 (`label_volumes.prefill_volume`), and the ignore label everywhere
                                  else, so nnU-Net v2 trains on the sparse slices alone.
 
 A labelled slice's pixels that the loader never showed the model (cropped away by
@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from selal_jax import annotate, atomic, loop, rng
+from selal_jax import atomic, label_volumes, loop, rng
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 
@@ -82,8 +82,7 @@ def export_nnunet(config, workdir: str, out: str) -> str:
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ExportError(f"{out}: already exists and is not empty; choose another --out")
-    ckpt_dir = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
-    if not os.path.isdir(ckpt_dir) or not annotate._has_finished_checkpoint(ckpt_dir):
+    if not workdir_lib.has_checkpoint(workdir):
         raise ExportError(f"{workdir}: no checkpoint; run the experiment first (`launch.py run`)")
     with rng.classic_threefry():
         experiment = loop.Experiment.open(config, workdir, with_model=False)
@@ -109,16 +108,16 @@ def export_nnunet(config, workdir: str, out: str) -> str:
         cases = []
         for subject, (canonical_index, masks) in slices.items():
             case = source.cases[subject]
-            geometry = annotate.Geometry.of(case)
-            volume = annotate.prefill_volume(
+            geometry = label_volumes.Geometry.of(case)
+            volume = label_volumes.prefill_volume(
                 geometry, settings, canonical_index, masks, label_values
             )
             # Where the labels are: the labelled slices, less what the fit cropped away.
-            seen = annotate.prefill_volume(
+            seen = label_volumes.prefill_volume(
                 geometry, settings, canonical_index, np.ones_like(masks), 1
             )
             data = np.where(seen == 1, volume, ignore).astype(dtype)
-            annotate.write_label_volume(
+            label_volumes.write_label_volume(
                 os.path.join(tmp, "labelsTr", f"{case.case_id}.nii.gz"), data, case
             )
             for c, (path, channel) in enumerate(case.channel_sources):

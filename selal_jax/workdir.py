@@ -240,6 +240,19 @@ def check_compatible(
         )
 
 
+def has_checkpoint(workdir: str) -> bool:
+    """Whether the run in `workdir` has a finished checkpoint (orbax's view: an interrupted
+    save's temporary folder is none)."""
+    directory = os.path.join(workdir, CHECKPOINTS_DIR)
+    if not os.path.isdir(directory):
+        return False
+    ckpt = checkpointing.Checkpointer(directory)
+    try:
+        return ckpt.latest_round() is not None
+    finally:
+        ckpt.close()
+
+
 def stored_config(workdir: str) -> config_dict.ConfigDict:
     """The config snapshot of the run in `workdir` (from its latest checkpoint)."""
     lock.check_workdir(workdir, create=False)  # a mistyped --workdir is not created

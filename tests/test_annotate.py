@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, checkpointing, label_store, loop
+from selal_jax import annotate, checkpointing, label_store, label_volumes, loop
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 from tests import helpers
@@ -349,7 +349,7 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
         predicted = annotate.predicted_masks(experiment, ids)
         source = experiment.splits.source
         canonical = [
-            annotate.Geometry.of(source.cases[s]).canonical_shape()
+            label_volumes.Geometry.of(source.cases[s]).canonical_shape()
             for s in experiment.pool.subject[ids]
         ]
     finally:
@@ -381,10 +381,10 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
     for k, affine in enumerate(_affines()):
         path = str(tmp_path / f"c{k}.nii.gz")
         nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), affine), path)
-        geometry = annotate.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None))
+        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None))
         canonical_index = np.array([1, 4])
         masks = (rng.random((2, 32, 32)) < 0.3).astype(np.uint8)
-        volume = annotate.prefill_volume(geometry, settings, canonical_index, masks, 2)
+        volume = label_volumes.prefill_volume(geometry, settings, canonical_index, masks, 2)
         assert volume.shape == SHAPE and volume.dtype == np.uint8
         canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
         stack = np.moveaxis(np.asarray(canonical.dataobj), 2, 0)  # preprocess.to_slices

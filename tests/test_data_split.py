@@ -324,7 +324,7 @@ def test_reorient_none_reads_every_channel_the_same_way(tmp_path):
 def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis, size, resample):
     """The export's geometry with reorient=none: the prefill lands on the stored slice the loader
     cut, and the true masks written there import as the loader's slices."""
-    from selal_jax import annotate
+    from selal_jax import annotate, label_volumes
     from tests.test_annotate import SHAPE as ANNOTATE_SHAPE
     from tests.test_annotate import _affines
 
@@ -344,7 +344,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         ids += [*rows[has][:2], *rows[~has][:1]]
     ids = np.asarray(ids)
     experiment = types.SimpleNamespace(
-        train=train, config=types.SimpleNamespace(data=config), splits=splits
+        pool=train, config=types.SimpleNamespace(data=config), splits=splits
     )
     cases = annotate.queried_cases(experiment, ids)
     assert len(cases) == 6
@@ -354,10 +354,12 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         true = vols[i][1]
         assert qc.file_axis == axis
         np.testing.assert_array_equal(qc.file_index, train.slice_index[ids[qc.positions]])
-        expected_plane = annotate.PLANES[int(nib.io_orientation(affines[i])[axis, 0])]
+        expected_plane = label_volumes.PLANES[int(nib.io_orientation(affines[i])[axis, 0])]
         assert qc.geometry.plane(axis) == expected_plane
         masks = np.asarray(train.labels[ids[qc.positions]])
-        prefill = annotate.prefill_volume(qc.geometry, settings, qc.canonical_index, masks, values)
+        prefill = label_volumes.prefill_volume(
+            qc.geometry, settings, qc.canonical_index, masks, values
+        )
         assert prefill.shape == ANNOTATE_SHAPE
         stack = np.moveaxis(prefill, axis, 0)
         inplane = stack.shape[1:]
@@ -373,7 +375,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         corrected = np.zeros_like(true)
         np.moveaxis(corrected, axis, 0)[qc.file_index] = np.moveaxis(true, axis, 0)[qc.file_index]
         path = str(tmp_path / f"{case_id}.nii.gz")
-        annotate.write_label_volume(path, corrected, qc.case)
+        label_volumes.write_label_volume(path, corrected, qc.case)
         back, reasons = annotate.read_correction(path, qc, settings)
         assert reasons == []
         np.testing.assert_array_equal(back, masks)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, evaluation, loop, metrics
+from selal_jax import evaluation, label_volumes, loop, metrics
 from selal_jax.data import loading
 from tests.conftest import smoke_config
 
@@ -92,7 +92,7 @@ def test_written_prediction_holds_the_models_slices(evaluated_run):
         case = source.cases[subject]
         predicted = np.asarray(
             jax.device_get(
-                annotate.predict_batch(
+                label_volumes.predict_batch(
                     experiment.state.variables, test.images[ids], model=experiment.model
                 )
             )

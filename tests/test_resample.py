@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from selal_jax import annotate
+from selal_jax import label_volumes
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import config_fields, fitting, loading, preprocess
 from tests import helpers
@@ -125,12 +125,12 @@ def test_prefill_inverts_the_fit_and_import_gets_the_masks_back(tmp_path, fields
     rng = np.random.default_rng(4)
     path = str(tmp_path / "c.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), path)
-    geometry = annotate.Geometry.of(preprocess.CaseFiles("c", path, None))
-    np.testing.assert_allclose(annotate.canonical_spacing(geometry), [0.5, 0.5, 2.0])
+    geometry = label_volumes.Geometry.of(preprocess.CaseFiles("c", path, None))
+    np.testing.assert_allclose(label_volumes.canonical_spacing(geometry), [0.5, 0.5, 2.0])
     blocks = ndimage.zoom(rng.integers(0, 3, (2, 16, 24)), (1, 2, 2), order=0).astype(np.uint8)
-    spacing = annotate.canonical_spacing(geometry)
+    spacing = label_volumes.canonical_spacing(geometry)
     masks = fitting.fit_case_slices(blocks, s, spacing, is_label=True)
-    volume = annotate.prefill_volume(geometry, s, np.array([0, 3]), masks, np.array([0, 5, 7]))
+    volume = label_volumes.prefill_volume(geometry, s, np.array([0, 3]), masks, np.array([0, 5, 7]))
     planes = np.moveaxis(volume, 2, 0)[[0, 3]]
     back = fitting.fit_case_slices(np.searchsorted([0, 5, 7], planes), s, spacing, True)
     np.testing.assert_array_equal(back, masks)
