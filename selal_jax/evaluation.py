@@ -84,7 +84,7 @@ def evaluate_cases(
             geometry, settings, test.slice_index[ids], predicted, index_table
         )
         label, _ = preprocess.read_canonical(
-            case.label, "label", None, as_float=False, reorient=settings.canonical
+            case.label, "label", channel=None, as_float=False, reorient=settings.canonical
         )
         label = preprocess.label_indices(label, case.label, settings)
         reference = geometry.to_file(label)  # the file's voxel order, as the prediction

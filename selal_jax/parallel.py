@@ -22,8 +22,8 @@ Random bits drawn inside a sharded jit (dropout and augmentation in `train_step`
 same numbers as on one device, but the compiler cannot split their generation: every device
 computes the bits of the whole global batch and keeps its share. That costs a little compute per
 step and keeps results equal to one device; `jax.threefry_partitionable(True)` would split the
-work but draw different numbers. MC-dropout scoring draws per-slice keys
-(fold_in(round_key, slice_id)) under vmap, which shards along the batch like any other input.
+work but draw different numbers. MC-dropout scoring draws per-slice keys (`rng.slice_key`)
+under vmap, which shards along the batch like any other input.
 
 `mesh=None` everywhere means one device and no sharding: exactly the single-device code path.
 """

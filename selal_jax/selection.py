@@ -376,9 +376,6 @@ def select_random(candidate_ids: np.ndarray, k: int, key: jax.Array) -> Query:
     return Query(candidate_ids[order], ("random",) * n, np.full(n, np.nan))
 
 
-PREDICTED_TOPUP_TAG = 1  # fold_in tag of the top-up draw of random_predicted
-
-
 def select_random_predicted(
     candidate_ids: np.ndarray, predicted_pixels: np.ndarray, k: int, key: jax.Array
 ) -> Query:
@@ -386,7 +383,7 @@ def select_random_predicted(
 
     The first draw is `select_random` with `key` on the candidates whose predicted target pixel
     count is > 0 (stream 'random_predicted'); if fewer than k have any, all of them are taken and
-    the rest is `select_random` with fold_in(key, PREDICTED_TOPUP_TAG) on the other candidates
+    the rest is `select_random` with rng.topup_key(key) on the other candidates
     (stream 'random'). Scores are NaN (nothing is ranked).
 
     Args:
@@ -413,7 +410,7 @@ def select_random_predicted(
         k,
         len(without),
     )
-    rest = select_random(without, k - len(first), jax.random.fold_in(key, PREDICTED_TOPUP_TAG))
+    rest = select_random(without, k - len(first), rng.topup_key(key))
     return Query(
         np.concatenate([first.ids, rest.ids]),
         streams + rest.streams,
@@ -512,7 +509,7 @@ def select_from_probs(
     candidates = np.flatnonzero(~labelled)
     if strategy == "random":
         with rng.classic_threefry():
-            return select_random(candidates, k, jax.random.key(seed)).ids
+            return select_random(candidates, k, rng.root_key(seed)).ids
     if strategy == "random_predicted":  # the definition of diagnostics.predicted_target_mask
         chosen = probs[candidates]
         if multiclass:
@@ -521,7 +518,7 @@ def select_from_probs(
             target = chosen > np.float32(target_threshold)
         pixels = target.reshape(len(candidates), -1).sum(axis=1)
         with rng.classic_threefry():
-            return select_random_predicted(candidates, pixels, k, jax.random.key(seed)).ids
+            return select_random_predicted(candidates, pixels, k, rng.root_key(seed)).ids
     if len(candidates) == 0:
         return np.zeros(0, np.int64)
 

@@ -15,7 +15,7 @@ import optax
 from absl import logging
 
 from selal_jax import augment as augment_lib
-from selal_jax import faults, parallel
+from selal_jax import faults, parallel, rng
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet
 from selal_jax.progress import Progress
@@ -193,15 +193,20 @@ def evaluate(
     model: UNet,
     variables,
     data: SliceSet,
-    ids: np.ndarray | None,
-    batch_size: int,
+    ids: np.ndarray | None = None,
+    batch_size: int | None = None,
     mesh=None,
 ) -> dict[str, np.ndarray]:
     """Per-slice evaluation terms over `ids` (default: every slice), fixed-shape batches.
 
+    Call it as `evaluate(model, variables, data, batch_size=..., ids=..., mesh=...)`: these three
+    become keyword-only (`*, batch_size, ids=None, mesh=None`) once loop.py passes them by name.
+
     With a `mesh` (see selal_jax.parallel), `batch_size` is global and each batch is split over
     its devices; `None` is the single-device path.
     """
+    if batch_size is None:
+        raise TypeError("evaluate: missing the argument batch_size")
     ids = np.arange(len(data)) if ids is None else np.asarray(ids)
     if mesh is not None:
         variables = parallel.put_replicated(mesh, variables)
@@ -301,13 +306,14 @@ def fit(
     val_data: SliceSet,
     key: Array,
     train_config,
+    *,
     round_index: int = 0,
     mesh=None,
 ) -> tuple[TrainState, dict]:
     """Trains until the validation loss has not improved for `patience` epochs.
 
-    Keys: epoch e uses fold_in(key, e) for its permutation and fold_in(fold_in(key, e), 1 + step)
-    for each step, so a resumed run draws the same numbers.
+    Keys: `key` is the round's `rng.fit_key`; epoch e's order is drawn from rng.epoch_key(key, e)
+    and its step s from rng.step_key(that key, s), so a resumed run draws the same numbers.
 
     With a `mesh` (see selal_jax.parallel), the state is replicated over its devices and each
     (global) batch split along the batch axis; every process computes the same epoch order and
@@ -327,7 +333,7 @@ def fit(
     progress = Progress(f"round {round_index} training", total=max_epochs, unit="epoch")
     start = time.time()
     for epoch in range(max_epochs):
-        epoch_key = jax.random.fold_in(key, epoch)
+        epoch_key = rng.epoch_key(key, epoch)
         order = epoch_order(
             epoch_key, labelled_ids, batch_size, int(train_config.min_steps_per_epoch)
         )
@@ -336,7 +342,7 @@ def fit(
             state, loss = train_step(
                 state,
                 *parallel.host_batch(mesh, batch_ids, train_data.images, train_data.labels),
-                jax.random.fold_in(epoch_key, 1 + step),
+                rng.step_key(epoch_key, step),
                 model=model,
                 tx=tx,
                 augment=bool(train_config.augment),
@@ -352,7 +358,11 @@ def fit(
             )
         val_loss = mean_loss(
             evaluate(
-                model, state.variables, val_data, None, int(train_config.eval_batch_size), mesh
+                model,
+                state.variables,
+                val_data,
+                batch_size=int(train_config.eval_batch_size),
+                mesh=mesh,
             )
         )
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
@@ -361,7 +371,7 @@ def fit(
         progress.update(
             epoch + 1, f"loss {train_loss:.4f} val {val_loss:.4f} best {best_loss:.4f}@{best_epoch}"
         )
-        faults.checkpoint("train", round_index)
+        faults.maybe_kill("train", round_index)
         if epoch - best_epoch >= patience:
             break
     progress.close()

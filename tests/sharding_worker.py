@@ -58,117 +58,115 @@ def refusal(fn) -> str:
     return ""
 
 
+@rng.with_classic_threefry
 def main(out_path: str) -> None:
     if jax.device_count() != N_DEVICES:
         raise SystemExit(f"expected {N_DEVICES} devices, got {jax.device_count()}")
     mesh = parallel.make_mesh()
     out: dict[str, np.ndarray] = {}
     messages = {}
-    with rng.classic_threefry():
-        model = UNet(base_width=4, depth=2, dropout_rate=0.2)
-        variables = init_variables(model, jax.random.key(0), SIZE, SIZE)
-        pool, val = synthetic_slices(70, 1), synthetic_slices(20, 2)
+    model = UNet(base_width=4, depth=2, dropout_rate=0.2)
+    variables = init_variables(model, jax.random.key(0), SIZE, SIZE)
+    pool, val = synthetic_slices(70, 1), synthetic_slices(20, 2)
 
-        # (2a) Three train steps with plain SGD, dropout and augmentation on: the sharded
-        # gradient (and the random bits) must equal the single-device ones up to rounding.
-        sgd = optax.sgd(0.1)
+    # (2a) Three train steps with plain SGD, dropout and augmentation on: the sharded
+    # gradient (and the random bits) must equal the single-device ones up to rounding.
+    sgd = optax.sgd(0.1)
+    for name, m in (("one", None), ("mesh", mesh)):
+        state = parallel.put_replicated(m, train.create_train_state(jax.device_get(variables), sgd))
+        for step in range(SGD_STEPS):
+            ids = np.arange(8 * step, 8 * step + 8)
+            state, loss = train.train_step(
+                state,
+                *parallel.host_batch(m, ids, pool.images, pool.labels),
+                jax.random.key(100 + step),
+                model=model,
+                tx=sgd,
+                augment=True,
+            )
+            out[f"sgd/{name}/loss{step}"] = np.asarray(loss)
+        out.update(flat(f"sgd/{name}/params", state.params))
+        out.update(flat(f"sgd/{name}/batch_stats", state.batch_stats))
+
+    # (2b) fit() with Adam, as a round trains: 2 epochs of 2 steps (global batch 8).
+    tx = train.make_optimizer(ADAM_LR)
+    train_config = config_dict.ConfigDict(
+        dict(
+            batch_size=8,
+            eval_batch_size=16,
+            patience=5,
+            max_epochs=2,
+            min_steps_per_epoch=2,
+            augment=False,
+        )
+    )
+    labelled = np.arange(0, 70, 5)
+    out.update(flat("init", variables["params"]))
+    for name, m in (("one", None), ("mesh", mesh)):
+        state = train.create_train_state(jax.device_get(variables), tx)  # donated by fit
+        state, summary = train.fit(
+            model, state, tx, pool, labelled, val, jax.random.key(3), train_config, mesh=m
+        )
+        out.update(flat(f"adam/{name}/params", state.params))
+        out.update(flat(f"adam/{name}/batch_stats", state.batch_stats))
+        out[f"adam/{name}/best_val_loss"] = np.float64(summary["best_val_loss"])
+        if m is None:  # host copy: scored on one device and, replicated, on the mesh
+            trained = jax.device_get(state.variables)
+        else:
+            out["mesh_state_replicated"] = np.bool_(
+                all(
+                    x.sharding.is_equivalent_to(parallel.replicated(mesh), x.ndim)
+                    for x in jax.tree_util.tree_leaves(state)
+                )
+            )
+
+    # (1) Pool scoring with the trained model (so that the masks and scores vary), a global
+    # batch of 16 = 4 per device, the last batch padded.
+    candidates = np.setdiff1d(np.arange(70), labelled)
+    for strategy in ("entropy", "bald"):
         for name, m in (("one", None), ("mesh", mesh)):
-            state = parallel.put_replicated(
-                m, train.create_train_state(jax.device_get(variables), sgd)
-            )
-            for step in range(SGD_STEPS):
-                ids = np.arange(8 * step, 8 * step + 8)
-                state, loss = train.train_step(
-                    state,
-                    *parallel.host_batch(m, ids, pool.images, pool.labels),
-                    jax.random.key(100 + step),
-                    model=model,
-                    tx=sgd,
-                    augment=True,
-                )
-                out[f"sgd/{name}/loss{step}"] = np.asarray(loss)
-            out.update(flat(f"sgd/{name}/params", state.params))
-            out.update(flat(f"sgd/{name}/batch_stats", state.batch_stats))
-
-        # (2b) fit() with Adam, as a round trains: 2 epochs of 2 steps (global batch 8).
-        tx = train.make_optimizer(ADAM_LR)
-        train_config = config_dict.ConfigDict(
-            dict(
-                batch_size=8,
-                eval_batch_size=16,
-                patience=5,
-                max_epochs=2,
-                min_steps_per_epoch=2,
-                augment=False,
-            )
-        )
-        labelled = np.arange(0, 70, 5)
-        out.update(flat("init", variables["params"]))
-        for name, m in (("one", None), ("mesh", mesh)):
-            state = train.create_train_state(jax.device_get(variables), tx)  # donated by fit
-            state, summary = train.fit(
-                model, state, tx, pool, labelled, val, jax.random.key(3), train_config, mesh=m
-            )
-            out.update(flat(f"adam/{name}/params", state.params))
-            out.update(flat(f"adam/{name}/batch_stats", state.batch_stats))
-            out[f"adam/{name}/best_val_loss"] = np.float64(summary["best_val_loss"])
-            if m is None:  # host copy: scored on one device and, replicated, on the mesh
-                trained = jax.device_get(state.variables)
-            else:
-                out["mesh_state_replicated"] = np.bool_(
-                    all(
-                        x.sharding.is_equivalent_to(parallel.replicated(mesh), x.ndim)
-                        for x in jax.tree_util.tree_leaves(state)
-                    )
-                )
-
-        # (1) Pool scoring with the trained model (so that the masks and scores vary), a global
-        # batch of 16 = 4 per device, the last batch padded.
-        candidates = np.setdiff1d(np.arange(70), labelled)
-        for strategy in ("entropy", "bald"):
-            for name, m in (("one", None), ("mesh", mesh)):
-                stats = scoring.score_pool(
-                    model,
-                    trained,
-                    pool.images,
-                    candidates,
-                    jax.random.key(7),
-                    strategy=strategy,
-                    convention="paper",
-                    target_threshold=TARGET_THRESHOLD,
-                    boundary_width=BOUNDARY_WIDTH,
-                    passes=3 if strategy == "bald" else 1,
-                    batch_size=16,
-                    mesh=m,
-                )
-                for field in scoring.SliceStats._fields:
-                    out[f"{name}/{strategy}/{field}"] = getattr(stats, field)
-                for mode in ("selective", "all"):
-                    q = selection.select(stats, candidates, QUERY, mode=mode, convention="paper")
-                    out[f"{name}/{strategy}/{mode}/ids"] = q.ids
-
-        # (3) Global batch sizes that do not divide over 4 devices.
-        messages["validate_config"] = refusal(
-            lambda: validation.validate_config(smoke_config(**{"train.batch_size": 6}))
-        )
-        messages["validate_config_eval"] = refusal(
-            lambda: validation.validate_config(smoke_config(**{"train.eval_batch_size": 30}))
-        )
-        bad = config_dict.ConfigDict(train_config.to_dict())
-        bad.batch_size = 10
-        messages["fit"] = refusal(
-            lambda: train.fit(
+            stats = scoring.score_pool(
                 model,
-                train.create_train_state(jax.device_get(variables), tx),
-                tx,
-                pool,
-                labelled,
-                val,
-                jax.random.key(3),
-                bad,
-                mesh=mesh,
+                trained,
+                pool.images,
+                candidates,
+                jax.random.key(7),
+                strategy=strategy,
+                convention="paper",
+                target_threshold=TARGET_THRESHOLD,
+                boundary_width=BOUNDARY_WIDTH,
+                passes=3 if strategy == "bald" else 1,
+                batch_size=16,
+                mesh=m,
             )
+            for field in scoring.SliceStats._fields:
+                out[f"{name}/{strategy}/{field}"] = getattr(stats, field)
+            for mode in ("selective", "all"):
+                q = selection.select(stats, candidates, QUERY, mode=mode, convention="paper")
+                out[f"{name}/{strategy}/{mode}/ids"] = q.ids
+
+    # (3) Global batch sizes that do not divide over 4 devices.
+    messages["validate_config"] = refusal(
+        lambda: validation.validate_config(smoke_config(**{"train.batch_size": 6}))
+    )
+    messages["validate_config_eval"] = refusal(
+        lambda: validation.validate_config(smoke_config(**{"train.eval_batch_size": 30}))
+    )
+    bad = config_dict.ConfigDict(train_config.to_dict())
+    bad.batch_size = 10
+    messages["fit"] = refusal(
+        lambda: train.fit(
+            model,
+            train.create_train_state(jax.device_get(variables), tx),
+            tx,
+            pool,
+            labelled,
+            val,
+            jax.random.key(3),
+            bad,
+            mesh=mesh,
         )
+    )
     out["messages"] = np.asarray(json.dumps(messages))
     np.savez(out_path, **out)
 

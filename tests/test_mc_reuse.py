@@ -11,10 +11,10 @@ from selal_jax.models import UNet, init_variables
 BATCH, PASSES, SIZE = 3, 4, 16
 
 
+@rng.with_classic_threefry  # the default threefry takes several times longer to compile
 def _setup():
     model = UNet(base_width=4, depth=2)
-    with rng.classic_threefry():  # the default threefry takes several times longer to compile
-        variables = init_variables(model, jax.random.key(0), SIZE, SIZE)
+    variables = init_variables(model, jax.random.key(0), SIZE, SIZE)
     images = np.random.default_rng(0).normal(size=(BATCH, SIZE, SIZE)).astype(np.float32)
     return model, variables, images, np.arange(BATCH, dtype=np.int32), jax.random.key(1)
 
@@ -32,6 +32,7 @@ def _conv_batches(jaxpr) -> list[int]:
     return out
 
 
+@rng.with_classic_threefry
 def test_reuse_and_recompute_give_the_same_logits():
     model, variables, images, ids, key = _setup()
 
@@ -42,23 +43,22 @@ def test_reuse_and_recompute_give_the_same_logits():
             for reuse in (True, False)
         )
 
-    with rng.classic_threefry():
-        reused, recomputed = both(variables, images, ids, key)
+    reused, recomputed = both(variables, images, ids, key)
     assert reused.shape == (BATCH, PASSES, SIZE, SIZE)
     np.testing.assert_allclose(np.asarray(reused), np.asarray(recomputed), rtol=1e-5, atol=1e-5)
     # The passes differ (dropout is active), so the comparison is not trivially of copies.
     assert not np.allclose(np.asarray(reused[:, 0]), np.asarray(reused[:, 1]))
 
 
+@rng.with_classic_threefry
 def test_only_reuse_runs_the_encoder_once_per_slice():
     model, variables, images, ids, key = _setup()
     batches = {}
-    with rng.classic_threefry():
-        for reuse in (True, False):
-            jaxpr = jax.make_jaxpr(
-                lambda v, x, i, k, reuse=reuse: scoring.mc_logits(model, v, x, i, k, PASSES, reuse)
-            )(variables, images, ids, key)
-            batches[reuse] = _conv_batches(jaxpr.jaxpr)
+    for reuse in (True, False):
+        jaxpr = jax.make_jaxpr(
+            lambda v, x, i, k, reuse=reuse: scoring.mc_logits(model, v, x, i, k, PASSES, reuse)
+        )(variables, images, ids, key)
+        batches[reuse] = _conv_batches(jaxpr.jaxpr)
     n_encoder = 2 * (model.depth + 1)  # two convolutions per level and in the bottleneck
     assert batches[True][:n_encoder] == [BATCH] * n_encoder
     assert batches[False][:n_encoder] == [BATCH * PASSES] * n_encoder

@@ -135,7 +135,7 @@ def test_probability_and_logit_paths_agree():
         pr = probs[:, :1] if strategy not in scoring.MC_STRATEGIES else probs
         from_probs = scoring.stats_from_probs(pr, 0.2, 0.1, strategy=strategy, convention="paper")
         from_logits = jax.vmap(
-            lambda z, s=strategy: scoring._stats_from_terms(
+            lambda z, s=strategy: scoring.stats_from_terms(
                 scoring.terms_from_logits(z), s, "paper", 0.2, 0.1
             )
         )(x)

@@ -8,7 +8,7 @@ import math
 import jax
 import numpy as np
 
-from selal_jax import scoring, selection
+from selal_jax import rng, scoring, selection
 from selal_jax.bench.config import (
     AGGREGATION,
     BOUNDARY_WIDTH,
@@ -32,7 +32,9 @@ class Bench:
 
     Attributes:
       config: the run's BenchConfig.
-      root_key: the run's key; fold_in 0 = parameters, 1 = the scoring round, 2 = train steps.
+      root_key: the run's key (the benchmark's tree in selal_jax.rng: bench_init_key for the
+        parameters, bench_score_key for the scoring round, bench_train_key for train steps).
+      round_key: the scoring round's key (`rng.bench_score_key`), as score_pool gets it.
       variables: float32 {'params', 'batch_stats'}; one set serves every compute dtype.
       pool: the SyntheticPool [pool_size] of image_size slices with config.channels channels.
     """
@@ -40,11 +42,11 @@ class Bench:
     def __init__(self, config: BenchConfig):
         self.config = config
         c = config
-        self.root_key = jax.random.key(c.seed)
-        self.round_key = jax.random.fold_in(self.root_key, 1)
+        self.root_key = rng.root_key(c.seed)
+        self.round_key = rng.bench_score_key(self.root_key)
         self.variables = init_variables(
             self.model("float32"),
-            jax.random.fold_in(self.root_key, 0),
+            rng.bench_init_key(self.root_key),
             c.image_size,
             c.image_size,
             channels=c.channels,

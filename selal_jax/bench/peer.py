@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import train
+from selal_jax import rng, train
 from selal_jax.bench.config import BOUNDARY_WIDTH, LEARNING_RATE, TARGET_THRESHOLD
 from selal_jax.bench.context import Bench
 
@@ -81,13 +81,13 @@ def peer_section(bench: Bench) -> dict:
     state = [train.create_train_state(jax.tree_util.tree_map(jnp.copy, bench.variables), tx)]
     train_ids = np.arange(batch) % c.pool_size
     x, y = pool[train_ids], pool.labels(train_ids)
-    step_key = jax.random.fold_in(bench.root_key, 2)
+    step_key = rng.bench_train_key(bench.root_key)
 
     def product_train():
         loss = None
         for s in range(steps):
             state[0], loss = train.train_step(
-                state[0], x, y, jax.random.fold_in(step_key, s), model=model, tx=tx
+                state[0], x, y, rng.bench_step_key(step_key, s), model=model, tx=tx
             )
         return jax.block_until_ready(loss)
 

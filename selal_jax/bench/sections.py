@@ -122,7 +122,7 @@ def measure_train(bench: Bench, dtype: str, batch: int, tx) -> dict:
     model = bench.model(dtype)
     # A copy: the step donates its state, and bench.variables serve the other sections.
     state = train.create_train_state(jax.tree_util.tree_map(jnp.copy, bench.variables), tx)
-    step_key = jax.random.fold_in(bench.root_key, 2)
+    step_key = rng.bench_train_key(bench.root_key)
     ids = np.arange(batch) % c.pool_size
     compiled, lower_s, compile_s = compile_timed(
         train.train_step, state, pool[ids], pool.labels(ids), step_key, model=model, tx=tx
@@ -136,7 +136,7 @@ def measure_train(bench: Bench, dtype: str, batch: int, tx) -> dict:
             ids = (step * batch + np.arange(batch)) % c.pool_size
             step += 1
             state, loss = compiled(
-                state, pool[ids], pool.labels(ids), jax.random.fold_in(step_key, step)
+                state, pool[ids], pool.labels(ids), rng.bench_step_key(step_key, step)
             )
             losses.append(loss)
         return jax.block_until_ready(losses[-1])
@@ -211,25 +211,25 @@ SECTION_FUNCTIONS = {
 assert tuple(SECTION_FUNCTIONS) == SECTIONS
 
 
+@rng.with_classic_threefry
 def run(config: BenchConfig) -> dict:
     """Runs the configured sections; returns a JSON-serialisable dict (see `format_table`)."""
     validate_config(config)
     start = time.perf_counter()
-    with rng.classic_threefry():
-        bench = Bench(config)
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "environment": environment(),
-            "config": dataclasses.asdict(config),
-            "model": {
-                "base_width": config.base_width,
-                "depth": config.depth,
-                "params": count_params(bench.variables["params"]),
-            },
-        }
-        for section in SECTIONS:
-            if section in config.sections:
-                result[section] = SECTION_FUNCTIONS[section](bench)
+    bench = Bench(config)
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "environment": environment(),
+        "config": dataclasses.asdict(config),
+        "model": {
+            "base_width": config.base_width,
+            "depth": config.depth,
+            "params": count_params(bench.variables["params"]),
+        },
+    }
+    for section in SECTIONS:
+        if section in config.sections:
+            result[section] = SECTION_FUNCTIONS[section](bench)
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["total_s"] = time.perf_counter() - start
     return result
