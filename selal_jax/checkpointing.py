@@ -85,7 +85,7 @@ class Checkpointer:
                     state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
                 ),
             )
-            faults.checkpoint("save", round_index)  # the write is in flight in the background
+            faults.maybe_kill("save", round_index)  # the write is in flight in the background
             self.manager.wait_until_finished()
         except Exception as e:  # orbax wraps OSError in several types
             raise CheckpointError(

@@ -74,6 +74,7 @@ def _labelled_slices(experiment: loop.Experiment) -> dict[int, tuple[np.ndarray,
     }
 
 
+@rng.with_classic_threefry
 def export_nnunet(config, workdir: str, out: str) -> str:
     """Writes the run's labelled set as an nnU-Net v2 raw dataset in `out`; returns `out`.
 
@@ -84,16 +85,15 @@ def export_nnunet(config, workdir: str, out: str) -> str:
         raise ExportError(f"{out}: already exists and is not empty; choose another --out")
     if not workdir_lib.has_checkpoint(workdir):
         raise ExportError(f"{workdir}: no checkpoint; run the experiment first (`launch.py run`)")
-    with rng.classic_threefry():
-        experiment = loop.Experiment.open(config, workdir, with_model=False)
-        try:
-            slices = _labelled_slices(experiment)
-            source = experiment.splits.source
-            channel_names = experiment.pool.channel_names
-            class_names = experiment.pool.class_names
-            last_round = experiment.history[-1]["round"] if experiment.history else None
-        finally:
-            experiment.close()
+    experiment = loop.Experiment.open(config, workdir, with_model=False)
+    try:
+        slices = _labelled_slices(experiment)
+        source = experiment.splits.source
+        channel_names = experiment.pool.channel_names
+        class_names = experiment.pool.class_names
+        last_round = experiment.history[-1]["round"] if experiment.history else None
+    finally:
+        experiment.close()
     settings = loading.make_settings(config.data, source)
     label_values = preprocess.label_value_table(settings)
     ignore = int(label_values.max()) + 1  # nnU-Net: the ignore label is the highest value

@@ -2,9 +2,8 @@
 
 Knows nothing of flags: `run(config, workdir)` is the whole experiment.
 
-Keys: root = key(config.seed); round r uses fold_in(root, r), and inside it fold_in(round_key,
-FIT) for training, fold_in(round_key, SCORE) for MC dropout, fold_in(round_key, RANDOM) for random
-sampling (random_predicted: the same key, and fold_in(that key, 1) for its top-up). Nothing
+Keys: every key derives from `rng.root_key(config.seed)` by the named steps of `selal_jax.rng`
+(its docstring draws the tree): init, initial set, and per round fit / score / random. Nothing
 depends on how often a key was split before, so a resumed run draws the same numbers as an
 uninterrupted one.
 """
@@ -15,7 +14,6 @@ import dataclasses
 import os
 import time
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -53,13 +51,14 @@ def log_round(record: dict) -> None:
     )
 
 
+@rng.with_classic_threefry
 def run(config, workdir: str, round0_dir: str | None = None) -> list[dict]:
     """Runs (or resumes) the experiment; returns the per-round records.
 
     With `round0_dir` (see `sweep.train_shared_round0`), a fresh run takes its round-0 model and
     metrics from there instead of training them, so that runs of different strategies share them.
     """
-    with rng.classic_threefry(), lock.hold(workdir):
+    with lock.hold(workdir):
         experiment = Experiment.open(config, workdir, round0_dir)
         try:
             history = experiment.run()
@@ -136,7 +135,7 @@ class Experiment:
             if human
             else None
         )
-        self.root = jax.random.key(int(config.seed))
+        self.root = rng.root_key(int(config.seed))
         self.model = self.state = self.tx = self.mesh = None
         if with_model:
             self._build_model()
@@ -163,7 +162,7 @@ class Experiment:
                 self.pool,
                 int(config.al.initial_size),
                 bool(config.al.initial_from_positive),
-                jax.random.fold_in(self.root, rounds.INITIAL_SET_TAG),
+                rng.initial_set_key(self.root),
             )
             self.labelled[initial] = True
             if round0_dir is not None:
@@ -178,7 +177,7 @@ class Experiment:
         config, pool = self.config, self.pool
         self.model = build_model(config.model, pool.num_classes)
         self.tx = train_lib.make_optimizer(float(config.train.learning_rate))
-        key = jax.random.fold_in(self.root, rounds.INIT_TAG)
+        key = rng.init_key(self.root)
         variables = init_variables(self.model, key, *pool.shape, channels=pool.channels)
         self.state = train_lib.create_train_state(variables, self.tx)
         self.mesh = parallel.default_mesh()  # None with one device: the single-device path
@@ -276,7 +275,7 @@ class Experiment:
             self.pool,
             labelled_ids,
             self.splits.val,
-            jax.random.fold_in(jax.random.fold_in(self.root, r), rounds.FIT),
+            rng.fit_key(rng.round_key(self.root, r)),
             config.train,
             round_index=r,
             mesh=self.mesh,
@@ -328,7 +327,6 @@ class Experiment:
                 self.model,
                 self.state.variables,
                 self.splits.val,
-                ids=None,
                 batch_size=batch,
                 mesh=self.mesh,
             )
@@ -340,7 +338,7 @@ class Experiment:
         or when the pool is exhausted)."""
         if r >= int(self.config.al.rounds) or self.labelled.all():
             return None
-        key = jax.random.fold_in(self.root, r)
+        key = rng.round_key(self.root, r)
         k = int(self.config.al.query_size)
         variables = self.state.variables
         return rounds.query(

@@ -9,15 +9,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import diagnostics, faults, report, scoring, selection
+from selal_jax import diagnostics, faults, report, rng, scoring, selection
 from selal_jax import train as train_lib
 from selal_jax.data.slices import SliceSet
 from selal_jax.progress import Progress
-
-# fold_in tags (distinct from any round index used with the same parent key).
-INIT_TAG = 2**31 - 1
-INITIAL_SET_TAG = 2**31 - 2
-FIT, SCORE, RANDOM = 0, 1, 2
 
 # Record fields that commit_round adds after training (the query and its diagnostics).
 QUERY_FIELDS = (
@@ -78,7 +73,7 @@ class _ScoringProgress(Progress):
         self.round_index = round_index
 
     def update(self, done: int, info: str = "") -> None:
-        faults.checkpoint("score", self.round_index)
+        faults.maybe_kill("score", self.round_index)
         super().update(done, info)
 
 
@@ -97,7 +92,7 @@ def query(
     al = config.al
     candidates = np.flatnonzero(~labelled)
     if al.strategy == "random":
-        return selection.select_random(candidates, k, jax.random.fold_in(round_key, RANDOM))
+        return selection.select_random(candidates, k, rng.random_key(round_key))
     if al.strategy == "random_predicted":
         predicted = diagnostics.predicted_target_counts(
             model,
@@ -108,7 +103,7 @@ def query(
             float(al.target_threshold),
         )
         return selection.select_random_predicted(
-            candidates, predicted, k, jax.random.fold_in(round_key, RANDOM)
+            candidates, predicted, k, rng.random_key(round_key)
         )
     passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
     progress = _ScoringProgress(round_index, len(candidates))
@@ -117,7 +112,7 @@ def query(
         variables,
         train.images,
         candidates,
-        jax.random.fold_in(round_key, SCORE),
+        rng.score_key(round_key),
         strategy=al.strategy,
         convention=al.convention,
         target_threshold=float(al.target_threshold),
@@ -143,7 +138,7 @@ def query(
 
 def test_metrics(model, variables, test: SliceSet, batch_size: int, mesh, r: int) -> dict:
     """Round r's Dice on the test split: mean per slice and global, overall and per class."""
-    terms = train_lib.evaluate(model, variables, test, ids=None, batch_size=batch_size, mesh=mesh)
+    terms = train_lib.evaluate(model, variables, test, batch_size=batch_size, mesh=mesh)
     dice, dice_global = train_lib.dice_scores(terms)
     label_sum = np.asarray(terms["label_sum"]).reshape(len(terms["label_sum"]), -1)
     test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))

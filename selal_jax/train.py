@@ -193,20 +193,16 @@ def evaluate(
     model: UNet,
     variables,
     data: SliceSet,
+    *,
+    batch_size: int,
     ids: np.ndarray | None = None,
-    batch_size: int | None = None,
     mesh=None,
 ) -> dict[str, np.ndarray]:
     """Per-slice evaluation terms over `ids` (default: every slice), fixed-shape batches.
 
-    Call it as `evaluate(model, variables, data, batch_size=..., ids=..., mesh=...)`: these three
-    become keyword-only (`*, batch_size, ids=None, mesh=None`) once loop.py passes them by name.
-
     With a `mesh` (see selal_jax.parallel), `batch_size` is global and each batch is split over
     its devices; `None` is the single-device path.
     """
-    if batch_size is None:
-        raise TypeError("evaluate: missing the argument batch_size")
     ids = np.arange(len(data)) if ids is None else np.asarray(ids)
     if mesh is not None:
         variables = parallel.put_replicated(mesh, variables)

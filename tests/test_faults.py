@@ -33,7 +33,3 @@ def test_the_named_point_and_round_kill():
 def test_other_points_rounds_or_unset_do_not(kill_at):
     done = run_child(kill_at)
     assert done.returncode == 0 and done.stdout.strip() == "alive", done.stderr
-
-
-def test_the_old_name_is_the_same_function():
-    assert faults.checkpoint is faults.maybe_kill
