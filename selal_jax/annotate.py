@@ -143,13 +143,14 @@ def _awaited(experiment: loop.Experiment) -> tuple[int, np.ndarray]:
     return experiment.awaiting, np.asarray(experiment.history[-1]["queried"], np.int64)
 
 
+@rng.with_classic_threefry
 def export_query(config, workdir: str, out: str | None = None) -> str:
     """Writes the awaited round's query for the annotator; returns the folder written.
 
     `out` defaults to <workdir>/queries/round_<r>; it must not exist yet or be empty (an earlier
     export there may hold corrections). It is written in a temporary sibling and renamed.
     """
-    with rng.classic_threefry(), lock.hold(workdir, create=False):
+    with lock.hold(workdir, create=False):
         experiment = _open(config, workdir, with_model=True)
         try:
             r, ids = _awaited(experiment)
@@ -302,6 +303,7 @@ def _find_files(labels_dir: str, case_ids) -> tuple[dict[str, str | None], list[
     return found, problems, ignored
 
 
+@rng.with_classic_threefry
 def import_labels(
     config, workdir: str, labels_dir: str, allow_changes_outside_query: bool = False
 ) -> dict:
@@ -318,7 +320,7 @@ def import_labels(
         labels_dir = os.path.join(labels_dir, LABELS_DIR)  # given the export folder
     if not os.path.isdir(labels_dir):
         raise AnnotationError(f"{labels_dir}: labels folder not found")
-    with rng.classic_threefry(), lock.hold(workdir, create=False):
+    with lock.hold(workdir, create=False):
         experiment = _open(config, workdir, with_model=False)
         try:
             r, ids = _awaited(experiment)

@@ -282,6 +282,7 @@ class Experiment:
         )
         if untrained_val_loss is not None:
             train_lib.check_divergence(r, fit_summary["best_val_loss"], untrained_val_loss)
+        workdir_lib.write_epoch_metrics(self.workdir, r, fit_summary["history"])
         batch = int(config.train.eval_batch_size)
         return {
             "round": r,

@@ -1,39 +1,40 @@
-"""A minimal progress display: one rewritten line on a terminal, periodic lines otherwise."""
+"""Progress bars (tqdm: count, rate and time left) for training epochs and pool scoring.
+
+Only process 0 of a multi-host run shows them (every process runs the same loop). On a terminal
+the bar is redrawn in place; otherwise (logs, CI) a line at most every 10 seconds.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
+
+import jax
+from tqdm import tqdm
 
 
 class Progress:
-    def __init__(
-        self, label: str, total: int, unit: str = "", stream=None, min_interval: float = 0.5
-    ):
-        self.label, self.total, self.unit = label, total, unit
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = self.last = time.time()
-        self.min_interval = min_interval if self.tty else 10.0
-        self.text = ""
+    """`update(done, info)` sets the count to `done` (absolute, not an increment) and shows
+    `info` after the bar; `close()` leaves the final line."""
+
+    def __init__(self, label: str, total: int, unit: str = "", stream=None):
+        stream = stream or sys.stderr
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        self.bar = tqdm(
+            total=total,
+            desc=label,
+            unit=f" {unit}" if unit else "it",
+            file=stream,
+            mininterval=0.5 if tty else 10.0,
+            dynamic_ncols=tty,
+            ascii=not tty,
+            disable=jax.process_index() != 0,
+            leave=True,
+        )
 
     def update(self, done: int, info: str = "") -> None:
-        now = time.time()
-        self.text = (
-            f"{self.label}: {done}/{self.total} {self.unit} {info} [{now - self.start:.1f}s]"
-        )
-        if now - self.last >= self.min_interval or done >= self.total:
-            self.last = now
-            self._emit()
-
-    def _emit(self) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + self.text)
-        else:
-            self.stream.write(self.text + "\n")
-        self.stream.flush()
+        if info:
+            self.bar.set_postfix_str(info, refresh=False)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.tty and self.text:
-            self.stream.write("\r\033[K" + self.text + "\n")
-            self.stream.flush()
+        self.bar.close()

@@ -119,11 +119,12 @@ def load_round0(round0_dir: str, state_like):
         ckpt.close()
 
 
+@rng.with_classic_threefry
 def train_shared_round0(config, round0_dir: str) -> dict:
     """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
     record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent: an existing
     round 0 is returned without loading data or building a model."""
-    with rng.classic_threefry(), lock.hold(round0_dir):
+    with lock.hold(round0_dir):
         ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
         try:
             if ckpt.latest_round() is not None:
@@ -161,6 +162,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
             ckpt.close()
 
 
+@rng.with_classic_threefry
 def train_supervised(config, workdir: str) -> dict:
     """The supervised baseline: the same fit routine on the whole training split; its record is
     written to <workdir>/supervised.json (and returned; an existing one is returned as is)."""
@@ -168,7 +170,7 @@ def train_supervised(config, workdir: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    with rng.classic_threefry(), lock.hold(workdir):
+    with lock.hold(workdir):
         experiment = loop.Experiment.open(config, workdir)
         try:
             experiment.labelled[:] = True

@@ -377,6 +377,7 @@ def fit(
         "best_val_loss": best_loss,
         "train_loss": history[-1]["train_loss"],
         "seconds": time.time() - start,
+        "history": history,  # per epoch: epoch, train_loss, val_loss
     }
     logging.info(
         "round %d: trained %d epochs, best val loss %.5f at epoch %d",

@@ -4,6 +4,7 @@ and the one compatibility check used by resuming a run and by sharing a round-0 
 A run folder (`loop.run`, `launch.py run`):
   checkpoints/<r>/          orbax, one per round: the model state and the LoopRecord (JSON)
   records.jsonl             one JSON record per round (rebuilt from the checkpoint if missing)
+  metrics.jsonl             per round and epoch: train and validation loss (`train.fit`)
   evaluation/round_<r>.csv  per-case metrics of round r's model (eval.cases)
   annotations/round_<r>.npz al.annotator = human: the imported masks (`label_store`)
   queries/round_<r>/        `launch.py query`: the export for the annotator (query.csv/.json,
@@ -28,6 +29,7 @@ value out of its hash).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -39,6 +41,7 @@ from selal_jax import checkpointing, lock
 
 CHECKPOINTS_DIR = "checkpoints"
 RECORDS_FILE = "records.jsonl"
+METRICS_FILE = "metrics.jsonl"
 SUPERVISED_FILE = "supervised.json"
 EMBEDDINGS_FILE = "pool_embeddings.npz"
 EVALUATION_DIR = "evaluation"
@@ -270,6 +273,19 @@ def stored_config(workdir: str) -> config_dict.ConfigDict:
 def write_records(workdir: str, history: list[dict]) -> None:
     """<workdir>/records.jsonl: one JSON line per round, written atomically."""
     checkpointing.write_json_atomic(os.path.join(workdir, RECORDS_FILE), history, lines=True)
+
+
+def write_epoch_metrics(workdir: str, round_index: int, history: list[dict]) -> None:
+    """Round `round_index`'s per-epoch losses into <workdir>/metrics.jsonl (atomically), in place
+    of any lines of this or later rounds (a round redone after an interruption)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [json.loads(line) for line in f if line.strip()]
+        kept = [m for m in kept if m["round"] < round_index]
+    rows = kept + [{"round": round_index, **epoch} for epoch in history]
+    checkpointing.write_json_atomic(path, rows, lines=True)
 
 
 def sync_records(workdir: str, history: list[dict]) -> None:

@@ -214,3 +214,35 @@ def test_shared_round0_that_exists_loads_no_data(finished_run, tmp_path, monkeyp
 
     monkeypatch.setattr(loop, "Experiment", refuse)
     assert sweep.train_shared_round0(config, round0) == first
+
+
+def test_metrics_jsonl_holds_each_rounds_epochs(finished_run):
+    """<workdir>/metrics.jsonl: per round and epoch, the training and validation loss; each
+    round's best validation loss is its record's val_loss, its line count the record's epochs."""
+    config, workdir, history = finished_run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    for rec in history:
+        mine = [m for m in rows if m["round"] == rec["round"]]
+        assert [m["epoch"] for m in mine] == list(range(rec["epochs"]))
+        assert min(m["val_loss"] for m in mine) == rec["val_loss"]
+        assert mine[rec["best_epoch"]]["val_loss"] == rec["val_loss"]
+        assert all(np.isfinite(m["train_loss"]) for m in mine)
+    assert [m["round"] for m in rows] == sorted(m["round"] for m in rows)
+
+
+def test_epoch_metrics_of_a_redone_round_replace_its_lines(tmp_path):
+    from selal_jax import workdir as workdir_lib
+
+    w = str(tmp_path)
+    epoch = {"epoch": 0, "train_loss": 1.0, "val_loss": 2.0}
+    for r in range(3):
+        workdir_lib.write_epoch_metrics(w, r, [epoch, {**epoch, "epoch": 1}])
+    workdir_lib.write_epoch_metrics(w, 1, [{**epoch, "val_loss": 0.5}])  # round 1 redone
+    with open(os.path.join(w, workdir_lib.METRICS_FILE)) as f:
+        rows = [json.loads(line) for line in f]
+    assert [(m["round"], m["epoch"], m["val_loss"]) for m in rows] == [
+        (0, 0, 2.0),
+        (0, 1, 2.0),
+        (1, 0, 0.5),
+    ]
