@@ -367,7 +367,7 @@ def import_labels(
         "n_slices": len(ids),
         "n_cases": len(cases),
         "queried_with_target": record["queried_with_target"],
-        "store": experiment.annotator.store.path(r),
+        "store": experiment.labels.annotator.store.path(r),
         "n_labelled": int(experiment.labelled.sum()),
     }
     logging.info("imported round %d's labels: %s", r, summary)

@@ -10,7 +10,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -19,9 +18,7 @@ from absl import logging
 
 from selal_jax import (
     checkpointing,
-    diagnostics,
-    evaluation,
-    label_store,
+    labelled_pool,
     lock,
     parallel,
     report,
@@ -33,6 +30,7 @@ from selal_jax import (
 from selal_jax import train as train_lib
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading
+from selal_jax.data.slices import SliceSet
 from selal_jax.models import build_model, init_variables
 
 
@@ -117,24 +115,17 @@ class Experiment:
 
     def __init__(self, config, workdir: str, splits, round0_dir=None, *, with_model=True):
         self.config, self.workdir, self.splits = config, workdir, splits
-        self.pool = splits.train
+        train = splits.train
         human = config.al.annotator == "human"
-        if not human and not self.pool.has_label.all():
-            unlabelled = sorted(
-                {self.pool.cases[s] for s in self.pool.subject[~self.pool.has_label]}
-            )
+        if not human and not train.has_label.all():
+            unlabelled = sorted({train.cases[s] for s in train.subject[~train.has_label]})
             raise ValueError(
                 f"{len(unlabelled)} training cases have no labels (e.g. {unlabelled[0]}) and "
                 "config field al.annotator is 'simulated', which reveals the dataset's labels; "
                 "use --config.al.annotator=human"
             )
-        self.annotator = (
-            label_store.HumanAnnotator(
-                os.path.join(workdir, workdir_lib.ANNOTATIONS_DIR), self.pool.labels
-            )
-            if human
-            else None
-        )
+        annotations = os.path.join(workdir, workdir_lib.ANNOTATIONS_DIR) if human else None
+        self.labels = labelled_pool.LabelledPool(train, annotations)
         self.root = rng.root_key(int(config.seed))
         self.model = self.state = self.tx = self.mesh = None
         if with_model:
@@ -143,7 +134,6 @@ class Experiment:
         self.ckpt = checkpointing.Checkpointer(
             os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), int(config.checkpoint.keep)
         )
-        self.labelled = np.zeros(len(self.pool), bool)
         self.history: list[dict] = []
         self.next_round = 0
         self.round0_record: dict | None = None
@@ -169,9 +159,17 @@ class Experiment:
                 self._take_round0(round0_dir)
 
     @property
+    def pool(self) -> SliceSet:
+        """The training split the queries draw from, with imported masks in place."""
+        return self.labels.slices
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self.labels.labelled
+
+    @property
     def awaiting(self) -> int | None:
-        """The round whose query awaits a human annotator's labels (None: none does)."""
-        return None if self.annotator is None else self.annotator.awaiting
+        return self.labels.awaiting
 
     def _build_model(self) -> None:
         config, pool = self.config, self.pool
@@ -214,14 +212,14 @@ class Experiment:
             where=self.workdir,
             allow_change=bool(config.allow_config_change),
         )
-        self.labelled[np.asarray(record.labelled_ids, np.int64)] = True
         self.history = list(record.history)
+        self.labels.restore(record, self.history, self.workdir)
         workdir_lib.sync_records(self.workdir, self.history)
         self.next_round = latest + 1
         if self.history and not self.history[-1]["queried"]:
             # Finished (or the pool was exhausted). Given more rounds, a simulated run continues.
             more = latest < int(config.al.rounds) and not self.labelled.all()
-            if more and self.annotator is not None:
+            if more and self.labels.annotator is not None:
                 # Extending needs a query of the last round's model, stored as awaiting labels
                 # in that round's checkpoint, which is already written (and orbax does not
                 # overwrite a step): refuse rather than silently doing nothing.
@@ -237,102 +235,42 @@ class Experiment:
         logging.info(
             "resuming %s after round %d (%d labelled)", self.workdir, latest, self.labelled.sum()
         )
-        if self.annotator is not None:
-            self.annotator.restore(record.annotations or {}, record.awaiting_labels)
-            self.pool = dataclasses.replace(self.splits.train, labels=self.annotator.labels())
-            if self.awaiting is not None and self.annotator.store.has(self.awaiting):
-                self._apply_import(self.awaiting)
-
-    def _apply_import(self, r: int) -> None:
-        """Reveals round r's imported masks: labelled, training labels, the record's label
-        diagnostics."""
-        ids = self.annotator.take_import(r, self.history[-1], self.workdir)
-        self.pool = dataclasses.replace(self.splits.train, labels=self.annotator.labels())
-        self.labelled[ids] = True
-        self.history[-1].update(diagnostics.label_diagnostics(self.pool, ids))
-        logging.info("round %d: %d imported slice labels applied", r, len(ids))
 
     def accept_labels(self, r: int, ids: np.ndarray, masks: np.ndarray, note: dict) -> None:
-        """Stores the annotator's masks [n, H, W] of round r's query (ids in selection order)
-        and applies them; the atomic write of the store file is the commit point."""
-        if self.awaiting != r:
-            raise ValueError(f"{self.workdir}: round {r}'s query is not awaiting labels")
-        self.annotator.store.write(r, ids, masks, note)
-        self._apply_import(r)
+        """A human annotator's masks [n, H, W] of round r's query (`LabelledPool.accept`)."""
+        self.labels.accept(r, ids, masks, note, self.history[-1], self.workdir)
         workdir_lib.write_records(self.workdir, self.history)
 
     def train_round(self, r: int) -> dict:
-        """Fine-tunes on the labelled set and evaluates on the test split."""
-        config = self.config
+        """Fine-tunes on the labelled set and evaluates on the test split; returns the record."""
+        config, batch = self.config, int(self.config.train.eval_batch_size)
         if config.train.reset_optimizer:
             self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
         labelled_ids = np.flatnonzero(self.labelled)
-        untrained_val_loss = self._untrained_val_loss(r)
-        self.state, fit_summary = train_lib.fit(
-            self.model,
-            self.state,
-            self.tx,
-            self.pool,
-            labelled_ids,
-            self.splits.val,
-            rng.fit_key(rng.round_key(self.root, r)),
-            config.train,
-            round_index=r,
-            mesh=self.mesh,
-        )
-        if untrained_val_loss is not None:
-            train_lib.check_divergence(r, fit_summary["best_val_loss"], untrained_val_loss)
-        workdir_lib.write_epoch_metrics(self.workdir, r, fit_summary["history"])
-        batch = int(config.train.eval_batch_size)
-        return {
-            "round": r,
-            "n_labelled": int(len(labelled_ids)),
-            "pct_labelled": 100.0 * len(labelled_ids) / len(self.pool),
-            **rounds.test_metrics(
-                self.model, self.state.variables, self.splits.test, batch, self.mesh, r
-            ),
-            # What the annotator drew for this round's training set (imported masks included).
-            **diagnostics.labelled_target_pixels(self.pool.labels, labelled_ids),
-            "val_loss": fit_summary["best_val_loss"],
-            "epochs": fit_summary["epochs"],
-            "best_epoch": fit_summary["best_epoch"],
-            "train_seconds": fit_summary["seconds"],
-            **self.evaluate_cases(r),
-            **({"untrained_val_loss": untrained_val_loss} if r == 0 else {}),
-        }
-
-    def evaluate_cases(self, r: int) -> dict:
-        """Per-case metrics of round r's model on the test split (`eval.cases`), else {}."""
-        if not self.config.eval.cases:
-            return {}
-        return evaluation.evaluate_cases(
-            self.model,
-            self.state.variables,
-            self.splits.test,
-            self.splits.source,
-            loading.make_settings(self.config.data, self.splits.source),
-            int(self.config.train.eval_batch_size),
-            self.workdir,
-            r,
-            tolerance_mm=float(self.config.eval.tolerance_mm),
-            save_predictions=bool(self.config.eval.save_predictions),
-        )
-
-    def _untrained_val_loss(self, r: int) -> float | None:
-        """The untrained model's validation loss, the yardstick of `check_divergence`: computed
-        before round 0's training, then read from round 0's (checkpointed) record, so that a
-        resumed run compares against the same number. None for runs recorded without it."""
-        if r == 0:
-            batch = int(self.config.train.eval_batch_size)
-            terms = train_lib.evaluate(
-                self.model,
-                self.state.variables,
-                self.splits.val,
-                batch_size=batch,
-                mesh=self.mesh,
+        if r == 0:  # the yardstick of check_divergence, kept in round 0's record
+            untrained = rounds.val_loss(
+                self.model, self.state.variables, self.splits.val, batch, self.mesh
             )
-            return train_lib.mean_loss(terms)
-        return self.history[0].get("untrained_val_loss") if self.history else None
+        else:  # None for runs recorded without it
+            untrained = self.history[0].get("untrained_val_loss") if self.history else None
+        key = rng.fit_key(rng.round_key(self.root, r))
+        self.state, fit = train_lib.fit(
+            self.model, self.state, self.tx, self.pool, labelled_ids, self.splits.val, key,
+            config.train, round_index=r, mesh=self.mesh,
+        )  # fmt: skip
+        if untrained is not None:
+            train_lib.check_divergence(r, fit["best_val_loss"], untrained)
+        workdir_lib.write_epoch_metrics(self.workdir, r, fit["history"])
+        variables = self.state.variables
+        return rounds.round_record(
+            r,
+            labelled_ids,
+            self.pool,
+            fit,
+            rounds.test_metrics(self.model, variables, self.splits.test, batch, self.mesh, r),
+            rounds.case_metrics(config, self.model, variables, self.splits, self.workdir, r),
+            untrained,
+        )
 
     def query_round(self, r: int) -> selection.Query | None:
         """Scores the unlabelled pool and chooses the round's query (None after the last round
@@ -357,30 +295,21 @@ class Experiment:
     def _with_query(self, record: dict, q: selection.Query | None) -> dict:
         """The round's record completed with its query and diagnostics; reveals the query's
         labels (simulated annotator) or marks it as awaiting them (human)."""
-        awaiting = self.annotator is not None and q is not None and len(q.ids) > 0
-        if q is not None and not awaiting:
-            self.labelled[q.ids] = True
         variables = self.state.variables
         record = {**record, **rounds.query_fields(self.config, self.model, variables, self.pool, q)}
-        if awaiting:  # the labels are unknown until imported; `_apply_import` fills these in
-            record.update(queried_with_target=None, queried_mean_target_pixels=None)
-            self.annotator.awaiting = record["round"]
-        else:
-            ids = np.asarray([] if q is None else q.ids, np.int64)
-            record.update(diagnostics.label_diagnostics(self.pool, ids))
+        self.labels.reveal(record, [] if q is None else q.ids)
         return record
 
     def _save(self, r: int) -> None:
         """Checkpoints round r (model state and the LoopRecord) and rewrites records.jsonl."""
         loop_record = workdir_lib.LoopRecord(
             round=r,
-            labelled_ids=[int(i) for i in np.flatnonzero(self.labelled)],
             history=self.history,
             config=self.flat_config,
             fingerprint=self.splits.fingerprint,
             root_key=workdir_lib.key_data(self.root),
             pool_size=len(self.pool),
-            **({} if self.annotator is None else self.annotator.state()),
+            **self.labels.state(),
         )
         self.ckpt.save(r, self.state, loop_record.to_json())
         workdir_lib.write_records(self.workdir, self.history)

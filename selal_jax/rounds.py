@@ -9,8 +9,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import diagnostics, faults, report, rng, scoring, selection
+from selal_jax import diagnostics, evaluation, faults, report, rng, scoring, selection
 from selal_jax import train as train_lib
+from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.progress import Progress
 
@@ -180,4 +181,49 @@ def query_fields(config, model, variables, pool: SliceSet, q: selection.Query | 
             float(config.al.target_threshold),
             float(config.al.boundary_width),
         ),
+    }
+
+
+def val_loss(model, variables, val: SliceSet, batch_size: int, mesh) -> float:
+    """The mean validation loss of `variables` (the untrained model's before round 0)."""
+    terms = train_lib.evaluate(model, variables, val, batch_size=batch_size, mesh=mesh)
+    return train_lib.mean_loss(terms)
+
+
+def case_metrics(config, model, variables, splits, workdir: str, r: int) -> dict:
+    """Per-case metrics of round r's model on the test split (`eval.cases`), else {}."""
+    if not config.eval.cases:
+        return {}
+    return evaluation.evaluate_cases(
+        model,
+        variables,
+        splits.test,
+        splits.source,
+        loading.make_settings(config.data, splits.source),
+        int(config.train.eval_batch_size),
+        workdir,
+        r,
+        tolerance_mm=float(config.eval.tolerance_mm),
+        save_predictions=bool(config.eval.save_predictions),
+    )
+
+
+def round_record(
+    r: int, labelled_ids, pool: SliceSet, fit: dict, test: dict, cases: dict, untrained
+) -> dict:
+    """Round r's record before its query: the labelled set, `fit`'s summary, the test metrics
+    (`test_metrics`, `case_metrics`) and, in round 0, the untrained validation loss."""
+    return {
+        "round": r,
+        "n_labelled": int(len(labelled_ids)),
+        "pct_labelled": 100.0 * len(labelled_ids) / len(pool),
+        **test,
+        # What the annotator drew for this round's training set (imported masks included).
+        **diagnostics.labelled_target_pixels(pool.labels, labelled_ids),
+        "val_loss": fit["best_val_loss"],
+        "epochs": fit["epochs"],
+        "best_epoch": fit["best_epoch"],
+        "train_seconds": fit["seconds"],
+        **cases,
+        **({"untrained_val_loss": untrained} if r == 0 else {}),
     }
