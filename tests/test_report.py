@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, report
+from selal_jax import diagnostics, report, report_plots, report_tables
 
 
 def history(strategy, mode, seed, pcts, dices, pool=200):
@@ -79,9 +79,9 @@ def test_several_seeds_give_mean_and_std_and_partial_crossings(tmp_path):
     assert row["15%"] == f"{np.mean([0.7, 0.65]):.4f} ± {np.std([0.7, 0.65], ddof=1):.4f}"
     assert row["highest"] == f"{np.mean([0.8, 0.69]):.4f} ± {np.std([0.8, 0.69], ddof=1):.4f}"
     assert row["reaches baseline at"] == "30 (15.0%) [1 of 2 seeds]"
-    table = report.markdown_table([row], 0.7)
+    table = report_tables.markdown_table([row], 0.7)
     assert "| bald selective | 2 |" in table and "0.7000" in table
-    csv_text = report.csv_table([row])
+    csv_text = report_tables.csv_table([row])
     assert csv_text.splitlines()[0].startswith("strategy,seeds,10%")
 
 
@@ -359,11 +359,11 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
         h[0]["queried"] = [i, i + 4]
         runs[name] = {0: h}
     runs["entropy selective"][1] = runs["entropy selective"][0]  # another seed only
-    path = report.plot_learning_curves_pixels(runs, 0.7, str(tmp_path / "pixels.png"))
+    path = report_plots.plot_learning_curves_pixels(runs, 0.7, str(tmp_path / "pixels.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     coords = np.random.default_rng(0).normal(size=(12, 2))
-    fig, panels = report.tsne_figure(runs, coords, np.arange(12), seed=0)
+    fig, panels = report_plots.tsne_figure(runs, coords, np.arange(12), seed=0)
     assert len(panels) == 4 and [ax.get_title() for ax in panels] == list(runs)
     assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 4
     plt.close(fig)
@@ -373,7 +373,7 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
         features=np.random.default_rng(1).normal(size=(12, 5)),
         target_pixels=np.arange(12),
     )
-    out = report.plot_tsne(runs, str(embeddings), 0, str(tmp_path / "tsne.png"))
+    out = report_plots.plot_tsne(runs, str(embeddings), 0, str(tmp_path / "tsne.png"))
     assert os.path.getsize(out) > 0
 
 
