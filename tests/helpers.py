@@ -2,6 +2,9 @@
 
 Volumes are cheap to make (an ellipsoid body, a lesion, noise) so that the same helpers write the
 tiny volumes of the tests and the 40 x 512x512x90 cohort of benchmarks/load_time.py.
+
+Also the helpers the test files share: the repository path, smoke configs, config files parsed
+as launch.py parses them, and a run's records and final state.
 """
 
 from __future__ import annotations
@@ -15,6 +18,77 @@ import numpy as np
 BRATS_MODALITIES = ("flair", "t1", "t1ce", "t2")
 # Record fields that measure time: they differ between otherwise identical runs.
 TIMING_FIELDS = ("train_seconds", "score_seconds", "eval_seconds")
+# The repository root (launch.py, configs/): the working directory of the subprocess tests.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def set_fields(config, fields: dict, sep: str = "."):
+    """Sets nested config fields named by joined keys, e.g. {'al.strategy': 'bald'}."""
+    for key, value in fields.items():
+        node = config
+        *parents, leaf = key.split(sep)
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def smoke_config(**overrides):
+    """configs/default.py:smoke with dotted-key overrides, e.g. {'al.strategy': 'bald'}."""
+    from configs import default
+
+    return set_fields(default.get_config("smoke"), overrides)
+
+
+def config_from_flags(argv: list[str]):
+    """The config that launch.py's --config flag gives for `argv` (e.g. ['--config=path:cpu',
+    '--config.data.size=96,128'])."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["launch.py", *argv]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    """Records without their TIMING_FIELDS, as JSON holds them (tuples become lists): what two
+    runs that chose, trained and evaluated alike have in common."""
+    return json.loads(
+        json.dumps([{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in history])
+    )
+
+
+def read_records(workdir: str) -> list[dict]:
+    """The records (one dict per round) of the run folder `workdir`."""
+    from selal_jax import report
+
+    return report.read_records(os.path.join(workdir, report.RECORDS_FILE))
+
+
+def restore_final(config, workdir: str):
+    """(train state, loop record) of the newest checkpoint in <workdir>/checkpoints, restored
+    into the structure of `config`'s model (arrays fetched to the host)."""
+    import jax
+
+    from selal_jax import checkpointing
+    from selal_jax.models import build_model, init_variables
+    from selal_jax.train import create_train_state, make_optimizer
+
+    state = create_train_state(
+        init_variables(build_model(config.model), jax.random.key(0), *config.data.size),
+        make_optimizer(1e-3),  # the optimizer state's structure does not depend on the rate
+    )
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
+    try:
+        restored, loop_record = ckpt.restore(
+            ckpt.latest_round(), checkpointing.abstract_like(state)
+        )
+    finally:
+        ckpt.close()
+    return jax.device_get(restored), loop_record
 
 
 def make_volume(

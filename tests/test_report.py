@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from selal_jax import diagnostics, report, report_plots, report_tables
+from tests.helpers import REPO
 
 
 def history(strategy, mode, seed, pcts, dices, pool=200):
@@ -106,7 +107,7 @@ def test_redundancy_is_mean_off_diagonal_cosine_similarity():
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, cohort_root):
     from selal_jax import sweep
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1, "train.max_epochs": 1})
     config.sweep.runs = "random:all,entropy:selective"
@@ -381,12 +382,11 @@ def test_cli_report_passes_the_reference_and_prints_the_comparison(tmp_path):
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("random all", "entropy selective"):
         write_run(tmp_path, history(*name.split(), 0, PCTS, [0.5, 0.6, 0.7, 0.7, 0.8]))
-    command = [sys.executable, os.path.join(repo, "launch.py"), "report", f"--workdir={tmp_path}"]
+    command = [sys.executable, os.path.join(REPO, "launch.py"), "report", f"--workdir={tmp_path}"]
     proc = subprocess.run(
-        command + ["--reference=entropy:selective"], cwd=repo, capture_output=True, text=True
+        command + ["--reference=entropy:selective"], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "| strategy | seeds | 10% |" in proc.stdout  # the summary, then the comparison
