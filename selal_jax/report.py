@@ -13,14 +13,13 @@ deviation over seeds, and a column gives the normalised area under the Dice-vs-%
 last round's per-case Dice and HD95 follow when the records have them ("-" otherwise). With
 several foreground classes the Dice is the mean over classes, and per_class.md/.csv give each
 class. comparison.md/.csv give bootstrap intervals over seeds and the paired comparison against a
-reference run (see `comparison_rows` and selal_jax.stats).
+reference run (see `comparison_rows` and selal_jax.stats). The figures are drawn by
+`selal_jax.report_plots`, the markdown and CSV text of the rows by `selal_jax.report_tables`.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import math
 import os
@@ -28,6 +27,8 @@ import os
 import numpy as np
 
 from selal_jax import atomic, stats
+from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
+from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
 
 PCTS = (10, 15, 20, 25, 30, 35)
 # Per-case evaluation fields of the records (when present) and their columns in the tables.
@@ -327,168 +328,6 @@ def comparison_markdown(rows: list[dict], reference: str | None) -> str:
         )
     lines += [f"* {row['strategy']}: {row['note']}." for row in rows if row["note"]]
     return "\n".join(lines)
-
-
-def markdown_table(rows: list[dict], baseline: float | None) -> str:
-    if not rows:
-        return "(no runs found)"
-    columns = list(rows[0])
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
-    base = "none found" if baseline is None else f"{baseline:.4f}"
-    lines.append(
-        f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split "
-        "(with several classes: its mean over the foreground classes; see per_class.md). "
-        "baseline at target pixels: the labelled target pixels (label > 0) the run had trained "
-        "on when it first reached the baseline. case Dice / HD95: the last round's per-case "
-        "evaluation. '-': not in the records."
-    )
-    return "\n".join(lines)
-
-
-def class_markdown_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|",
-    ]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
-    lines.append("\nDice per foreground class on the test split: mean per slice, and global.")
-    return "\n".join(lines)
-
-
-def csv_table(rows: list[dict]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
-
-
-def plot_learning_curves(runs, baseline: float | None, path: str) -> str:
-    """Dice vs % labelled, one line per strategy (mean over seeds, band = min..max)."""
-    _plot_curves(runs, baseline, path, "pct_labelled", "% of the pool labelled")
-    return path
-
-
-def plot_learning_curves_pixels(runs, baseline: float | None, path: str) -> str | None:
-    """Dice vs labelled target pixels (the annotation cost), one line per strategy: x is the mean
-    over seeds of each round's `labelled_target_pixels`, y as in `plot_learning_curves`. Runs
-    whose records lack the field are left out; None (nothing written) if every run lacks it."""
-    with_pixels = {
-        name: {
-            s: h for s, h in by_seed.items() if all("labelled_target_pixels" in rec for rec in h)
-        }
-        for name, by_seed in runs.items()
-    }
-    with_pixels = {name: by_seed for name, by_seed in with_pixels.items() if by_seed}
-    if not with_pixels:
-        return None
-    _plot_curves(
-        with_pixels, baseline, path, "labelled_target_pixels", "labelled target pixels (label > 0)"
-    )
-    return path
-
-
-def _plot_curves(runs, baseline: float | None, path: str, x_field: str, x_label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for name, by_seed in runs.items():
-        histories = [by_seed[s] for s in sorted(by_seed)]
-        n = min(len(h) for h in histories)
-        x = np.mean([[rec[x_field] for rec in h[:n]] for h in histories], axis=0)
-        y = np.array([[rec["dice"] for rec in h[:n]] for h in histories])
-        (line,) = ax.plot(x, y.mean(axis=0), marker="o", ms=3, label=f"{name} (n={len(histories)})")
-        if len(histories) > 1:
-            ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
-    if baseline is not None:
-        ax.axhline(baseline, color="k", ls="--", lw=1, label=f"supervised ({baseline:.3f})")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("Dice (mean per slice, test)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def tsne_coordinates(embeddings_path: str) -> np.ndarray:
-    """2D t-SNE of the pool embeddings, cached beside them (tsne.npy)."""
-    cache = os.path.join(os.path.dirname(embeddings_path), "tsne.npy")
-    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(embeddings_path):
-        return np.load(cache)
-    from sklearn.manifold import TSNE
-
-    features = np.load(embeddings_path)["features"]
-    perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
-    coords = TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(features)
-    with atomic.atomic_open(cache, "wb") as f:
-        np.save(f, coords)
-    return coords
-
-
-def tsne_figure(runs, coords: np.ndarray, target_pixels: np.ndarray, seed: int):
-    """The paper's Figure 2, one panel per strategy that has a run of `seed`: the pool's t-SNE
-    coordinates [N, 2] coloured by log(1 + target pixels) in every panel, that strategy's queried
-    slices (every round) marked. Returns (figure, [panel axes]); the caller saves and closes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [name for name, by_seed in runs.items() if seed in by_seed]
-    n_cols = min(3, max(len(names), 1))
-    n_rows = max(1, math.ceil(len(names) / n_cols))
-    fig, grid = plt.subplots(
-        n_rows, n_cols, figsize=(4.2 * n_cols + 0.8, 4.0 * n_rows), dpi=120, squeeze=False
-    )
-    grid = grid.ravel()
-    for ax in grid[len(names) :]:
-        ax.remove()
-    panels = list(grid[: len(names)])
-    color = np.log1p(target_pixels)
-    sc = None
-    for ax, name in zip(panels, names, strict=True):
-        sc = ax.scatter(coords[:, 0], coords[:, 1], c=color, s=5, cmap="viridis", alpha=0.6)
-        ids = [j for rec in runs[name][seed] for j in rec["queried"]]
-        ax.scatter(
-            coords[ids, 0],
-            coords[ids, 1],
-            marker="x",
-            s=22,
-            linewidths=1.0,
-            color="red",
-            label=f"queried ({len(ids)})",
-        )
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(fontsize=7, loc="best")
-    if sc is not None:
-        fig.colorbar(sc, ax=panels, label="log(1 + target pixels)", shrink=0.85)
-    fig.suptitle(f"pool t-SNE (seed {seed}, round-0 model)")
-    return fig, panels
-
-
-def plot_tsne(runs, embeddings_path: str, seed: int, path: str) -> str:
-    """`tsne_figure` of the pool embeddings (bottleneck features of the round-0 model) in
-    `embeddings_path`, saved to `path`."""
-    import matplotlib.pyplot as plt
-
-    coords = tsne_coordinates(embeddings_path)
-    target = np.load(embeddings_path)["target_pixels"]
-    fig, _ = tsne_figure(runs, coords, target, seed)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def write_report(

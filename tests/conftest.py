@@ -2,23 +2,7 @@
 
 import pytest
 
-
-def set_fields(config, fields: dict, sep: str = "."):
-    """Sets nested config fields named by joined keys, e.g. {'al.strategy': 'bald'}."""
-    for key, value in fields.items():
-        node = config
-        *parents, leaf = key.split(sep)
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-def smoke_config(**overrides):
-    """configs/default.py:smoke with dotted-key overrides, e.g. {'al.strategy': 'bald'}."""
-    from configs import default
-
-    return set_fields(default.get_config("smoke"), overrides)
+from tests.helpers import smoke_config
 
 
 @pytest.fixture(scope="session")

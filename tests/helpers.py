@@ -1,5 +1,9 @@
-"""Test fixtures: the layout writers (selal_jax.data.writers, shared with benchmarks/load_time.py),
-files stored in other voxel orders, NRRD files as 3D Slicer writes them and nnU-Net v2 datasets.
+"""What the test files share. Writers of small volumes in each layout (the MSD/BraTS/paired
+writers are `selal_jax.data.writers`, which benchmarks/load_time.py uses too; re-exported here),
+files stored in other voxel orders, NRRD files as 3D Slicer writes them, nnU-Net v2 datasets.
+
+Also the helpers the test files share: the repository path, smoke configs, config files parsed
+as launch.py parses them, and a run's records and final state.
 """
 
 from __future__ import annotations
@@ -24,6 +28,79 @@ from selal_jax.data.writers import (  # noqa: F401  (re-exported)
 
 # Record fields that measure time: they differ between otherwise identical runs.
 TIMING_FIELDS = ("train_seconds", "score_seconds", "eval_seconds")
+# The repository root (launch.py, configs/): the working directory of the subprocess tests.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def set_fields(config, fields: dict, sep: str = "."):
+    """Sets nested config fields named by joined keys, e.g. {'al.strategy': 'bald'}."""
+    for key, value in fields.items():
+        node = config
+        *parents, leaf = key.split(sep)
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def smoke_config(**overrides):
+    """configs/default.py:smoke with dotted-key overrides, e.g. {'al.strategy': 'bald'}."""
+    from configs import default
+
+    return set_fields(default.get_config("smoke"), overrides)
+
+
+def config_from_flags(argv: list[str]):
+    """The config that launch.py's --config flag gives for `argv` (e.g. ['--config=path:cpu',
+    '--config.data.size=96,128'])."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["launch.py", *argv]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    """Records without their TIMING_FIELDS, as JSON holds them (tuples become lists): what two
+    runs that chose, trained and evaluated alike have in common."""
+    return json.loads(
+        json.dumps([{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in history])
+    )
+
+
+def read_records(workdir: str) -> list[dict]:
+    """The records (one dict per round) of the run folder `workdir`."""
+    from selal_jax import report
+    from selal_jax import workdir as workdir_lib
+
+    return report.read_records(os.path.join(workdir, workdir_lib.RECORDS_FILE))
+
+
+def restore_final(config, workdir: str):
+    """(train state, loop record) of the newest checkpoint in <workdir>/checkpoints, restored
+    into the structure of `config`'s model (arrays fetched to the host)."""
+    import jax
+
+    from selal_jax import checkpointing
+    from selal_jax import workdir as workdir_lib
+    from selal_jax.models import build_model, init_variables
+    from selal_jax.train import create_train_state, make_optimizer
+
+    state = create_train_state(
+        init_variables(build_model(config.model), jax.random.key(0), *config.data.size),
+        make_optimizer(1e-3),  # the optimizer state's structure does not depend on the rate
+    )
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), 2)
+    try:
+        restored, loop_record = ckpt.restore(
+            ckpt.latest_round(), checkpointing.abstract_like(state)
+        )
+    finally:
+        ckpt.close()
+    return jax.device_get(restored), loop_record
 
 
 def flip_xz(shape: tuple[int, ...]) -> np.ndarray:

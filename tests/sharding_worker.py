@@ -17,7 +17,7 @@ from ml_collections import config_dict
 from selal_jax import parallel, rng, scoring, selection, train, validation
 from selal_jax.data.slices import SliceSet
 from selal_jax.models import UNet, init_variables
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 N_DEVICES = 4
 SIZE = 32

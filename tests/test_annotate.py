@@ -18,18 +18,10 @@ from selal_jax import annotate, checkpointing, label_store, label_volumes, loop
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 from tests import helpers
-from tests.conftest import smoke_config
+from tests.helpers import REPO, comparable, restore_final, smoke_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_FIELDS = helpers.TIMING_FIELDS
 # Smoke sizes, trained just enough that the uncertainty scores are not all 0 (ties).
 TRAIN = {"train.max_epochs": 2, "train.min_steps_per_epoch": 6, "train.learning_rate": 1e-2}
-
-
-def comparable(history):
-    return json.loads(
-        json.dumps([{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in history])
-    )
 
 
 def correct(export_dir: str, truth) -> None:
@@ -53,14 +45,6 @@ def labelled_ids(config, workdir) -> set[int]:
     experiment = loop.Experiment.open(config, workdir)
     try:
         return set(np.flatnonzero(experiment.labelled).tolist())
-    finally:
-        experiment.close()
-
-
-def final_state(config, workdir):
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        return experiment.state
     finally:
         experiment.close()
 
@@ -133,8 +117,8 @@ def test_clinician_writing_true_masks_reproduces_the_simulated_loop(simulated, c
     with open(os.path.join(workdir, workdir_lib.RECORDS_FILE)) as f:
         assert comparable([json.loads(line) for line in f]) == comparable(sim_history)
     for a, b in zip(
-        jax.tree_util.tree_leaves(final_state(config, workdir)),
-        jax.tree_util.tree_leaves(final_state(sim_config, sim_workdir)),
+        jax.tree_util.tree_leaves(restore_final(config, workdir)[0]),
+        jax.tree_util.tree_leaves(restore_final(sim_config, sim_workdir)[0]),
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

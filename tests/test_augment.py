@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from selal_jax import augment
+from tests.helpers import REPO
 
 # Jitted once per shape: op-by-op dispatch of the eager functions is slow on CPU.
 apply_params = jax.jit(augment.apply_params)
@@ -157,11 +158,10 @@ def test_channels_share_the_draw_and_one_channel_is_unchanged():
     np.testing.assert_array_equal(np.asarray(both[1]), np.asarray(one_x[1]))
     assert set(np.unique(np.asarray(both[1])).tolist()) == {0, 3}  # nearest keeps the index
 
-    repo = __file__.rsplit("/tests/", 1)[0]
     base = "11706038e9027739bf47ebf4c33f709625249bc5"  # before channels
     try:
         text = subprocess.run(
-            ["git", "-C", repo, "show", f"{base}:selal_jax/augment.py"],
+            ["git", "-C", REPO, "show", f"{base}:selal_jax/augment.py"],
             capture_output=True,
             check=True,
             text=True,

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from selal_jax import bench, scoring
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 RATE_FIELDS = ("seconds", "slices_per_s", "pixels_per_s")
 

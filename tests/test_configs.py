@@ -1,9 +1,13 @@
-"""The paper configs carry the paper's protocol (values from the paper's text, not the code)."""
+"""Configs: the paper configs carry the paper's protocol (values from the paper's text, not the
+code), the command line overrides their fields, and validation names the field it refuses."""
+
+import os
 
 import pytest
 
 from configs import brats_lgg_flair, default, msd_spleen
 from selal_jax import validation
+from tests.helpers import REPO, config_from_flags, smoke_config
 
 
 @pytest.mark.parametrize(
@@ -68,3 +72,83 @@ def test_brain_tumour_config_reads_an_msd_task01_folder(tmp_path):
     parts = (splits.train, splits.val, splits.test)
     present = set(np.unique(np.concatenate([np.ravel(s.labels) for s in parts])).tolist())
     assert present == {0, 1, 2, 3}
+
+
+# --------------------------------------------- from the command line, as launch.py parses them
+
+
+@pytest.mark.parametrize("name", ["brats_lgg_flair", "msd_spleen"])
+def test_configs_parse_size_root_and_layout_from_the_command_line(name, tmp_path):
+    path = os.path.join(REPO, "configs", f"{name}.py")
+    config = config_from_flags([f"--config={path}"])
+    assert config.data.root is None
+    validation.validate_config(config)
+    config = config_from_flags(
+        [
+            f"--config={path}:cpu",
+            "--config.data.size=96,128",
+            "--config.data.layout=paired",
+            f"--config.data.root={tmp_path}",
+        ]
+    )
+    assert tuple(config.data.size) == (96, 128)
+    assert (config.data.layout, config.data.root) == ("paired", str(tmp_path))
+    validation.validate_config(config)
+
+
+def test_paper_settings_of_the_configs():
+    brats = brats_lgg_flair.get_config()
+    assert (brats.data.layout, brats.data.brats.grades, brats.data.brats.modality) == (
+        "brats",
+        "LGG",
+        "flair",
+    )
+    assert (brats.data.brats.target, tuple(brats.data.size)) == ("whole", (240, 240))
+    assert (brats.al.initial_size, brats.al.query_size, brats.train.batch_size) == (500, 100, 32)
+    assert (brats.model.base_width, brats.model.depth) == (32, 4)
+    spleen = msd_spleen.get_config()
+    assert (spleen.data.layout, tuple(spleen.data.size)) == ("msd", (512, 512))
+    assert tuple(spleen.data.ct_window) == (-160.0, 240.0)
+    assert (spleen.al.initial_size, spleen.al.query_size, spleen.train.batch_size) == (150, 50, 16)
+    for config in (brats, spleen, brats_lgg_flair.get_config("cpu"), msd_spleen.get_config("cpu")):
+        validation.validate_config(config)
+        assert config.train.augment
+    assert tuple(msd_spleen.get_config("cpu").data.size) == (128, 128)
+
+
+# ----------------------- validation: bugs found in review (issue 12) and issue 18, each refused
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("train.max_epochs", 0),
+        ("train.patience", 0),
+        ("train.min_steps_per_epoch", 0),
+        ("train.learning_rate", 0.0),
+        ("train.learning_rate", -0.01),
+        ("train.learning_rate", float("nan")),
+        ("model.dropout_rate", 1.5),
+        ("model.head_bias_prior", 1.0),
+        ("model.dtype", "float16"),
+        ("checkpoint.keep", 0),
+        ("train.loss", "dice"),
+    ],
+)
+def test_validate_config_names_the_bad_field(field, value):
+
+    with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
+        validation.validate_config(smoke_config(**{field: value}))
+
+
+def test_synthetic_cohort_of_no_subjects_is_a_config_error():
+
+    with pytest.raises(ValueError, match=r"config field data\.synthetic\.n_subjects: must be >= 1"):
+        validation.validate_config(smoke_config(**{"data.synthetic.n_subjects": 0}))
+
+
+@pytest.mark.parametrize("field,value", [("train.patience", -1), ("resume_from", -2)])
+def test_validate_config_refuses(field, value):
+
+    with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
+        validation.validate_config(smoke_config(**{field: value}))

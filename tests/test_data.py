@@ -9,18 +9,14 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
-from configs import brats_lgg_flair, default, msd_spleen
-from selal_jax import validation
+from configs import default
 from selal_jax.data import cache, layouts, loading, preprocess
 from selal_jax.data.preprocess import DataError
 from tests import helpers
-from tests.conftest import set_fields
+from tests.helpers import REPO, config_from_flags, set_fields
 
 SHAPE = (16, 16, 6)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def zscore(volume: np.ndarray) -> np.ndarray:
@@ -596,58 +592,11 @@ def test_config_errors_name_the_field(tmp_path):
 # ----------------------------------------------------------------------------- configs
 
 
-def parse(argv: list[str]):
-    argv = ["launch.py", *argv]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
-    values(argv)
-    return values.config
-
-
-@pytest.mark.parametrize("name", ["brats_lgg_flair", "msd_spleen"])
-def test_configs_parse_size_root_and_layout_from_the_command_line(name, tmp_path):
-    path = os.path.join(REPO, "configs", f"{name}.py")
-    config = parse([f"--config={path}"])
-    assert config.data.root is None
-    validation.validate_config(config)
-    config = parse(
-        [
-            f"--config={path}:cpu",
-            "--config.data.size=96,128",
-            "--config.data.layout=paired",
-            f"--config.data.root={tmp_path}",
-        ]
-    )
-    assert tuple(config.data.size) == (96, 128)
-    assert (config.data.layout, config.data.root) == ("paired", str(tmp_path))
-    validation.validate_config(config)
-
-
-def test_paper_settings_of_the_configs():
-    brats = brats_lgg_flair.get_config()
-    assert (brats.data.layout, brats.data.brats.grades, brats.data.brats.modality) == (
-        "brats",
-        "LGG",
-        "flair",
-    )
-    assert (brats.data.brats.target, tuple(brats.data.size)) == ("whole", (240, 240))
-    assert (brats.al.initial_size, brats.al.query_size, brats.train.batch_size) == (500, 100, 32)
-    assert (brats.model.base_width, brats.model.depth) == (32, 4)
-    spleen = msd_spleen.get_config()
-    assert (spleen.data.layout, tuple(spleen.data.size)) == ("msd", (512, 512))
-    assert tuple(spleen.data.ct_window) == (-160.0, 240.0)
-    assert (spleen.al.initial_size, spleen.al.query_size, spleen.train.batch_size) == (150, 50, 16)
-    for config in (brats, spleen, brats_lgg_flair.get_config("cpu"), msd_spleen.get_config("cpu")):
-        validation.validate_config(config)
-        assert config.train.augment
-    assert tuple(msd_spleen.get_config("cpu").data.size) == (128, 128)
-
-
 def test_a_config_pointed_at_a_user_folder_loads_it(tmp_path):
     """The one-command path: a paper config, :cpu, --config.data.root/layout/size overrides."""
     root = str(tmp_path / "p")
     helpers.write_paired(root, volumes(6))
-    config = parse(
+    config = config_from_flags(
         [
             f"--config={os.path.join(REPO, 'configs', 'brats_lgg_flair.py')}:cpu",
             f"--config.data.root={root}",

@@ -21,10 +21,10 @@ from configs import default
 from selal_jax.data import cache, config_fields, layouts, synthetic
 from selal_jax.data.preprocess import DataError
 from tests import helpers
+from tests.helpers import REPO
 from tests.test_data import axial, case_slices, data_config, load, zscore
 
 SHAPE = (16, 16, 6)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The commit before classes and channels existed: its code gives the cache keys to keep.
 BASE_COMMIT = "11706038e9027739bf47ebf4c33f709625249bc5"
 MSD_LABELS = {"0": "background", "1": "necrosis", "2": "edema", "4": "enhancing"}

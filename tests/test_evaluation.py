@@ -11,7 +11,7 @@ import pytest
 
 from selal_jax import evaluation, label_volumes, loop, metrics
 from selal_jax.data import loading
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 KINDS = {
     "binary": {},

@@ -14,9 +14,8 @@ import pytest
 
 from selal_jax import annotate, export, loop
 from selal_jax.data import loading, preprocess
-from tests.conftest import smoke_config
+from tests.helpers import REPO, smoke_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = {"train.max_epochs": 1, "train.min_steps_per_epoch": 2, "al.rounds": 1}
 
 

@@ -15,8 +15,8 @@ from selal_jax import inspect_data
 from selal_jax.data import loading
 from selal_jax.data.preprocess import DataError
 from tests import helpers
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (16, 8, 6)  # canonical X, Y, Z of every case
 SPACING = (1.0, 1.5, 3.0)
 LABELS = {"0": "background", "1": "necrosis", "2": "edema", "4": "enhancing"}

@@ -10,9 +10,7 @@ import pytest
 from scipy import ndimage
 
 from selal_jax import metrics
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.helpers import REPO
 
 # ---- brute-force reference, written independently of selal_jax.metrics ----
 

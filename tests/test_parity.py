@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from selal_jax import select_from_probs
+from tests.helpers import REPO
 
-REFERENCE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference"
-)
+REFERENCE = os.path.join(REPO, "..", "shared", "reference")
 STRATEGY = {
     "entropy": "entropy",
     "least_confidence": "least_confidence",

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, report
+from selal_jax import diagnostics, report, report_plots, report_tables
+from tests.helpers import REPO
 
 
 def history(strategy, mode, seed, pcts, dices, pool=200):
@@ -79,9 +80,9 @@ def test_several_seeds_give_mean_and_std_and_partial_crossings(tmp_path):
     assert row["15%"] == f"{np.mean([0.7, 0.65]):.4f} ± {np.std([0.7, 0.65], ddof=1):.4f}"
     assert row["highest"] == f"{np.mean([0.8, 0.69]):.4f} ± {np.std([0.8, 0.69], ddof=1):.4f}"
     assert row["reaches baseline at"] == "30 (15.0%) [1 of 2 seeds]"
-    table = report.markdown_table([row], 0.7)
+    table = report_tables.markdown_table([row], 0.7)
     assert "| bald selective | 2 |" in table and "0.7000" in table
-    csv_text = report.csv_table([row])
+    csv_text = report_tables.csv_table([row])
     assert csv_text.splitlines()[0].startswith("strategy,seeds,10%")
 
 
@@ -106,7 +107,7 @@ def test_redundancy_is_mean_off_diagonal_cosine_similarity():
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, cohort_root):
     from selal_jax import sweep
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1, "train.max_epochs": 1})
     config.sweep.runs = "random:all,entropy:selective"
@@ -359,11 +360,11 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
         h[0]["queried"] = [i, i + 4]
         runs[name] = {0: h}
     runs["entropy selective"][1] = runs["entropy selective"][0]  # another seed only
-    path = report.plot_learning_curves_pixels(runs, 0.7, str(tmp_path / "pixels.png"))
+    path = report_plots.plot_learning_curves_pixels(runs, 0.7, str(tmp_path / "pixels.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     coords = np.random.default_rng(0).normal(size=(12, 2))
-    fig, panels = report.tsne_figure(runs, coords, np.arange(12), seed=0)
+    fig, panels = report_plots.tsne_figure(runs, coords, np.arange(12), seed=0)
     assert len(panels) == 4 and [ax.get_title() for ax in panels] == list(runs)
     assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 4
     plt.close(fig)
@@ -373,7 +374,7 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
         features=np.random.default_rng(1).normal(size=(12, 5)),
         target_pixels=np.arange(12),
     )
-    out = report.plot_tsne(runs, str(embeddings), 0, str(tmp_path / "tsne.png"))
+    out = report_plots.plot_tsne(runs, str(embeddings), 0, str(tmp_path / "tsne.png"))
     assert os.path.getsize(out) > 0
 
 
@@ -381,12 +382,11 @@ def test_cli_report_passes_the_reference_and_prints_the_comparison(tmp_path):
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("random all", "entropy selective"):
         write_run(tmp_path, history(*name.split(), 0, PCTS, [0.5, 0.6, 0.7, 0.7, 0.8]))
-    command = [sys.executable, os.path.join(repo, "launch.py"), "report", f"--workdir={tmp_path}"]
+    command = [sys.executable, os.path.join(REPO, "launch.py"), "report", f"--workdir={tmp_path}"]
     proc = subprocess.run(
-        command + ["--reference=entropy:selective"], cwd=repo, capture_output=True, text=True
+        command + ["--reference=entropy:selective"], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert "| strategy | seeds | 10% |" in proc.stdout  # the summary, then the comparison

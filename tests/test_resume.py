@@ -11,14 +11,11 @@ import pytest
 
 from selal_jax import checkpointing, loop
 from selal_jax import workdir as workdir_lib
-from selal_jax.models import build_model, init_variables
-from selal_jax.train import create_train_state, make_optimizer
-from tests import helpers
+from tests.helpers import REPO, comparable
+from tests.helpers import restore_final as final_state
 
 # Minutes of end-to-end runs (SIGKILL and resume): skipped by the README's test command, run by .ci/run.
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING_FIELDS = helpers.TIMING_FIELDS
 ROUNDS = 3  # rounds 0..3: a 4-round experiment
 
 
@@ -49,25 +46,9 @@ def launch(workdir, cohort_root, kill_at=None, extra=(), cache=None):
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def comparable(history):
-    return [{k: v for k, v in rec.items() if k not in TIMING_FIELDS} for rec in history]
-
-
-def final_state(config, workdir):
-    model = build_model(config.model)
-    import jax
-
-    state = create_train_state(
-        init_variables(model, jax.random.key(0), *config.data.size), make_optimizer(1e-4)
-    )
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
-    restored, loop_record = ckpt.restore(ckpt.latest_round(), checkpointing.abstract_like(state))
-    return restored, loop_record
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, cohort_root):
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     config = smoke_config(**overrides(cohort_root))
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
@@ -105,7 +86,7 @@ def test_sigkill_at_several_moments_then_resume_is_bit_identical(
 
 def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
     config, workdir, _ = reference
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     changed = smoke_config(
         **overrides(cohort_root), **{"al.target_threshold": 0.3, "train.batch_size": 4}
@@ -123,7 +104,7 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
 def test_changed_dataset_is_refused(tmp_path, cohort_root):
     import shutil
 
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     root = str(tmp_path / "cohort")
     shutil.copytree(cohort_root, root)
@@ -139,7 +120,7 @@ def test_changed_dataset_is_refused(tmp_path, cohort_root):
 
 def test_resume_false_refuses_a_workdir_with_checkpoints(reference, cohort_root):
     config, workdir, _ = reference
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     with pytest.raises(ValueError, match="empty workdir"):
         loop.run(smoke_config(**overrides(cohort_root), resume=False), workdir)
@@ -148,7 +129,7 @@ def test_resume_false_refuses_a_workdir_with_checkpoints(reference, cohort_root)
 def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
     tmp_path, cohort_root, monkeypatch
 ):
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1})
     workdir = str(tmp_path / "run")
@@ -190,7 +171,7 @@ def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
 
 
 def test_extending_a_finished_run_equals_the_longer_run(reference, tmp_path, cohort_root):
-    from tests.conftest import smoke_config
+    from tests.helpers import smoke_config
 
     config, ref_workdir, ref_history = reference
     workdir = str(tmp_path / "extended")

@@ -37,19 +37,13 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import checkpointing, loop, parallel
-from selal_jax import workdir as workdir_lib
-from selal_jax.models import build_model, init_variables
-from selal_jax.train import create_train_state, make_optimizer
-from tests import helpers
+from selal_jax import loop, parallel
 from tests import sharding_worker as worker
-from tests.conftest import smoke_config
+from tests.helpers import REPO, TIMING_FIELDS, read_records, restore_final, smoke_config
 
 # Minutes of end-to-end runs (4 fake devices and two processes): skipped by the README's test command, run by .ci/run.
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
-TIMING_FIELDS = helpers.TIMING_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -186,25 +180,6 @@ def launch_processes(workdir, n, env, timeout=600):
     return out
 
 
-def read_records(workdir):
-    with open(os.path.join(workdir, workdir_lib.RECORDS_FILE)) as f:
-        return [json.loads(line) for line in f]
-
-
-def restore_final(workdir):
-    config = smoke_config()
-    state = create_train_state(
-        init_variables(build_model(config.model), jax.random.key(0), *config.data.size),
-        make_optimizer(1e-3),
-    )
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
-    try:
-        restored, _ = ckpt.restore(ckpt.latest_round(), checkpointing.abstract_like(state))
-    finally:
-        ckpt.close()
-    return jax.device_get(restored)
-
-
 def assert_records_match(records, reference):
     assert len(records) == len(reference) == smoke_config().al.rounds + 1
     for rec, ref in zip(records, reference, strict=True):
@@ -255,7 +230,8 @@ def test_two_process_run_matches_a_single_process_run(tmp_path, cohort_root):
         r["epochs"] * max(math.ceil(r["n_labelled"] / train.batch_size), train.min_steps_per_epoch)
         for r in records
     )
-    state, ref_state = restore_final(workdir), restore_final(reference_dir)
+    state, _ = restore_final(smoke_config(), workdir)
+    ref_state, _ = restore_final(smoke_config(), reference_dir)
     atol = 0.1 * train.learning_rate * steps
     leaves = jax.tree_util.tree_leaves
     for a, b in zip(leaves(state), leaves(ref_state), strict=True):

@@ -6,7 +6,7 @@ import pytest
 
 from configs import default
 from selal_jax import workdir as workdir_lib
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 
 def _flat(**fields):

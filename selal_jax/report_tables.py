@@ -1,0 +1,49 @@
+"""Markdown and CSV text of report rows (one dict of string cells per row).
+
+Used by `selal_jax.report`, which builds the rows from a run's records.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+
+def markdown_table(rows: list[dict], baseline: float | None) -> str:
+    if not rows:
+        return "(no runs found)"
+    columns = list(rows[0])
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    base = "none found" if baseline is None else f"{baseline:.4f}"
+    lines.append(
+        f"\nSupervised baseline Dice: {base}. Dice = mean per-slice Dice on the test split "
+        "(with several classes: its mean over the foreground classes; see per_class.md). "
+        "baseline at target pixels: the labelled target pixels (label > 0) the run had trained "
+        "on when it first reached the baseline. case Dice / HD95: the last round's per-case "
+        "evaluation. '-': not in the records."
+    )
+    return "\n".join(lines)
+
+
+def class_markdown_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|",
+    ]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    lines.append("\nDice per foreground class on the test split: mean per slice, and global.")
+    return "\n".join(lines)
+
+
+def csv_table(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
