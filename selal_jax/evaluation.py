@@ -22,14 +22,14 @@ import time
 import numpy as np
 
 from selal_jax import atomic, label_volumes, metrics, parallel
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import preprocess
 
-EVALUATION_DIR = "evaluation"
 CSV_FIELDS = ("case", "class", "dice", "hd95", "nsd", "volume_pred", "volume_ref")
 
 
 def csv_path(workdir: str, round_index: int) -> str:
-    return os.path.join(workdir, EVALUATION_DIR, f"round_{round_index:03d}.csv")
+    return os.path.join(workdir, workdir_lib.EVALUATION_DIR, f"round_{round_index:03d}.csv")
 
 
 def file_spacing(affine: np.ndarray) -> np.ndarray:
@@ -69,7 +69,7 @@ def evaluate_cases(
     class_ids = list(range(1, len(class_names) + 1))
     index_table = np.arange(len(class_names) + 1)  # write class indices, compare indices
     rows = []
-    pred_dir = os.path.join(workdir, EVALUATION_DIR, f"round_{round_index:03d}")
+    pred_dir = os.path.join(workdir, workdir_lib.EVALUATION_DIR, f"round_{round_index:03d}")
     for subject in np.unique(test.subject):
         case = source.cases[int(subject)]
         ids = np.flatnonzero(test.subject == subject)

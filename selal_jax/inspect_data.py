@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from selal_jax import parallel, validation
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
 
 CHUNK = 256  # slices per pass when counting labels of a memory-mapped split
@@ -125,7 +126,9 @@ def describe(config, workdir: str) -> dict:
         for case in source.cases
         if case.case_id in split_of
     ]
-    cache_dir = data.cache_dir or os.path.join(workdir, "cache")  # load_dataset's rule
+    cache_dir = data.cache_dir or os.path.join(
+        workdir, workdir_lib.CACHE_DIR
+    )  # load_dataset's rule
     return {
         "dataset": {
             "layout": str(data.layout),

@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from selal_jax import atomic, stats
+from selal_jax import workdir as workdir_lib
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
 from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
 
@@ -34,11 +35,8 @@ PCTS = (10, 15, 20, 25, 30, 35)
 # Per-case evaluation fields of the records (when present) and their columns in the tables.
 CASE_FIELDS = {"case_dice": "case Dice", "case_hd95": "case HD95"}
 DEFAULT_REFERENCE = "random all"
-RECORDS_FILE = "records.jsonl"
 # Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
 NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
-SUPERVISED_FILE = "supervised.json"
-EMBEDDINGS_FILE = "pool_embeddings.npz"
 
 
 def round_table(history: list[dict]) -> str:
@@ -119,7 +117,7 @@ def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
     """{run name ('<strategy> <mode>'): {seed: history}} for every records file under workdir."""
     runs: dict[str, dict[int, list[dict]]] = {}
     # "**" with recursive=True also matches no folder: the workdir's own file is included.
-    paths = sorted(glob.glob(os.path.join(workdir, "**", RECORDS_FILE), recursive=True))
+    paths = sorted(glob.glob(os.path.join(workdir, "**", workdir_lib.RECORDS_FILE), recursive=True))
     for path in paths:
         history = read_records(path)
         if not history:
@@ -135,7 +133,9 @@ def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
 
 def load_baseline(workdir: str) -> float | None:
     values = []
-    for path in sorted(glob.glob(os.path.join(workdir, "**", SUPERVISED_FILE), recursive=True)):
+    for path in sorted(
+        glob.glob(os.path.join(workdir, "**", workdir_lib.SUPERVISED_FILE), recursive=True)
+    ):
         with open(path) as f:
             values.append(float(json.load(f)["dice"]))
     return float(np.mean(values)) if values else None
@@ -343,11 +343,11 @@ def write_report(
     default 'random all' if present)."""
     runs = load_runs(workdir)
     if not runs:
-        raise ValueError(f"{workdir}: no {RECORDS_FILE} found (nothing to report)")
+        raise ValueError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
     reference_name = resolve_reference(runs, reference)
     if baseline is None:
         baseline = load_baseline(workdir)
-    out_dir = out_dir or os.path.join(workdir, "report")
+    out_dir = out_dir or os.path.join(workdir, workdir_lib.REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)
     rows = summary_rows(runs, baseline)
     compared = comparison_rows(runs, reference_name)
@@ -376,7 +376,11 @@ def write_report(
     )
     if pixels is not None:
         paths["learning_curves_pixels.png"] = pixels
-    embeddings = sorted(glob.glob(os.path.join(workdir, "seed-*", "round0", EMBEDDINGS_FILE)))
+    embeddings = sorted(
+        glob.glob(
+            os.path.join(workdir, "seed-*", workdir_lib.ROUND0_DIR, workdir_lib.EMBEDDINGS_FILE)
+        )
+    )
     if embeddings:
         seed = int(os.path.basename(os.path.dirname(os.path.dirname(embeddings[0])))[5:])
         paths["tsne.png"] = plot_tsne(runs, embeddings[0], seed, os.path.join(out_dir, "tsne.png"))

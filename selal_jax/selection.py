@@ -273,6 +273,7 @@ def _as_stats_numpy(stats) -> scoring.SliceStats:
 PROBS_SUM_TOLERANCE = 1e-4  # |sum_c p_c - 1| allowed for class probabilities
 
 
+@rng.with_classic_threefry
 def select_from_probs(
     probs,
     k: int,
@@ -356,8 +357,7 @@ def select_from_probs(
             )
     candidates = np.flatnonzero(~labelled)
     if strategy == "random":
-        with rng.classic_threefry():
-            return select_random(candidates, k, rng.root_key(seed)).ids
+        return select_random(candidates, k, rng.root_key(seed)).ids
     if strategy == "random_predicted":  # the definition of diagnostics.predicted_target_mask
         chosen = probs[candidates]
         if multiclass:
@@ -365,8 +365,7 @@ def select_from_probs(
         else:
             target = chosen > np.float32(target_threshold)
         pixels = target.reshape(len(candidates), -1).sum(axis=1)
-        with rng.classic_threefry():
-            return select_random_predicted(candidates, pixels, k, rng.root_key(seed)).ids
+        return select_random_predicted(candidates, pixels, k, rng.root_key(seed)).ids
     if len(candidates) == 0:
         return np.zeros(0, np.int64)
 

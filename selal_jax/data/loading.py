@@ -18,6 +18,7 @@ import time
 import numpy as np
 from absl import logging
 
+from selal_jax import workdir as workdir_lib
 from selal_jax.data import cache, layouts, preprocess, synthetic
 from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers use loading.X)
     REORIENT,
@@ -316,7 +317,7 @@ def load_dataset(data_config, workdir: str) -> Splits:
     # file per case the list, and so the cache key, is what it always was.
     files = [p for c in source.cases for p in (*c.image_files, c.label) if p is not None]
     key = cache.fingerprint(files + list(source.extra_files), root, data_config)
-    cache_dir = data_config.cache_dir or os.path.join(workdir, "cache")
+    cache_dir = data_config.cache_dir or os.path.join(workdir, workdir_lib.CACHE_DIR)
     found = cache.read(cache_dir, key)
     if found is None:
         build_cache(source, settings, data_config, cache_dir, key)
