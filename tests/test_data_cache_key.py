@@ -9,6 +9,7 @@ import pytest
 
 from configs import brats_lgg_flair, default, msd_spleen
 from selal_jax.data import cache, loading, writers
+from tests.helpers import set_fields
 
 LAYOUTS = ("synthetic", "msd", "brats", "paired", "nnunetv2")
 SECTIONS = ("brats", "paired", "synthetic")  # the sub-configs of single layouts
@@ -18,13 +19,7 @@ def config_with(layout: str, **fields):
     """configs/default.py's data config with `layout` and dotted fields set."""
     config = default.get_config().data
     config.layout = layout
-    for name, value in fields.items():
-        *parents, leaf = name.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_fields(config, fields)
 
 
 def key(config) -> str:

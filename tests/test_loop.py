@@ -223,3 +223,16 @@ def test_epoch_metrics_of_a_redone_round_replace_its_lines(tmp_path):
         (0, 1, 2.0),
         (1, 0, 0.5),
     ]
+
+
+def test_a_sweep_written_with_the_nested_round0_folder_is_still_read(finished_run, tmp_path):
+    """Sweeps written before the flattening keep round 0's checkpoint in round0/round0/: it is
+    found there (and a run sharing it starts from the same model)."""
+    config, _, _ = finished_run
+    round0 = str(tmp_path / "round0")
+    first = sweep.train_shared_round0(config, round0)
+    assert os.path.isdir(os.path.join(round0, "checkpoints"))
+    os.rename(os.path.join(round0, "checkpoints"), os.path.join(round0, "round0"))
+    assert sweep.train_shared_round0(config, round0) == first  # found, not retrained
+    history = loop.run(config, str(tmp_path / "run"), round0_dir=round0)
+    assert {k: v for k, v in history[0].items() if k in first} == first
