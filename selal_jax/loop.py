@@ -156,7 +156,9 @@ class Experiment:
             )
             self.labelled[initial] = True
             if round0_dir is not None:
-                self._take_round0(round0_dir)
+                from selal_jax import sweep  # sweep runs this module's `run`
+
+                self.state, self.round0_record = sweep.take_round0(round0_dir, self)
 
     @property
     def pool(self) -> SliceSet:
@@ -182,22 +184,6 @@ class Experiment:
         if self.mesh is not None:  # replicated; checkpoints are then restored replicated too
             self.state = parallel.put_replicated(self.mesh, self.state)
 
-    def _take_round0(self, round0_dir: str) -> None:
-        from selal_jax import sweep  # sweep runs this module's `run`
-
-        state, stored = sweep.load_round0(round0_dir, self.state)
-        workdir_lib.check_compatible(
-            stored["config"],
-            stored["fingerprint"],
-            self.flat_config,
-            self.splits.fingerprint,
-            where=f"{round0_dir} (the shared round 0 of {self.workdir})",
-            neutral=workdir_lib.ROUND0_NEUTRAL_KEYS,
-        )
-        if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(self.labelled)]:
-            raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
-        self.state, self.round0_record = state, dict(stored["record"])
-
     def _restore(self, latest: int) -> None:
         config = self.config
         abstract = None if self.state is None else checkpointing.abstract_like(self.state)
@@ -215,23 +201,10 @@ class Experiment:
         self.history = list(record.history)
         self.labels.restore(record, self.history, self.workdir)
         workdir_lib.sync_records(self.workdir, self.history)
-        self.next_round = latest + 1
-        if self.history and not self.history[-1]["queried"]:
-            # Finished (or the pool was exhausted). Given more rounds, a simulated run continues.
-            more = latest < int(config.al.rounds) and not self.labelled.all()
-            if more and self.labels.annotator is not None:
-                # Extending needs a query of the last round's model, stored as awaiting labels
-                # in that round's checkpoint, which is already written (and orbax does not
-                # overwrite a step): refuse rather than silently doing nothing.
-                raise ValueError(
-                    f"{self.workdir}: this human-annotator run finished at round {latest} "
-                    f"without a query, so it cannot be extended to al.rounds="
-                    f"{int(config.al.rounds)}; start a new run in a new workdir with more al.rounds"
-                )
-            if more:
-                self.extend_finished = True
-            else:
-                self.next_round = int(config.al.rounds) + 1
+        self.next_round, self.extend_finished = rounds.resume_point(
+            latest, self.history, int(config.al.rounds), self.labelled.all(),
+            human=self.labels.annotator is not None, workdir=self.workdir,
+        )  # fmt: skip
         logging.info(
             "resuming %s after round %d (%d labelled)", self.workdir, latest, self.labelled.sum()
         )

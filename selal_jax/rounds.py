@@ -227,3 +227,26 @@ def round_record(
         **cases,
         **({"untrained_val_loss": untrained} if r == 0 else {}),
     }
+
+
+def resume_point(
+    latest: int, history: list[dict], rounds: int, all_labelled: bool, *, human: bool, workdir: str
+) -> tuple[int, bool]:
+    """(next round, extend) for a run restored after round `latest` (history: its records).
+
+    A finished run (its last round queried nothing: the last round, or the pool exhausted)
+    resumed with more `rounds` continues if the pool is not exhausted (`extend`: its last round
+    gets the query it did not need then); otherwise nothing is left to do. A human-annotator run
+    cannot be extended: the query would have to be stored as awaiting labels in the last
+    round's checkpoint, which is already written (and orbax does not overwrite a step).
+    """
+    if not history or history[-1]["queried"]:
+        return latest + 1, False
+    more = latest < rounds and not all_labelled
+    if more and human:
+        raise ValueError(
+            f"{workdir}: this human-annotator run finished at round {latest} without a query, "
+            f"so it cannot be extended to al.rounds={rounds}; start a new run in a new workdir "
+            "with more al.rounds"
+        )
+    return (latest + 1, True) if more else (rounds + 1, False)

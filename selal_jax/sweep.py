@@ -119,6 +119,24 @@ def load_round0(round0_dir: str, state_like):
         ckpt.close()
 
 
+def take_round0(round0_dir: str, experiment) -> tuple[object, dict]:
+    """(state, record) of the shared round 0 for a fresh `experiment` (a loop.Experiment at
+    round 0), after checking it was trained with the same config (but for ROUND0_NEUTRAL_KEYS),
+    dataset and initial labelled set."""
+    state, stored = load_round0(round0_dir, experiment.state)
+    workdir_lib.check_compatible(
+        stored["config"],
+        stored["fingerprint"],
+        experiment.flat_config,
+        experiment.splits.fingerprint,
+        where=f"{round0_dir} (the shared round 0 of {experiment.workdir})",
+        neutral=workdir_lib.ROUND0_NEUTRAL_KEYS,
+    )
+    if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(experiment.labelled)]:
+        raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
+    return state, dict(stored["record"])
+
+
 @rng.with_classic_threefry
 def train_shared_round0(config, round0_dir: str) -> dict:
     """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
