@@ -2,7 +2,7 @@
 
 Layout of a sweep folder:
   supervised/            the supervised baseline (whole training split, first seed)
-  seed-<s>/round0/       round 0 of seed s, trained once: checkpoints/ (model, record),
+  seed-<s>/round0/       round 0 of seed s, trained once: model/ (orbax: model, record),
                          pool_embeddings.npz
   seed-<s>/<strategy>-<mode>/   one active-learning run, starting from round0's model
   report/                summary.md, summary.csv, learning_curves.png, tsne.png

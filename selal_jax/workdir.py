@@ -15,7 +15,7 @@ A run folder (`loop.run`, `launch.py run`):
 
 A sweep folder (`sweep.run`):
   supervised/supervised.json            the supervised baseline
-  seed-<s>/round0/checkpoints/          round 0 of seed s, trained once, shared by its runs
+  seed-<s>/round0/model/                round 0 of seed s (orbax), trained once, shared by its runs
   seed-<s>/round0/pool_embeddings.npz   round 0's pool embeddings (t-SNE maps)
   seed-<s>/<strategy>-<mode>/           one run folder, starting from round 0's model
   report/, cache/, the synthetic cohort
@@ -51,7 +51,8 @@ CACHE_DIR = "cache"
 REPORT_DIR = "report"
 SUPERVISED_DIR = "supervised"
 ROUND0_DIR = "round0"
-# Sweeps written before the flattening kept round 0's checkpoints in seed-<s>/round0/round0/.
+ROUND0_MODEL_DIR = "model"  # seed-<s>/round0/model/: the shared round 0's orbax checkpoint
+# Sweeps written before kept round 0's checkpoint in seed-<s>/round0/round0/.
 ROUND0_LEGACY_CHECKPOINTS = "round0"
 
 
@@ -60,9 +61,10 @@ def seed_dir(sweep_dir: str, seed: int) -> str:
 
 
 def round0_checkpoints(round0_dir: str) -> str:
-    """Round 0's checkpoint folder of a sweep seed (the older nested name where it exists)."""
+    """Round 0's checkpoint folder of a sweep seed (the older name where it exists). Not
+    checkpoints/: round0/ is no run folder, and a run started there must not find it."""
     legacy = os.path.join(round0_dir, ROUND0_LEGACY_CHECKPOINTS)
-    return legacy if os.path.isdir(legacy) else os.path.join(round0_dir, CHECKPOINTS_DIR)
+    return legacy if os.path.isdir(legacy) else os.path.join(round0_dir, ROUND0_MODEL_DIR)
 
 
 ADDED_KEYS = {

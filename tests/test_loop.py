@@ -231,8 +231,8 @@ def test_a_sweep_written_with_the_nested_round0_folder_is_still_read(finished_ru
     config, _, _ = finished_run
     round0 = str(tmp_path / "round0")
     first = sweep.train_shared_round0(config, round0)
-    assert os.path.isdir(os.path.join(round0, "checkpoints"))
-    os.rename(os.path.join(round0, "checkpoints"), os.path.join(round0, "round0"))
+    assert os.path.isdir(os.path.join(round0, "model"))
+    os.rename(os.path.join(round0, "model"), os.path.join(round0, "round0"))
     assert sweep.train_shared_round0(config, round0) == first  # found, not retrained
     history = loop.run(config, str(tmp_path / "run"), round0_dir=round0)
     assert {k: v for k, v in history[0].items() if k in first} == first
