@@ -196,34 +196,38 @@ def write_cohort(
                 )
         return root
     if kind == "multiclass":
-        return _write_multiclass(root, n_subjects, shape, seed, spacing)
-    with atomic.atomic_folder(root, prefix=".synthetic-", replace=True) as tmp:
-        os.makedirs(os.path.join(tmp, "imagesTr"))
-        os.makedirs(os.path.join(tmp, "labelsTr"))
-        affine = np.diag([*spacing, 1.0]).astype(np.float64)
-        training = []
-        for i in range(n_subjects):
-            rng = np.random.default_rng([seed, i])
-            image, label = make_subject(rng, tuple(shape), spacing)
-            name = f"synth_{i:03d}.nii.gz"
-            nib.save(nib.Nifti1Image(image, affine), os.path.join(tmp, "imagesTr", name))
-            nib.save(nib.Nifti1Image(label, affine), os.path.join(tmp, "labelsTr", name))
-            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        meta = {
+        # Its own stream ("multiclass" salt): not the binary cohort's subjects.
+        return _write_msd_cohort(
+            root,
+            n_subjects,
+            spacing,
+            lambda i: make_multiclass_subject(np.random.default_rng([seed, i, 2]), tuple(shape)),
+            "halo",
+            {
+                "name": MULTICLASS_NAME,
+                "description": (
+                    f"selal-jax synthetic halo/core cohort (seed {seed}, shape {list(shape)}, "
+                    "2 channels)"
+                ),
+                "tensorImageSize": "4D",
+                "modality": dict(MULTICLASS_MODALITIES),
+                "labels": dict(MULTICLASS_LABELS),
+            },
+        )
+    return _write_msd_cohort(
+        root,
+        n_subjects,
+        spacing,
+        lambda i: make_subject(np.random.default_rng([seed, i]), tuple(shape), spacing),
+        "synth",
+        {
             "name": DATASET_NAME,
             "description": f"selal-jax synthetic lesion cohort (seed {seed}, shape {list(shape)})",
             "tensorImageSize": "3D",
             "modality": {"0": "MRI"},
             "labels": {"0": "background", "1": "lesion"},
-            "numTraining": n_subjects,
-            "numTest": 0,
-            "training": training,
-            "test": [],
-        }
-        with open(os.path.join(tmp, "dataset.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        # An incomplete earlier attempt at `root` (no dataset.json) is replaced.
-    return root
+        },
+    )
 
 
 def _stored_name(meta_path: str) -> str | None:
@@ -234,35 +238,22 @@ def _stored_name(meta_path: str) -> str | None:
         return None
 
 
-def _write_multiclass(root: str, n_subjects: int, shape, seed: int, spacing) -> str:
-    """The multiclass cohort (4D images, labels {0, 1, 2}), written atomically in the MSD layout."""
+def _write_msd_cohort(root: str, n_subjects: int, spacing, subject, prefix: str, meta: dict) -> str:
+    """Writes `subject(i)` -> (image, label) for i < n_subjects as <prefix>_<i>.nii.gz in the MSD
+    layout with `meta` in dataset.json, atomically (an incomplete earlier attempt at `root`, with
+    no dataset.json, is replaced)."""
     with atomic.atomic_folder(root, prefix=".synthetic-", replace=True) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         affine = np.diag([*spacing, 1.0]).astype(np.float64)
         training = []
         for i in range(n_subjects):
-            # Its own stream ("multiclass" salt): not the binary cohort's subjects.
-            rng = np.random.default_rng([seed, i, 2])
-            image, label = make_multiclass_subject(rng, tuple(shape))
-            name = f"halo_{i:03d}.nii.gz"
+            image, label = subject(i)
+            name = f"{prefix}_{i:03d}.nii.gz"
             nib.save(nib.Nifti1Image(image, affine), os.path.join(tmp, "imagesTr", name))
             nib.save(nib.Nifti1Image(label, affine), os.path.join(tmp, "labelsTr", name))
             training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        meta = {
-            "name": MULTICLASS_NAME,
-            "description": (
-                f"selal-jax synthetic halo/core cohort (seed {seed}, shape {list(shape)}, 2 channels)"
-            ),
-            "tensorImageSize": "4D",
-            "modality": dict(MULTICLASS_MODALITIES),
-            "labels": dict(MULTICLASS_LABELS),
-            "numTraining": n_subjects,
-            "numTest": 0,
-            "training": training,
-            "test": [],
-        }
+        meta = {**meta, "numTraining": n_subjects, "numTest": 0, "training": training, "test": []}
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=2)
-        # An incomplete earlier attempt at `root` (no dataset.json) is replaced.
     return root
