@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 import jax
-from tqdm import tqdm
 
 
 class Progress:
@@ -17,6 +16,10 @@ class Progress:
     `info` after the bar; `close()` leaves the final line."""
 
     def __init__(self, label: str, total: int, unit: str = "", stream=None):
+        # Imported here: the benchmarks import train.py without needing tqdm (a GPU image may
+        # lack it); only runs that train or score the pool show bars.
+        from tqdm import tqdm
+
         stream = stream or sys.stderr
         tty = hasattr(stream, "isatty") and stream.isatty()
         self.bar = tqdm(
