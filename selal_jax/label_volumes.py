@@ -20,7 +20,7 @@ from selal_jax.data.preprocess import CaseFiles
 
 PLANES = ("sagittal", "coronal", "axial")  # slicing along canonical (RAS) axis 0, 1, 2
 RAS = orientations.axcodes2ornt("RAS")
-IDENTITY = orientations.axcodes2ornt("RAS")  # file axis i is loader axis i, not reversed
+IDENTITY = RAS  # as an orientation: file axis i is loader axis i, not reversed
 
 
 @dataclasses.dataclass(frozen=True)

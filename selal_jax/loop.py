@@ -221,8 +221,8 @@ class Experiment:
             self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
         labelled_ids = np.flatnonzero(self.labelled)
         if r == 0:  # the yardstick of check_divergence, kept in round 0's record
-            untrained = rounds.val_loss(
-                self.model, self.state.variables, self.splits.val, batch, self.mesh
+            untrained = train_lib.validation_loss(
+                self.model, self.state.variables, self.splits.val, batch_size=batch, mesh=self.mesh
             )
         else:  # None for runs recorded without it
             untrained = self.history[0].get("untrained_val_loss") if self.history else None

@@ -378,7 +378,11 @@ def write_report(
         paths["learning_curves_pixels.png"] = pixels
     embeddings = sorted(
         glob.glob(
-            os.path.join(workdir, "seed-*", workdir_lib.ROUND0_DIR, workdir_lib.EMBEDDINGS_FILE)
+            os.path.join(
+                workdir_lib.seed_dir(workdir, "*"),
+                workdir_lib.ROUND0_DIR,
+                workdir_lib.EMBEDDINGS_FILE,
+            )
         )
     )
     if embeddings:

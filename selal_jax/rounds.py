@@ -184,12 +184,6 @@ def query_fields(config, model, variables, pool: SliceSet, q: selection.Query | 
     }
 
 
-def val_loss(model, variables, val: SliceSet, batch_size: int, mesh) -> float:
-    """The mean validation loss of `variables` (the untrained model's before round 0)."""
-    terms = train_lib.evaluate(model, variables, val, batch_size=batch_size, mesh=mesh)
-    return train_lib.mean_loss(terms)
-
-
 def case_metrics(config, model, variables, splits, workdir: str, r: int) -> dict:
     """Per-case metrics of round r's model on the test split (`eval.cases`), else {}."""
     if not config.eval.cases:

@@ -256,6 +256,11 @@ def mean_loss(terms: dict[str, np.ndarray]) -> float:
     return float(loss_sum.sum() / terms["pixels"].sum())
 
 
+def validation_loss(model: UNet, variables, data: SliceSet, *, batch_size: int, mesh=None) -> float:
+    """`mean_loss` of `variables` over every slice of `data` (the early-stopping criterion)."""
+    return mean_loss(evaluate(model, variables, data, batch_size=batch_size, mesh=mesh))
+
+
 class TrainingDivergedError(FloatingPointError):
     """A round's best validation loss is far above the untrained model's (see
     `check_divergence`); the message names the round and both losses."""
@@ -352,14 +357,12 @@ def fit(
                 f"non-finite training loss in round {round_index}, epoch {epoch}, step {bad}; "
                 "lower train.learning_rate or check the data"
             )
-        val_loss = mean_loss(
-            evaluate(
-                model,
-                state.variables,
-                val_data,
-                batch_size=int(train_config.eval_batch_size),
-                mesh=mesh,
-            )
+        val_loss = validation_loss(
+            model,
+            state.variables,
+            val_data,
+            batch_size=int(train_config.eval_batch_size),
+            mesh=mesh,
         )
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         if val_loss < best_loss:

@@ -56,7 +56,8 @@ ROUND0_MODEL_DIR = "model"  # seed-<s>/round0/model/: the shared round 0's orbax
 ROUND0_LEGACY_CHECKPOINTS = "round0"
 
 
-def seed_dir(sweep_dir: str, seed: int) -> str:
+def seed_dir(sweep_dir: str, seed) -> str:
+    """seed-<seed> in a sweep folder (seed "*": the glob of all of them)."""
     return os.path.join(sweep_dir, f"seed-{seed}")
 
 
