@@ -189,7 +189,7 @@ class Experiment:
         abstract = None if self.state is None else checkpointing.abstract_like(self.state)
         state, loop = self.ckpt.restore_latest(latest, abstract)
         self.state = state
-        record = workdir_lib.LoopRecord.from_json(loop)
+        record = workdir_lib.LoopRecord.from_json(loop, f"{self.ckpt.directory} round {latest}")
         workdir_lib.check_compatible(
             record.config,
             record.fingerprint,

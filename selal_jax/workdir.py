@@ -142,8 +142,18 @@ class LoopRecord:
     annotations: dict[str, str] | None = None
 
     @classmethod
-    def from_json(cls, loop: dict) -> LoopRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
+    def from_json(cls, loop: dict, where: str = "loop record") -> LoopRecord:
+        """The record of a checkpoint's JSON; `where` (the checkpoint) names it in the error
+        when a field is missing."""
+        fields = dataclasses.fields(cls)
+        missing = [
+            f.name for f in fields if f.default is dataclasses.MISSING and f.name not in loop
+        ]
+        if missing:
+            raise checkpointing.CheckpointError(
+                f"{where}: the checkpoint's loop record lacks the fields {missing}"
+            )
+        names = {f.name for f in fields}
         return cls(**{k: v for k, v in loop.items() if k in names})
 
     def to_json(self) -> dict:

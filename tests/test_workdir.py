@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from selal_jax import checkpointing
 from selal_jax import workdir as workdir_lib
 from tests.helpers import smoke_config
 
@@ -56,6 +57,12 @@ def test_loop_record_json_keeps_the_stored_fields():
     assert simulated["root_key"] == words
     human = workdir_lib.LoopRecord(**fields, awaiting_labels=2, annotations={}).to_json()
     assert human == {**fields, "awaiting_labels": 2, "annotations": {}}
+    broken = {k: v for k, v in human.items() if k not in ("history", "fingerprint")}
+    with pytest.raises(
+        checkpointing.CheckpointError,
+        match=r"ckpt/3: the checkpoint's loop record lacks the fields \['history', 'fingerprint'\]",
+    ):
+        workdir_lib.LoopRecord.from_json(broken, "ckpt/3")
     assert workdir_lib.LoopRecord.from_json({**human, "unknown": 1}) == workdir_lib.LoopRecord(
         **fields, awaiting_labels=2, annotations={}
     )
