@@ -19,6 +19,14 @@ vs 24 ms). The "custom" implementation keeps XLA's forward for both (the same ou
 bit) and gives them hand-written backward passes (`upconv_2x2`, `max_pool_2x2`); "auto", the
 default, picks it on the CPU backend and plain Flax/XLA everywhere else. Parameters are the same
 either way (names, shapes, initial values).
+
+Monte-Carlo passes on the custom path (measured there: BALD, 10 passes, 16 slices at 64x64,
+2.14 s -> 1.50 s, compile 9.7 s -> 5.2 s): each decoder block's first convolution takes the
+skip and the upsampled input apart (`Conv3x3`), so the skip's half, the same in every pass, is
+convolved once per slice; and dropout draws flax's masks bit for bit from an unrolled threefry
+that XLA fuses (`selal_jax.dropout`; JAX's CPU lowering of the hash is a rolled loop). Logits
+change by float32 rounding only (the split convolution's sum); training and single-pass outputs
+are unchanged, bit for bit.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from selal_jax.dropout import Dropout
 
 Array = jax.Array
 # Computation dtypes by config name (model.dtype); parameters always stay float32.
@@ -146,16 +156,61 @@ class UpConv(nn.ConvTranspose):
         return upconv_2x2(inputs, kernel) + bias
 
 
+class Conv3x3(nn.Conv):
+    """nn.Conv (its parameters and initialiser) that also takes its input in parts: a tuple of
+    arrays whose channels, concatenated in order, are the input. Each part is then convolved
+    with its slice of the kernel and the results summed, which equals the convolution of the
+    concatenation to float32 rounding. Under vmap a part that is not batched stays unbatched, so
+    in Monte-Carlo passes the decoder's skip connection (the same in every pass) is convolved
+    once per slice instead of once per pass (`UNet.decode`)."""
+
+    @nn.compact
+    def __call__(self, inputs) -> Array:
+        if not isinstance(inputs, tuple):
+            return super().__call__(inputs)
+        if self.use_bias or self.strides not in (1, (1, 1)) or self.padding != "SAME":
+            raise ValueError("Conv3x3: parts are only taken without bias, stride 1, 'SAME'")
+        channels = [part.shape[-1] for part in inputs]
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (*self.kernel_size, sum(channels), self.features),
+            self.param_dtype,
+        )
+        *parts, kernel = nn.dtypes.promote_dtype(*inputs, kernel, dtype=self.dtype)
+        starts = [sum(channels[:i]) for i in range(len(channels))]
+        convolved = [
+            jax.lax.conv_general_dilated(
+                part,
+                kernel[:, :, start : start + c],
+                (1, 1),
+                "SAME",
+                dimension_numbers=_NHWC,
+                precision=self.precision,
+            )
+            for part, start, c in zip(parts, starts, channels, strict=True)
+        ]
+        return functools.reduce(jnp.add, convolved)
+
+
 class ConvBlock(nn.Module):
-    """Two (3x3 conv without bias -> BatchNorm -> ReLU) layers."""
+    """Two (3x3 conv without bias -> BatchNorm -> ReLU) layers. The input is an array, or a
+    tuple of arrays to be read as their channel concatenation (see Conv3x3)."""
 
     features: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        for _ in range(2):
-            x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+    def __call__(self, x, train: bool) -> Array:
+        for i in range(2):
+            x = Conv3x3(
+                self.features,
+                (3, 3),
+                padding="SAME",
+                use_bias=False,
+                dtype=self.dtype,
+                name=f"Conv_{i}",  # nn.Conv's automatic names: checkpoints keep their paths
+            )(x)
             # PyTorch's BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
             x = nn.BatchNorm(
                 use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
@@ -179,8 +234,9 @@ class UNet(nn.Module):
         the background at the rest. It changes no parameter count.
       conv_impl: 'auto' (default: 'custom' on the CPU backend, 'xla' elsewhere), 'xla' (Flax's
         layers as they are) or 'custom' (hand-written backward passes of the transposed
-        convolutions and the max-pooling; the same forward outputs and parameters, gradients
-        equal to float32 rounding).
+        convolutions and the max-pooling, the fused-threefry dropout, Monte-Carlo passes that
+        convolve the skips once; the same parameters, forward outputs and dropout masks,
+        gradients and MC logits equal to float32 rounding).
       num_logits: 1 for the binary sigmoid head (logits [..., H, W]); C + 1 >= 3 for C >= 2
         foreground classes (logits [..., H, W, C + 1], class 0 = background). Input channels are
         those of the images (Flax infers them).
@@ -214,7 +270,7 @@ class UNet(nn.Module):
             bias_init=head_bias_init(float(self.head_bias_prior), int(self.num_logits)),
             name="head",
         )
-        self.dropout = nn.Dropout(self.dropout_rate)
+        self.dropout = (nn.Dropout if impl == "xla" else Dropout)(self.dropout_rate)
 
     def encode(self, images: Array, train: bool = False) -> tuple[Array, tuple[Array, ...]]:
         """Deterministic encoder.
@@ -247,11 +303,14 @@ class UNet(nn.Module):
         running statistics.
         """
         deterministic = not (train or mc)
+        # Monte-Carlo passes on the custom path convolve the skip apart (Conv3x3): vmapped over
+        # the passes, its half of each block's first convolution then runs once per slice.
+        split = mc and not train and resolve_conv_impl(self.conv_impl) == "custom"
         x = self.dropout(bottleneck, deterministic=deterministic)
         for upconv, block, skip in zip(self.up_convs, self.up, reversed(skips), strict=True):
             x = upconv(x)
-            x = jnp.concatenate([skip.astype(x.dtype), x], axis=-1)
-            x = block(x, train)
+            skip = skip.astype(x.dtype)
+            x = block((skip, x) if split else jnp.concatenate([skip, x], axis=-1), train)
             x = self.dropout(x, deterministic=deterministic)
         logits = self.head(x)
         if self.num_logits == 1:

@@ -62,5 +62,21 @@ def test_only_reuse_runs_the_encoder_once_per_slice():
     n_encoder = 2 * (model.depth + 1)  # two convolutions per level and in the bottleneck
     assert batches[True][:n_encoder] == [BATCH] * n_encoder
     assert batches[False][:n_encoder] == [BATCH * PASSES] * n_encoder
-    assert batches[True][n_encoder:] == batches[False][n_encoder:]
-    assert set(batches[True][n_encoder:]) == {BATCH * PASSES}
+    # Each decoder level: the transposed convolution, the first 3x3 convolution in two parts
+    # (the skip's, then the upsampled input's: Conv3x3) and the second one; the head last.
+    # With reuse only the skip's part runs once per slice; without, everything once per pass.
+    level = lambda skip: [BATCH * PASSES, skip, BATCH * PASSES, BATCH * PASSES]  # noqa: E731
+    head = [BATCH * PASSES]
+    assert batches[True][n_encoder:] == level(BATCH) * model.depth + head
+    assert batches[False][n_encoder:] == level(BATCH * PASSES) * model.depth + head
+
+
+@rng.with_classic_threefry
+def test_the_xla_path_convolves_the_concatenated_skip_in_every_pass():
+    model, variables, images, ids, key = _setup()
+    model = model.clone(conv_impl="xla")
+    jaxpr = jax.make_jaxpr(lambda v, x, i, k: scoring.mc_logits(model, v, x, i, k, PASSES, True))(
+        variables, images, ids, key
+    )
+    n_encoder = 2 * (model.depth + 1)
+    assert _conv_batches(jaxpr.jaxpr)[n_encoder:] == [BATCH * PASSES] * (3 * model.depth + 1)

@@ -209,3 +209,44 @@ def test_cpu_programs_compile_without_ynnpack():
     assert jitted.__wrapped__ is not None
     np.testing.assert_array_equal(jitted(jnp.arange(3.0), n=2), [0.0, 2.0, 4.0])
     assert jitted.lower(jnp.arange(3.0), n=2).compile() is not None
+
+
+def test_conv3x3_in_parts_is_the_convolution_of_the_concatenation():
+    gen = np.random.default_rng(0)
+    skip = jnp.asarray(gen.standard_normal((2, 8, 6, 3)), jnp.float32)
+    up = jnp.asarray(gen.standard_normal((2, 8, 6, 5)), jnp.float32)
+    layer = models.Conv3x3(4, (3, 3), padding="SAME", use_bias=False)
+    variables = layer.init(jax.random.key(0), jnp.concatenate([skip, up], -1))
+    reference = nn.Conv(4, (3, 3), padding="SAME", use_bias=False)
+    assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
+        jnp.shape, reference.init(jax.random.key(0), jnp.concatenate([skip, up], -1))
+    )
+    whole = reference.apply(variables, jnp.concatenate([skip, up], -1))
+    np.testing.assert_allclose(layer.apply(variables, (skip, up)), whole, rtol=1e-5, atol=1e-5)
+    # One output pixel by hand: the 3x3 neighbourhood (zero-padded) times the kernel.
+    kernel = np.asarray(variables["params"]["kernel"])
+    both = np.pad(np.concatenate([skip, up], -1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    by_hand = np.einsum("abc,abco->o", both[1, 3:6, 0:3], kernel)
+    np.testing.assert_allclose(layer.apply(variables, (skip, up))[1, 3, 0], by_hand, rtol=1e-5)
+    with pytest.raises(ValueError, match="without bias"):
+        models.Conv3x3(4, (3, 3), padding="SAME").init(jax.random.key(0), (skip, up))
+
+
+def test_custom_mc_passes_match_xla_s():
+    """The custom path's Monte-Carlo passes (skip convolved apart, the unrolled-threefry
+    dropout) give XLA's path's logits: the same masks, convolutions equal to rounding."""
+    from selal_jax import rng, scoring
+
+    xla, custom = UNet(base_width=4, depth=2, conv_impl="xla"), UNet(4, 2, conv_impl="custom")
+    variables = init_variables(xla, jax.random.key(0), 32, 32)
+    images = np.random.default_rng(3).standard_normal((3, 32, 32)).astype(np.float32)
+    key = jax.random.key(9)
+    with rng.classic_threefry():
+        logits = [
+            jax.jit(lambda v, m=m: scoring.mc_logits(m, v, images, jnp.arange(3), key, 4))(
+                variables
+            )
+            for m in (xla, custom)
+        ]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits[0][:, 0], logits[0][:, 1])  # the passes differ
