@@ -25,8 +25,9 @@ Monte-Carlo passes on the custom path (measured there: BALD, 10 passes, 16 slice
 skip and the upsampled input apart (`Conv3x3`), so the skip's half, the same in every pass, is
 convolved once per slice; and dropout draws flax's masks bit for bit from an unrolled threefry
 that XLA fuses (`selal_jax.dropout`; JAX's CPU lowering of the hash is a rolled loop). Logits
-change by float32 rounding only (the split convolution's sum); training and single-pass outputs
-are unchanged, bit for bit.
+change by float32 rounding only (the split convolution's sum); single-pass inference outputs
+are unchanged, bit for bit. Training on the custom path uses `selal_jax.batch_norm.BatchNorm`
+(batch statistics with a hand-written backward pass; Flax's numbers to float32 rounding).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from selal_jax import batch_norm
 from selal_jax.dropout import Dropout
 
 Array = jax.Array
@@ -195,10 +197,12 @@ class Conv3x3(nn.Conv):
 
 class ConvBlock(nn.Module):
     """Two (3x3 conv without bias -> BatchNorm -> ReLU) layers. The input is an array, or a
-    tuple of arrays to be read as their channel concatenation (see Conv3x3)."""
+    tuple of arrays to be read as their channel concatenation (see Conv3x3). The custom
+    implementation's BatchNorm is `selal_jax.batch_norm.BatchNorm`."""
 
     features: int
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool) -> Array:
@@ -212,9 +216,8 @@ class ConvBlock(nn.Module):
                 name=f"Conv_{i}",  # nn.Conv's automatic names: checkpoints keep their paths
             )(x)
             # PyTorch's BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
-            x = nn.BatchNorm(
-                use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-            )(x)
+            norm = nn.BatchNorm if self.conv_impl == "xla" else batch_norm.BatchNorm
+            x = norm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
             x = nn.relu(x)
         return x
 
@@ -234,9 +237,9 @@ class UNet(nn.Module):
         the background at the rest. It changes no parameter count.
       conv_impl: 'auto' (default: 'custom' on the CPU backend, 'xla' elsewhere), 'xla' (Flax's
         layers as they are) or 'custom' (hand-written backward passes of the transposed
-        convolutions and the max-pooling, the fused-threefry dropout, Monte-Carlo passes that
-        convolve the skips once; the same parameters, forward outputs and dropout masks,
-        gradients and MC logits equal to float32 rounding).
+        convolutions, the max-pooling and BatchNorm, the fused-threefry dropout, Monte-Carlo
+        passes that convolve the skips once; the same parameters, inference outputs and dropout
+        masks; training outputs, gradients and MC logits equal to float32 rounding).
       num_logits: 1 for the binary sigmoid head (logits [..., H, W]); C + 1 >= 3 for C >= 2
         foreground classes (logits [..., H, W, C + 1], class 0 = background). Input channels are
         those of the images (Flax infers them).
@@ -254,14 +257,17 @@ class UNet(nn.Module):
         impl = resolve_conv_impl(self.conv_impl)
         self._pool = _max_pool_2x2 if impl == "xla" else max_pool_2x2
         widths = [self.base_width * 2**i for i in range(self.depth)]
-        self.down = [ConvBlock(w, self.dtype, name=f"down_{i}") for i, w in enumerate(widths)]
-        self.bottleneck = ConvBlock(self.base_width * 2**self.depth, self.dtype, name="bottleneck")
+        self.down = [ConvBlock(w, self.dtype, impl, name=f"down_{i}") for i, w in enumerate(widths)]
+        self.bottleneck = ConvBlock(
+            self.base_width * 2**self.depth, self.dtype, impl, name="bottleneck"
+        )
         self.up_convs = [
             UpConv(w, (2, 2), strides=(2, 2), dtype=self.dtype, conv_impl=impl, name=f"upconv_{i}")
             for i, w in reversed(list(enumerate(widths)))
         ]
         self.up = [
-            ConvBlock(w, self.dtype, name=f"up_{i}") for i, w in reversed(list(enumerate(widths)))
+            ConvBlock(w, self.dtype, impl, name=f"up_{i}")
+            for i, w in reversed(list(enumerate(widths)))
         ]
         self.head = nn.Conv(
             self.num_logits,

@@ -141,8 +141,9 @@ def _loss_grads(model, variables, images, labels):
 
 
 def test_custom_and_xla_conv_impls_agree():
-    """Same parameter tree and initial values, bit-identical forward outputs (the custom path
-    keeps XLA's forward), gradients equal to float32 rounding."""
+    """Same parameter tree and initial values, bit-identical inference outputs (the custom path
+    keeps XLA's forward), training losses and gradients equal to float32 rounding (the custom
+    BatchNorm's batch statistics)."""
     xla, custom = UNet(base_width=4, depth=2, conv_impl="xla"), UNet(4, 2, conv_impl="custom")
     vx, vc = (init_variables(m, jax.random.key(0), 32, 32) for m in (xla, custom))
     assert jax.tree_util.tree_structure(vx) == jax.tree_util.tree_structure(vc)
@@ -157,7 +158,7 @@ def test_custom_and_xla_conv_impls_agree():
     (loss_x, grads_x), (loss_c, grads_c) = (
         _loss_grads(m, vx, images, labels) for m in (xla, custom)
     )
-    np.testing.assert_array_equal(loss_x, loss_c)
+    np.testing.assert_allclose(loss_c, loss_x, rtol=1e-6)
     leaves = jax.tree_util.tree_leaves
     for gx, gc in zip(leaves(grads_x), leaves(grads_c), strict=True):
         np.testing.assert_allclose(gc, gx, rtol=1e-4, atol=1e-6 * float(np.max(np.abs(gx))))
