@@ -12,22 +12,23 @@ Dropout sits only after the bottleneck block and after each decoder block. The e
 therefore deterministic, which lets Monte-Carlo scoring compute it once per batch and repeat only
 the decoder (see `UNet.encode` / `UNet.decode`).
 
-Gradients on the CPU (`UNet.conv_impl`): XLA:CPU differentiates the 2x2 stride-2 transposed
-convolution and the 2x2 max-pooling slowly (measured on two cores, batch 16, 64x64, the four
-transposed convolutions' forward + backward: 1,053 ms vs 105 ms as matmuls; the poolings' 80 ms
-vs 24 ms). The "custom" implementation keeps XLA's forward for both (the same outputs, bit for
-bit) and gives them hand-written backward passes (`upconv_2x2`, `max_pool_2x2`); "auto", the
-default, picks it on the CPU backend and plain Flax/XLA everywhere else. Parameters are the same
-either way (names, shapes, initial values).
-
-Monte-Carlo passes on the custom path (measured there: BALD, 10 passes, 16 slices at 64x64,
-2.14 s -> 1.50 s, compile 9.7 s -> 5.2 s): each decoder block's first convolution takes the
-skip and the upsampled input apart (`Conv3x3`), so the skip's half, the same in every pass, is
-convolved once per slice; and dropout draws flax's masks bit for bit from an unrolled threefry
-that XLA fuses (`selal_jax.dropout`; JAX's CPU lowering of the hash is a rolled loop). Logits
-change by float32 rounding only (the split convolution's sum); single-pass inference outputs
-are unchanged, bit for bit. Training on the custom path uses `selal_jax.batch_norm.BatchNorm`
-(batch statistics with a hand-written backward pass; Flax's numbers to float32 rounding).
+The CPU path (`UNet.conv_impl` "custom"; "auto", the default, picks it on the CPU backend and
+plain Flax/XLA everywhere else). Measured on two cores, published U-Net, batch 16 at 64x64:
+- the 2x2 stride-2 transposed convolutions are matmuls over the 2x2 output blocks, forward
+  (`_upconv_matmul`: 15 vs 30 ms for the four) and backward (`upconv_2x2`: forward + backward
+  105 vs 1,053 ms as XLA derives them); the 2x2 max-poolings keep XLA's forward and get an
+  element-wise backward pass (`max_pool_2x2`, 24 vs 80 ms);
+- BatchNorm's training statistics have a hand-written backward pass (`selal_jax.batch_norm`;
+  train step 0.93 -> 0.85 s);
+- dropout draws Flax's masks bit for bit from an unrolled threefry that XLA fuses
+  (`selal_jax.dropout`; JAX's CPU lowering of the hash is a rolled loop);
+- Monte-Carlo passes convolve each decoder block's skip apart from the upsampled input
+  (`Conv3x3`), so the skip's half of the block's first convolution, the same in every pass,
+  runs once per slice.
+BALD with 10 passes over 16 slices went from 2.48 s to 1.41 s (compile 9.9 -> 7.8 s) in one
+process. Parameters (names, shapes, initial values) and dropout masks are the same either way;
+outputs, gradients and MC logits equal to float32 rounding (inference logits of the published
+U-Net within 5e-7).
 """
 
 from __future__ import annotations
@@ -66,20 +67,33 @@ def _conv_transpose_2x2(x: Array, kernel: Array) -> Array:
     return jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC)
 
 
+def _upconv_matmul(x: Array, kernel: Array) -> Array:
+    """`_conv_transpose_2x2` as one matmul to each input pixel's four output pixels and an
+    interleave. XLA:CPU runs the transposed convolution as an input-dilated convolution, twice
+    as slow (the four of the U-Net, batch 16: 30 vs 15 ms; batch 160, the Monte-Carlo passes':
+    413 vs 226 ms); the outputs were bit-identical on every shape measured."""
+    n, h, w, ci = x.shape
+    co = kernel.shape[-1]
+    flipped = kernel[::-1, ::-1]  # flipped[a, b] multiplies x[i, j] into y[2i + a, 2j + b]
+    blocks = x.reshape(-1, ci) @ jnp.transpose(flipped, (2, 0, 1, 3)).reshape(ci, 4 * co)
+    blocks = blocks.reshape(n, h, w, 2, 2, co)
+    return jnp.transpose(blocks, (0, 1, 3, 2, 4, 5)).reshape(n, 2 * h, 2 * w, co)
+
+
 @jax.custom_vjp
 def upconv_2x2(x: Array, kernel: Array) -> Array:
     """2x2 stride-2 transposed convolution without bias: x [n, h, w, ci], kernel [2, 2, ci, co]
     -> [n, 2h, 2w, co], with y[2i + a, 2j + b] = x[i, j] @ kernel[1 - a, 1 - b].
 
-    The forward pass is XLA's `conv_transpose` (as nn.ConvTranspose); the backward pass is two
-    matmuls over the 2x2 output blocks, which XLA:CPU runs about ten times faster than the
-    convolutions it derives itself.
+    Forward and backward passes are matmuls over the 2x2 output blocks (`_upconv_matmul`),
+    which XLA:CPU runs 2x (forward) and about ten times (backward) faster than the
+    convolutions it derives from nn.ConvTranspose.
     """
-    return _conv_transpose_2x2(x, kernel)
+    return _upconv_matmul(x, kernel)
 
 
 def _upconv_fwd(x, kernel):
-    return _conv_transpose_2x2(x, kernel), (x, kernel)
+    return _upconv_matmul(x, kernel), (x, kernel)
 
 
 def _upconv_bwd(residuals, g):
@@ -236,10 +250,8 @@ class UNet(nn.Module):
         balance. With several classes every foreground class starts at this probability and
         the background at the rest. It changes no parameter count.
       conv_impl: 'auto' (default: 'custom' on the CPU backend, 'xla' elsewhere), 'xla' (Flax's
-        layers as they are) or 'custom' (hand-written backward passes of the transposed
-        convolutions, the max-pooling and BatchNorm, the fused-threefry dropout, Monte-Carlo
-        passes that convolve the skips once; the same parameters, inference outputs and dropout
-        masks; training outputs, gradients and MC logits equal to float32 rounding).
+        layers as they are) or 'custom' (the CPU path of the module docstring: the same
+        parameters and dropout masks, outputs and gradients equal to float32 rounding).
       num_logits: 1 for the binary sigmoid head (logits [..., H, W]); C + 1 >= 3 for C >= 2
         foreground classes (logits [..., H, W, C + 1], class 0 = background). Input channels are
         those of the images (Flax infers them).
