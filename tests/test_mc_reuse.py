@@ -62,10 +62,11 @@ def test_only_reuse_runs_the_encoder_once_per_slice():
     n_encoder = 2 * (model.depth + 1)  # two convolutions per level and in the bottleneck
     assert batches[True][:n_encoder] == [BATCH] * n_encoder
     assert batches[False][:n_encoder] == [BATCH * PASSES] * n_encoder
-    # Each decoder level: the transposed convolution, the first 3x3 convolution in two parts
-    # (the skip's, then the upsampled input's: Conv3x3) and the second one; the head last.
-    # With reuse only the skip's part runs once per slice; without, everything once per pass.
-    level = lambda skip: [BATCH * PASSES, skip, BATCH * PASSES, BATCH * PASSES]  # noqa: E731
+    # Each decoder level (the transposed convolution is a matmul on this path): the first 3x3
+    # convolution in two parts (the skip's, then the upsampled input's: Conv3x3) and the second
+    # one; the head last. With reuse only the skip's part runs once per slice; without,
+    # everything once per pass.
+    level = lambda skip: [skip, BATCH * PASSES, BATCH * PASSES]  # noqa: E731
     head = [BATCH * PASSES]
     assert batches[True][n_encoder:] == level(BATCH) * model.depth + head
     assert batches[False][n_encoder:] == level(BATCH * PASSES) * model.depth + head
