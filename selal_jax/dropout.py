@@ -25,6 +25,7 @@ Array = jax.Array
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
+_MAX_SIZE = 2**32 - 1  # one block of counters
 
 
 def _rotate_left(v: Array, d: int) -> Array:
@@ -50,7 +51,7 @@ def random_bits32(key: Array, shape: tuple[int, ...]) -> Array:
     setting in force (`jax_threefry_partitionable`)."""
     k1, k2 = jax.random.key_data(key)
     size = math.prod(shape)
-    if size >= 2**32 - 1:
+    if size >= _MAX_SIZE:  # JAX splits the key into blocks there; not reproduced here
         raise ValueError(f"random_bits32: {size} numbers are more than one threefry block")
     if getattr(jax.config, "jax_threefry_partitionable", False):  # (JAX without it: classic)
         # One hash per element of counters (high, low word of its flat index); bits = o1 ^ o2.
@@ -90,7 +91,7 @@ class Dropout(nn.Dropout):
             return super().__call__(inputs, deterministic, rng)
         if rng is None:
             rng = self.make_rng(self.rng_collection)
-        if not _is_threefry(rng):
+        if not _is_threefry(rng) or math.prod(inputs.shape) >= _MAX_SIZE:
             return super().__call__(inputs, deterministic, rng)
         keep_prob = 1.0 - self.rate
         mask = bernoulli(rng, keep_prob, inputs.shape)
