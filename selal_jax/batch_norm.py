@@ -7,9 +7,9 @@ the published U-Net, batch 16 at 64x64) the 18 BatchNorm layers cost about 110 m
 train step (measured by replacing them with an affine map). Here the statistics are reductions
 of the activations viewed as [pixels, channels] and the backward pass is the textbook one (two
 reductions, one fused element-wise pass): the train step went from 0.93 s to 0.85 s in one
-process (`UNet.conv_impl` 'custom', the CPU default, uses it). The numbers are those of Flax's BatchNorm to float32 rounding (its
-`use_fast_variance` formula: var = E[x^2] - E[x]^2, clipped at 0). Inference (running
-averages) and initialisation are Flax's own code, bit for bit.
+process (`UNet.conv_impl` 'custom', the CPU default, uses it). The numbers are those of Flax's
+BatchNorm to float32 rounding (its `use_fast_variance` formula: var = E[x^2] - E[x]^2, clipped
+at 0). Inference (running averages) and initialisation are Flax's own code, bit for bit.
 """
 
 from __future__ import annotations

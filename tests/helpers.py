@@ -260,3 +260,14 @@ def write_nnunetv2(
     with open(os.path.join(root, "dataset.json"), "w") as f:
         json.dump(contents, f, indent=1)
     return root
+
+
+def all_eqns(jaxpr):
+    """Every equation of a jaxpr in program order, nested jaxprs (jit, vmap, custom_vjp, loops)
+    included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None:
+                yield from all_eqns(getattr(inner, "jaxpr", inner))

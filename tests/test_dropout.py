@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from selal_jax import dropout, rng
+from tests.helpers import all_eqns
 
 SHAPES = [(1,), (7,), (3, 5), (2, 8, 8, 3), (1, 4, 4, 512), (2, 5, 7, 3)]
 
@@ -59,17 +60,6 @@ def test_other_keys_and_broadcast_dims_take_flax_s_path():
     np.testing.assert_array_equal(dropout.Dropout(0.5).apply({}, x, deterministic=True), x)
 
 
-def _primitives(jaxpr) -> list[str]:
-    out = []
-    for eqn in jaxpr.eqns:
-        out.append(eqn.primitive.name)
-        for param in eqn.params.values():
-            inner = getattr(param, "jaxpr", None)
-            if inner is not None:
-                out += _primitives(getattr(inner, "jaxpr", inner))
-    return out
-
-
 def test_the_mask_is_no_random_bits_call():
     """The fast path is taken: no `random_bits` (whose CPU lowering is the rolled loop)."""
     x = jnp.ones((2, 8, 8, 3))
@@ -78,6 +68,8 @@ def test_the_mask_is_no_random_bits_call():
         fn = lambda k, layer=layer: layer(0.2).apply(  # noqa: E731
             {}, x, deterministic=False, rngs={"dropout": k}
         )
-        names[layer] = _primitives(jax.make_jaxpr(fn)(jax.random.key(0)).jaxpr)
+        names[layer] = [
+            e.primitive.name for e in all_eqns(jax.make_jaxpr(fn)(jax.random.key(0)).jaxpr)
+        ]
     assert "random_bits" in names[nn.Dropout]
     assert "random_bits" not in names[dropout.Dropout]

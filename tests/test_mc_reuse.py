@@ -7,6 +7,7 @@ import numpy as np
 
 from selal_jax import rng, scoring
 from selal_jax.models import UNet, init_variables
+from tests.helpers import all_eqns
 
 BATCH, PASSES, SIZE = 3, 4, 16
 
@@ -21,15 +22,11 @@ def _setup():
 
 def _conv_batches(jaxpr) -> list[int]:
     """Batch size of every convolution, in program order (nested jaxprs included)."""
-    out = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            out.append(eqn.invars[0].aval.shape[0])
-        for param in eqn.params.values():
-            inner = getattr(param, "jaxpr", None)
-            if inner is not None:
-                out += _conv_batches(getattr(inner, "jaxpr", inner))
-    return out
+    return [
+        eqn.invars[0].aval.shape[0]
+        for eqn in all_eqns(jaxpr)
+        if eqn.primitive.name == "conv_general_dilated"
+    ]
 
 
 @rng.with_classic_threefry
