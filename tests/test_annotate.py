@@ -332,8 +332,9 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
         ids = np.asarray(experiment.history[-1]["queried"])
         predicted = annotate.predicted_masks(experiment, ids)
         source = experiment.splits.source
+        settings = loading.make_settings(config.data, source)
         canonical = [
-            label_volumes.Geometry.of(source.cases[s]).canonical_shape()
+            label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
             for s in experiment.pool.subject[ids]
         ]
     finally:
@@ -360,15 +361,16 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
         keep_empty_slices=True,
         target_values=None,
         allowed_labels=None,
+        reorient="canonical",
     )
     rng = np.random.default_rng(0)
     for k, affine in enumerate(_affines()):
         path = str(tmp_path / f"c{k}.nii.gz")
         nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), affine), path)
-        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None))
+        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None), settings)
         canonical_index = np.array([1, 4])
         masks = (rng.random((2, 32, 32)) < 0.3).astype(np.uint8)
-        volume = label_volumes.prefill_volume(geometry, settings, canonical_index, masks, 2)
+        volume = label_volumes.prefill_volume(geometry, canonical_index, masks, 2)
         assert volume.shape == SHAPE and volume.dtype == np.uint8
         canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
         stack = np.moveaxis(np.asarray(canonical.dataobj), 2, 0)  # preprocess.to_slices
@@ -378,9 +380,9 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
         if stack.shape[1:] == (32, 32):  # no fitting: the loader gets the masks back exactly
             back = preprocess.fit_slices(stack[canonical_index] // 2, (32, 32), resample, True)
             np.testing.assert_array_equal(back, masks)
-        for c in canonical_index:
-            axis, index = geometry.file_slice(2, int(c))
-            assert np.take(volume, index, axis=axis).sum() == stack[c].sum() > 0
+        for c, index in zip(canonical_index, geometry.file_index(canonical_index), strict=True):
+            plane = np.take(volume, index, axis=geometry.file_axis)
+            assert plane.sum() == stack[c].sum() > 0
 
 
 def test_unfit_inverts_fit_where_fit_loses_nothing():
