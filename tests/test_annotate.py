@@ -423,6 +423,42 @@ def test_cli_query_and_import_labels_use_the_runs_stored_config(oriented, tmp_pa
     assert os.path.isfile(os.path.join(copy, workdir_lib.ANNOTATIONS_DIR, "round_000.npz"))
 
 
+def test_the_human_loop_continues_with_the_workdir_alone(oriented, tmp_path):
+    """After the first command, every step takes --workdir alone: the next round runs with the
+    run's stored config, and a --config.X=... given without --config changes that config (and
+    is checked as any change is), for `run` and `query` alike."""
+    config, workdir, export, root = oriented
+    copy, labels = str(tmp_path / "run"), str(tmp_path / "labels")
+    shutil.copytree(workdir, copy)
+    shutil.copytree(export, labels)
+    correct(labels, truth_of(root))
+    annotate.import_labels(config, copy, labels)
+    launch = [sys.executable, os.path.join(REPO, "launch.py")]
+    proc = subprocess.run(
+        launch + [f"--workdir={copy}"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1: the query of" in proc.stdout  # the next round ran and awaits its labels
+    records = helpers.read_records(copy)
+    assert [r["round"] for r in records] == [0, 1] and records[1]["queried_with_target"] is None
+    stored = workdir_lib.flatten_config(workdir_lib.stored_config(copy))
+    assert stored == workdir_lib.flatten_config(config)
+    for verb in ([], ["query"]):
+        proc = subprocess.run(
+            launch + verb + [f"--workdir={copy}", "--config.train.patience=9"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        # the stored config with the one field changed, not configs/default.py's
+        assert "config differs from the one this run was started with (train.patience: 2 -> 9)" in (
+            proc.stderr
+        ), proc.stderr[-3000:]
+    assert helpers.read_records(copy) == records
+
+
 def test_workflow_refusals(oriented, tmp_path):
     config, workdir, export, _ = oriented
     with pytest.raises(annotate.AnnotationError, match="already exists"):
