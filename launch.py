@@ -6,12 +6,19 @@
   python launch.py report --workdir=runs/sweep [--baseline=0.77] [--reference=random:all]
   python launch.py inspect --config=... [--workdir=DIR] [--json]              # data dry run
 
+An existing run or sweep continues with the config it was started with: --workdir alone is
+enough, and --config.X=... given without --config changes that stored config (checked as any
+change is: resume-neutral fields only, unless --config.allow_config_change=True).
+  python launch.py --workdir=runs/demo                                       # continue a run
+  python launch.py sweep --workdir=runs/sweep                                # continue a sweep
+
 With --config.al.annotator=human, each round stops after its query; then
   python launch.py query --workdir=runs/mine [--out=DIR]
   python launch.py import-labels --workdir=runs/mine --labels=DIR
-  python launch.py --config=... --workdir=runs/mine                         # the next round
+  python launch.py --workdir=runs/mine                                      # the next round
 
-The labelled set as an nnU-Net v2 raw dataset (sparse slices, the rest nnU-Net's ignore label):
+The labelled set as an nnU-Net v2 raw dataset (the labelled slices at the source resolution,
+classes 1..C, the rest nnU-Net's ignore label C + 1):
   python launch.py export-nnunet --workdir=runs/mine --out=Dataset501_Mine
 
 Several processes (hosts), each started with the same flags but its own --process_id:
@@ -187,8 +194,12 @@ def _main(argv):
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
-    if verb in ("query", "import-labels", "export-nnunet") and not flags.FLAGS["config"].present:
-        config = workdir_lib.stored_config(workdir)  # the run's own config
+    if verb != "report" and not flags.FLAGS["config"].present:
+        # An existing run (or sweep) continues with its own config, --config.X=... on top of it
+        # (ml_collections applied them to the default config); a new one takes the default.
+        stored = workdir_lib.stored_config(workdir, required=verb in NEEDS_WORKDIR)
+        if stored is not None:
+            config = workdir_lib.with_overrides(stored, flags.FLAGS["config"].override_values)
     # The library returns; only process 0 prints (the others hold the same results).
     show = print if parallel.is_primary() else (lambda *_: None)
     if verb == "run":

@@ -11,17 +11,18 @@ checkpoint holding the query as awaiting labels. Then:
 
   `import_labels(config, workdir, labels_dir)` reads the corrected volumes, checks every one
   (readable, geometry equal to the source image's, label values, nothing outside the queried
-  slices), keeps the queried slices and stores them in the workdir (`label_store`); a rejected
-  file is named with its reason, and if any is rejected nothing changes. The next `loop.run`
-  continues with round r + 1.
+  slices), keeps the queried slices and stores them in the workdir (`label_store`): at data.size
+  for training and at the source resolution (each slice's voxels of the file, with the file's
+  SHA-256) for the nnU-Net export. A rejected file is named with its reason, and if any is
+  rejected nothing changes. The next `loop.run` continues with round r + 1.
 
-Geometry: the loader cuts slices from the canonical (RAS+) volume along data.axis and fits each
-to data.size. Export inverts both (`preprocess.unfit_slices`, then the canonical volume is
-reoriented to the file's axes). Import runs the loader's own forward path on the corrected file
-(canonical read, label mapping, slicing, fitting), so the true masks written into the exported
-volumes give exactly the slices the loader makes from the dataset's label files. With
-data.reorient = 'none' the loader's "canonical" volume is the file's own voxel order: the
-geometry is the identity orientation.
+Geometry (`label_volumes.Geometry`, from the case and the run's settings): the loader cuts
+slices from the canonical (RAS+) volume along data.axis and fits each to data.size. Export
+inverts both (`preprocess.unfit_slices`, then the canonical volume is reoriented to the file's
+axes). Import runs the loader's own forward path on the corrected file (canonical read, label
+mapping, slicing, fitting), so the true masks written into the exported volumes give exactly the
+slices the loader makes from the dataset's label files. With data.reorient = 'none' the loader's
+"canonical" volume is the file's own voxel order: the geometry is the identity orientation.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import atomic, label_volumes, lock, loop, parallel, rng
+from selal_jax import atomic, label_store, label_volumes, lock, loop, parallel, rng
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
@@ -95,9 +96,12 @@ class QueriedCase:
     file_index: np.ndarray  # [n] along file_axis
 
 
-def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, QueriedCase]:
-    """The query grouped by case (in order of first appearance), with each case's geometry."""
-    train, axis = experiment.pool, int(experiment.config.data.axis)
+def queried_cases(
+    experiment: loop.Experiment, ids: np.ndarray, settings: preprocess.Settings
+) -> dict[str, QueriedCase]:
+    """The query grouped by case (in order of first appearance), with each case's geometry
+    under the run's `settings` (`loading.make_settings`)."""
+    train = experiment.pool
     source: layouts.Source = experiment.splits.source
     groups: dict[int, list[int]] = collections.OrderedDict()
     for position, pool_id in enumerate(ids):
@@ -107,14 +111,15 @@ def queried_cases(experiment: loop.Experiment, ids: np.ndarray) -> dict[str, Que
         case = source.cases[subject]
         if case.case_id in out:
             raise AnnotationError(f"{case.image}: two queried cases named {case.case_id}")
-        geometry = label_volumes.Geometry.of(
-            case, experiment.config.data.get("reorient", "canonical")
-        )
+        geometry = label_volumes.Geometry.of(case, settings)
         canonical_index = np.asarray([int(train.slice_index[ids[p]]) for p in positions])
-        file_axis = geometry.file_slice(axis, 0)[0]
-        file_index = np.asarray([geometry.file_slice(axis, int(c))[1] for c in canonical_index])
         out[case.case_id] = QueriedCase(
-            case, geometry, positions, canonical_index, file_axis, file_index
+            case,
+            geometry,
+            positions,
+            canonical_index,
+            geometry.file_axis,
+            geometry.file_index(canonical_index),
         )
     return out
 
@@ -156,10 +161,10 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
             r, ids = _awaited(experiment)
             record = experiment.history[-1]
             masks = predicted_masks(experiment, ids)
-            cases = queried_cases(experiment, ids)
+            settings = loading.make_settings(config.data, experiment.splits.source)
+            cases = queried_cases(experiment, ids, settings)
         finally:
             experiment.close()
-    settings = loading.make_settings(config.data, experiment.splits.source)
     label_values = preprocess.label_value_table(settings)
     class_names = ("background", *experiment.pool.class_names)
     out = os.path.abspath(out or os.path.join(workdir, workdir_lib.QUERIES_DIR, f"round_{r:03d}"))
@@ -174,11 +179,7 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
         for case_id, qc in cases.items():
             name = os.path.join(LABELS_DIR, f"{case_id}.nii.gz")
             data = label_volumes.prefill_volume(
-                qc.geometry,
-                settings,
-                qc.canonical_index,
-                masks[qc.positions],
-                label_values,
+                qc.geometry, qc.canonical_index, masks[qc.positions], label_values
             )
             label_volumes.write_label_volume(os.path.join(tmp, name), data, qc.case)
             for k, position in enumerate(qc.positions):
@@ -225,35 +226,36 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
 
 
 def read_correction(
-    path: str,
-    qc: QueriedCase,
-    settings: preprocess.Settings,
-    allow_changes_outside_query: bool = False,
-) -> tuple[np.ndarray | None, list[str]]:
+    path: str, qc: QueriedCase, allow_changes_outside_query: bool = False
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[str]]:
     """Reads and checks one corrected label volume.
 
     Returns:
-      ([n, H, W] uint8 masks of the queried slices at data.size, []) if the file is accepted,
-      else (None, reasons), each reason naming the file.
+      ((masks, planes), []) if the file is accepted, else (None, reasons), each reason naming
+      the file. masks: [n, H, W] uint8 class indices of the queried slices at data.size (the
+      loader's preprocessing, what training reads); planes: [n, a, b] uint8 class indices of the
+      same slices at the source resolution (`Geometry.file_planes`: the file's voxels).
     """
+    geometry = qc.geometry
+    settings = geometry.settings
     try:
         if volumes.is_segmentation(path):  # 3D Slicer: its (cropped) extent on the image grid
-            header = volumes.load_segmentation(path, qc.geometry.shape, qc.geometry.affine)
+            header = volumes.load_segmentation(path, geometry.shape, geometry.affine)
         else:
             header = preprocess.load_nifti(path, "label")
         shape = tuple(int(s) for s in header.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
-        if shape != tuple(qc.geometry.shape):
+        if shape != tuple(geometry.shape):
             return None, [
-                f"{path}: shape {shape} differs from the source image's {qc.geometry.shape} "
+                f"{path}: shape {shape} differs from the source image's {geometry.shape} "
                 f"({qc.case.image})"
             ]
-        if not np.allclose(header.affine, qc.geometry.affine, rtol=1e-4, atol=1e-3):
+        if not np.allclose(header.affine, geometry.affine, rtol=1e-4, atol=1e-3):
             return None, [
                 f"{path}: affine (orientation, spacing or origin) differs from the source "
                 f"image's ({qc.case.image}):\nfile   {np.round(header.affine, 4).tolist()}\n"
-                f"source {np.round(qc.geometry.affine, 4).tolist()}"
+                f"source {np.round(geometry.affine, 4).tolist()}"
             ]
         label, _ = preprocess.read_canonical(
             path, "label", None, as_float=False, reorient=settings.canonical, img=header
@@ -270,7 +272,7 @@ def read_correction(
     outside[qc.canonical_index] = False
     changed = np.flatnonzero(outside & stack.reshape(len(stack), -1).any(axis=1))
     if len(changed) and not allow_changes_outside_query:
-        where = sorted(qc.geometry.file_slice(settings.axis, int(c))[1] for c in changed)
+        where = sorted(geometry.file_index(changed).tolist())
         reasons.append(
             f"{path}: non-zero voxels on {len(changed)} slices outside the query (axis "
             f"{qc.file_axis}, slices {where[:10]}{' ...' if len(where) > 10 else ''}); only "
@@ -280,8 +282,9 @@ def read_correction(
     if reasons:
         return None, reasons
     planes = np.moveaxis(target, settings.axis, 0)[qc.canonical_index]
-    spacing = label_volumes.canonical_spacing(qc.geometry)
-    return preprocess.fit_case_slices(planes, settings, spacing, is_label=True), []
+    masks = preprocess.fit_case_slices(planes, settings, geometry.canonical_spacing(), True)
+    native = geometry.file_planes(geometry.to_file(target), qc.canonical_index)
+    return (masks, np.ascontiguousarray(native, np.uint8)), []
 
 
 def _find_files(labels_dir: str, case_ids) -> tuple[dict[str, str | None], list[str], list[str]]:
@@ -324,10 +327,14 @@ def import_labels(
         experiment = _open(config, workdir, with_model=False)
         try:
             r, ids = _awaited(experiment)
-            cases = queried_cases(experiment, ids)
             settings = loading.make_settings(config.data, experiment.splits.source)
+            cases = queried_cases(experiment, ids, settings)
             found, problems, ignored = _find_files(labels_dir, list(cases))
             masks = np.zeros((len(ids), *settings.size), np.uint8)
+            native = label_store.NativeLabels(
+                np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64), [None] * len(ids)
+            )
+            digests = {}
             for case_id, qc in cases.items():
                 if case_id in found and found[case_id] is None:
                     continue  # two files: reported
@@ -338,12 +345,15 @@ def import_labels(
                         f"slices {sorted(int(i) for i in qc.file_index)})"
                     )
                     continue
-                planes, reasons = read_correction(
-                    found[case_id], qc, settings, allow_changes_outside_query
-                )
+                labels, reasons = read_correction(found[case_id], qc, allow_changes_outside_query)
                 problems += reasons
-                if planes is not None:
-                    masks[qc.positions] = planes
+                if labels is not None:
+                    digests[case_id] = label_store.file_sha256(found[case_id])
+                    masks[qc.positions] = labels[0]
+                    native.axis[qc.positions] = qc.file_axis
+                    native.index[qc.positions] = qc.file_index
+                    for k, position in enumerate(qc.positions):
+                        native.planes[position] = labels[1][k]
             if problems:
                 raise AnnotationError(
                     f"import of round {r}'s labels from {labels_dir} rejected, nothing changed "
@@ -355,10 +365,11 @@ def import_labels(
                 "round": r,
                 "labels_dir": labels_dir,
                 "files": found,
+                "sha256": digests,  # of each file, as read
                 "allow_changes_outside_query": bool(allow_changes_outside_query),
                 "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
-            experiment.accept_labels(r, ids, masks, note)
+            experiment.accept_labels(r, ids, masks, native, note)
             record = experiment.history[-1]
         finally:
             experiment.close()

@@ -2,8 +2,8 @@
 
 Each round, every test case (volume) is predicted slice by slice, the slices are stacked and
 mapped back to the case's own voxel grid (the inverse in-plane fit and orientation that the
-annotation export uses, `label_volumes.prefill_volume`), and compared with the case's label file read
-the way the loader reads it (`preprocess.label_indices`), per foreground class, with
+annotation export uses, `label_volumes.prefill_volume`), and compared with the case's label file
+read the way the loader reads it (`label_volumes.label_file_classes`), per foreground class, with
 `metrics.case_metrics` (Dice, HD95, NSD; MONAI's definitions, BraTS's empty-mask convention).
 
 Slices the loader dropped (`data.keep_empty_slices=False`) count as predicted background.
@@ -79,15 +79,11 @@ def evaluate_cases(
             test.images,
             batch_size=batch_size,
         )
-        geometry = label_volumes.Geometry.of(case, settings.reorient)
+        geometry = label_volumes.Geometry.of(case, settings)
         prediction = label_volumes.prefill_volume(
-            geometry, settings, test.slice_index[ids], predicted, index_table
+            geometry, test.slice_index[ids], predicted, index_table
         )
-        label, _ = preprocess.read_canonical(
-            case.label, "label", channel=None, as_float=False, reorient=settings.canonical
-        )
-        label = preprocess.label_indices(label, case.label, settings)
-        reference = geometry.to_file(label)  # the file's voxel order, as the prediction
+        reference = label_volumes.label_file_classes(case, settings)  # the file's voxel order
         spacing = file_spacing(geometry.affine)
         per_class = metrics.multiclass_case_metrics(
             prediction, reference, spacing, class_ids, tolerance_mm=tolerance_mm

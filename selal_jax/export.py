@@ -2,20 +2,25 @@
 
 `export_nnunet(config, workdir, out)` writes, for the labelled set of the run's latest round:
 
-  dataset.json                   channel_names, labels (with "ignore", the highest value),
-                                 numTraining, file_ending ".nii.gz"
+  dataset.json                   channel_names; labels: background 0, the run's classes 1..C
+                                 (named as the run names them), ignore C + 1, as nnU-Net v2
+                                 requires (consecutive values, ignore the highest); numTraining,
+                                 file_ending ".nii.gz"; and label_mapping: each exported value's
+                                 class and the dataset's label values it stands for
   imagesTr/<case>_<XXXX>.nii.gz  each input channel of every training case with a labelled
                                  slice, in the source file's geometry (voxels and affine)
-  labelsTr/<case>.nii.gz         the labels the run trained on (the dataset's, or the imported
-                                 annotations of a human run) on its labelled slices, mapped back
-                                 to the source geometry as the annotation export does
-                                 (`label_volumes.prefill_volume`), and the ignore label everywhere
-                                 else, so nnU-Net v2 trains on the sparse slices alone.
+  labelsTr/<case>.nii.gz         on each labelled slice, the labels at the source resolution:
+                                 for a slice a clinician labelled (al.annotator = human), the
+                                 voxels of the imported file as `import-labels` kept them; for
+                                 the others, the dataset's label file, read and mapped to the
+                                 classes as the loader reads it; `ignore` everywhere else, so
+                                 nnU-Net v2 trains on the sparse slices alone.
 
-A labelled slice's pixels that the loader never showed the model (cropped away by
-data.resample=crop or data.spacing) are ignore too. Class k's voxels get its label value (the
-first of its values, `preprocess.label_value_table`), so the dataset's label files and the
-export agree.
+Slices map to the file's voxels through `label_volumes.Geometry` (the run's orientation and
+axis), as the annotation export and import do. Annotation files written before the source
+resolution was kept hold only the data.size masks: their slices are written as those masks
+mapped back (`label_volumes.prefill_volume`), pixels the loader never saw as ignore, with a
+warning.
 """
 
 from __future__ import annotations
@@ -60,18 +65,115 @@ def _write_channel(path: str, source: str, channel: int | None) -> None:
     nib.save(image, path)
 
 
-def _labelled_slices(experiment: loop.Experiment) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{subject: (canonical slice indices, [n, H, W] training labels)} of the labelled set."""
-    train = experiment.pool
-    ids = np.flatnonzero(experiment.labelled)
-    labels = np.asarray(train.labels[ids], np.uint8)  # an imported-labels overlay reads too
-    by_subject: dict[int, list[int]] = collections.OrderedDict()
-    for k, pool_id in enumerate(ids):
-        by_subject.setdefault(int(train.subject[pool_id]), []).append(k)
-    return {
-        s: (np.asarray(train.slice_index[ids[ks]], np.int64), labels[ks])
-        for s, ks in sorted(by_subject.items())
+def nnunet_labels(class_names, settings: preprocess.Settings) -> tuple[dict, dict]:
+    """(dataset.json `labels`, `label_mapping`) of the run's classes.
+
+    nnU-Net v2 wants consecutive values with the ignore label the highest: class index k (the
+    loader's) is exported as k, background 0, ignore C + 1. A name that would repeat one before
+    it (or read as background or ignore) gets its value appended.
+    """
+    labels = {"background": 0}
+    for k, name in enumerate(class_names, start=1):
+        name = str(name)
+        labels[name if name not in labels and name != IGNORE else f"{name}_{k}"] = k
+    labels[IGNORE] = len(class_names) + 1
+    if settings.class_values is not None:
+        values = [list(v) for v in settings.class_values]
+    else:  # the binary target: its values, or every value above 0
+        values = [list(settings.target_values) if settings.target_values else "any value > 0"]
+    names = list(labels)[1:-1]
+    mapping = {
+        "description": (
+            "exported label value -> the class it stands for and the dataset's label values of "
+            "that class; to write a prediction in the dataset's values, replace value k by "
+            "dataset_value[k]"
+        ),
+        "classes": {
+            str(k): {"name": name, "dataset_values": v}
+            for k, (name, v) in enumerate(zip(names, values, strict=True), start=1)
+        },
+        "dataset_value": preprocess.label_value_table(settings).tolist(),
     }
+    return labels, mapping
+
+
+def _labelled_slices(experiment: loop.Experiment) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{subject: (pool ids, canonical slice indices)} of the labelled set."""
+    train = experiment.pool
+    by_subject: dict[int, list[int]] = collections.OrderedDict()
+    for pool_id in np.flatnonzero(experiment.labelled).tolist():
+        by_subject.setdefault(int(train.subject[pool_id]), []).append(pool_id)
+    return {
+        s: (np.asarray(ids, np.int64), np.asarray(train.slice_index[ids], np.int64))
+        for s, ids in sorted(by_subject.items())
+    }
+
+
+def _human_planes(geometry, case, pool_ids, canonical_index, native) -> np.ndarray:
+    """[n, a, b] imported planes of these pool ids (all in `native`), checked against the
+    geometry the run's settings give."""
+    index = geometry.file_index(canonical_index)
+    shape = tuple(n for a, n in enumerate(geometry.shape) if a != geometry.file_axis)
+    planes = []
+    for pool_id, i in zip(pool_ids.tolist(), index.tolist(), strict=True):
+        axis, stored, plane = native[pool_id]
+        if (axis, stored) != (geometry.file_axis, i) or plane.shape != shape:
+            raise ExportError(
+                f"{case.image}: the imported labels of pool slice {pool_id} are a plane of "
+                f"shape {plane.shape} at axis {axis}, index {stored}; this run's geometry "
+                f"gives a plane of shape {shape} at axis {geometry.file_axis}, index {i}"
+            )
+        planes.append(plane)
+    return np.stack(planes)
+
+
+def label_volume(
+    geometry: label_volumes.Geometry,
+    case: preprocess.CaseFiles,
+    pool_ids: np.ndarray,
+    canonical_index: np.ndarray,
+    native: dict,
+    resampled: dict,
+    ignore: int,
+) -> np.ndarray:
+    """One case's exported label volume, in the file's voxel order.
+
+    Args:
+      pool_ids, canonical_index: [n] the case's labelled slices.
+      native: {pool id: (file axis, file index, [a, b] class indices)} of imported labels.
+      resampled: {pool id: [H, W] training mask} of imported labels without the source
+        resolution (older annotation files).
+      ignore: the value of every voxel not on a labelled slice.
+
+    Returns:
+      uint8 (uint16 above 255) class indices of geometry.shape, `ignore` off the slices.
+    """
+    dtype = np.uint8 if ignore <= 255 else np.uint16
+    volume = np.full(geometry.shape, ignore, dtype)
+    human = np.asarray([i in native for i in pool_ids.tolist()], bool)
+    old = np.asarray([i in resampled for i in pool_ids.tolist()], bool)
+    dataset = ~human & ~old
+    if dataset.any():
+        if case.label is None:
+            raise ExportError(
+                f"{case.image}: labelled slices without imported labels or a label file"
+            )
+        classes = label_volumes.label_file_classes(case, geometry.settings)
+        rows = canonical_index[dataset]
+        geometry.put_planes(volume, rows, geometry.file_planes(classes, rows))
+    if human.any():
+        planes = _human_planes(geometry, case, pool_ids[human], canonical_index[human], native)
+        geometry.put_planes(volume, canonical_index[human], planes)
+    if old.any():
+        rows = canonical_index[old]
+        masks = np.stack([resampled[i] for i in pool_ids[old].tolist()])
+        values = np.arange(ignore)  # class indices as they are
+        back = label_volumes.prefill_volume(geometry, rows, masks, values)
+        # Where the loader saw the slice: the rest was cropped away by data.resample or spacing.
+        seen = label_volumes.prefill_volume(geometry, rows, np.ones_like(masks), 1)
+        planes = np.where(seen == 1, back, ignore)
+        geometry.put_planes(volume, rows, geometry.file_planes(planes, rows))
+    return volume
 
 
 @rng.with_classic_threefry
@@ -88,6 +190,20 @@ def export_nnunet(config, workdir: str, out: str) -> str:
     experiment = loop.Experiment.open(config, workdir, with_model=False)
     try:
         slices = _labelled_slices(experiment)
+        native, resampled = {}, {}
+        annotator = experiment.labels.annotator
+        if annotator is not None:
+            native, older = annotator.native_labels()
+            for r in older:
+                ids, masks = annotator.store.read(r)
+                resampled.update(zip(ids.tolist(), masks, strict=True))
+                logging.warning(
+                    "%s: written before imports kept the source resolution; its %d slices are "
+                    "exported as their %s training masks mapped back to the source grid",
+                    annotator.store.path(r),
+                    len(ids),
+                    "x".join(str(s) for s in masks.shape[1:]),
+                )
         source = experiment.splits.source
         channel_names = experiment.pool.channel_names
         class_names = experiment.pool.class_names
@@ -95,28 +211,18 @@ def export_nnunet(config, workdir: str, out: str) -> str:
     finally:
         experiment.close()
     settings = loading.make_settings(config.data, source)
-    label_values = preprocess.label_value_table(settings)
-    ignore = int(label_values.max()) + 1  # nnU-Net: the ignore label is the highest value
-    dtype = np.uint8 if ignore <= 255 else np.uint16
-    labels = {"background": 0}
-    for name, value in zip(class_names, label_values[1:].tolist(), strict=True):
-        labels[str(name)] = int(value)
-    labels[IGNORE] = ignore
+    labels, mapping = nnunet_labels(class_names, settings)
+    ignore = labels[IGNORE]
     with atomic.atomic_folder(out, prefix=".tmp-nnunet-") as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
         cases = []
-        for subject, (canonical_index, masks) in slices.items():
+        for subject, (pool_ids, canonical_index) in slices.items():
             case = source.cases[subject]
-            geometry = label_volumes.Geometry.of(case)
-            volume = label_volumes.prefill_volume(
-                geometry, settings, canonical_index, masks, label_values
+            geometry = label_volumes.Geometry.of(case, settings)
+            data = label_volume(
+                geometry, case, pool_ids, canonical_index, native, resampled, ignore
             )
-            # Where the labels are: the labelled slices, less what the fit cropped away.
-            seen = label_volumes.prefill_volume(
-                geometry, settings, canonical_index, np.ones_like(masks), 1
-            )
-            data = np.where(seen == 1, volume, ignore).astype(dtype)
             label_volumes.write_label_volume(
                 os.path.join(tmp, "labelsTr", f"{case.case_id}.nii.gz"), data, case
             )
@@ -134,12 +240,13 @@ def export_nnunet(config, workdir: str, out: str) -> str:
                 f"labelled slices of round {last_round} of the active-learning run "
                 f"{os.path.abspath(workdir)}; every other voxel is {IGNORE} ({ignore})"
             ),
+            "label_mapping": mapping,
         }
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=1)
     logging.info(
         "exported %d labelled slices of %d cases to %s",
-        sum(len(i) for i, _ in slices.values()),
+        sum(len(ids) for ids, _ in slices.values()),
         len(cases),
         out,
     )

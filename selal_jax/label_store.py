@@ -1,15 +1,19 @@
 """Slice masks from a human annotator: one file per round, <workdir>/annotations/round_<r>.npz.
 
-Each file holds the round's queried pool ids (selection order), their binary masks at the slice
-size the model sees (the loader's own preprocessing of the corrected volumes) and a JSON note of
-where they came from. An import writes its file under a temporary name, fsyncs it and renames it
-into place: the rename is the import's commit point, so an import happened completely or not at
-all. Later rounds' checkpoints record each file's SHA-256; a resumed run refuses a changed or
-missing file, since training used it.
+Each file holds the round's queried pool ids (selection order), their masks at the slice size
+the model sees (the loader's own preprocessing of the corrected volumes: what training reads),
+the same labels at the source resolution (`NativeLabels`: each queried slice's plane of source
+voxels, what the nnU-Net export writes) and a JSON note of where they came from (each corrected
+file and its SHA-256). Files written before the native planes were kept hold no `native_*`
+arrays; they still load (`read_native` gives None). An import writes its file under a temporary
+name, fsyncs it and renames it into place: the rename is the import's commit point, so an import
+happened completely or not at all. Later rounds' checkpoints record each file's SHA-256; a
+resumed run refuses a changed or missing file, since training used it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,6 +27,58 @@ class LabelStoreError(ValueError):
     """An annotation file is missing, changed or malformed; the message names it."""
 
 
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class NativeLabels:
+    """An annotator's labels of queried slices at the source resolution, in selection order.
+
+    Attributes:
+      axis: [n] int64, the voxel axis of the source file each plane is cut along.
+      index: [n] int64, the plane's index along that axis.
+      planes: n arrays [a, b] uint8 of class indices (0 = background): the source voxels of
+        the slice, its axes the file's other two in order (`label_volumes.Geometry.file_planes`).
+    """
+
+    axis: np.ndarray
+    index: np.ndarray
+    planes: list[np.ndarray]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The file's native_* arrays: the planes flattened one after another, with shapes."""
+        shapes = np.asarray([p.shape for p in self.planes], np.int64).reshape(-1, 2)
+        flat = [np.asarray(p, np.uint8).ravel() for p in self.planes]
+        return {
+            "native_axis": np.asarray(self.axis, np.int64),
+            "native_index": np.asarray(self.index, np.int64),
+            "native_shapes": shapes,
+            "native_planes": np.concatenate(flat) if flat else np.zeros(0, np.uint8),
+        }
+
+    @classmethod
+    def from_arrays(cls, f, path: str) -> NativeLabels:
+        shapes = np.asarray(f["native_shapes"], np.int64)
+        flat = np.asarray(f["native_planes"], np.uint8)
+        ends = np.cumsum(np.prod(shapes, axis=1), dtype=np.int64)
+        if shapes.ndim != 2 or (ends[-1] if len(ends) else 0) != len(flat):
+            raise LabelStoreError(
+                f"{path}: native_planes holds {len(flat)} voxels; native_shapes lists "
+                f"{int(ends[-1]) if len(ends) else 0}"
+            )
+        planes = [
+            p.reshape(shape) for p, shape in zip(np.split(flat, ends[:-1]), shapes, strict=True)
+        ]
+        axis = np.asarray(f["native_axis"], np.int64)
+        return cls(axis, np.asarray(f["native_index"], np.int64), planes)
+
+
 class LabelStore:
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
@@ -33,41 +89,67 @@ class LabelStore:
     def has(self, round_index: int) -> bool:
         return os.path.isfile(self.path(round_index))
 
-    def write(self, round_index: int, ids: np.ndarray, masks: np.ndarray, note: dict) -> str:
-        """Writes round `round_index`'s masks atomically; returns the file's digest."""
+    def write(
+        self,
+        round_index: int,
+        ids: np.ndarray,
+        masks: np.ndarray,
+        note: dict,
+        native: NativeLabels,
+    ) -> str:
+        """Writes round `round_index`'s labels atomically; returns the file's digest."""
         path = self.path(round_index)
         if os.path.exists(path):
             raise LabelStoreError(f"{path}: round {round_index}'s labels were already imported")
+        if len(native.planes) != len(ids):
+            raise ValueError(f"{path}: {len(ids)} ids but {len(native.planes)} native planes")
         os.makedirs(self.directory, exist_ok=True)
         with atomic.atomic_open(path, "wb") as f:
-            np.savez(
+            np.savez_compressed(
                 f,
                 ids=np.asarray(ids, np.int64),
                 masks=np.asarray(masks, np.uint8),
                 note=np.asarray(json.dumps(note)),
+                **native.arrays(),
             )
         return self.digest(round_index)
+
+    def _load(self, round_index: int, take):
+        """take(the round's open npz file), with the errors of a missing or damaged file."""
+        path = self.path(round_index)
+        try:
+            with np.load(path) as f:
+                return take(f)
+        except FileNotFoundError as e:
+            raise LabelStoreError(f"{path}: missing (round {round_index}'s imported labels)") from e
+        except LabelStoreError:
+            raise
+        except Exception as e:  # zip and pickle errors of a damaged file
+            raise LabelStoreError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
 
     def read(self, round_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids [n] int64, masks [n, H, W] uint8) of a round."""
         path = self.path(round_index)
-        try:
-            with np.load(path) as f:
-                ids, masks = np.asarray(f["ids"], np.int64), np.asarray(f["masks"], np.uint8)
-        except FileNotFoundError as e:
-            raise LabelStoreError(f"{path}: missing (round {round_index}'s imported labels)") from e
-        except Exception as e:  # zip and pickle errors of a damaged file
-            raise LabelStoreError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+        ids, masks = self._load(
+            round_index,
+            lambda f: (np.asarray(f["ids"], np.int64), np.asarray(f["masks"], np.uint8)),
+        )
         if masks.ndim != 3 or len(masks) != len(ids):
             raise LabelStoreError(f"{path}: {len(ids)} ids but masks of shape {masks.shape}")
         return ids, masks
 
+    def read_native(self, round_index: int) -> NativeLabels | None:
+        """Round `round_index`'s labels at the source resolution; None for a file written
+        before they were kept."""
+        path = self.path(round_index)
+
+        def take(f):
+            return NativeLabels.from_arrays(f, path) if "native_planes" in f.files else None
+
+        return self._load(round_index, take)
+
     def digest(self, round_index: int) -> str:
-        h = hashlib.sha256()
-        with open(self.path(round_index), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(self.path(round_index))
 
     def verify(self, round_index: int, digest: str) -> None:
         """Raises unless round `round_index`'s file exists with this digest."""
@@ -163,6 +245,24 @@ class HumanAnnotator:
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
         masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, *shape))
         return OverlaidLabels(self.dataset_labels, ids, masks)
+
+    def native_labels(self) -> tuple[dict[int, tuple[int, int, np.ndarray]], list[int]]:
+        """({pool id: (file axis, file index, [a, b] plane)} of the imported rounds' labels at the
+        source resolution, [imported rounds whose file predates them])."""
+        planes, older = {}, []
+        for r in sorted(self.imported):
+            native = self.store.read_native(r)
+            if native is None:
+                older.append(r)
+                continue
+            ids, _ = self.store.read(r)
+            if len(native.planes) != len(ids):
+                raise LabelStoreError(
+                    f"{self.store.path(r)}: {len(ids)} ids but {len(native.planes)} native planes"
+                )
+            for k, pool_id in enumerate(ids.tolist()):
+                planes[pool_id] = (int(native.axis[k]), int(native.index[k]), native.planes[k])
+        return planes, older
 
     def take_import(self, r: int, queried: dict, workdir: str) -> np.ndarray:
         """Marks round r's stored file as imported after checking it answers `queried` (the

@@ -1,7 +1,9 @@
-"""Label volumes in a case's own geometry: how its canonical (RAS+) volume maps onto the file's
-voxel grid (`Geometry`), the inverse of the loader's slicing and fitting (`prefill_volume`), the
-model's masks (`predict_batch`) and writing them beside the source image. The annotator's export,
-the nnU-Net export and the per-case evaluation all write their volumes through here.
+"""Label volumes in a case's own geometry: how the loader's slices map onto the file's voxel
+grid (`Geometry`, built from the case and the run's settings), the inverse of the loader's
+slicing and fitting (`prefill_volume`), the case's label file as class indices in its own voxel
+order, the model's masks (`predict_batch`) and writing them beside the source image. The
+annotator's export and import, the nnU-Net export and the per-case evaluation all map slices
+through here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ IDENTITY = RAS  # as an orientation: file axis i is loader axis i, not reversed
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    """A case's voxel grid and how its canonical (RAS+) volume maps onto it.
+    """One case's slices and its source voxels: the run's settings (orientation, slicing axis,
+    in-plane fit and spacing) and the file's voxel grid, whose canonical (RAS+) volume the loader
+    slices. Every path between a slice and the source file goes through here: the annotation
+    export and import, the per-case evaluation and its prediction volumes, the nnU-Net export.
 
     Attributes:
       shape: (3,) voxel shape of the file (its spatial axes).
@@ -33,19 +38,35 @@ class Geometry:
       ornt: [3, 2] nib.io_orientation(affine): file axis i is canonical axis ornt[i, 0],
         reversed where ornt[i, 1] == -1 (what nib.as_closest_canonical applies); the identity
         with data.reorient = 'none', where the loader slices the stored array.
+      settings: the loader's settings the slices were made with.
     """
 
     shape: tuple[int, int, int]
     affine: np.ndarray
     ornt: np.ndarray
+    settings: preprocess.Settings
 
     @classmethod
-    def of(cls, case: CaseFiles, reorient: str = "canonical") -> Geometry:
-        """From the image file's header; `reorient` as data.reorient."""
+    def of(cls, case: CaseFiles, settings: preprocess.Settings) -> Geometry:
+        """From the image file's header and the run's settings (`loading.make_settings`; its
+        `reorient` decides the orientation, so no caller can leave it out)."""
         shape = preprocess.check_header(dataclasses.replace(case, label=None))
         affine = np.asarray(preprocess.load_nifti(case.image, header_only=True).affine, np.float64)
-        ornt = IDENTITY.copy() if reorient == "none" else nib.io_orientation(affine)
-        return cls(shape, affine, ornt)
+        ornt = nib.io_orientation(affine) if settings.canonical else IDENTITY.copy()
+        return cls(shape, affine, ornt, settings)
+
+    @property
+    def file_axis(self) -> int:
+        """The file's voxel axis the slices are cut along (the loader's settings.axis)."""
+        return int(np.flatnonzero(self.ornt[:, 0] == self.settings.axis)[0])
+
+    def file_index(self, canonical_index) -> np.ndarray:
+        """[n] indices along `file_axis` of slices at `canonical_index` ([n], along the loader's
+        axis of the canonical volume)."""
+        canonical_index = np.asarray(canonical_index, np.int64)
+        if self.ornt[self.file_axis, 1] < 0:
+            return self.shape[self.file_axis] - 1 - canonical_index
+        return canonical_index
 
     def plane(self, file_axis: int) -> str:
         """sagittal, coronal or axial: the anatomical plane of slices along a file axis."""
@@ -57,11 +78,11 @@ class Geometry:
             out[int(self.ornt[i, 0])] = self.shape[i]
         return tuple(out)
 
-    def file_slice(self, canonical_axis: int, canonical_index: int) -> tuple[int, int]:
-        """(file voxel axis, index along it) of a canonical slice."""
-        axis = int(np.flatnonzero(self.ornt[:, 0] == canonical_axis)[0])
-        flipped = self.ornt[axis, 1] < 0
-        return axis, (self.shape[axis] - 1 - canonical_index) if flipped else canonical_index
+    def canonical_spacing(self) -> np.ndarray:
+        """[3] float32 mm along the canonical axes: the loader's `Volume.spacing` of the case."""
+        spacing = np.zeros(3)
+        spacing[self.ornt[:, 0].astype(int)] = np.sqrt(np.sum(self.affine[:3, :3] ** 2, 0))
+        return spacing.astype(np.float32)
 
     def to_file(self, canonical: np.ndarray) -> np.ndarray:
         """Canonical [X, Y, Z] array -> the file's voxel order."""
@@ -69,35 +90,38 @@ class Geometry:
             canonical, orientations.ornt_transform(RAS, self.ornt)
         )
 
+    def file_planes(self, volume: np.ndarray, canonical_index) -> np.ndarray:
+        """The source voxels of slices: [n, a, b] planes of a volume in the file's voxel order
+        (`shape`), plane k along `file_axis` at the file index of canonical_index[k], its axes
+        the file's other two in order."""
+        return np.moveaxis(volume, self.file_axis, 0)[self.file_index(canonical_index)]
 
-def canonical_spacing(geometry: Geometry) -> np.ndarray:
-    """[3] float32 mm along the canonical axes: the loader's `Volume.spacing` of the case."""
-    spacing = np.zeros(3)
-    spacing[geometry.ornt[:, 0].astype(int)] = np.sqrt(np.sum(geometry.affine[:3, :3] ** 2, 0))
-    return spacing.astype(np.float32)
+    def put_planes(self, volume: np.ndarray, canonical_index, planes: np.ndarray) -> None:
+        """The inverse of `file_planes`: writes [n, a, b] planes into `volume` in place."""
+        np.moveaxis(volume, self.file_axis, 0)[self.file_index(canonical_index)] = planes
 
 
 def prefill_volume(
     geometry: Geometry,
-    settings: preprocess.Settings,
     canonical_index: np.ndarray,
     masks: np.ndarray,
     label_values: np.ndarray,
 ) -> np.ndarray:
-    """The label volume to export, in the file's voxel order.
+    """Masks at data.size back on the source grid, in the file's voxel order: the inverse of the
+    loader's slicing and in-plane fit (`preprocess.unfit_case_slices`) and orientation.
 
     Args:
-      geometry: the case's file geometry.
-      settings: the loader's settings (axis, size, resample).
-      canonical_index: [n] indices of the queried slices along settings.axis (canonical).
+      geometry: the case's geometry (its settings: axis, size, resample, spacing).
+      canonical_index: [n] indices of the slices along settings.axis (canonical).
       masks: [n, H, W] class indices of those slices at data.size ({0, 1} for one class).
       label_values: [C + 1] label value written for each class index
         (`preprocess.label_value_table`), or one int: the value of a binary mask's 1.
 
     Returns:
       uint8 (uint16 for label values above 255) array of geometry.shape: each class's label
-      value on the queried slices, 0 elsewhere.
+      value on the slices, 0 elsewhere.
     """
+    settings = geometry.settings
     label_values = np.asarray(label_values)
     if label_values.ndim == 0:
         label_values = np.asarray([0, int(label_values)])
@@ -105,10 +129,19 @@ def prefill_volume(
     canonical = np.zeros(geometry.canonical_shape(), dtype)
     stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
     planes = preprocess.unfit_case_slices(
-        np.asarray(masks, np.uint8), stack.shape[1:], settings, canonical_spacing(geometry)
+        np.asarray(masks, np.uint8), stack.shape[1:], settings, geometry.canonical_spacing()
     )
     stack[np.asarray(canonical_index)] = label_values.astype(dtype)[planes]
     return geometry.to_file(canonical)
+
+
+def label_file_classes(case: CaseFiles, settings: preprocess.Settings) -> np.ndarray:
+    """The case's label file as the loader maps it (`preprocess.label_indices`: the binary
+    target or the classes, with its value checks), in the file's own voxel order: uint8 class
+    indices of the file's shape. (The loader reads the same voxels reoriented; the map is per
+    voxel, so the two agree voxel for voxel.)"""
+    label, _ = preprocess.read_canonical(case.label, "label", None, as_float=False, reorient=False)
+    return preprocess.label_indices(label, case.label, settings)
 
 
 def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:

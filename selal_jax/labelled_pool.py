@@ -75,12 +75,22 @@ class LabelledPool:
         record.update(diagnostics.label_diagnostics(self.slices, ids))
         logging.info("round %d: %d imported slice labels applied", r, len(ids))
 
-    def accept(self, r: int, ids, masks, note: dict, record: dict, workdir: str) -> None:
-        """Stores the annotator's masks [n, H, W] of round r's query (ids in selection order)
-        and applies them; the atomic write of the store file is the commit point."""
+    def accept(
+        self,
+        r: int,
+        ids,
+        masks,
+        native: label_store.NativeLabels,
+        note: dict,
+        record: dict,
+        workdir: str,
+    ) -> None:
+        """Stores the annotator's labels of round r's query (ids in selection order): masks
+        [n, H, W] at data.size and the same at the source resolution; applies them. The atomic
+        write of the store file is the commit point."""
         if self.awaiting != r:
             raise ValueError(f"{workdir}: round {r}'s query is not awaiting labels")
-        self.annotator.store.write(r, ids, masks, note)
+        self.annotator.store.write(r, ids, masks, note, native)
         self.apply_import(r, record, workdir)
 
     def _overlay(self) -> None:

@@ -209,9 +209,10 @@ class Experiment:
             "resuming %s after round %d (%d labelled)", self.workdir, latest, self.labelled.sum()
         )
 
-    def accept_labels(self, r: int, ids: np.ndarray, masks: np.ndarray, note: dict) -> None:
-        """A human annotator's masks [n, H, W] of round r's query (`LabelledPool.accept`)."""
-        self.labels.accept(r, ids, masks, note, self.history[-1], self.workdir)
+    def accept_labels(self, r: int, ids: np.ndarray, masks: np.ndarray, native, note: dict) -> None:
+        """A human annotator's labels of round r's query: masks [n, H, W] and the source
+        resolution's `label_store.NativeLabels` (`LabelledPool.accept`)."""
+        self.labels.accept(r, ids, masks, native, note, self.history[-1], self.workdir)
         workdir_lib.write_records(self.workdir, self.history)
 
     def train_round(self, r: int) -> dict:

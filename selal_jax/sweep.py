@@ -6,6 +6,8 @@ Layout of a sweep folder:
                          pool_embeddings.npz
   seed-<s>/<strategy>-<mode>/   one active-learning run, starting from round0's model
   report/                summary.md, summary.csv, learning_curves.png, tsne.png
+  config.json            the config the sweep was last started with (`launch.py sweep
+                         --workdir=W` continues with it)
 
 All runs of a seed share the initial labelled set (drawn from the seed) and the round-0 model.
 Every part resumes: rerunning the same command skips what is finished and continues the rest.
@@ -84,7 +86,26 @@ def run(config, workdir: str) -> dict:
     for strategy, mode in runs:  # refuse a bad name before hours of training
         validation.validate_config(run_config(config, workdir, seeds[0], strategy, mode))
     with lock.hold(workdir):  # the sweep folder; each run below locks its own sub-folder
+        _check_continues(config, workdir, seeds[0])
+        workdir_lib.write_sweep_config(workdir, config)  # `launch.py sweep --workdir` reads it
         return _run(config, workdir, runs, seeds)
+
+
+def _check_continues(config, workdir: str, seed: int) -> None:
+    """Refuses at once a config that the sweep's runs would refuse one by one: one whose runs'
+    configs differ from those of the config the sweep was last started with (config.json)."""
+    stored = workdir_lib.stored_config(workdir, required=False)
+    if stored is None:
+        return
+    workdir_lib.check_compatible(
+        workdir_lib.flatten_config(run_config(stored, workdir, seed)),
+        "",  # no dataset fingerprint at this level: each run checks its own
+        workdir_lib.flatten_config(run_config(config, workdir, seed)),
+        "",
+        where=workdir,
+        neutral=("al.strategy", "al.mode"),  # set per run
+        allow_change=bool(config.allow_config_change),
+    )
 
 
 def _run(config, workdir: str, runs, seeds) -> dict:

@@ -6,7 +6,8 @@ A run folder (`loop.run`, `launch.py run`):
   records.jsonl             one JSON record per round (rebuilt from the checkpoint if missing)
   metrics.jsonl             per round and epoch: train and validation loss (`train.fit`)
   evaluation/round_<r>.csv  per-case metrics of round r's model (eval.cases)
-  annotations/round_<r>.npz al.annotator = human: the imported masks (`label_store`)
+  annotations/round_<r>.npz al.annotator = human: the imported labels, at data.size and at the
+                            source resolution (`label_store`)
   queries/round_<r>/        `launch.py query`: the export for the annotator (query.csv/.json,
                             labels/<case>.nii.gz)
   cache/<fingerprint>/      the slice cache (unless data.cache_dir)
@@ -18,6 +19,7 @@ A sweep folder (`sweep.run`):
   seed-<s>/round0/model/                round 0 of seed s (orbax), trained once, shared by its runs
   seed-<s>/round0/pool_embeddings.npz   round 0's pool embeddings (t-SNE maps)
   seed-<s>/<strategy>-<mode>/           one run folder, starting from round 0's model
+  config.json                           the sweep's config, flattened (`write_sweep_config`)
   report/, cache/, the synthetic cohort
 
 ADDED_KEYS is the one table of config fields added after runs (and slice caches) may have been
@@ -49,6 +51,7 @@ ANNOTATIONS_DIR = "annotations"
 QUERIES_DIR = "queries"
 CACHE_DIR = "cache"
 REPORT_DIR = "report"
+SWEEP_CONFIG_FILE = "config.json"  # a sweep folder's config (`write_sweep_config`)
 SUPERVISED_DIR = "supervised"
 ROUND0_DIR = "round0"
 ROUND0_MODEL_DIR = "model"  # seed-<s>/round0/model/: the shared round 0's orbax checkpoint
@@ -89,6 +92,9 @@ ADDED_KEYS = {
     "data.spacing": [],
     "resume_from": -1,
 }
+# Config fields whose value acts on the command that gives it, not on the run: a run continued
+# from its stored config (`stored_config`) has these values unless given again.
+ONE_SHOT_KEYS = {"resume_from": -1, "allow_config_change": False}
 # Config fields that may change between a run and its resumption without changing any result
 # of the completed rounds.
 RESUME_NEUTRAL_KEYS = (
@@ -269,18 +275,56 @@ def has_checkpoint(workdir: str) -> bool:
         ckpt.close()
 
 
-def stored_config(workdir: str) -> config_dict.ConfigDict:
-    """The config snapshot of the run in `workdir` (from its latest checkpoint)."""
-    lock.check_workdir(workdir, create=False)  # a mistyped --workdir is not created
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR))
-    try:
-        latest = ckpt.latest_round()
-        if latest is None:
-            raise ValueError(f"{workdir}: no checkpoint (run the experiment first)")
-        flat = ckpt.restore_loop(latest)["config"]
-    finally:
-        ckpt.close()
-    return unflatten_config(flat)
+def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict | None:
+    """The config the run or sweep in `workdir` was last started with: a run's from its latest
+    checkpoint, a sweep's from its config.json (`write_sweep_config`). The one-shot fields
+    (ONE_SHOT_KEYS) are at their defaults: they act on the command that gives them.
+
+    A folder with neither: None, or (`required`) a ValueError; a mistyped --workdir is never
+    created.
+    """
+    if not required and not os.path.isdir(workdir):
+        return None
+    lock.check_workdir(workdir, create=False)
+    sweep_file = os.path.join(workdir, SWEEP_CONFIG_FILE)
+    if has_checkpoint(workdir):
+        ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR))
+        try:
+            flat = ckpt.restore_loop(ckpt.latest_round())["config"]
+        finally:
+            ckpt.close()
+    elif os.path.isfile(sweep_file):
+        with open(sweep_file) as f:
+            flat = json.load(f)
+    elif required:
+        raise ValueError(f"{workdir}: no checkpoint (run the experiment first)")
+    else:
+        return None
+    return unflatten_config({**flat, **ONE_SHOT_KEYS})
+
+
+def with_overrides(config: config_dict.ConfigDict, overrides: dict) -> config_dict.ConfigDict:
+    """A copy of `config` with fields set by flattened name ({'train.patience': 9}: the
+    --config.X=... flags, `FLAGS['config'].override_values`); an unknown name is a ValueError."""
+    config = config_dict.ConfigDict(config.to_dict())
+    for name, value in overrides.items():
+        *parents, leaf = name.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p)
+            if not isinstance(node, config_dict.ConfigDict):
+                raise ValueError(f"unknown config field {name}")
+        if leaf not in node:
+            raise ValueError(f"unknown config field {name}")
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def write_sweep_config(workdir: str, config) -> None:
+    """<workdir>/config.json: the config a sweep was started with (flattened), atomically."""
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, SWEEP_CONFIG_FILE), flatten_config(config)
+    )
 
 
 def write_records(workdir: str, history: list[dict]) -> None:

@@ -332,8 +332,9 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
         ids = np.asarray(experiment.history[-1]["queried"])
         predicted = annotate.predicted_masks(experiment, ids)
         source = experiment.splits.source
+        settings = loading.make_settings(config.data, source)
         canonical = [
-            label_volumes.Geometry.of(source.cases[s]).canonical_shape()
+            label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
             for s in experiment.pool.subject[ids]
         ]
     finally:
@@ -360,15 +361,16 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
         keep_empty_slices=True,
         target_values=None,
         allowed_labels=None,
+        reorient="canonical",
     )
     rng = np.random.default_rng(0)
     for k, affine in enumerate(_affines()):
         path = str(tmp_path / f"c{k}.nii.gz")
         nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), affine), path)
-        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None))
+        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None), settings)
         canonical_index = np.array([1, 4])
         masks = (rng.random((2, 32, 32)) < 0.3).astype(np.uint8)
-        volume = label_volumes.prefill_volume(geometry, settings, canonical_index, masks, 2)
+        volume = label_volumes.prefill_volume(geometry, canonical_index, masks, 2)
         assert volume.shape == SHAPE and volume.dtype == np.uint8
         canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
         stack = np.moveaxis(np.asarray(canonical.dataobj), 2, 0)  # preprocess.to_slices
@@ -378,9 +380,9 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
         if stack.shape[1:] == (32, 32):  # no fitting: the loader gets the masks back exactly
             back = preprocess.fit_slices(stack[canonical_index] // 2, (32, 32), resample, True)
             np.testing.assert_array_equal(back, masks)
-        for c in canonical_index:
-            axis, index = geometry.file_slice(2, int(c))
-            assert np.take(volume, index, axis=axis).sum() == stack[c].sum() > 0
+        for c, index in zip(canonical_index, geometry.file_index(canonical_index), strict=True):
+            plane = np.take(volume, index, axis=geometry.file_axis)
+            assert plane.sum() == stack[c].sum() > 0
 
 
 def test_unfit_inverts_fit_where_fit_loses_nothing():
@@ -419,6 +421,42 @@ def test_cli_query_and_import_labels_use_the_runs_stored_config(oriented, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isfile(os.path.join(copy, workdir_lib.ANNOTATIONS_DIR, "round_000.npz"))
+
+
+def test_the_human_loop_continues_with_the_workdir_alone(oriented, tmp_path):
+    """After the first command, every step takes --workdir alone: the next round runs with the
+    run's stored config, and a --config.X=... given without --config changes that config (and
+    is checked as any change is), for `run` and `query` alike."""
+    config, workdir, export, root = oriented
+    copy, labels = str(tmp_path / "run"), str(tmp_path / "labels")
+    shutil.copytree(workdir, copy)
+    shutil.copytree(export, labels)
+    correct(labels, truth_of(root))
+    annotate.import_labels(config, copy, labels)
+    launch = [sys.executable, os.path.join(REPO, "launch.py")]
+    proc = subprocess.run(
+        launch + [f"--workdir={copy}"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1: the query of" in proc.stdout  # the next round ran and awaits its labels
+    records = helpers.read_records(copy)
+    assert [r["round"] for r in records] == [0, 1] and records[1]["queried_with_target"] is None
+    stored = workdir_lib.flatten_config(workdir_lib.stored_config(copy))
+    assert stored == workdir_lib.flatten_config(config)
+    for verb in ([], ["query"]):
+        proc = subprocess.run(
+            launch + verb + [f"--workdir={copy}", "--config.train.patience=9"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        # the stored config with the one field changed, not configs/default.py's
+        assert "config differs from the one this run was started with (train.patience: 2 -> 9)" in (
+            proc.stderr
+        ), proc.stderr[-3000:]
+    assert helpers.read_records(copy) == records
 
 
 def test_workflow_refusals(oriented, tmp_path):

@@ -346,7 +346,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
     experiment = types.SimpleNamespace(
         pool=train, config=types.SimpleNamespace(data=config), splits=splits
     )
-    cases = annotate.queried_cases(experiment, ids)
+    cases = annotate.queried_cases(experiment, ids, settings)
     assert len(cases) == 6
     values = label_maps.label_value_table(settings)
     for case_id, qc in cases.items():
@@ -357,9 +357,7 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         expected_plane = label_volumes.PLANES[int(nib.io_orientation(affines[i])[axis, 0])]
         assert qc.geometry.plane(axis) == expected_plane
         masks = np.asarray(train.labels[ids[qc.positions]])
-        prefill = label_volumes.prefill_volume(
-            qc.geometry, settings, qc.canonical_index, masks, values
-        )
+        prefill = label_volumes.prefill_volume(qc.geometry, qc.canonical_index, masks, values)
         assert prefill.shape == ANNOTATE_SHAPE
         stack = np.moveaxis(prefill, axis, 0)
         inplane = stack.shape[1:]
@@ -376,7 +374,9 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
         np.moveaxis(corrected, axis, 0)[qc.file_index] = np.moveaxis(true, axis, 0)[qc.file_index]
         path = str(tmp_path / f"{case_id}.nii.gz")
         label_volumes.write_label_volume(path, corrected, qc.case)
-        back, reasons = annotate.read_correction(path, qc, settings)
+        (back, native), reasons = annotate.read_correction(path, qc)
         assert reasons == []
         np.testing.assert_array_equal(back, masks)
+        # At the source resolution: the corrected file's own voxels on those slices.
+        np.testing.assert_array_equal(native, np.moveaxis(corrected, axis, 0)[qc.file_index])
         assert masks.any()  # not vacuous

@@ -38,8 +38,11 @@ def check_export(config, workdir: str, out: str) -> dict:
     assert set(meta) >= {"channel_names", "labels", "numTraining", "file_ending"}
     assert meta["file_ending"] == ".nii.gz"
     assert list(meta["channel_names"].values()) == list(train.channel_names)
+    # nnU-Net v2's rules: 0, the classes and ignore consecutive, ignore the highest value
+    values = sorted(meta["labels"].values())
+    assert values == list(range(len(train.class_names) + 2))
     ignore = meta["labels"]["ignore"]
-    assert ignore == max(meta["labels"].values()) and meta["labels"]["background"] == 0
+    assert ignore == values[-1] and meta["labels"]["background"] == 0
     assert meta["numTraining"] == len(set(subjects.tolist()))
     assert len(os.listdir(os.path.join(out, "labelsTr"))) == meta["numTraining"]
     n_images = len(os.listdir(os.path.join(out, "imagesTr")))
@@ -50,14 +53,16 @@ def check_export(config, workdir: str, out: str) -> dict:
         exported = nib.load(path)
         np.testing.assert_allclose(exported.affine, nib.load(case.image).affine)
         rows = np.flatnonzero(subjects == subject)
-        label, img = preprocess.read_canonical(path, "label", None, as_float=False)
+        label, img = preprocess.read_canonical(
+            path, "label", None, as_float=False, reorient=settings.canonical
+        )
         stack = preprocess.to_slices(label, settings.axis)
         assert np.all(np.delete(stack, index[rows], axis=0) == ignore)
         planes = stack[index[rows]]
-        assert not np.any(planes == ignore)  # resize: the loader saw every pixel
+        assert not np.any(planes == ignore)  # the labelled slices are labelled throughout
         spacing = np.sqrt(np.sum(img.affine[:3, :3] ** 2, axis=0)).astype(np.float32)
-        target = preprocess.label_indices(planes, path, settings)
-        fitted = preprocess.fit_case_slices(target, settings, spacing, is_label=True)
+        # exported values are the class indices: the loader's fit of them is what it trained on
+        fitted = preprocess.fit_case_slices(planes, settings, spacing, is_label=True)
         np.testing.assert_array_equal(fitted, expected[rows])
         for c, (image_path, channel) in enumerate(case.channel_sources):
             written = nib.load(os.path.join(out, "imagesTr", f"{case.case_id}_{c:04d}.nii.gz"))

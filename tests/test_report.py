@@ -154,6 +154,39 @@ def test_rerunning_a_finished_sweep_recomputes_nothing(tiny_sweep):
     assert before == after
 
 
+def test_a_sweep_continues_with_its_workdir_alone_and_refuses_a_changed_config(tiny_sweep):
+    """`launch.py sweep --workdir=W` takes the config the sweep was started with (config.json):
+    the finished sweep is recomputed from nothing. A config its runs would refuse is refused at
+    once, before any run, and config.json keeps the sweep's own."""
+    import subprocess
+    import sys
+
+    from selal_jax import sweep
+    from selal_jax import workdir as workdir_lib
+
+    config, workdir, paths = tiny_sweep
+    records = os.path.join(workdir, "seed-0", "random-all", "records.jsonl")
+    stored = os.path.join(workdir, workdir_lib.SWEEP_CONFIG_FILE)
+    before = os.path.getmtime(records)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch.py"), "sweep", f"--workdir={workdir}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "random all" in proc.stdout and os.path.getmtime(records) == before
+    with open(stored) as f:
+        assert json.load(f) == workdir_lib.flatten_config(config)
+    changed = config.copy_and_resolve_references()
+    changed.al.query_size = 3
+    with pytest.raises(ValueError, match=r"al.query_size: 6 -> 3"):
+        sweep.run(changed, workdir)
+    with open(stored) as f:
+        assert json.load(f)["al.query_size"] == 6
+
+
 def test_per_class_table_cells_by_hand(tmp_path):
     for seed, (core, halo) in enumerate(
         [([0.2, 0.5, 0.4], [0.6, 0.7, 0.9]), ([0.3, 0.7, 0.6], [0.5, 0.8, 0.7])]

@@ -78,6 +78,7 @@ def settings(**fields) -> preprocess.Settings:
         "keep_empty_slices": True,
         "target_values": None,
         "allowed_labels": None,
+        "reorient": "canonical",
     }
     return preprocess.Settings(**{**base, **fields})
 
@@ -125,12 +126,12 @@ def test_prefill_inverts_the_fit_and_import_gets_the_masks_back(tmp_path, fields
     rng = np.random.default_rng(4)
     path = str(tmp_path / "c.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), path)
-    geometry = label_volumes.Geometry.of(preprocess.CaseFiles("c", path, None))
-    np.testing.assert_allclose(label_volumes.canonical_spacing(geometry), [0.5, 0.5, 2.0])
+    geometry = label_volumes.Geometry.of(preprocess.CaseFiles("c", path, None), s)
+    np.testing.assert_allclose(geometry.canonical_spacing(), [0.5, 0.5, 2.0])
     blocks = ndimage.zoom(rng.integers(0, 3, (2, 16, 24)), (1, 2, 2), order=0).astype(np.uint8)
-    spacing = label_volumes.canonical_spacing(geometry)
+    spacing = geometry.canonical_spacing()
     masks = fitting.fit_case_slices(blocks, s, spacing, is_label=True)
-    volume = label_volumes.prefill_volume(geometry, s, np.array([0, 3]), masks, np.array([0, 5, 7]))
+    volume = label_volumes.prefill_volume(geometry, np.array([0, 3]), masks, np.array([0, 5, 7]))
     planes = np.moveaxis(volume, 2, 0)[[0, 3]]
     back = fitting.fit_case_slices(np.searchsorted([0, 5, 7], planes), s, spacing, True)
     np.testing.assert_array_equal(back, masks)

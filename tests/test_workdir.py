@@ -84,3 +84,40 @@ def test_check_compatible_names_the_field_and_accepts_a_moved_dataset():
     workdir_lib.check_compatible(
         stored, "f1", shared, "f1", where="w", neutral=workdir_lib.ROUND0_NEUTRAL_KEYS
     )
+
+
+def test_a_continued_config_is_the_stored_one_with_the_given_fields_and_no_one_shot_ones(
+    tmp_path,
+):
+    """`launch.py --workdir=W` on an existing folder: the config stored there (a sweep's
+    config.json here; a run's checkpoint alike), resume_from and allow_config_change back at
+    their defaults (they acted on the command that gave them: a later query must not discard
+    checkpoints again), --config.X=... set on top."""
+    assert workdir_lib.stored_config(str(tmp_path / "new"), required=False) is None
+    with pytest.raises(ValueError, match="no such run folder"):
+        workdir_lib.stored_config(str(tmp_path / "new"))
+    assert workdir_lib.stored_config(str(tmp_path), required=False) is None
+    with pytest.raises(ValueError, match="no checkpoint"):
+        workdir_lib.stored_config(str(tmp_path))
+    config = smoke_config(
+        **{
+            "train.patience": 7,
+            "data.size": (16, 24),
+            "resume_from": 2,
+            "allow_config_change": True,
+        }
+    )
+    workdir_lib.write_sweep_config(str(tmp_path), config)
+    stored = workdir_lib.stored_config(str(tmp_path))
+    assert stored.resume_from == -1 and stored.allow_config_change is False
+    assert stored.train.patience == 7 and list(stored.data.size) == [16, 24]
+    expected = workdir_lib.flatten_config(config)
+    expected.update(resume_from=-1, allow_config_change=False)
+    assert workdir_lib.flatten_config(stored) == expected
+    given = workdir_lib.with_overrides(stored, {"train.patience": 9, "data.spacing": (1.0, 1.0)})
+    assert workdir_lib.config_differences(
+        workdir_lib.flatten_config(stored), workdir_lib.flatten_config(given)
+    ) == ["data.spacing", "train.patience"]
+    assert given.train.patience == 9 and stored.train.patience == 7  # a copy
+    with pytest.raises(ValueError, match="unknown config field train.patiense"):
+        workdir_lib.with_overrides(stored, {"train.patiense": 1})

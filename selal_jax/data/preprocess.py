@@ -92,12 +92,12 @@ class Settings:
       keep_empty_slices: keep slices whose normalised image is all zero (in every channel).
       target_values: label values that form the binary target; None = any value > 0.
       allowed_labels: label values a label file may contain; None = any non-negative integer.
+      reorient: 'canonical' (RAS+, nib.as_closest_canonical) or 'none' (the stored voxel order:
+        `axis` is an array axis of the file).
       class_values: per foreground class (C >= 2) its label values: voxels of class k get index
         k (1-based), 0 = background; None = the binary target of `target_values`.
       channel_normalisation: per input channel (K >= 2) 'zscore' or 'ct_window'; None = one
         channel, normalised by `normalisation`.
-      reorient: 'canonical' (RAS+, nib.as_closest_canonical) or 'none' (the stored voxel order:
-        `axis` is an array axis of the file).
       spacing: in-plane (mm, mm) of the output pixels (data.spacing): each slice is resampled
         to it (anti-aliased images, per-class labels), then centre cropped/padded to `size`;
         `resample` is then unused. None = fit by `resample` alone.
@@ -111,10 +111,10 @@ class Settings:
     keep_empty_slices: bool
     target_values: tuple[int, ...] | None
     allowed_labels: tuple[int, ...] | None
+    reorient: str  # no default: every path between slices and files must say it
     class_values: tuple[tuple[int, ...], ...] | None = None
     channel_normalisation: tuple[str, ...] | None = None
     spacing: tuple[float, float] | None = None
-    reorient: str = "canonical"
 
     @property
     def canonical(self) -> bool:
