@@ -13,7 +13,9 @@ leaves the previous step intact; `latest_round` only sees finished steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as std_logging
 import os
 
 import jax
@@ -21,17 +23,66 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from selal_jax import atomic, faults
+from selal_jax.errors import ConfigError, UserError, disk_problem
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint could not be written or read; the message names the directory."""
+
+
+def summary(error: BaseException, limit: int = 300) -> str:
+    """'<type>: <first line>' of an orbax/TensorStore error, without the TensorStore spec that
+    its message dumps (60 lines of JSON), cut to `limit` characters."""
+    text = str(error).split(" See full TensorStore details", 1)[0].strip()
+    text = text.splitlines()[0] if text else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    problem = disk_problem(error)
+    return (
+        f"{problem}: {type(error).__name__}: {text}"
+        if problem
+        else f"{type(error).__name__}: {text}"
+    )
+
+
+class _OrbaxErrors(std_logging.Filter):
+    """Holds back the errors orbax's background threads log (each with its traceback, 350 lines
+    for one failed save): the CheckpointError raised for the failure says it once. Held-back
+    messages are logged as one warning line each if the operation succeeds after all."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno >= std_logging.ERROR and "orbax" in record.pathname:
+            self.held.append(record.getMessage().splitlines()[0][:300])
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """While orbax works: its error logs are held back (`_OrbaxErrors`); raised errors pass."""
+    held = _OrbaxErrors()
+    absl_logger = std_logging.getLogger("absl")  # absl.logging's records start there
+    absl_logger.addFilter(held)
+    try:
+        yield
+    except BaseException:
+        held.held.clear()  # the raised error says it
+        raise
+    finally:
+        absl_logger.removeFilter(held)
+        for message in held.held:
+            logging.warning("orbax reported: %s", message)
 
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 2):
         self.directory = os.path.abspath(directory)
         if keep < 1:
-            raise ValueError(f"config field checkpoint.keep: must be >= 1, got {keep}")
+            raise ConfigError(f"config field checkpoint.keep: must be >= 1, got {keep}")
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
@@ -79,17 +130,18 @@ class Checkpointer:
     def save(self, round_index: int, state, loop: dict) -> None:
         """Saves round `round_index` and waits until it is on disk."""
         try:
-            self.manager.save(
-                round_index,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
-                ),
-            )
-            faults.maybe_kill("save", round_index)  # the write is in flight in the background
-            self.manager.wait_until_finished()
+            with _quiet_orbax():
+                self.manager.save(
+                    round_index,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
+                    ),
+                )
+                faults.maybe_kill("save", round_index)  # the write is in flight in the background
+                self.manager.wait_until_finished()
         except Exception as e:  # orbax wraps OSError in several types
             raise CheckpointError(
-                f"{self.directory}: saving round {round_index} failed ({type(e).__name__}: {e}); "
+                f"{self.directory}: saving round {round_index} failed ({summary(e)}); "
                 f"the previous checkpoint (round {self.latest_round()}) is intact"
             ) from e
         logging.info("saved checkpoint of round %d to %s", round_index, self.directory)
@@ -105,7 +157,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise CheckpointError(
-                f"{self.directory}: cannot restore round {round_index} ({type(e).__name__}: {e})"
+                f"{self.directory}: cannot restore round {round_index} ({summary(e)})"
             ) from e
         return restored["state"], dict(restored["loop"])
 
@@ -117,8 +169,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise CheckpointError(
-                f"{self.directory}: cannot restore round {round_index}'s record "
-                f"({type(e).__name__}: {e})"
+                f"{self.directory}: cannot restore round {round_index}'s record ({summary(e)})"
             ) from e
         return dict(restored["loop"])
 
@@ -130,7 +181,7 @@ class Checkpointer:
             return latest
         rounds = self.all_rounds()
         if wanted not in rounds:
-            raise ValueError(
+            raise ConfigError(
                 f"config field resume_from: {self.directory} holds no checkpoint of round "
                 f"{wanted} (rounds {rounds})"
             )
@@ -164,8 +215,9 @@ class Checkpointer:
             ) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with _quiet_orbax():
+            self.manager.wait_until_finished()
+            self.manager.close()
 
 
 def close_quietly(closeable, error: BaseException) -> None:

@@ -32,11 +32,12 @@ from absl import logging
 from selal_jax import atomic, label_volumes, loop, rng
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
+from selal_jax.errors import UserError
 
 IGNORE = "ignore"
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """The export was refused; the message says why."""
 
 

@@ -14,6 +14,7 @@ from absl import logging
 
 from selal_jax import diagnostics, label_store
 from selal_jax.data.slices import SliceSet
+from selal_jax.errors import UserError
 
 
 class LabelledPool:
@@ -79,7 +80,7 @@ class LabelledPool:
         """Stores the annotator's masks [n, H, W] of round r's query (ids in selection order)
         and applies them; the atomic write of the store file is the commit point."""
         if self.awaiting != r:
-            raise ValueError(f"{workdir}: round {r}'s query is not awaiting labels")
+            raise UserError(f"{workdir}: round {r}'s query is not awaiting labels")
         self.annotator.store.write(r, ids, masks, note)
         self.apply_import(r, record, workdir)
 

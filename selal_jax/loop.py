@@ -31,6 +31,7 @@ from selal_jax import train as train_lib
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
+from selal_jax.errors import ConfigError, UserError
 from selal_jax.models import build_model, init_variables
 
 
@@ -119,7 +120,7 @@ class Experiment:
         human = config.al.annotator == "human"
         if not human and not train.has_label.all():
             unlabelled = sorted({train.cases[s] for s in train.subject[~train.has_label]})
-            raise ValueError(
+            raise ConfigError(
                 f"{len(unlabelled)} training cases have no labels (e.g. {unlabelled[0]}) and "
                 "config field al.annotator is 'simulated', which reveals the dataset's labels; "
                 "use --config.al.annotator=human"
@@ -141,7 +142,7 @@ class Experiment:
         self.ckpt.check_writable()
         latest = self.ckpt.latest_round()
         if latest is not None and not config.resume:
-            raise ValueError(
+            raise UserError(
                 f"{workdir}: holds checkpoints up to round {latest} and config.resume is False; "
                 "starting afresh needs an empty workdir"
             )

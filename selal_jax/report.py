@@ -28,6 +28,7 @@ import numpy as np
 
 from selal_jax import atomic, stats
 from selal_jax import workdir as workdir_lib
+from selal_jax.errors import UserError
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
 from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
 
@@ -100,16 +101,40 @@ def class_rows(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
     return rows
 
 
+# The record fields a report reads from every round (others are optional).
+RECORD_FIELDS = ("round", "strategy", "mode", "n_labelled", "pct_labelled", "dice", "dice_global")
+
+
 def read_records(path: str) -> list[dict]:
+    """The records of a records.jsonl file, one JSON object per line; a line that is not one
+    (garbled, truncated, not text), then one that lacks a field of RECORD_FIELDS, is a
+    UserError naming the file and the line."""
     records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from e
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a records file (not UTF-8 text: {e})") from e
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e})") from e
+    numbered = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            numbered.append((number, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {number} is not valid JSON ({e})") from e
+    for number, record in numbered:
+        if not isinstance(record, dict):
+            raise UserError(
+                f"{path}: line {number} is not a record (a JSON object), got "
+                f"{type(record).__name__}"
+            )
+        missing = [k for k in RECORD_FIELDS if k not in record]
+        if missing:
+            raise UserError(f"{path}: line {number}: the record lacks the fields {missing}")
+        records.append(record)
     return records
 
 
@@ -126,7 +151,7 @@ def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
         name = f"{first['strategy']} {first['mode']}"
         seed = int(first.get("seed", 0))
         if seed in runs.get(name, {}):
-            raise ValueError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
+            raise UserError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
         runs.setdefault(name, {})[seed] = history
     return runs
 
@@ -136,8 +161,14 @@ def load_baseline(workdir: str) -> float | None:
     for path in sorted(
         glob.glob(os.path.join(workdir, "**", workdir_lib.SUPERVISED_FILE), recursive=True)
     ):
-        with open(path) as f:
-            values.append(float(json.load(f)["dice"]))
+        try:
+            with open(path) as f:
+                values.append(float(json.load(f)["dice"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{path}: not a supervised baseline record (a JSON object with a number "
+                f"'dice'; {type(e).__name__}: {e})"
+            ) from e
     return float(np.mean(values)) if values else None
 
 
@@ -267,7 +298,7 @@ def resolve_reference(runs: dict, reference: str | None) -> str | None:
     strategy, _, mode = str(reference).strip().partition(":")
     name = f"{strategy.strip()} {(mode or 'selective').strip()}"
     if name not in runs:
-        raise ValueError(
+        raise UserError(
             f"report reference {reference!r}: no run {name!r} found; runs: {', '.join(runs)}"
         )
     return name
@@ -343,7 +374,7 @@ def write_report(
     default 'random all' if present)."""
     runs = load_runs(workdir)
     if not runs:
-        raise ValueError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
+        raise UserError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
     reference_name = resolve_reference(runs, reference)
     if baseline is None:
         baseline = load_baseline(workdir)

@@ -34,6 +34,7 @@ from selal_jax import (
 )
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import synthetic
+from selal_jax.errors import ConfigError, UserError
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:
@@ -45,7 +46,7 @@ def parse_runs(text: str) -> list[tuple[str, str]]:
         strategy, _, mode = item.partition(":")
         runs.append((strategy.strip(), (mode or "selective").strip()))
     if not runs:
-        raise ValueError(f"config field sweep.runs: no strategy:mode pairs in {text!r}")
+        raise ConfigError(f"config field sweep.runs: no strategy:mode pairs in {text!r}")
     return runs
 
 
@@ -53,11 +54,11 @@ def parse_seeds(text) -> list[int]:
     try:
         seeds = [int(s) for s in str(text).replace(" ", "").split(",") if s]
     except ValueError as e:
-        raise ValueError(
+        raise ConfigError(
             f"config field sweep.seeds: expected comma-separated integers, got {text!r}"
         ) from e
     if not seeds:
-        raise ValueError(f"config field sweep.seeds: no seeds in {text!r}")
+        raise ConfigError(f"config field sweep.seeds: no seeds in {text!r}")
     return seeds
 
 
@@ -113,7 +114,7 @@ def load_round0(round0_dir: str, state_like):
     ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
     try:
         if ckpt.latest_round() is None:
-            raise ValueError(f"{round0_dir}: no shared round-0 checkpoint found")
+            raise UserError(f"{round0_dir}: no shared round-0 checkpoint found")
         return ckpt.restore(0, checkpointing.abstract_like(state_like))
     finally:
         ckpt.close()
@@ -133,7 +134,7 @@ def take_round0(round0_dir: str, experiment) -> tuple[object, dict]:
         neutral=workdir_lib.ROUND0_NEUTRAL_KEYS,
     )
     if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(experiment.labelled)]:
-        raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
+        raise UserError(f"{round0_dir}: its initial labelled set differs from this run's")
     return state, dict(stored["record"])
 
 

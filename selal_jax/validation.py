@@ -8,6 +8,7 @@ import math
 from selal_jax import parallel, selection
 from selal_jax import train as train_lib
 from selal_jax.data import loading
+from selal_jax.errors import ConfigError
 from selal_jax.models import DTYPES
 
 ANNOTATORS = ("simulated", "human")
@@ -26,20 +27,20 @@ def validate_config(config) -> None:
         ("checkpoint.keep", config.checkpoint.keep),
     ):
         if int(value) < 1:
-            raise ValueError(f"config field {field}: must be >= 1, got {value}")
+            raise ConfigError(f"config field {field}: must be >= 1, got {value}")
     lr = float(train.learning_rate)
     if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"config field train.learning_rate: must be > 0 and finite, got {lr}")
+        raise ConfigError(f"config field train.learning_rate: must be > 0 and finite, got {lr}")
     if not 0 <= float(model.dropout_rate) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.dropout_rate: must be in [0, 1), got {model.dropout_rate}"
         )
     if not 0 < float(model.head_bias_prior) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.head_bias_prior: must be in (0, 1), got {model.head_bias_prior}"
         )
     if model.dtype not in DTYPES:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.dtype: expected one of {tuple(DTYPES)}, got {model.dtype!r}"
         )
     al = config.al
@@ -52,12 +53,12 @@ def validate_config(config) -> None:
         class_balanced=bool(al.class_balanced),
     )
     if config.train.loss not in train_lib.LOSSES:
-        raise ValueError(
+        raise ConfigError(
             f"config field train.loss: expected one of {train_lib.LOSSES}, got "
             f"{config.train.loss!r}"
         )
     if al.annotator not in ANNOTATORS:
-        raise ValueError(
+        raise ConfigError(
             f"config field al.annotator: expected one of {ANNOTATORS}, got {al.annotator!r}"
         )
     for field, value in (
@@ -68,26 +69,26 @@ def validate_config(config) -> None:
         ("al.mc_passes", al.mc_passes),
     ):
         if int(value) < 1:
-            raise ValueError(f"config field {field}: must be >= 1, got {value}")
+            raise ConfigError(f"config field {field}: must be >= 1, got {value}")
     if int(al.rounds) < 0:
-        raise ValueError(f"config field al.rounds: must be >= 0, got {al.rounds}")
+        raise ConfigError(f"config field al.rounds: must be >= 0, got {al.rounds}")
     if int(config.get("resume_from", -1)) < -1:
-        raise ValueError(
+        raise ConfigError(
             f"config field resume_from: must be -1 (latest) or a round >= 0, got "
             f"{config.resume_from}"
         )
     if not 0 < float(al.target_threshold) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field al.target_threshold: must be in (0, 1), got {al.target_threshold}"
         )
     if not 0 < float(al.boundary_width) <= 0.5:
-        raise ValueError(
+        raise ConfigError(
             f"config field al.boundary_width: must be in (0, 0.5], got {al.boundary_width}"
         )
     h, w = (int(s) for s in config.data.size)
     factor = 2 ** int(config.model.depth)
     if h % factor or w % factor:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.size: {h}x{w} must be divisible by 2**model.depth = {factor}"
         )
     parallel.check_batch_sizes(config.train)  # global batch sizes split over jax.device_count()

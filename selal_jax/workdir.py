@@ -38,6 +38,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from selal_jax import checkpointing, lock
+from selal_jax.errors import UserError
 
 CHECKPOINTS_DIR = "checkpoints"
 RECORDS_FILE = "records.jsonl"
@@ -244,12 +245,12 @@ def check_compatible(
         return
     if changed:
         details = ", ".join(f"{k}: {stored_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
-        raise ValueError(
+        raise UserError(
             f"{where}: the config differs from the one this run was started with ({details}); "
             "use a new workdir or pass --config.allow_config_change=True"
         )
     if stored_fingerprint != fingerprint:
-        raise ValueError(
+        raise UserError(
             f"{where}: the dataset changed since this run was started (fingerprint "
             f"{stored_fingerprint} -> {fingerprint}: files, sizes, mtimes or "
             "preprocessing differ); use a new workdir or pass --config.allow_config_change=True"
@@ -276,7 +277,7 @@ def stored_config(workdir: str) -> config_dict.ConfigDict:
     try:
         latest = ckpt.latest_round()
         if latest is None:
-            raise ValueError(f"{workdir}: no checkpoint (run the experiment first)")
+            raise UserError(f"{workdir}: no checkpoint (run the experiment first)")
         flat = ckpt.restore_loop(latest)["config"]
     finally:
         ckpt.close()

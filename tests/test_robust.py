@@ -9,26 +9,9 @@ import time
 import pytest
 
 from selal_jax import checkpointing, lock, loop, sweep
-from tests.helpers import REPO, comparable, read_records
+from tests.helpers import REPO, comparable, launch, read_records
 
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
-
-
-def launch(*args, env=None, timeout=600, wrapper=None):
-    """launch.py in a subprocess; `wrapper` is Python code run before it (a fault to inject)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("SELAL_JAX_KILL_AT", None)
-    command = [sys.executable]
-    if wrapper:
-        command += [
-            "-c",
-            wrapper + "\nimport runpy, sys\nsys.argv = sys.argv[1:]\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')",
-        ]
-    command += [os.path.join(REPO, "launch.py"), *args]
-    return subprocess.run(
-        command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 # ------------------------------------------------------------------ 1. the workdir lock
@@ -507,6 +490,8 @@ def test_a_damaged_newest_checkpoint_says_how_to_resume_from_the_previous_round(
         and "the newest checkpoint, round 2, is damaged" in message
     )
     assert "--config.resume_from=1" in message
+    # the advice without TensorStore's 60-line spec of the array it could not read (issue 24)
+    assert "TensorStore" not in message and "\n" not in message and len(message) < 800, message
     resumed = loop.run(set_fields(copy.deepcopy(config), {"resume_from": 1}), workdir)
     assert [r["round"] for r in resumed] == [0, 1, 2]
     # round 2 redone from round 1: the same numbers

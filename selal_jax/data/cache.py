@@ -9,6 +9,7 @@ sibling folder and renamed into place once complete: an interrupted build leaves
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import write_error
 from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.
@@ -151,21 +153,43 @@ class Builder:
     def __init__(
         self, cache_dir: str, key: str, size: tuple[int, int], max_slices: int, channels: int = 1
     ):
-        os.makedirs(cache_dir, exist_ok=True)
-        self.final = os.path.join(cache_dir, key)
-        self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
-        H, W = size
-        # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
-        row = (H, W) if channels == 1 else (H, W, channels)
-        self.images = NpyAppender(os.path.join(self.tmp, "images.npy"), row, np.float32, max_slices)
-        self.labels = NpyAppender(
-            os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
-        )
+        self.cache_dir, self.final = cache_dir, os.path.join(cache_dir, key)
+        self.tmp = None
+        with self._writing():
+            os.makedirs(cache_dir, exist_ok=True)
+            self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
+            H, W = size
+            # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
+            row = (H, W) if channels == 1 else (H, W, channels)
+            self.images = NpyAppender(
+                os.path.join(self.tmp, "images.npy"), row, np.float32, max_slices
+            )
+            self.labels = NpyAppender(
+                os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
+            )
         self.subject, self.slice_index, self.spacing = [], [], []
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write (a full disk, a read-only folder) is a UserError naming the cache
+        folder; the temporary folder is removed."""
+        try:
+            yield
+        except OSError as e:
+            self._remove_tmp()
+            raise write_error(e, self.cache_dir, "the slice cache") from e
+
+    def _remove_tmp(self) -> None:
+        for appender in (getattr(self, "images", None), getattr(self, "labels", None)):
+            if appender is not None and not appender.file.closed:
+                appender.file.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
     def add(self, subject: int, images, labels, slice_index, spacing) -> None:
-        self.images.append(images)
-        self.labels.append(labels)
+        with self._writing():
+            self.images.append(images)
+            self.labels.append(labels)
         self.subject.append(np.full(len(images), subject, np.int32))
         self.slice_index.append(np.asarray(slice_index, np.int32))
         self.spacing.append(np.tile(np.asarray(spacing, np.float32), (len(images), 1)))
@@ -175,6 +199,10 @@ class Builder:
         return self.images.rows
 
     def commit(self, meta: dict) -> str:
+        with self._writing():
+            return self._commit(meta)
+
+    def _commit(self, meta: dict) -> str:
         self.images.close()
         self.labels.close()
         for name, parts, empty in (
@@ -203,10 +231,7 @@ class Builder:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            for appender in (self.images, self.labels):
-                if not appender.file.closed:
-                    appender.file.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_tmp()
         return False
 
 

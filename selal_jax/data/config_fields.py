@@ -12,40 +12,41 @@ import re
 import numpy as np
 
 from selal_jax.data import preprocess, sources, synthetic
+from selal_jax.errors import ConfigError
 
 
 def validate_data_config(data_config) -> None:
     """Checks the config fields every layout uses; raises ValueError naming the field."""
     size = tuple(data_config.size)
     if len(size) != 2 or any(int(s) < 1 for s in size):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.size: expected two positive pixel counts H,W (e.g. "
             f"--config.data.size=128,128), got {size}"
         )
     if int(data_config.axis) not in (0, 1, 2):
-        raise ValueError(f"config field data.axis: expected 0, 1 or 2, got {data_config.axis}")
+        raise ConfigError(f"config field data.axis: expected 0, 1 or 2, got {data_config.axis}")
     if data_config.resample not in ("resize", "resize_aa", "crop"):
-        raise ValueError(
+        raise ConfigError(
             "config field data.resample: expected 'resize', 'resize_aa' or 'crop', got "
             f"{data_config.resample!r}"
         )
     spacing_setting(data_config)
     if data_config.normalisation not in ("auto", "zscore", "ct_window"):
-        raise ValueError(
+        raise ConfigError(
             "config field data.normalisation: expected 'auto', 'zscore' or 'ct_window', got "
             f"{data_config.normalisation!r}"
         )
     lo, hi = (float(v) for v in data_config.ct_window)
     if not lo < hi:
-        raise ValueError(f"config field data.ct_window: expected lo < hi, got {(lo, hi)}")
+        raise ConfigError(f"config field data.ct_window: expected lo < hi, got {(lo, hi)}")
     if data_config.layout == "synthetic" and int(data_config.synthetic.n_subjects) < 1:
-        raise ValueError(
+        raise ConfigError(
             "config field data.synthetic.n_subjects: must be >= 1, got "
             f"{data_config.synthetic.n_subjects}"
         )
     kind = data_config.synthetic.get("kind", "binary")
     if kind not in synthetic.KINDS:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.synthetic.kind: expected one of {synthetic.KINDS}, got {kind!r}"
         )
     # The syntax of the class fields; the layout checks them against the dataset's labels.
@@ -64,12 +65,12 @@ def validate_split_fields(data_config) -> None:
     content is checked against the cases when the split is drawn)."""
     reorient = data_config.get("reorient", "canonical")
     if reorient not in REORIENT:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.reorient: expected one of {REORIENT}, got {reorient!r}"
         )
     split_file = data_config.get("split_file", None)
     if split_file is not None and (not isinstance(split_file, str) or not split_file.strip()):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.split_file: expected the path of a JSON file, got {split_file!r}"
         )
     group_pattern(data_config)
@@ -83,11 +84,11 @@ def group_pattern(data_config) -> re.Pattern | None:
     try:
         pattern = re.compile(text)
     except re.error as e:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.group_regex: not a regular expression ({e}), got {text!r}"
         ) from e
     if pattern.groups < 1:
-        raise ValueError(
+        raise ConfigError(
             "config field data.group_regex: needs a group, (...), whose match names the "
             f"patient (e.g. '^(sub-\\d+)_'), got {text!r}"
         )
@@ -125,7 +126,7 @@ def spacing_setting(data_config) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(
+        raise ConfigError(
             "config field data.spacing: expected () (off) or two positive in-plane spacings in "
             f"mm (e.g. --config.data.spacing=1.0,1.0), got {spacing}"
         )

@@ -30,6 +30,7 @@ from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers 
 )
 from selal_jax.data.preprocess import CaseFiles, DataError  # noqa: F401  (re-exported)
 from selal_jax.data.slices import SliceSet, Splits
+from selal_jax.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -46,7 +47,7 @@ def split_subjects(
     """
     fractions = np.asarray(fractions, np.float64)
     if len(fractions) != 3 or np.any(fractions < 0) or fractions[0] <= 0:
-        raise ValueError(
+        raise ConfigError(
             "config field data.split: expected three fractions train,val,test >= 0 with "
             f"train > 0, got {tuple(fractions.tolist())}"
         )
@@ -206,7 +207,7 @@ def resolve_root(data_config, workdir: str) -> str:
             kind=kind,
         )
     if not data_config.root:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.root: required for layout {data_config.layout!r} "
             "(--config.data.root=PATH)"
         )

@@ -22,6 +22,7 @@ import re
 from selal_jax.data import sources
 from selal_jax.data.preprocess import CaseFiles
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import ConfigError
 
 IGNORE_LABEL = "ignore"  # nnU-Net v2's name of the label of unannotated voxels
 DATASET_JSON = "dataset.json"
@@ -126,7 +127,7 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
     modality = str(data_config.modality or "").strip()
     if not modality:
         if len(names) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"config field data.modality: {meta_path} lists {len(names)} channels "
                 f"({names}); choose one or several by name or index, or 'all', got ''"
             )
@@ -134,13 +135,13 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
     channels = sources.channel_indices(modality, names, meta_path)
     unknown = [c for c in channels if str(c) not in names]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.modality: channel {unknown[0]} is not in field 'channel_names' "
             f"of {meta_path} ({names}), got {modality!r}"
         )
     target = tuple(int(v) for v in data_config.label_values) or None
     if target and not set(target) <= set(values):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.label_values: {target} not among the labels of {meta_path} "
             f"({values})"
         )

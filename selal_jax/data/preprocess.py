@@ -43,6 +43,7 @@ from selal_jax.data.reading import (  # noqa: F401  (re-exported)
     read_canonical_channels,
 )
 from selal_jax.data.volumes import DataError  # noqa: F401  (re-exported)
+from selal_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +278,7 @@ def normalise(
         out -= np.float32(lo)
         out /= np.float32(hi - lo)
         return out
-    raise ValueError(
+    raise ConfigError(
         f"config field data.normalisation: unknown method {method!r}; expected 'zscore' or 'ct_window'"
     )
 

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from selal_jax import atomic
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import ConfigError, write_error
 
 DATASET_NAME = "SyntheticLesions"
 MULTICLASS_NAME = "SyntheticHaloCore"
@@ -184,7 +185,9 @@ def write_cohort(
     (one of the other kind there is an error).
     """
     if kind not in KINDS:
-        raise ValueError(f"config field data.synthetic.kind: expected one of {KINDS}, got {kind!r}")
+        raise ConfigError(
+            f"config field data.synthetic.kind: expected one of {KINDS}, got {kind!r}"
+        )
     meta_path = os.path.join(root, "dataset.json")
     if os.path.exists(meta_path):
         if kind == "multiclass" or _stored_name(meta_path) == MULTICLASS_NAME:
@@ -242,6 +245,15 @@ def _write_msd_cohort(root: str, n_subjects: int, spacing, subject, prefix: str,
     """Writes `subject(i)` -> (image, label) for i < n_subjects as <prefix>_<i>.nii.gz in the MSD
     layout with `meta` in dataset.json, atomically (an incomplete earlier attempt at `root`, with
     no dataset.json, is replaced)."""
+    try:
+        _write_msd_files(root, n_subjects, spacing, subject, prefix, meta)
+    except OSError as e:  # a full disk, a read-only folder: nothing is left at `root`
+        parent = os.path.dirname(os.path.abspath(root))
+        raise write_error(e, parent, f"the synthetic cohort {os.path.basename(root)}") from e
+    return root
+
+
+def _write_msd_files(root: str, n_subjects: int, spacing, subject, prefix: str, meta: dict):
     with atomic.atomic_folder(root, prefix=".synthetic-", replace=True) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
@@ -256,4 +268,3 @@ def _write_msd_cohort(root: str, n_subjects: int, spacing, subject, prefix: str,
         meta = {**meta, "numTraining": n_subjects, "numTest": 0, "training": training, "test": []}
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=2)
-    return root

@@ -26,6 +26,8 @@ import re
 import nibabel as nib
 import numpy as np
 
+from selal_jax.errors import UserError
+
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NRRD_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nhdr")  # .seg.nrrd first: it is stripped whole
 VOLUME_EXTENSIONS = NIFTI_EXTENSIONS + NRRD_EXTENSIONS
@@ -70,7 +72,7 @@ NRRD_TYPES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data; the message names the file and the problem."""
 
 
