@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging as std_logging
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -115,17 +116,39 @@ class Checkpointer:
     def all_rounds(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def discard_after(self, round_index: int) -> list[int]:
-        """Deletes the checkpoints of rounds after `round_index`; returns those rounds."""
+    def set_aside_after(self, round_index: int, folder: str) -> list[int]:
+        """Moves the checkpoints of rounds after `round_index` into `folder` (created; under the
+        workdir, on the same file system) and returns those rounds. Moved, not deleted: they
+        are deleted (`delete_set_aside`) once the redone round's checkpoint is saved."""
         later = [r for r in self.all_rounds() if r > round_index]
-        for r in later:
-            try:
-                self.manager.delete(r)
-            except Exception as e:
-                raise CheckpointError(
-                    f"{self.directory}: cannot delete round {r}'s checkpoint ({e})"
-                ) from e
+        if not later:
+            return []
+        try:
+            os.makedirs(folder)
+            for r in later:
+                os.rename(os.path.join(self.directory, str(r)), os.path.join(folder, str(r)))
+        except OSError as e:
+            raise CheckpointError(
+                f"{self.directory}: cannot move the checkpoints of rounds {later} to {folder} ({e})"
+            ) from e
+        self.manager.reload()  # orbax forgets the moved steps
         return later
+
+    @staticmethod
+    def delete_set_aside(root: str, saved_round: int) -> None:
+        """After round `saved_round` is saved: deletes each folder of `set_aside_after` under
+        `root` whose first round is <= it (those rounds have been redone; a later one came from
+        them); `root` goes when empty."""
+        if not os.path.isdir(root):
+            return
+        for name in sorted(os.listdir(root)):
+            folder = os.path.join(root, name)
+            held = [int(r) for r in os.listdir(folder) if r.isdigit()]
+            if not held or min(held) <= saved_round:
+                shutil.rmtree(folder, ignore_errors=True)
+                logging.info("deleted the discarded checkpoints in %s", folder)
+        if not os.listdir(root):
+            os.rmdir(root)
 
     def save(self, round_index: int, state, loop: dict) -> None:
         """Saves round `round_index` and waits until it is on disk."""
@@ -174,8 +197,9 @@ class Checkpointer:
         return dict(restored["loop"])
 
     def resume_round(self, wanted: int) -> int:
-        """The round a resumed run restores: the latest, or `wanted` (config.resume_from, >= 0)
-        with the checkpoints of later rounds deleted."""
+        """The round a resumed run restores: the latest, or `wanted` (config.resume_from, >= 0).
+        Nothing is moved or deleted here: the caller sets the later rounds aside
+        (`set_aside_after`) once every check of the resumed run has passed."""
         latest = self.latest_round()
         if wanted < 0 or wanted == latest:
             return latest
@@ -185,13 +209,6 @@ class Checkpointer:
                 f"config field resume_from: {self.directory} holds no checkpoint of round "
                 f"{wanted} (rounds {rounds})"
             )
-        discarded = self.discard_after(wanted)
-        logging.warning(
-            "resume_from=%d: discarded the checkpoints of rounds %s in %s",
-            wanted,
-            discarded,
-            self.directory,
-        )
         return wanted
 
     def restore_latest(self, round_index: int, abstract_state=None) -> tuple[object, dict]:

@@ -147,7 +147,10 @@ class Experiment:
                 "starting afresh needs an empty workdir"
             )
         if latest is not None:
-            self._restore(self.ckpt.resume_round(int(config.get("resume_from", -1))))
+            restored = self.ckpt.resume_round(int(config.get("resume_from", -1)))
+            self._restore(restored)  # every check first: nothing is moved if one refuses
+            if restored != latest:
+                self._set_aside_later_rounds(restored)
         else:
             initial = rounds.initial_labelled_set(
                 self.pool,
@@ -201,13 +204,34 @@ class Experiment:
         )
         self.history = list(record.history)
         self.labels.restore(record, self.history, self.workdir)
-        workdir_lib.sync_records(self.workdir, self.history)
         self.next_round, self.extend_finished = rounds.resume_point(
             latest, self.history, int(config.al.rounds), self.labelled.all(),
             human=self.labels.annotator is not None, workdir=self.workdir,
         )  # fmt: skip
+        workdir_lib.sync_records(self.workdir, self.history)  # after every check
         logging.info(
             "resuming %s after round %d (%d labelled)", self.workdir, latest, self.labelled.sum()
+        )
+
+    def _set_aside_later_rounds(self, restored: int) -> None:
+        """config.resume_from: the checkpoints of the rounds after `restored` move to
+        <workdir>/discarded/<time>-rounds-<first>[-<last>]/; `_save` deletes them once the next
+        round's checkpoint is saved (a failed or killed run leaves them there until then)."""
+        later = [r for r in self.ckpt.all_rounds() if r > restored]
+        span = "-".join(str(r) for r in dict.fromkeys((later[0], later[-1])))
+        folder = os.path.join(
+            self.workdir,
+            workdir_lib.DISCARDED_DIR,
+            f"{time.strftime('%Y%m%d-%H%M%S')}-rounds-{span}",
+        )
+        self.ckpt.set_aside_after(restored, folder)
+        logging.warning(
+            "resume_from=%d: the checkpoints of rounds %s moved to %s; they are deleted once "
+            "round %d is saved again",
+            restored,
+            later,
+            folder,
+            restored + 1,
         )
 
     def accept_labels(self, r: int, ids: np.ndarray, masks: np.ndarray, note: dict) -> None:
@@ -286,6 +310,9 @@ class Experiment:
             **self.labels.state(),
         )
         self.ckpt.save(r, self.state, loop_record.to_json())
+        # resume_from: the rounds set aside (by this run or a failed one before) are redone
+        discarded = os.path.join(self.workdir, workdir_lib.DISCARDED_DIR)
+        checkpointing.Checkpointer.delete_set_aside(discarded, r)
         workdir_lib.write_records(self.workdir, self.history)
         self.next_round = r + 1
         log_round(self.history[-1])

@@ -3,6 +3,8 @@ and the one compatibility check used by resuming a run and by sharing a round-0 
 
 A run folder (`loop.run`, `launch.py run`):
   checkpoints/<r>/          orbax, one per round: the model state and the LoopRecord (JSON)
+  discarded/<time>-rounds-<a>[-<b>]/<r>/  resume_from: the later rounds' checkpoints, moved
+                            aside and deleted once the first of them is saved again
   records.jsonl             one JSON record per round (rebuilt from the checkpoint if missing)
   metrics.jsonl             per round and epoch: train and validation loss (`train.fit`)
   evaluation/round_<r>.csv  per-case metrics of round r's model (eval.cases)
@@ -41,6 +43,7 @@ from selal_jax import checkpointing, lock
 from selal_jax.errors import UserError
 
 CHECKPOINTS_DIR = "checkpoints"
+DISCARDED_DIR = "discarded"  # resume_from: later rounds' checkpoints, until they are redone
 RECORDS_FILE = "records.jsonl"
 METRICS_FILE = "metrics.jsonl"
 SUPERVISED_FILE = "supervised.json"

@@ -499,6 +499,75 @@ def test_a_damaged_newest_checkpoint_says_how_to_resume_from_the_previous_round(
     assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_rounds() == [1, 2]
 
 
+# ------------------------------------- issue 24: nothing destroyed by a refused command
+
+
+def _copy_run(workdir_done, workdir):
+    import shutil
+
+    shutil.copytree(workdir_done, workdir)
+    os.remove(os.path.join(workdir, lock.LOCK_FILE))
+
+
+def _rounds(workdir):
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        return ckpt.all_rounds()
+    finally:
+        ckpt.close()
+
+
+def test_a_refused_resume_from_destroys_nothing(finished, tmp_path, monkeypatch):
+    import copy
+
+    from tests.helpers import set_fields
+
+    config, workdir_done, history = finished
+    workdir = str(tmp_path / "run")
+    _copy_run(workdir_done, workdir)
+    assert _rounds(workdir) == [1, 2]
+    changed = set_fields(copy.deepcopy(config), {"resume_from": 1, "train.learning_rate": 0.02})
+    with pytest.raises(ValueError, match=r"train\.learning_rate: 0\.01 -> 0\.02"):
+        loop.run(changed, workdir)
+    assert _rounds(workdir) == [1, 2]  # before: round 2's checkpoint was deleted first
+    assert not os.path.exists(os.path.join(workdir, "discarded"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished run's round 2 was lost and is trained again")
+
+    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    assert loop.run(config, workdir) == history
+
+
+def test_resume_from_keeps_the_discarded_rounds_until_the_new_round_is_saved(
+    finished, tmp_path, monkeypatch
+):
+    import copy
+
+    from tests.helpers import set_fields
+
+    config, workdir_done, history = finished
+    workdir = str(tmp_path / "run")
+    _copy_run(workdir_done, workdir)
+    again = set_fields(copy.deepcopy(config), {"resume_from": 1})
+
+    def full_disk(self, round_index, state, loop_record):
+        raise checkpointing.CheckpointError(f"{self.directory}: saving round {round_index} failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing.Checkpointer, "save", full_disk)
+        with pytest.raises(checkpointing.CheckpointError, match="saving round 2 failed"):
+            loop.run(again, workdir)
+    assert _rounds(workdir) == [1]  # round 2 set aside, not deleted: the new one is not saved
+    (kept,) = os.listdir(os.path.join(workdir, "discarded"))
+    assert kept.endswith("-rounds-2")
+    assert os.listdir(os.path.join(workdir, "discarded", kept)) == ["2"]
+    resumed = loop.run(again, workdir)  # round 2 redone from round 1: the same numbers
+    assert comparable(resumed) == comparable(history)
+    assert _rounds(workdir) == [1, 2]
+    assert not os.path.exists(os.path.join(workdir, "discarded"))  # gone once round 2 is saved
+
+
 def test_no_target_in_the_test_split_is_flagged(tmp_path, caplog):
     import numpy as np
 
