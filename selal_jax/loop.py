@@ -268,6 +268,7 @@ class Experiment:
             rounds.test_metrics(self.model, variables, self.splits.test, batch, self.mesh, r),
             rounds.case_metrics(config, self.model, variables, self.splits, self.workdir, r),
             untrained,
+            (self.splits.target_slices or {}).get("val"),
         )
 
     def query_round(self, r: int) -> selection.Query | None:

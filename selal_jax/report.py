@@ -38,6 +38,8 @@ CASE_FIELDS = {"case_dice": "case Dice", "case_hd95": "case HD95"}
 DEFAULT_REFERENCE = "random all"
 # Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
 NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
+# Without target, the validation loss that picks each round's model rewards predicting none.
+NO_VAL_TARGET_NOTE = "no target in the validation split: early stopping sees background alone"
 
 
 def round_table(history: list[dict]) -> str:
@@ -66,6 +68,8 @@ def round_table(history: list[dict]) -> str:
     )
     if any(rec.get("test_slices_with_target") == 0 for rec in history):
         lines.append(f"warning: {NO_TARGET_NOTE}")
+    if any(rec.get("val_slices_with_target") == 0 for rec in history):
+        lines.append(f"warning: {NO_VAL_TARGET_NOTE}")
     return "\n".join(lines)
 
 

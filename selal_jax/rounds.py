@@ -204,15 +204,24 @@ def case_metrics(config, model, variables, splits, workdir: str, r: int) -> dict
 
 
 def round_record(
-    r: int, labelled_ids, pool: SliceSet, fit: dict, test: dict, cases: dict, untrained
+    r: int,
+    labelled_ids,
+    pool: SliceSet,
+    fit: dict,
+    test: dict,
+    cases: dict,
+    untrained,
+    val_with_target: int | None = None,
 ) -> dict:
     """Round r's record before its query: the labelled set, `fit`'s summary, the test metrics
-    (`test_metrics`, `case_metrics`) and, in round 0, the untrained validation loss."""
+    (`test_metrics`, `case_metrics`), the validation slices with target (where the cache
+    counted them) and, in round 0, the untrained validation loss."""
     return {
         "round": r,
         "n_labelled": int(len(labelled_ids)),
         "pct_labelled": 100.0 * len(labelled_ids) / len(pool),
         **test,
+        **({} if val_with_target is None else {"val_slices_with_target": int(val_with_target)}),
         # What the annotator drew for this round's training set (imported masks included).
         **diagnostics.labelled_target_pixels(pool.labels, labelled_ids),
         "val_loss": fit["best_val_loss"],

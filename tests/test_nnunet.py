@@ -55,7 +55,7 @@ def test_nnunetv2_reads_as_the_same_msd_dataset(tmp_path, ending, modality, clas
     root = helpers.write_nnunetv2(
         str(tmp_path / "nnunet"), arrays, CHANNELS, LABELS, affines, file_ending=ending
     )
-    fields = {"modality": modality, "classes": classes, "split": (2, 1, 1)}
+    fields = {"modality": modality, "classes": classes, "split": (0.5, 0.25, 0.25)}
     a = loading.load_dataset(data_config("msd", msd, **fields), str(tmp_path / "w_msd"))
     b = loading.load_dataset(data_config("nnunetv2", root, **fields), str(tmp_path / "w_nn"))
     assert_same_slices(a, b)
@@ -83,7 +83,7 @@ def test_nnunetv2_ignore_label_is_no_class(tmp_path):
     vols = classes_volumes(4)
     labels = {"background": 0, "necrosis": 1, "edema": 2, "ignore": 4}  # the highest value
     root = helpers.write_nnunetv2(str(tmp_path / "nn"), vols, CHANNELS, labels)
-    fields = {"modality": "FLAIR", "classes": "all", "split": (2, 1, 1)}
+    fields = {"modality": "FLAIR", "classes": "all", "split": (0.5, 0.25, 0.25)}
     with pytest.raises(DataError, match=r"unexpected label values \[4\]"):
         loading.load_dataset(data_config("nnunetv2", root, **fields), str(tmp_path / "w"))
     fields["background_values"] = "4"
@@ -108,7 +108,7 @@ def edit_json(root, **changes):
 
 def test_nnunetv2_refusals_name_the_file_and_field(tmp_path):
     root = write_small(tmp_path / "nn")
-    fields = {"modality": "FLAIR", "split": (2, 1, 1)}
+    fields = {"modality": "FLAIR", "split": (0.5, 0.25, 0.25)}
 
     def load(**extra):
         config = data_config("nnunetv2", root, **{**fields, **extra})

@@ -255,7 +255,7 @@ def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, coh
 def _msd(root, **fields):
     from tests.test_data import data_config
 
-    return data_config("msd", root, split=(1, 1, 1), **fields)
+    return data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), **fields)
 
 
 def _three(tmp_path):
@@ -318,7 +318,7 @@ def test_a_brats_case_in_both_grades_is_refused(tmp_path):
     case = "BraTS19_HGG_000_1"
     shutil.copytree(os.path.join(root, "HGG", case), os.path.join(root, "LGG", case))
     with pytest.raises(DataError, match=f"same case name '{case}'"):
-        load(data_config("brats", root, split=(1, 1, 1)), tmp_path)
+        load(data_config("brats", root, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path)
 
 
 def test_extreme_finite_voxels_are_refused_naming_the_file_and_range(tmp_path):
@@ -568,31 +568,41 @@ def test_resume_from_keeps_the_discarded_rounds_until_the_new_round_is_saved(
     assert not os.path.exists(os.path.join(workdir, "discarded"))  # gone once round 2 is saved
 
 
-def test_no_target_in_the_test_split_is_flagged(tmp_path, caplog):
+def test_no_target_in_the_test_or_validation_split_is_flagged(tmp_path, caplog):
+    import json
+
     import numpy as np
 
     from tests import helpers
     from tests.helpers import smoke_config
     from tests.test_data import volumes
 
-    vols = [(image, np.zeros_like(label)) for image, label in volumes(3, shape=(16, 16, 8))]
+    vols = volumes(3, shape=(16, 16, 8))
+    vols = [vols[0]] + [(image, np.zeros_like(label)) for image, label in vols[1:]]
     root = helpers.write_msd(str(tmp_path / "msd"), vols)
+    split = tmp_path / "split.json"  # the cases without target held out
+    split.write_text(json.dumps({"train": ["case_000"], "val": ["case_001"], "test": ["case_002"]}))
     config = smoke_config(
         **{
             "data.layout": "msd",
             "data.root": root,
             "data.size": (16, 16),
-            "data.split": (1, 1, 1),
+            "data.split_file": str(split),
             "al.rounds": 0,
             "al.initial_size": 4,
             "train.max_epochs": 1,
         }
     )
     history = loop.run(config, str(tmp_path / "run"))
-    assert history[0]["dice"] == 1.0 and history[0]["test_slices_with_target"] == 0
-    table = loop.summary_text(history, str(tmp_path / "run"))
-    assert table.splitlines()[-1] == "warning: no target in the test split: Dice is not meaningful"
+    assert history[0]["test_slices_with_target"] == 0
+    assert history[0]["val_slices_with_target"] == 0
+    table = loop.summary_text(history, str(tmp_path / "run")).splitlines()
+    assert table[-2:] == [
+        "warning: no target in the test split: Dice is not meaningful",
+        "warning: no target in the validation split: early stopping sees background alone",
+    ]
     assert "no target in the test split" in caplog.text
+    assert "no target in the validation split" in caplog.text
 
 
 def test_the_smoke_config_learns_enough_to_rank_its_queries(finished):

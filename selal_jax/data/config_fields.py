@@ -58,11 +58,32 @@ def validate_data_config(data_config) -> None:
 
 
 REORIENT = ("canonical", "none")
+SPLIT_TOLERANCE = 1e-6  # how far the three data.split fractions may sum from 1 (rounding)
+
+
+def split_fractions(split) -> np.ndarray:
+    """data.split as three float64 fractions train, val, test: each >= 0, train > 0, summing to
+    1 within SPLIT_TOLERANCE (0.5,0.5,0.5 is not 'half each'; 0.7,0.15,0.15 passes). Raises
+    ConfigError naming the field."""
+    fractions = np.asarray(tuple(split), np.float64).ravel()
+    if len(fractions) != 3 or np.any(~np.isfinite(fractions)) or np.any(fractions < 0):
+        raise ConfigError(
+            "config field data.split: expected three fractions train,val,test >= 0 with "
+            f"train > 0, got {tuple(split)}"
+        )
+    if fractions[0] <= 0 or abs(fractions.sum() - 1.0) > SPLIT_TOLERANCE:
+        raise ConfigError(
+            "config field data.split: expected three fractions train,val,test >= 0 with "
+            f"train > 0 that sum to 1 (e.g. 0.7,0.15,0.15), got {tuple(split)} "
+            f"(sum {fractions.sum():g})"
+        )
+    return fractions
 
 
 def validate_split_fields(data_config) -> None:
-    """Checks data.split_file, data.group_regex and data.reorient (their syntax; the split file's
-    content is checked against the cases when the split is drawn)."""
+    """Checks data.split, data.split_file, data.group_regex and data.reorient (their syntax; the
+    split file's content is checked against the cases when the split is drawn)."""
+    split_fractions(data_config.split)
     reorient = data_config.get("reorient", "canonical")
     if reorient not in REORIENT:
         raise ConfigError(

@@ -141,8 +141,9 @@ def msd_source(root: str, data_config) -> Source:
             continue  # a resource fork listed by mistake
         for path, what in ((image, "image"), (label, "label")):
             if path is not None and not os.path.isfile(path):
+                state = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
                 raise DataError(
-                    f"{meta_path}: field 'training[{i}].{what}' lists {path}, which does not exist"
+                    f"{meta_path}: field 'training[{i}].{what}' lists {path}, which {state}"
                 )
         cases.append(CaseFiles(strip_nifti(os.path.basename(image)), image, label, channel))
     # The modality of the chosen channel decides 'auto' normalisation.

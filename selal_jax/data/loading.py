@@ -19,12 +19,13 @@ import numpy as np
 from absl import logging
 
 from selal_jax import workdir as workdir_lib
-from selal_jax.data import cache, layouts, preprocess, synthetic
+from selal_jax.data import cache, checks, layouts, preprocess, synthetic
 from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers use loading.X)
     REORIENT,
     group_pattern,
     make_settings,
     spacing_setting,
+    split_fractions,
     validate_data_config,
     validate_split_fields,
 )
@@ -45,12 +46,7 @@ def split_subjects(
     unlabelled subject. With every subject labelled (`labelled` None) this is the plain split of
     the permutation. A part left without a labelled subject is an error.
     """
-    fractions = np.asarray(fractions, np.float64)
-    if len(fractions) != 3 or np.any(fractions < 0) or fractions[0] <= 0:
-        raise ConfigError(
-            "config field data.split: expected three fractions train,val,test >= 0 with "
-            f"train > 0, got {tuple(fractions.tolist())}"
-        )
+    fractions = split_fractions(fractions)
     labelled = np.ones(n_subjects, bool) if labelled is None else np.asarray(labelled, bool)
     n_labelled = int(labelled.sum())
     fractions = fractions / fractions.sum()
@@ -247,6 +243,7 @@ def build_cache(
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
     ranges = {}
     channels = len(settings.channel_normalisation or ("image",))
+    tally = checks.Tally(source.cases)
     with cache.Builder(cache_dir, key, settings.size, max_slices, channels) as builder:
         # One case at a time, in split order: a process pool was slower on the 2-core machine
         # this was measured on (benchmarks/load_time.py); its results cross pipes as pickles.
@@ -255,6 +252,7 @@ def build_cache(
             slices = preprocess.process_case(source.cases[subject], settings)
             preprocess.check_finite_slices(slices, source.cases[subject])
             name = SPLIT_NAMES[part]
+            tally.add(int(subject), name, slices, bool(labelled[subject]))
             ranges.setdefault(name, [builder.n_slices, builder.n_slices])
             builder.add(
                 int(subject), slices.images, slices.labels, slices.slice_index, slices.spacing
@@ -274,6 +272,7 @@ def build_cache(
                     f"{source.root}: the {name} split ({len(part)} subjects) is empty after "
                     "filtering slices"
                 )
+        tally.check(source.root, settings)
         builder.commit(
             {
                 "version": cache.CACHE_VERSION,
@@ -289,6 +288,8 @@ def build_cache(
                 },
                 "class_names": list(source.class_names),
                 "channel_names": list(source.channel_names),
+                "image_digests": tally.digests,
+                "target_slices": tally.target_slices,
                 "settings": {
                     k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()
                 },
@@ -350,7 +351,13 @@ def load_dataset(data_config, workdir: str) -> Splits:
             channel_names=channel_names,
         )
 
-    splits = Splits(part("train"), part("val"), part("test"), key, source, meta.get("split"))
+    # Caches built before these were kept have neither: nothing to check or warn about.
+    checks.check_digests(meta.get("image_digests", {}), source.cases)
+    target_slices = meta.get("target_slices")
+    checks.warn_without_target(target_slices, root)
+    splits = Splits(
+        part("train"), part("val"), part("test"), key, source, meta.get("split"), target_slices
+    )
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",
         root,

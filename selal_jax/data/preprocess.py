@@ -2,7 +2,8 @@
 
 Two passes over a dataset, so that bad data fails before any long work:
   `check_header`: shapes, dimensions, channel choice, affines (reads NIfTI headers only);
-  `process_case`: reads the voxels, checks them (NaN/Inf, label values) and returns the slices.
+  `process_case`: reads the voxels, checks them (NaN/Inf, label values, a blank image with
+  target) and returns the slices.
 Every problem raises `DataError` with the offending file's path in the message.
 
 The steps' own modules: reading.py (voxels, canonical orientation), label_maps.py (label values ->
@@ -13,6 +14,7 @@ classes, the header checks and the slicing pipeline that strings the steps toget
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -146,6 +148,43 @@ class CaseSlices:
     labels: np.ndarray  # [n, H, W] uint8 class indices: {0, 1} binary, 0..C with C classes
     slice_index: np.ndarray  # [n] int32, index along `axis` of the canonical volume
     spacing: np.ndarray  # [3] float32, mm
+    # `voxel_digest` of the image as read (before normalisation); None for a blank (constant)
+    # image, or if not computed.
+    digest: str | None = None
+
+
+def voxel_digest(image: np.ndarray) -> str:
+    """A digest of a volume's voxels (shape and float32 values; BLAKE2b, 128 bits): equal for
+    the same scan saved under another name or in another format, so a duplicate case is found
+    whatever its file's bytes (`loading.build_cache`)."""
+    image = np.ascontiguousarray(image, np.float32)
+    h = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
+    h.update(image.data)
+    return h.hexdigest()
+
+
+def is_constant(image: np.ndarray) -> bool:
+    """Whether every voxel (of every channel) holds the same value: a blank scan."""
+    return image.size == 0 or bool(np.all(image == image.flat[0]))
+
+
+def check_informative(image: np.ndarray, target: np.ndarray, case: CaseFiles) -> None:
+    """A constant image (every voxel of every channel the same: a blank or zeroed scan) whose
+    label marks target is a DataError naming the file: training would learn that target sits
+    on nothing. A constant image without target (a blank scan, correctly empty) passes.
+
+    Args:
+      image: [X, Y, Z] or [K, X, Y, Z] voxels as read (before normalisation).
+      target: [X, Y, Z] class indices (0 = background).
+    """
+    if target.any() and is_constant(image):
+        first = float(image.flat[0])
+        raise DataError(
+            f"{case.image}: the image is constant ({first:g} everywhere) while its label "
+            f"{case.label} marks {int(np.count_nonzero(target))} target voxels (case "
+            f"{case.case_id}); a blank scan cannot teach where the target is: fix or remove "
+            "the case"
+        )
 
 
 def check_finite_slices(slices: CaseSlices, case: CaseFiles) -> None:
@@ -297,6 +336,7 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
     if settings.channel_normalisation is not None:
         return _slice_channels(volume, case, settings)
     target = case_labels(volume, case, settings)
+    check_informative(volume.image, target, case)
     image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
     images = to_slices(image, settings.axis)
     labels = to_slices(target, settings.axis)
@@ -331,7 +371,9 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
             f"{case.image}: {len(settings.channel_normalisation)} channels expected, got an "
             f"image of shape {image.shape}"
         )
-    labels = to_slices(case_labels(volume, case, settings), settings.axis)
+    target = case_labels(volume, case, settings)
+    check_informative(image, target, case)
+    labels = to_slices(target, settings.axis)
     channels = []
     for channel, method in zip(image, settings.channel_normalisation, strict=True):
         normalise(channel, method, settings.ct_window, in_place=True)
@@ -351,5 +393,10 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
 
 
 def process_case(case: CaseFiles, settings: Settings) -> CaseSlices:
-    """Reads, checks and slices one case (an unlabelled case gets all-zero masks)."""
-    return slice_volume(load_volume(case, settings.canonical), case, settings)
+    """Reads, checks and slices one case (an unlabelled case gets all-zero masks); the slices
+    carry the `voxel_digest` of the image as read."""
+    volume = load_volume(case, settings.canonical)
+    # Before slice_volume normalises it in place. Blank scans carry nothing a copy could leak:
+    # no digest, so several of them are no duplicates.
+    digest = None if is_constant(volume.image) else voxel_digest(volume.image)
+    return dataclasses.replace(slice_volume(volume, case, settings), digest=digest)

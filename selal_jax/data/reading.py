@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 
 import nibabel as nib
@@ -31,10 +32,9 @@ def load_nifti(path: str, what: str = "image", header_only: bool = False):
     verifies the same file before anything is cached.
     """
     if path.endswith(".gz") and not header_only:
-        try:
-            return _from_verified_gzip(path, what)
-        except FileNotFoundError as e:
-            raise DataError(f"{path}: {what} file not found") from e
+        if not os.path.isfile(path):
+            raise volumes.not_found(path, what)
+        return _from_verified_gzip(path, what)
     return volumes.load_image(path, what)
 
 
@@ -52,9 +52,13 @@ def _from_verified_gzip(path: str, what: str):
     first_error = None
     for klass in (nib.Nifti1Image, nib.Nifti2Image):
         try:
-            return klass.from_bytes(data)
+            image = klass.from_bytes(data)
         except Exception as e:  # not this NIfTI version (or not NIfTI at all)
             first_error = first_error or e
+            continue
+        proxy = image.dataobj  # lazy: a declared size beyond the stream is refused unread
+        volumes.check_declared_size(path, proxy.shape, proxy.dtype, proxy.offset, len(data))
+        return image
     raise DataError(
         f"{path}: unreadable NIfTI {what} ({type(first_error).__name__}: {first_error})"
     )
@@ -94,6 +98,8 @@ def read_canonical(
         if reorient:
             img = nib.as_closest_canonical(img)
         data = img.get_fdata(dtype=np.float32) if as_float else np.asanyarray(img.dataobj)
+    except DataError:  # an NRRD file's own words (its voxels are read here)
+        raise
     except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
         raise DataError(
             f"{path}: cannot read {what} voxels, truncated or corrupt ({type(e).__name__}: {e})"
@@ -120,6 +126,8 @@ def read_canonical_channels(
             if reorient:  # reorients the 3 spatial axes of a 4D image too
                 img = nib.as_closest_canonical(img)
             data = img.get_fdata(dtype=np.float32)
+        except DataError:
+            raise
         except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
             raise DataError(
                 f"{path}: cannot read image voxels, truncated or corrupt ({type(e).__name__}: {e})"

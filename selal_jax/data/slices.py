@@ -77,3 +77,6 @@ class Splits:
     # The case names of each split, {"train": [...], "val": [...], "test": [...]}, as the cache
     # recorded them (cases left out by data.split_file are in none); None for older caches.
     split_cases: dict[str, list[str]] | None = None
+    # Per split, its labelled slices with any target, as the cache counted them; None for
+    # older caches.
+    target_slices: dict[str, int] | None = None
