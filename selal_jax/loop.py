@@ -115,7 +115,9 @@ class Experiment:
         return cls(config, workdir, splits, round0_dir, with_model=with_model)
 
     def __init__(self, config, workdir: str, splits, round0_dir=None, *, with_model=True):
+        config = validation.fit_to_data(config, splits)  # before anything is built or trained
         self.config, self.workdir, self.splits = config, workdir, splits
+        self.batch_warned = False  # train.batch_size above the labelled set: said once
         train = splits.train
         human = config.al.annotator == "human"
         if not human and not train.has_label.all():
@@ -245,6 +247,8 @@ class Experiment:
         if config.train.reset_optimizer:
             self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
         labelled_ids = np.flatnonzero(self.labelled)
+        if not self.batch_warned:
+            self.batch_warned = validation.warn_batch_beyond_labelled(config, len(labelled_ids), r)
         if r == 0:  # the yardstick of check_divergence, kept in round 0's record
             untrained = train_lib.validation_loss(
                 self.model, self.state.variables, self.splits.val, batch_size=batch, mesh=self.mesh

@@ -203,3 +203,111 @@ def test_split_fractions_must_sum_to_one(split):
 def test_split_fractions_that_sum_to_one_up_to_rounding_pass():
     for split in ((0.7, 0.15, 0.15), THIRDS, (0.6, 0.2, 0.2), (0.8, 0.1, 0.1)):
         loading.validate_data_config(data_config("msd", "/nowhere", split=split))
+
+
+def _stop_before_training(monkeypatch):
+    from selal_jax import loop
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(loop.train_lib, "fit", stop)
+    return Stop
+
+
+def test_an_eval_batch_beyond_the_largest_split_is_capped_once(
+    tmp_path, cohort_root, monkeypatch, caplog
+):
+    from selal_jax import loop, parallel
+    from tests.helpers import smoke_config
+
+    config = smoke_config(**{"data.root": cohort_root, "train.eval_batch_size": 10**6})
+    seen = []
+    original = parallel.map_batches
+
+    def spy(fn, ids, *arrays, batch_size, **kwargs):
+        seen.append(batch_size)
+        if batch_size > 72:  # before: 10**6 slices of padding, 4 GB, then the next call ...
+            raise AssertionError(f"a batch of {batch_size} slices for a split of at most 72")
+        return original(fn, ids, *arrays, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(parallel, "map_batches", spy)
+    stop = _stop_before_training(monkeypatch)
+    with pytest.raises(stop):  # the untrained validation loss is computed first, then fit
+        loop.run(config, str(tmp_path / "run"))
+    # smoke cohort: 8 subjects of 12 slices, split 6/1/1: the largest split has 72 slices
+    assert seen == [72]
+    capped = [r for r in caplog.records if "train.eval_batch_size" in r.getMessage()]
+    assert len(capped) == 1 and "10000" in capped[0].getMessage() and "72" in capped[0].getMessage()
+
+
+def test_a_training_batch_beyond_the_labelled_set_warns(tmp_path, cohort_root, monkeypatch, caplog):
+    from selal_jax import loop
+    from tests.helpers import smoke_config
+
+    config = smoke_config(**{"data.root": cohort_root, "train.batch_size": 5000})
+    stop = _stop_before_training(monkeypatch)
+    with pytest.raises(stop):
+        loop.run(config, str(tmp_path / "run"))
+    assert (
+        "train.batch_size 5000 exceeds the 8 labelled slices of round 0: each step repeats "
+        "them 625 times" in caplog.text
+    )
+
+
+# -------------------------------------------------------------------------- found by reading
+
+
+def test_a_class_head_with_the_official_convention_is_refused_before_training(
+    tmp_path, monkeypatch
+):
+    from selal_jax import loop
+    from tests.helpers import smoke_config
+
+    config = smoke_config(
+        **{
+            "data.synthetic.kind": "multiclass",
+            "al.convention": "official",
+            "al.strategy": "entropy",
+        }
+    )
+    _stop_before_training(monkeypatch)  # before: round 0 trained, then scoring's trace failed
+    with pytest.raises(ValueError, match=r"config field al.convention: 'official' .*2 classes"):
+        loop.run(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("n_subjects", 6), ("shape", (32, 32, 10)), ("seed", 1), ("spacing", (1.0, 1.0, 3.0))],
+)
+def test_an_existing_synthetic_cohort_of_other_parameters_is_refused(tmp_path, field, value):
+    from selal_jax.data import synthetic
+    from tests.helpers import smoke_config
+
+    config = smoke_config()
+    syn = config.data.synthetic
+    root = str(tmp_path / "cohort")
+    synthetic.write_cohort(root, syn.n_subjects, tuple(syn.shape), syn.seed, tuple(syn.spacing))
+    syn[field] = value
+    config.data.root = root
+    with pytest.raises(DataError, match=rf"config field data.synthetic.{field}"):
+        loading.load_dataset(config.data, str(tmp_path / "work"))  # before: reused as it was
+
+
+def test_an_existing_synthetic_cohort_of_the_same_parameters_is_reused(tmp_path, cohort_root):
+    from selal_jax.data import synthetic
+    from tests.helpers import smoke_config
+
+    syn = smoke_config().data.synthetic
+    before = {
+        n: os.stat(os.path.join(cohort_root, "imagesTr", n)).st_mtime_ns
+        for n in os.listdir(os.path.join(cohort_root, "imagesTr"))
+    }
+    synthetic.write_cohort(
+        cohort_root, syn.n_subjects, tuple(syn.shape), syn.seed, tuple(syn.spacing)
+    )
+    after = {n: os.stat(os.path.join(cohort_root, "imagesTr", n)).st_mtime_ns for n in before}
+    assert after == before
