@@ -203,6 +203,7 @@ class Experiment:
             self.splits.fingerprint,
             where=self.workdir,
             allow_change=bool(config.allow_config_change),
+            legacy_fingerprint=self.splits.legacy_fingerprint,
         )
         self.history = list(record.history)
         self.labels.restore(record, self.history, self.workdir)

@@ -132,6 +132,7 @@ def take_round0(round0_dir: str, experiment) -> tuple[object, dict]:
         experiment.splits.fingerprint,
         where=f"{round0_dir} (the shared round 0 of {experiment.workdir})",
         neutral=workdir_lib.ROUND0_NEUTRAL_KEYS,
+        legacy_fingerprint=experiment.splits.legacy_fingerprint,
     )
     if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(experiment.labelled)]:
         raise UserError(f"{round0_dir}: its initial labelled set differs from this run's")

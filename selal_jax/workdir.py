@@ -229,21 +229,26 @@ def check_compatible(
     where: str,
     neutral: tuple[str, ...] = (),
     allow_change: bool = False,
+    legacy_fingerprint: str | None = None,
 ) -> None:
     """Refuses to continue from a checkpoint written with another config or dataset.
 
     `where` names the folder in the message; `neutral` lists further fields that may differ
-    (ROUND0_NEUTRAL_KEYS for a shared round 0). A moved dataset (the same files, hence the same
-    fingerprint, at a new data.root) is accepted. With `allow_change` nothing is refused.
+    (ROUND0_NEUTRAL_KEYS for a shared round 0). The dataset is the same when the stored
+    fingerprint is today's (its files' contents) or, for runs stored before contents were
+    hashed, `legacy_fingerprint` (sizes and mtimes). A moved or copied dataset (the same
+    contents at a new data.root, whatever their mtimes) is accepted. With `allow_change`
+    nothing is refused.
     """
-    changed = [k for k in config_differences(stored_config, config) if k not in neutral]
-    if "data.root" in changed and stored_fingerprint == fingerprint:
-        logging.info(
-            "dataset moved from %s to %s (same files)",
-            stored_config.get("data.root"),
-            config.get("data.root"),
-        )
-        changed.remove("data.root")
+    same_data = stored_fingerprint in (fingerprint, legacy_fingerprint)
+    roots = stored_config.get("data.root"), config.get("data.root")
+    changed = [
+        k
+        for k in config_differences(stored_config, config)
+        if k not in neutral and k != "data.root"
+    ]
+    if roots[0] != roots[1] and same_data:
+        logging.info("dataset moved from %s to %s (same files)", *roots)
     if allow_change:
         return
     if changed:
@@ -252,11 +257,15 @@ def check_compatible(
             f"{where}: the config differs from the one this run was started with ({details}); "
             "use a new workdir or pass --config.allow_config_change=True"
         )
-    if stored_fingerprint != fingerprint:
+    if not same_data:
+        moved = (
+            f" (and data.root moved from {roots[0]} to {roots[1]})" if roots[0] != roots[1] else ""
+        )
         raise UserError(
-            f"{where}: the dataset changed since this run was started (fingerprint "
-            f"{stored_fingerprint} -> {fingerprint}: files, sizes, mtimes or "
-            "preprocessing differ); use a new workdir or pass --config.allow_config_change=True"
+            f"{where}: the dataset changed since this run was started{moved}: fingerprint "
+            f"{stored_fingerprint} -> {fingerprint}, its files' names, sizes or contents, or "
+            "the preprocessing, differ; use a new workdir or pass "
+            "--config.allow_config_change=True"
         )
 
 

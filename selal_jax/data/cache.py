@@ -1,8 +1,10 @@
 """Cache of preprocessed slices: memory-mapped .npy files under <cache_dir>/<fingerprint>/.
 
-The fingerprint hashes the source files' relative paths, sizes and mtimes and the preprocessing
-config (the config.data fields the configured layout reads), so reading a cache costs a few stats
-and no voxel reads. A cache is built in a temporary
+The fingerprint hashes the source files' relative paths, sizes and contents and the
+preprocessing config (the config.data fields the configured layout reads); the contents' digests
+are remembered by size and mtime (`digests.SourceDigests`), so reading a cache costs a few stats
+and no voxel reads, and a copy of the dataset with new mtimes is hashed once and finds its
+cache. A cache is built in a temporary
 sibling folder and renamed into place once complete: an interrupted build leaves no cache behind
 (a killed process can leave a `.tmp-*` folder, which is never read).
 """
@@ -19,6 +21,7 @@ import tempfile
 import numpy as np
 from absl import logging
 
+from selal_jax.data import digests
 from selal_jax.data.volumes import DataError
 from selal_jax.errors import write_error
 from selal_jax.workdir import ADDED_KEYS
@@ -58,14 +61,38 @@ ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
 META_FILE = "meta.json"
 
 
-def fingerprint(source_files: list[str], root: str, data_config) -> str:
-    """Hash of the files' paths (relative to root), sizes and mtimes and of the data config
-    fields the configured layout reads (LAYOUT_FIELDS)."""
-    h = hashlib.sha256(f"selal-jax slice cache v{CACHE_VERSION};".encode())
+def fingerprint(source_files: list[str], root: str, data_config, digest=None) -> str:
+    """Hash of the files' paths (relative to root), sizes and contents and of the data config
+    fields the configured layout reads (LAYOUT_FIELDS).
+
+    Args:
+      digest: path -> the file's SHA-256 (`digests.SourceDigests`, which reads a file only when
+        its size or mtime changed); default: read every file.
+    """
+    digest = digest or digests.sha256_file
+    return _key(
+        [f"{_rel(p, root)}:{os.path.getsize(p)}:{digest(p)};" for p in source_files], data_config
+    )
+
+
+def legacy_fingerprint(source_files: list[str], root: str, data_config) -> str:
+    """The key caches and runs had before it hashed contents: sizes and mtimes instead. A cache
+    under it is adopted (`adopt`), a run that stored it resumes (`workdir.check_compatible`)."""
+    files = []
     for path in source_files:
         st = os.stat(path)
-        rel = os.path.relpath(path, root)
-        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+        files.append(f"{_rel(path, root)}:{st.st_size}:{st.st_mtime_ns};")
+    return _key(files, data_config)
+
+
+def _rel(path: str, root: str) -> str:
+    return os.path.relpath(path, root)
+
+
+def _key(files: list[str], data_config) -> str:
+    h = hashlib.sha256(f"selal-jax slice cache v{CACHE_VERSION};".encode())
+    for entry in files:
+        h.update(entry.encode())
     settings = {k: v for k, v in data_config.to_dict().items() if k not in NEUTRAL_FIELDS}
     for name, (default, readers) in LAYOUT_FIELDS.items():
         if settings.get("layout") in readers:
@@ -93,8 +120,7 @@ def fingerprint(source_files: list[str], root: str, data_config) -> str:
 def file_digest(path: str, field: str) -> str:
     """SHA-256 of a file's bytes; a missing or unreadable file is a DataError naming the field."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        return digests.sha256_file(path)
     except OSError as e:
         raise DataError(f"{path}: cannot read it (config field {field}): {e}") from e
 
@@ -233,6 +259,21 @@ class Builder:
         if exc_type is not None:
             self._remove_tmp()
         return False
+
+
+def adopt(cache_dir: str, legacy_key: str, key: str) -> tuple[dict, dict] | None:
+    """A cache built under the `legacy_fingerprint` of the same files (sizes and mtimes as
+    they are now), renamed to `key` and read; None if there is none."""
+    legacy = os.path.join(cache_dir, legacy_key)
+    if legacy_key == key or not os.path.isfile(os.path.join(legacy, META_FILE)):
+        return None
+    try:
+        os.rename(legacy, os.path.join(cache_dir, key))
+    except OSError as e:  # another process adopted it meanwhile, or a read-only cache
+        logging.info("%s: not renamed to %s (%s)", legacy, key, e)
+        return read(cache_dir, key) or read(cache_dir, legacy_key)
+    logging.info("%s: renamed to %s (the key now hashes the files' contents)", legacy, key)
+    return read(cache_dir, key)
 
 
 def read(cache_dir: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from selal_jax import workdir as workdir_lib
-from selal_jax.data import cache, checks, layouts, preprocess, synthetic
+from selal_jax.data import cache, checks, digests, layouts, preprocess, synthetic
 from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers use loading.X)
     REORIENT,
     group_pattern,
@@ -318,9 +318,12 @@ def load_dataset(data_config, workdir: str) -> Splits:
     # Image files after the first (BraTS modalities) come between image and label: with one
     # file per case the list, and so the cache key, is what it always was.
     files = [p for c in source.cases for p in (*c.image_files, c.label) if p is not None]
-    key = cache.fingerprint(files + list(source.extra_files), root, data_config)
+    files += list(source.extra_files)
     cache_dir = data_config.cache_dir or os.path.join(workdir, workdir_lib.CACHE_DIR)
-    found = cache.read(cache_dir, key)
+    source_digests = digests.SourceDigests(cache_dir)
+    key = cache.fingerprint(files, root, data_config, source_digests)
+    legacy_key = cache.legacy_fingerprint(files, root, data_config)
+    found = cache.read(cache_dir, key) or cache.adopt(cache_dir, legacy_key, key)
     if found is None:
         build_cache(source, settings, data_config, cache_dir, key)
         found = cache.read(cache_dir, key)
@@ -356,8 +359,16 @@ def load_dataset(data_config, workdir: str) -> Splits:
     target_slices = meta.get("target_slices")
     checks.warn_without_target(target_slices, root)
     splits = Splits(
-        part("train"), part("val"), part("test"), key, source, meta.get("split"), target_slices
+        part("train"),
+        part("val"),
+        part("test"),
+        key,
+        source,
+        meta.get("split"),
+        target_slices,
+        legacy_key,
     )
+    source_digests.save()  # once the data has loaded: a failed build leaves the folder as it was
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",
         root,

@@ -119,6 +119,23 @@ def _files_by_case(folder: str, ending: str, with_channel: bool) -> dict:
     return out
 
 
+def _check_file_ending(folder: str, ending: str, meta_path: str) -> None:
+    """imagesTr holds no file of `ending`: if it holds volumes of another ending, the field
+    file_ending is what is wrong, and the error says so."""
+    found: dict[str, int] = {}
+    for name in os.listdir(folder):
+        other = next((e for e in FILE_ENDINGS if name.endswith(e)), None)
+        if other is not None and not name.startswith("."):
+            found[other] = found.get(other, 0) + 1
+    if found:
+        common = max(found, key=found.get)
+        raise DataError(
+            f"{meta_path}: field 'file_ending' is {ending!r}, but no file of {folder} ends in "
+            f"it; its {found[common]} volume files end in {common!r} (set file_ending to "
+            f"{common!r})"
+        )
+
+
 def nnunetv2_source(root: str, data_config) -> sources.Source:
     """Reads an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/)."""
     meta_path, meta = read_dataset_json(root)
@@ -156,6 +173,8 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
     ending = meta["file_ending"]
     images_dir, labels_dir = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
     images = _files_by_case(images_dir, ending, with_channel=True)
+    if not images:
+        _check_file_ending(images_dir, ending, meta_path)
     labels = _files_by_case(labels_dir, ending, with_channel=False)
     problems = [
         f"{labels[c]}: a label without images (expected {os.path.join(images_dir, c)}_0000{ending})"

@@ -41,6 +41,7 @@ from selal_jax.data.reading import (  # noqa: F401  (re-exported)
     NIFTI_EXTENSIONS,
     check_magnitude,
     load_nifti,
+    non_finite_error,
     read_canonical,
     read_canonical_channels,
 )
@@ -283,8 +284,7 @@ def load_volume(case: CaseFiles, reorient: bool = True) -> Volume:
     else:
         image, img = read_canonical(case.image, "image", case.channel, True, reorient)
     if not np.all(np.isfinite(image)):
-        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-        raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
+        raise non_finite_error(case.image, image)
     check_magnitude(image, case.image)
     label = None
     if case.label is not None:

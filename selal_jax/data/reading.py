@@ -64,6 +64,23 @@ def _from_verified_gzip(path: str, what: str):
     )
 
 
+def non_finite_error(path: str, volume: np.ndarray) -> DataError:
+    """The error for a volume read with NaN or Inf voxels. Integers have none: in an integer
+    file they come from the header's scl_slope/scl_inter, which is said so."""
+    bad = int(np.size(volume) - np.count_nonzero(np.isfinite(volume)))
+    img = load_nifti(path, "image", header_only=True)
+    dtype = np.dtype(img.get_data_dtype())
+    # nibabel moves scl_slope/scl_inter from the header onto the array proxy it reads with
+    slope, inter = (getattr(img.dataobj, name, None) for name in ("slope", "inter"))
+    if dtype.kind in "iu" and slope is not None:
+        return DataError(
+            f"{path}: the header's scaling (scl_slope {float(slope):g}, scl_inter "
+            f"{float(inter or 0):g}) takes {bad} of its {dtype.name} values beyond float32's "
+            "range: a wrong scale factor in the header"
+        )
+    return DataError(f"{path}: contains {bad} NaN or Inf voxels")
+
+
 def check_magnitude(image: np.ndarray, path: str) -> None:
     """Refuses finite voxel values so large that the z-score's float32 sums would overflow
     (a voxel of 3e38 passes the NaN/Inf check, then normalises to NaN): magnitudes up to
@@ -140,7 +157,6 @@ def read_canonical_channels(
     image = np.stack([volumes[source] for source in sources])
     for (path, _), channel in zip(sources, image, strict=True):
         if not np.all(np.isfinite(channel)):
-            bad = int(np.size(channel) - np.count_nonzero(np.isfinite(channel)))
-            raise DataError(f"{path}: contains {bad} NaN or Inf voxels")
+            raise non_finite_error(path, channel)
         check_magnitude(channel, path)
     return image, first
