@@ -86,8 +86,11 @@ def evaluate_cases(
         label, _ = preprocess.read_canonical(
             case.label, "label", channel=None, as_float=False, reorient=settings.canonical
         )
+        unknown = None if settings.ignore_value is None else label == settings.ignore_value
         label = preprocess.label_indices(label, case.label, settings)
         reference = geometry.to_file(label)  # the file's voxel order, as the prediction
+        if unknown is not None and unknown.any():  # compared where the reference is known
+            prediction = np.where(geometry.to_file(unknown), 0, prediction)
         spacing = file_spacing(geometry.affine)
         per_class = metrics.multiclass_case_metrics(
             prediction, reference, spacing, class_ids, tolerance_mm=tolerance_mm

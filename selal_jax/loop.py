@@ -123,7 +123,8 @@ class Experiment:
         if not human and not train.has_label.all():
             unlabelled = sorted({train.cases[s] for s in train.subject[~train.has_label]})
             raise ConfigError(
-                f"{len(unlabelled)} training cases have no labels (e.g. {unlabelled[0]}) and "
+                f"{len(unlabelled)} training cases have no labels, or slices without (e.g. "
+                f"{unlabelled[0]}), and "
                 "config field al.annotator is 'simulated', which reveals the dataset's labels; "
                 "use --config.al.annotator=human"
             )

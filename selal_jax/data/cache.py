@@ -58,6 +58,8 @@ LAYOUT_FIELDS = {
     "synthetic.kind": ("binary", ("synthetic",)),
 }
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
+# Arrays that caches written before them lack: read when present, else None.
+OPTIONAL_ARRAYS = ("slice_labelled",)  # [N] bool, False: an unlabelled slice (ignore label)
 META_FILE = "meta.json"
 
 
@@ -193,7 +195,7 @@ class Builder:
             self.labels = NpyAppender(
                 os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
             )
-        self.subject, self.slice_index, self.spacing = [], [], []
+        self.subject, self.slice_index, self.spacing, self.slice_labelled = [], [], [], []
 
     @contextlib.contextmanager
     def _writing(self):
@@ -212,10 +214,12 @@ class Builder:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def add(self, subject: int, images, labels, slice_index, spacing) -> None:
+    def add(self, subject: int, images, labels, slice_index, spacing, labelled=None) -> None:
+        """Appends one case's n slices; `labelled`: [n] bool, None = all labelled."""
         with self._writing():
             self.images.append(images)
             self.labels.append(labels)
+        self.slice_labelled.append(np.ones(len(images), bool) if labelled is None else labelled)
         self.subject.append(np.full(len(images), subject, np.int32))
         self.slice_index.append(np.asarray(slice_index, np.int32))
         self.spacing.append(np.tile(np.asarray(spacing, np.float32), (len(images), 1)))
@@ -235,6 +239,7 @@ class Builder:
             ("subject", self.subject, (0,)),
             ("slice_index", self.slice_index, (0,)),
             ("spacing", self.spacing, (0, 3)),
+            ("slice_labelled", self.slice_labelled, (0,)),
         ):
             array = np.concatenate(parts) if parts else np.zeros(empty)
             np.save(os.path.join(self.tmp, f"{name}.npy"), array)
@@ -288,8 +293,12 @@ def read(cache_dir: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         arrays = {
             name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r") for name in ARRAYS
         }
+        for name in OPTIONAL_ARRAYS:
+            path = os.path.join(folder, f"{name}.npy")
+            arrays[name] = np.load(path) if os.path.isfile(path) else None
         n = meta["n_slices"]
-        if meta.get("version") != CACHE_VERSION or any(len(a) != n for a in arrays.values()):
+        lengths = [len(a) for a in arrays.values() if a is not None]
+        if meta.get("version") != CACHE_VERSION or any(length != n for length in lengths):
             raise ValueError(f"inconsistent cache (meta says {n} slices)")
     except (OSError, ValueError, KeyError) as e:
         logging.warning("%s: unreadable cache, rebuilding it (%s)", folder, e)

@@ -1,14 +1,56 @@
-"""Dataset-wide checks of what the cases hold, made while the slice cache is built and again
-from its meta on every cached load: the same scan under two names, no target anywhere, a
-validation or test split without target. (A single case's checks are preprocess.py's.)
+"""Checks of what the cases hold, made while the slice cache is built (and the dataset-wide
+ones again from its meta on every cached load): a blank scan with target, the same scan under
+two names (a digest of each case's voxels), no target anywhere, a validation or test split
+without target.
 """
 
 from __future__ import annotations
 
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
 from absl import logging
 
-from selal_jax.data.preprocess import CaseFiles, CaseSlices
 from selal_jax.data.volumes import DataError
+
+if TYPE_CHECKING:  # preprocess imports this module
+    from selal_jax.data.preprocess import CaseFiles, CaseSlices
+
+
+def voxel_digest(image: np.ndarray) -> str:
+    """A digest of a volume's voxels (shape and float32 values; BLAKE2b, 128 bits): equal for
+    the same scan saved under another name or in another format, so a duplicate case is found
+    whatever its file's bytes (`loading.build_cache`)."""
+    image = np.ascontiguousarray(image, np.float32)
+    h = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
+    h.update(image.data)
+    return h.hexdigest()
+
+
+def is_constant(image: np.ndarray) -> bool:
+    """Whether every voxel (of every channel) holds the same value: a blank scan."""
+    return image.size == 0 or bool(np.all(image == image.flat[0]))
+
+
+def check_informative(image: np.ndarray, target: np.ndarray, case: CaseFiles) -> None:
+    """A constant image (every voxel of every channel the same: a blank or zeroed scan) whose
+    label marks target is a DataError naming the file: training would learn that target sits
+    on nothing. A constant image without target (a blank scan, correctly empty) passes.
+
+    Args:
+      image: [X, Y, Z] or [K, X, Y, Z] voxels as read (before normalisation).
+      target: [X, Y, Z] class indices (0 = background).
+    """
+    if target.any() and is_constant(image):
+        first = float(image.flat[0])
+        raise DataError(
+            f"{case.image}: the image is constant ({first:g} everywhere) while its label "
+            f"{case.label} marks {int(np.count_nonzero(target))} target voxels (case "
+            f"{case.case_id}); a blank scan cannot teach where the target is: fix or remove "
+            "the case"
+        )
+
 
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 # What a split without target costs, by split (logged at every load).

@@ -134,6 +134,7 @@ def make_settings(data_config, source: sources.Source) -> preprocess.Settings:
         channel_normalisation=channel_normalisation,
         reorient=str(data_config.get("reorient", "canonical")),
         spacing=spacing_setting(data_config),
+        ignore_value=source.ignore_value,
     )
 
 

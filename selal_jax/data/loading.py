@@ -255,7 +255,12 @@ def build_cache(
             tally.add(int(subject), name, slices, bool(labelled[subject]))
             ranges.setdefault(name, [builder.n_slices, builder.n_slices])
             builder.add(
-                int(subject), slices.images, slices.labels, slices.slice_index, slices.spacing
+                int(subject),
+                slices.images,
+                slices.labels,
+                slices.slice_index,
+                slices.spacing,
+                slices.labelled,
             )
             ranges[name][1] = builder.n_slices
             if (n_done + 1) % 10 == 0:
@@ -341,15 +346,28 @@ def load_dataset(data_config, workdir: str) -> Splits:
 
     def part(name: str) -> SliceSet:
         lo, hi = meta["ranges"][name]
-        subject = np.asarray(arrays["subject"][lo:hi])
+        rows = slice(lo, hi)
+        subject = np.asarray(arrays["subject"][rows])
+        has_label = case_labelled[subject]
+        if arrays.get("slice_labelled") is not None:  # unlabelled slices (the ignore label)
+            has_label = has_label & arrays["slice_labelled"][rows]
+        if name != "train" and not has_label.all():
+            # Validation and test measure the labelled slices alone (a copy, not a memmap).
+            rows = np.flatnonzero(has_label) + lo
+            if not len(rows):
+                raise DataError(
+                    f"{root}: the {name} split has no labelled slice (every one is the "
+                    "dataset's ignore label); label some of its cases' slices or change the split"
+                )
+            subject, has_label = subject[rows - lo], has_label[rows - lo]
         return SliceSet(
-            images=arrays["images"][lo:hi],
-            labels=arrays["labels"][lo:hi],
+            images=arrays["images"][rows],
+            labels=arrays["labels"][rows],
             subject=subject,
-            slice_index=np.asarray(arrays["slice_index"][lo:hi]),
-            spacing=np.asarray(arrays["spacing"][lo:hi]),
+            slice_index=np.asarray(arrays["slice_index"][rows]),
+            spacing=np.asarray(arrays["spacing"][rows]),
             cases=list(meta["cases"]),
-            has_label=case_labelled[subject],
+            has_label=has_label,
             class_names=class_names,
             channel_names=channel_names,
         )

@@ -7,8 +7,10 @@
 
 Channels are chosen with data.modality as for MSD (names from channel_names, indices, lists,
 'all'); '' is channel 0 of a one-channel dataset. Classes with data.classes ('all' = every
-non-zero value of `labels`, named from it). nnU-Net's `ignore` label is no class: its value is
-an error in a label file unless listed in data.background_values (then it reads as background).
+non-zero value of `labels`, named from it). nnU-Net's `ignore` label is no class: its voxels
+are unlabelled, never target (a slice of them alone is an unlabelled slice, as the sparse
+datasets of `launch.py export-nnunet` hold them); listed in data.background_values, it reads as
+background instead.
 Region-based label definitions (a label whose value is a list, with `regions_class_order`) are
 refused: their classes overlap, the loader's are exclusive.
 """
@@ -140,7 +142,7 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
     """Reads an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/)."""
     meta_path, meta = read_dataset_json(root)
     names = {str(k): str(v) for k, v in meta.get("channel_names", meta.get("modality")).items()}
-    values, _ = label_map(meta, meta_path)
+    values, ignore = label_map(meta, meta_path)
     modality = str(data_config.modality or "").strip()
     if not modality:
         if len(names) > 1:
@@ -211,6 +213,14 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
         )
     channel_names = tuple(names[str(c)] for c in channels)
     normalisation = tuple(sources.normalisation_of(n) for n in channel_names)
+    if ignore is not None and ignore in classes.background_values:
+        ignore = None  # listed in data.background_values: read as background, as asked
     return sources.make_source(
-        root, cases, classes, channel_names, normalisation, extra_files=(meta_path,)
+        root,
+        cases,
+        classes,
+        channel_names,
+        normalisation,
+        extra_files=(meta_path,),
+        ignore_value=ignore,
     )

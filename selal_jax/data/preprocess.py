@@ -14,9 +14,10 @@ classes, the header checks and the slicing pipeline that strings the steps toget
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
+
+from selal_jax.data.checks import check_informative, is_constant, voxel_digest
 
 # The names below moved to modules of their own; they stay importable from here, where the
 # rest of the package (annotate, export, evaluation, inspect_data) and older code look for them.
@@ -105,6 +106,8 @@ class Settings:
       spacing: in-plane (mm, mm) of the output pixels (data.spacing): each slice is resampled
         to it (anti-aliased images, per-class labels), then centre cropped/padded to `size`;
         `resample` is then unused. None = fit by `resample` alone.
+      ignore_value: the label value of unlabelled voxels (nnU-Net's `ignore`): read as
+        background (never target); a slice of them alone is unlabelled (CaseSlices.labelled).
     """
 
     axis: int
@@ -119,6 +122,7 @@ class Settings:
     channel_normalisation: tuple[str, ...] | None = None
     spacing: tuple[float, float] | None = None
     reorient: str = "canonical"
+    ignore_value: int | None = None
 
     @property
     def canonical(self) -> bool:
@@ -152,40 +156,9 @@ class CaseSlices:
     # `voxel_digest` of the image as read (before normalisation); None for a blank (constant)
     # image, or if not computed.
     digest: str | None = None
-
-
-def voxel_digest(image: np.ndarray) -> str:
-    """A digest of a volume's voxels (shape and float32 values; BLAKE2b, 128 bits): equal for
-    the same scan saved under another name or in another format, so a duplicate case is found
-    whatever its file's bytes (`loading.build_cache`)."""
-    image = np.ascontiguousarray(image, np.float32)
-    h = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
-    h.update(image.data)
-    return h.hexdigest()
-
-
-def is_constant(image: np.ndarray) -> bool:
-    """Whether every voxel (of every channel) holds the same value: a blank scan."""
-    return image.size == 0 or bool(np.all(image == image.flat[0]))
-
-
-def check_informative(image: np.ndarray, target: np.ndarray, case: CaseFiles) -> None:
-    """A constant image (every voxel of every channel the same: a blank or zeroed scan) whose
-    label marks target is a DataError naming the file: training would learn that target sits
-    on nothing. A constant image without target (a blank scan, correctly empty) passes.
-
-    Args:
-      image: [X, Y, Z] or [K, X, Y, Z] voxels as read (before normalisation).
-      target: [X, Y, Z] class indices (0 = background).
-    """
-    if target.any() and is_constant(image):
-        first = float(image.flat[0])
-        raise DataError(
-            f"{case.image}: the image is constant ({first:g} everywhere) while its label "
-            f"{case.label} marks {int(np.count_nonzero(target))} target voxels (case "
-            f"{case.case_id}); a blank scan cannot teach where the target is: fix or remove "
-            "the case"
-        )
+    # [n] bool: the slice has labels (False: its label plane is all Settings.ignore_value);
+    # None = every slice of a labelled case has.
+    labelled: np.ndarray | None = None
 
 
 def check_finite_slices(slices: CaseSlices, case: CaseFiles) -> None:
@@ -337,6 +310,7 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
         return _slice_channels(volume, case, settings)
     target = case_labels(volume, case, settings)
     check_informative(volume.image, target, case)
+    labelled = labelled_slices(volume, settings)
     image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
     images = to_slices(image, settings.axis)
     labels = to_slices(target, settings.axis)
@@ -351,7 +325,17 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
         np.ascontiguousarray(labels, np.uint8),
         index,
         volume.spacing,
+        labelled=None if labelled is None else labelled[index],
     )
+
+
+def labelled_slices(volume: Volume, settings: Settings) -> np.ndarray | None:
+    """[n] bool along settings.axis: False where the label plane is all the ignore value (an
+    unlabelled slice of a sparsely labelled case); None without an ignore value or label."""
+    if settings.ignore_value is None or volume.label is None:
+        return None
+    ignored = to_slices(volume.label == settings.ignore_value, settings.axis)
+    return ~ignored.reshape(len(ignored), -1).all(axis=1)
 
 
 def case_labels(volume: Volume, case: CaseFiles, settings: Settings) -> np.ndarray:
@@ -373,6 +357,7 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
         )
     target = case_labels(volume, case, settings)
     check_informative(image, target, case)
+    labelled = labelled_slices(volume, settings)
     labels = to_slices(target, settings.axis)
     channels = []
     for channel, method in zip(image, settings.channel_normalisation, strict=True):
@@ -389,6 +374,7 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
         np.ascontiguousarray(labels, np.uint8),
         index,
         volume.spacing,
+        labelled=None if labelled is None else labelled[index],
     )
 
 

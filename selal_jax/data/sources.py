@@ -41,6 +41,8 @@ class Source:
       channel_normalisation: per input channel (K >= 2) what 'auto' normalisation means;
         None for one channel (then `normalisation`).
       background_values: label values mapped to background (data.background_values).
+      ignore_value: the label value of unlabelled voxels (nnU-Net's `ignore` label), or None:
+        such voxels are never target, and a slice of them alone is unlabelled.
     """
 
     root: str
@@ -54,6 +56,7 @@ class Source:
     channel_names: tuple[str, ...] = ("image",)
     channel_normalisation: tuple[str, ...] | None = None
     background_values: tuple[int, ...] = ()
+    ignore_value: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -79,6 +82,7 @@ def make_source(
     channel_normalisation: tuple[str, ...],
     normalisation: str | None = None,
     extra_files: tuple[str, ...] = (),
+    ignore_value: int | None = None,
 ) -> Source:
     """The Source of a layout's cases: one constructor for every layout.
 
@@ -90,19 +94,24 @@ def make_source(
       normalisation: what 'auto' means for the image as a whole; None = that of the first
         channel (MSD derives it from its modality map instead).
       extra_files: metadata files whose change must invalidate the cache.
+      ignore_value: the label value of unlabelled voxels (its files may hold it), or None.
     """
+    allowed = classes.allowed_labels
+    if ignore_value is not None and allowed is not None:
+        allowed = tuple(sorted({*allowed, ignore_value}))
     return Source(
         root,
         cases,
         channel_normalisation[0] if normalisation is None else normalisation,
         classes.target_values,
-        classes.allowed_labels,
+        allowed,
         extra_files,
         class_values=classes.class_values,
         class_names=classes.class_names,
         channel_names=channel_names,
         channel_normalisation=channel_normalisation if len(channel_names) > 1 else None,
         background_values=classes.background_values,
+        ignore_value=ignore_value,
     )
 
 
