@@ -99,9 +99,11 @@ def evaluate_cases(
             rows.append({"case": case.case_id, "class": class_names[c - 1], **m})
         if save_predictions and parallel.is_primary():
             os.makedirs(pred_dir, exist_ok=True)
+            atomic.remove_stale(pred_dir)
             values = preprocess.label_value_table(settings)
             path = os.path.join(pred_dir, f"{case.case_id}.nii.gz")
-            tmp = os.path.join(pred_dir, f".tmp-{case.case_id}.nii.gz")  # never read
+            # never read; a killed run's is removed by the next (atomic.remove_stale)
+            tmp = os.path.join(pred_dir, f".tmp-{atomic.owner_tag()}{case.case_id}.nii.gz")
             dtype = np.uint8 if values.max() <= 255 else np.uint16
             label_volumes.write_label_volume(tmp, values.astype(dtype)[prediction], case)
             os.replace(tmp, path)

@@ -23,6 +23,7 @@ import fcntl
 import os
 import socket
 
+from selal_jax import atomic
 from selal_jax.errors import UserError, write_error
 
 LOCK_FILE = ".lock"
@@ -96,6 +97,7 @@ def hold(workdir: str, create: bool = True):
         _held[key][1] += 1
     else:
         _held[key] = [_acquire(workdir), 1]
+        atomic.remove_stale(workdir)  # the holder owns the folder: a killed write's leftovers
     try:
         yield
     finally:

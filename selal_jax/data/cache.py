@@ -6,7 +6,8 @@ are remembered by size and mtime (`digests.SourceDigests`), so reading a cache c
 and no voxel reads, and a copy of the dataset with new mtimes is hashed once and finds its
 cache. A cache is built in a temporary
 sibling folder and renamed into place once complete: an interrupted build leaves no cache behind
-(a killed process can leave a `.tmp-*` folder, which is never read).
+(a killed process can leave a `.tmp-*` folder, which is never read and is removed by the next
+build once its process is gone: `atomic.remove_stale`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import numpy as np
 from absl import logging
 
+from selal_jax import atomic
 from selal_jax.data import digests
 from selal_jax.data.volumes import DataError
 from selal_jax.errors import write_error
@@ -185,7 +187,8 @@ class Builder:
         self.tmp = None
         with self._writing():
             os.makedirs(cache_dir, exist_ok=True)
-            self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
+            atomic.remove_stale(cache_dir)  # what killed builds and writes left behind
+            self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-{atomic.owner_tag()}", dir=cache_dir)
             H, W = size
             # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
             row = (H, W) if channels == 1 else (H, W, channels)
