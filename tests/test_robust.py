@@ -608,7 +608,10 @@ def test_no_target_in_the_test_or_validation_split_is_flagged(tmp_path, caplog):
 def test_the_smoke_config_learns_enough_to_rank_its_queries(finished):
     _, _, history = finished
     for record in history[:-1]:  # rounds with a query
-        scores = record["queried_scores"]
+        scores, streams = record["queried_scores"], record["queried_streams"]
         assert any(s > 0 for s in scores), (record["round"], scores)
-        assert scores == sorted(scores, reverse=True) or record["queried_streams"]
+        assert set(streams) <= {"target", "boundary"} and "target" in streams, streams
+        for stream in set(streams):  # each stream in its own ranking's order: best first
+            mine = [s for s, of in zip(scores, streams, strict=True) if of == stream]
+            assert mine == sorted(mine, reverse=True), (record["round"], stream, mine)
     assert history[-1]["dice_global"] > 0  # it predicts target where there is some
