@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from selal_jax import atomic, faults
-from selal_jax.errors import ConfigError, UserError, disk_problem
+from selal_jax.errors import ConfigError, UserError, disk_problem, write_error
 
 
 class CheckpointError(UserError):
@@ -268,16 +268,20 @@ def abstract_like(state):
 
 
 def write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`).
+    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`); a failed
+    write is a UserError naming the folder, the old file intact.
 
     In a multi-host run only process 0 writes (all processes hold the same records); the others
     return without writing.
     """
     if jax.process_index() != 0:
         return
-    with atomic.atomic_open(path, "w") as f:
-        if lines:
-            for item in obj:
-                f.write(json.dumps(item) + "\n")
-        else:
-            json.dump(obj, f, indent=2)
+    try:
+        with atomic.atomic_open(path, "w") as f:
+            if lines:
+                for item in obj:
+                    f.write(json.dumps(item) + "\n")
+            else:
+                json.dump(obj, f, indent=2)
+    except OSError as e:  # a full or read-only disk: the old file is intact
+        raise write_error(e, os.path.dirname(os.path.abspath(path)), os.path.basename(path)) from e

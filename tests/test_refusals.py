@@ -190,3 +190,22 @@ def test_a_bad_benchmark_flag_is_one_line_naming_it(flag, field, message):
     line = refusal(proc)
     assert line.startswith(f"error: bench config field {field}: {message}")
     assert line.endswith(f"(--{field})")
+
+
+def test_a_full_disk_while_writing_records_names_the_folder_and_keeps_the_old_file(
+    tmp_path, monkeypatch
+):
+    from selal_jax import checkpointing, errors
+
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"round": 0}\n')
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(errors.UserError) as e:  # before: the OSError, a traceback
+        checkpointing.write_json_atomic(str(path), [{"round": 0}, {"round": 1}], lines=True)
+    assert str(e.value).startswith(f"{tmp_path}: cannot write records.jsonl (the disk is full)")
+    assert path.read_text() == '{"round": 0}\n'
+    assert os.listdir(tmp_path) == ["records.jsonl"]
