@@ -8,8 +8,8 @@ SELAL_JAX_TRACEBACK=1 brings it back). Every other exception, a plain ValueError
 bug and keeps its traceback.
 
 UserError is a ValueError, so callers that caught ValueError for a bad config still do. The
-package's other expected types derive from it: `ConfigError` here, `DataError`
-(data/volumes.py), `CheckpointError`, `LockedError`/`WorkdirError`, `ExportError`,
+package's other expected types derive from it: `ConfigError` and `DataError` here,
+`CheckpointError`, `LockedError`/`WorkdirError`, `ExportError`,
 `AnnotationError`, `LabelStoreError` and `TrainingDivergedError`.
 
 This module imports nothing of the package: every layer can raise these.
@@ -29,6 +29,11 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A config field (or a flag) holds a value that cannot work; the message names it."""
+
+
+class DataError(UserError):
+    """Bad input data; the message names the file and the problem (raised by every data
+    module; data/volumes.py re-exports it, where callers have always found it)."""
 
 
 # errno -> what a person reads, for the failures of writing to a disk.

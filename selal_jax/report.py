@@ -31,6 +31,7 @@ from selal_jax import workdir as workdir_lib
 from selal_jax.errors import UserError
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
 from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
+from selal_jax.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
 
 PCTS = (10, 15, 20, 25, 30, 35)
 # Per-case evaluation fields of the records (when present) and their columns in the tables.
@@ -103,43 +104,6 @@ def class_rows(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
                 }
             )
     return rows
-
-
-# The record fields a report reads from every round (others are optional).
-RECORD_FIELDS = ("round", "strategy", "mode", "n_labelled", "pct_labelled", "dice", "dice_global")
-
-
-def read_records(path: str) -> list[dict]:
-    """The records of a records.jsonl file, one JSON object per line; a line that is not one
-    (garbled, truncated, not text), then one that lacks a field of RECORD_FIELDS, is a
-    UserError naming the file and the line."""
-    records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = list(f)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a records file (not UTF-8 text: {e})") from e
-    except OSError as e:
-        raise UserError(f"{path}: cannot read it ({e})") from e
-    numbered = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            numbered.append((number, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {number} is not valid JSON ({e})") from e
-    for number, record in numbered:
-        if not isinstance(record, dict):
-            raise UserError(
-                f"{path}: line {number} is not a record (a JSON object), got "
-                f"{type(record).__name__}"
-            )
-        missing = [k for k in RECORD_FIELDS if k not in record]
-        if missing:
-            raise UserError(f"{path}: line {number}: the record lacks the fields {missing}")
-        records.append(record)
-    return records
 
 
 def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:

@@ -158,7 +158,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
                     experiment.state.variables,
                     pool.images,
                     np.arange(len(pool)),
-                    int(config.train.eval_batch_size),
+                    int(experiment.config.train.eval_batch_size),  # capped to the data
                 )
                 target_pixels = (np.asarray(pool.labels) > 0).reshape(len(pool), -1).sum(axis=1)
                 path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)

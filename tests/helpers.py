@@ -52,6 +52,21 @@ def launch(*args, env=None, timeout=600, wrapper=None):
     )
 
 
+def failing_mkdir(fragment: str, errno: int, message: str) -> str:
+    """Wrapper code for `launch`: os.mkdir of a path containing `fragment` raises
+    OSError(errno, message), as a full disk or a read-only mount does (orbax's save threads
+    create each step's folder with it)."""
+    return (
+        "import os\n"
+        "real_mkdir = os.mkdir\n"
+        "def mkdir(path, *args, **kwargs):\n"
+        f"    if {fragment!r} in os.fspath(path):\n"
+        f"        raise OSError({errno}, {message!r}, os.fspath(path))\n"
+        "    return real_mkdir(path, *args, **kwargs)\n"
+        "os.mkdir = mkdir\n"
+    )
+
+
 def set_fields(config, fields: dict, sep: str = "."):
     """Sets nested config fields named by joined keys, e.g. {'al.strategy': 'bald'}."""
     for key, value in fields.items():

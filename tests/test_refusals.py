@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, launch
+from tests.helpers import REPO, failing_mkdir, launch
 
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
 LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # absl's log lines: time-stamped, not the message
@@ -104,15 +104,9 @@ def test_a_full_disk_while_writing_the_slice_cache_is_one_line(tmp_path, cohort_
     assert os.listdir(workdir / "cache") == []  # the temporary folder is gone
 
 
-FULL_DISK_ROUND_0 = """
-import os
-real_mkdir = os.mkdir
-def mkdir(path, *args, **kwargs):
-    if os.sep + "checkpoints" + os.sep + "0." in os.fspath(path):
-        raise OSError(28, "No space left on device", os.fspath(path))
-    return real_mkdir(path, *args, **kwargs)
-os.mkdir = mkdir
-"""
+FULL_DISK_ROUND_0 = failing_mkdir(
+    os.sep + "checkpoints" + os.sep + "0.", 28, "No space left on device"
+)
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_said_once(tmp_path, cohort_root):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from selal_jax import checkpointing, lock, loop, sweep
-from tests.helpers import REPO, comparable, launch, read_records
+from tests.helpers import REPO, comparable, failing_mkdir, launch, read_records
 
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
 
@@ -138,15 +138,9 @@ def test_config_typos_and_missing_config_files_are_named(tmp_path, args, message
 # --------------------------------------------------------- 7. a read-only or full workdir
 
 # Orbax's background save threads hit the read-only error the way a read-only mount does.
-READ_ONLY_ROUND_1 = """
-import os
-real_mkdir = os.mkdir
-def mkdir(path, *args, **kwargs):
-    if os.sep + "checkpoints" + os.sep + "1." in os.fspath(path):
-        raise OSError(30, "Read-only file system", os.fspath(path))
-    return real_mkdir(path, *args, **kwargs)
-os.mkdir = mkdir
-"""
+READ_ONLY_ROUND_1 = failing_mkdir(
+    os.sep + "checkpoints" + os.sep + "1.", 30, "Read-only file system"
+)
 
 
 def test_a_failed_save_ends_the_process_at_once_with_the_error_last(tmp_path, cohort_root):

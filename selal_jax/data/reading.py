@@ -15,7 +15,7 @@ import zlib
 import nibabel as nib
 import numpy as np
 
-from selal_jax.data import volumes
+from selal_jax.data import file_checks, volumes
 from selal_jax.data.volumes import DataError
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -33,7 +33,7 @@ def load_nifti(path: str, what: str = "image", header_only: bool = False):
     """
     if path.endswith(".gz") and not header_only:
         if not os.path.isfile(path):
-            raise volumes.not_found(path, what)
+            raise file_checks.not_found(path, what)
         return _from_verified_gzip(path, what)
     return volumes.load_image(path, what)
 
@@ -57,7 +57,7 @@ def _from_verified_gzip(path: str, what: str):
             first_error = first_error or e
             continue
         proxy = image.dataobj  # lazy: a declared size beyond the stream is refused unread
-        volumes.check_declared_size(path, proxy.shape, proxy.dtype, proxy.offset, len(data))
+        file_checks.check_declared_size(path, proxy.shape, proxy.dtype, proxy.offset, len(data))
         return image
     raise DataError(
         f"{path}: unreadable NIfTI {what} ({type(first_error).__name__}: {first_error})"
