@@ -19,13 +19,13 @@ if TYPE_CHECKING:  # preprocess imports this module
 
 
 def voxel_digest(image: np.ndarray) -> str:
-    """A digest of a volume's voxels (shape and float32 values; BLAKE2b, 128 bits): equal for
-    the same scan saved under another name or in another format, so a duplicate case is found
-    whatever its file's bytes (`loading.build_cache`)."""
-    image = np.ascontiguousarray(image, np.float32)
-    h = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
-    h.update(image.data)
-    return h.hexdigest()
+    """A digest of a volume's voxels (shape and float32 values; SHA-256, the first 128 bits):
+    equal for the same scan saved under another name or in another format, so a duplicate case
+    is found whatever its file's bytes (`Tally`). The voxels are hashed in Fortran order, NIfTI's
+    own: a volume read from NIfTI is hashed without a copy (about 5 ms for 256x256x60)."""
+    h = hashlib.sha256(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image.T, np.float32).data)
+    return h.hexdigest()[:32]
 
 
 def is_constant(image: np.ndarray) -> bool:
