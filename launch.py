@@ -124,31 +124,24 @@ def main(argv):
     try:
         _main(argv)
     except Exception as e:
-        if not _is_expected(e):
+        from selal_jax import errors
+
+        if not isinstance(e, errors.UserError):
             raise  # a bug: keep its traceback
-        _exit_with_message(e)
+        # Ends the process at once (orbax's threads would keep it alive after a failed save).
+        errors.exit_with_message(e, _VERBOSE.value, flush=(logging.flush,))
 
 
-def _is_expected(e: BaseException) -> bool:
-    """Bad input, config, data, workdir or disk: a message is enough, a traceback is noise."""
-    from selal_jax import checkpointing, lock
-
-    expected = (ValueError, checkpointing.CheckpointError, lock.LockedError, FloatingPointError)
-    return isinstance(e, expected)
-
-
-def _exit_with_message(e: BaseException) -> None:
-    """Prints the error (its traceback with --verbose or SELAL_JAX_TRACEBACK=1) and ends the
-    process now: after a failed save, orbax's background threads would otherwise keep it alive
-    for their 300 s timeout. os._exit skips them (and atexit), so flush first."""
-    import traceback
-
-    logging.flush()
-    sys.stdout.flush()
-    if _VERBOSE.value or os.environ.get("SELAL_JAX_TRACEBACK") == "1":
-        traceback.print_exc()
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    os._exit(1)
+def _flag_error_message(e: Exception) -> str:
+    """absl's message of a bad flag; a config file whose get_config raised (an unknown config
+    argument, `default.py:smokey`) is reduced from ml_collections' embedded traceback to the
+    flag and the file's own message."""
+    text = str(e)
+    if "Traceback (most recent call last)" not in text:
+        return text
+    flag = text.split(": Error whilst parsing config file", 1)[0]
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{flag}: {last.split(': ', 1)[-1]}"
 
 
 def _parse_flags(argv):
@@ -157,7 +150,7 @@ def _parse_flags(argv):
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}\nPass --help for the flags.", file=sys.stderr)
+        print(f"error: {_flag_error_message(e)} (--help lists the flags)", file=sys.stderr)
         sys.exit(1)
     except (AttributeError, KeyError) as e:
         print(f"error: {_unknown_field_message(argv) or e}", file=sys.stderr)
@@ -171,16 +164,24 @@ def _parse_flags(argv):
     return rest
 
 
+def _usage(message: str):
+    """A wrong verb or a missing flag: one `error:` line (absl's UsageError prints every flag's
+    help first)."""
+    from selal_jax import errors
+
+    return errors.UserError(f"{message} (--help lists the flags)")
+
+
 def _main(argv):
     verbs = argv[1:] or ["run"]
     if len(verbs) > 1 or verbs[0] not in VERBS:
-        raise app.UsageError(f"unknown command {' '.join(verbs)!r}; expected one of {VERBS}")
+        raise _usage(f"unknown command {' '.join(verbs)!r}; expected one of {VERBS}")
     verb, config, workdir = verbs[0], _CONFIG.value, _WORKDIR.value
     if workdir is None and (_NUM_PROCESSES.value or 1) > 1:
-        raise app.UsageError("several processes need one shared --workdir")
+        raise _usage("several processes need one shared --workdir")
     if workdir is None:
         if verb in NEEDS_WORKDIR:
-            raise app.UsageError(f"{verb} needs --workdir")
+            raise _usage(f"{verb} needs --workdir")
         name = f"{config.al.strategy}-{config.al.mode}" if verb == "run" else verb
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         # stderr under --json: stdout holds the JSON object alone
@@ -223,12 +224,12 @@ def _main(argv):
         print(f"wrote {annotate.export_query(config, workdir, _OUT.value)}")
     elif verb == "export-nnunet":
         if _OUT.value is None:
-            raise app.UsageError("export-nnunet needs --out=DIR")
+            raise _usage("export-nnunet needs --out=DIR")
         from selal_jax import export
 
         print(f"wrote {export.export_nnunet(config, workdir, _OUT.value)}")
     elif _LABELS.value is None:
-        raise app.UsageError("import-labels needs --labels=DIR")
+        raise _usage("import-labels needs --labels=DIR")
     else:
         summary = annotate.import_labels(config, workdir, _LABELS.value, _ALLOW_OUTSIDE.value)
         print(f"imported: {summary}")

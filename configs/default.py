@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     data.ct_window = (-160.0, 240.0)  # HU, for ct_window
     data.label_values = ()  # label values that form the target; () = any label > 0 (not BraTS)
     data.keep_empty_slices = True  # keep slices whose normalised image is all zero (paper: keep)
-    data.split = (0.7, 0.15, 0.15)  # train/val/test fractions, by subject
+    data.split = (0.7, 0.15, 0.15)  # train/val/test fractions (summing to 1), by subject
     data.split_seed = 0  # seed of the subject split
     # JSON {"train": [...], "val": [...], "test": [...]} of case names (MSD: the file stem, BraTS:
     # the case folder, paired: the matched name): this split instead of the seeded one; cases in

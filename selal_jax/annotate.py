@@ -41,6 +41,7 @@ from selal_jax import atomic, label_store, label_volumes, lock, loop, parallel, 
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
+from selal_jax.errors import UserError
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
 CSV_FIELDS = (
@@ -64,7 +65,7 @@ AXIS_NOTE = (
 )
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """An export or import was refused; the message names each file and the reason."""
 
 

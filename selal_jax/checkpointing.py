@@ -13,25 +13,77 @@ leaves the previous step intact; `latest_round` only sees finished steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as std_logging
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
 from selal_jax import atomic, faults
+from selal_jax.errors import ConfigError, UserError, disk_problem, write_error
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint could not be written or read; the message names the directory."""
+
+
+def summary(error: BaseException, limit: int = 300) -> str:
+    """'<type>: <first line>' of an orbax/TensorStore error, without the TensorStore spec that
+    its message dumps (60 lines of JSON), cut to `limit` characters."""
+    text = str(error).split(" See full TensorStore details", 1)[0].strip()
+    text = text.splitlines()[0] if text else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    problem = disk_problem(error)
+    return (
+        f"{problem}: {type(error).__name__}: {text}"
+        if problem
+        else f"{type(error).__name__}: {text}"
+    )
+
+
+class _OrbaxErrors(std_logging.Filter):
+    """Holds back the errors orbax's background threads log (each with its traceback, 350 lines
+    for one failed save): the CheckpointError raised for the failure says it once. Held-back
+    messages are logged as one warning line each if the operation succeeds after all."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno >= std_logging.ERROR and "orbax" in record.pathname:
+            self.held.append(record.getMessage().splitlines()[0][:300])
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """While orbax works: its error logs are held back (`_OrbaxErrors`); raised errors pass."""
+    held = _OrbaxErrors()
+    absl_logger = std_logging.getLogger("absl")  # absl.logging's records start there
+    absl_logger.addFilter(held)
+    try:
+        yield
+    except BaseException:
+        held.held.clear()  # the raised error says it
+        raise
+    finally:
+        absl_logger.removeFilter(held)
+        for message in held.held:
+            logging.warning("orbax reported: %s", message)
 
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 2):
         self.directory = os.path.abspath(directory)
         if keep < 1:
-            raise ValueError(f"config field checkpoint.keep: must be >= 1, got {keep}")
+            raise ConfigError(f"config field checkpoint.keep: must be >= 1, got {keep}")
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
@@ -64,32 +116,55 @@ class Checkpointer:
     def all_rounds(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def discard_after(self, round_index: int) -> list[int]:
-        """Deletes the checkpoints of rounds after `round_index`; returns those rounds."""
+    def set_aside_after(self, round_index: int, folder: str) -> list[int]:
+        """Moves the checkpoints of rounds after `round_index` into `folder` (created; under the
+        workdir, on the same file system) and returns those rounds. Moved, not deleted: they
+        are deleted (`delete_set_aside`) once the redone round's checkpoint is saved."""
         later = [r for r in self.all_rounds() if r > round_index]
-        for r in later:
-            try:
-                self.manager.delete(r)
-            except Exception as e:
-                raise CheckpointError(
-                    f"{self.directory}: cannot delete round {r}'s checkpoint ({e})"
-                ) from e
+        if not later:
+            return []
+        try:
+            os.makedirs(folder)
+            for r in later:
+                os.rename(os.path.join(self.directory, str(r)), os.path.join(folder, str(r)))
+        except OSError as e:
+            raise CheckpointError(
+                f"{self.directory}: cannot move the checkpoints of rounds {later} to {folder} ({e})"
+            ) from e
+        self.manager.reload()  # orbax forgets the moved steps
         return later
+
+    @staticmethod
+    def delete_set_aside(root: str, saved_round: int) -> None:
+        """After round `saved_round` is saved: deletes each folder of `set_aside_after` under
+        `root` whose first round is <= it (those rounds have been redone; a later one came from
+        them); `root` goes when empty."""
+        if not os.path.isdir(root):
+            return
+        for name in sorted(os.listdir(root)):
+            folder = os.path.join(root, name)
+            held = [int(r) for r in os.listdir(folder) if r.isdigit()]
+            if not held or min(held) <= saved_round:
+                shutil.rmtree(folder, ignore_errors=True)
+                logging.info("deleted the discarded checkpoints in %s", folder)
+        if not os.listdir(root):
+            os.rmdir(root)
 
     def save(self, round_index: int, state, loop: dict) -> None:
         """Saves round `round_index` and waits until it is on disk."""
         try:
-            self.manager.save(
-                round_index,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
-                ),
-            )
-            faults.maybe_kill("save", round_index)  # the write is in flight in the background
-            self.manager.wait_until_finished()
+            with _quiet_orbax():
+                self.manager.save(
+                    round_index,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
+                    ),
+                )
+                faults.maybe_kill("save", round_index)  # the write is in flight in the background
+                self.manager.wait_until_finished()
         except Exception as e:  # orbax wraps OSError in several types
             raise CheckpointError(
-                f"{self.directory}: saving round {round_index} failed ({type(e).__name__}: {e}); "
+                f"{self.directory}: saving round {round_index} failed ({summary(e)}); "
                 f"the previous checkpoint (round {self.latest_round()}) is intact"
             ) from e
         logging.info("saved checkpoint of round %d to %s", round_index, self.directory)
@@ -105,7 +180,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise CheckpointError(
-                f"{self.directory}: cannot restore round {round_index} ({type(e).__name__}: {e})"
+                f"{self.directory}: cannot restore round {round_index} ({summary(e)})"
             ) from e
         return restored["state"], dict(restored["loop"])
 
@@ -117,30 +192,23 @@ class Checkpointer:
             )
         except Exception as e:
             raise CheckpointError(
-                f"{self.directory}: cannot restore round {round_index}'s record "
-                f"({type(e).__name__}: {e})"
+                f"{self.directory}: cannot restore round {round_index}'s record ({summary(e)})"
             ) from e
         return dict(restored["loop"])
 
     def resume_round(self, wanted: int) -> int:
-        """The round a resumed run restores: the latest, or `wanted` (config.resume_from, >= 0)
-        with the checkpoints of later rounds deleted."""
+        """The round a resumed run restores: the latest, or `wanted` (config.resume_from, >= 0).
+        Nothing is moved or deleted here: the caller sets the later rounds aside
+        (`set_aside_after`) once every check of the resumed run has passed."""
         latest = self.latest_round()
         if wanted < 0 or wanted == latest:
             return latest
         rounds = self.all_rounds()
         if wanted not in rounds:
-            raise ValueError(
+            raise ConfigError(
                 f"config field resume_from: {self.directory} holds no checkpoint of round "
                 f"{wanted} (rounds {rounds})"
             )
-        discarded = self.discard_after(wanted)
-        logging.warning(
-            "resume_from=%d: discarded the checkpoints of rounds %s in %s",
-            wanted,
-            discarded,
-            self.directory,
-        )
         return wanted
 
     def restore_latest(self, round_index: int, abstract_state=None) -> tuple[object, dict]:
@@ -164,8 +232,9 @@ class Checkpointer:
             ) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with _quiet_orbax():
+            self.manager.wait_until_finished()
+            self.manager.close()
 
 
 def close_quietly(closeable, error: BaseException) -> None:
@@ -199,16 +268,20 @@ def abstract_like(state):
 
 
 def write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`).
+    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`); a failed
+    write is a UserError naming the folder, the old file intact.
 
     In a multi-host run only process 0 writes (all processes hold the same records); the others
     return without writing.
     """
     if jax.process_index() != 0:
         return
-    with atomic.atomic_open(path, "w") as f:
-        if lines:
-            for item in obj:
-                f.write(json.dumps(item) + "\n")
-        else:
-            json.dump(obj, f, indent=2)
+    try:
+        with atomic.atomic_open(path, "w") as f:
+            if lines:
+                for item in obj:
+                    f.write(json.dumps(item) + "\n")
+            else:
+                json.dump(obj, f, indent=2)
+    except OSError as e:  # a full or read-only disk: the old file is intact
+        raise write_error(e, os.path.dirname(os.path.abspath(path)), os.path.basename(path)) from e

@@ -83,7 +83,10 @@ def evaluate_cases(
         prediction = label_volumes.prefill_volume(
             geometry, test.slice_index[ids], predicted, index_table
         )
-        reference = label_volumes.label_file_classes(case, settings)  # the file's voxel order
+        # The file's voxel order, as the prediction; compared where the reference is known.
+        reference, unknown = label_volumes.label_file_classes(case, settings)
+        if unknown is not None:
+            prediction = np.where(unknown, 0, prediction)
         spacing = file_spacing(geometry.affine)
         per_class = metrics.multiclass_case_metrics(
             prediction, reference, spacing, class_ids, tolerance_mm=tolerance_mm
@@ -92,9 +95,11 @@ def evaluate_cases(
             rows.append({"case": case.case_id, "class": class_names[c - 1], **m})
         if save_predictions and parallel.is_primary():
             os.makedirs(pred_dir, exist_ok=True)
+            atomic.remove_stale(pred_dir)
             values = preprocess.label_value_table(settings)
             path = os.path.join(pred_dir, f"{case.case_id}.nii.gz")
-            tmp = os.path.join(pred_dir, f".tmp-{case.case_id}.nii.gz")  # never read
+            # never read; a killed run's is removed by the next (atomic.remove_stale)
+            tmp = os.path.join(pred_dir, f".tmp-{atomic.owner_tag()}{case.case_id}.nii.gz")
             dtype = np.uint8 if values.max() <= 255 else np.uint16
             label_volumes.write_label_volume(tmp, values.astype(dtype)[prediction], case)
             os.replace(tmp, path)

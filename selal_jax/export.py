@@ -37,11 +37,12 @@ from absl import logging
 from selal_jax import atomic, label_volumes, loop, rng
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading, preprocess
+from selal_jax.errors import UserError
 
 IGNORE = "ignore"
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """The export was refused; the message says why."""
 
 
@@ -158,7 +159,9 @@ def label_volume(
             raise ExportError(
                 f"{case.image}: labelled slices without imported labels or a label file"
             )
-        classes = label_volumes.label_file_classes(case, geometry.settings)
+        classes, unknown = label_volumes.label_file_classes(case, geometry.settings)
+        if unknown is not None:  # the dataset's own unlabelled voxels stay unlabelled
+            classes = np.where(unknown, ignore, classes).astype(dtype)
         rows = canonical_index[dataset]
         geometry.put_planes(volume, rows, geometry.file_planes(classes, rows))
     if human.any():

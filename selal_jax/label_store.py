@@ -21,9 +21,10 @@ import os
 import numpy as np
 
 from selal_jax import atomic
+from selal_jax.errors import UserError
 
 
-class LabelStoreError(ValueError):
+class LabelStoreError(UserError):
     """An annotation file is missing, changed or malformed; the message names it."""
 
 

@@ -135,13 +135,21 @@ def prefill_volume(
     return geometry.to_file(canonical)
 
 
-def label_file_classes(case: CaseFiles, settings: preprocess.Settings) -> np.ndarray:
+def label_file_classes(
+    case: CaseFiles, settings: preprocess.Settings
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The case's label file as the loader maps it (`preprocess.label_indices`: the binary
-    target or the classes, with its value checks), in the file's own voxel order: uint8 class
-    indices of the file's shape. (The loader reads the same voxels reoriented; the map is per
-    voxel, so the two agree voxel for voxel.)"""
+    target or the classes, with its value checks), in the file's own voxel order. (The loader
+    reads the same voxels reoriented; the map is per voxel, so the two agree voxel for voxel.)
+
+    Returns:
+      (uint8 class indices of the file's shape, bool mask of its unlabelled voxels: those of
+      `settings.ignore_value`, which read as 0; None when the file has none).
+    """
     label, _ = preprocess.read_canonical(case.label, "label", None, as_float=False, reorient=False)
-    return preprocess.label_indices(label, case.label, settings)
+    unknown = None if settings.ignore_value is None else label == settings.ignore_value
+    classes = preprocess.label_indices(label, case.label, settings)
+    return classes, (unknown if unknown is not None and unknown.any() else None)
 
 
 def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:

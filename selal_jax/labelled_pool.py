@@ -14,6 +14,7 @@ from absl import logging
 
 from selal_jax import diagnostics, label_store
 from selal_jax.data.slices import SliceSet
+from selal_jax.errors import UserError
 
 
 class LabelledPool:
@@ -89,7 +90,7 @@ class LabelledPool:
         [n, H, W] at data.size and the same at the source resolution; applies them. The atomic
         write of the store file is the commit point."""
         if self.awaiting != r:
-            raise ValueError(f"{workdir}: round {r}'s query is not awaiting labels")
+            raise UserError(f"{workdir}: round {r}'s query is not awaiting labels")
         self.annotator.store.write(r, ids, masks, note, native)
         self.apply_import(r, record, workdir)
 

@@ -23,14 +23,17 @@ import fcntl
 import os
 import socket
 
+from selal_jax import atomic
+from selal_jax.errors import UserError, write_error
+
 LOCK_FILE = ".lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError):
     """Another process holds the workdir; the message names the workdir and the holder."""
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError):
     """The workdir is a file, or a verb that needs an existing run found no folder."""
 
 
@@ -53,7 +56,10 @@ def check_workdir(workdir: str, create: bool) -> None:
 
 def _acquire(workdir: str):
     path = os.path.join(workdir, LOCK_FILE)
-    f = open(path, "a+")  # never truncate: the holder's pid/host stay readable
+    try:
+        f = open(path, "a+")  # never truncate: the holder's pid/host stay readable
+    except OSError as e:  # a read-only mount, permissions, a full disk
+        raise write_error(e, workdir, f"its lock file {LOCK_FILE}") from e
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -82,12 +88,16 @@ def hold(workdir: str, create: bool = True):
     if not _is_primary() or not (create or os.path.isdir(workdir)):
         yield  # ... is not created: the verb finds no run there and says so
         return
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, os.path.dirname(os.path.abspath(workdir)), "the workdir") from e
     key = os.path.realpath(workdir)
     if key in _held:
         _held[key][1] += 1
     else:
         _held[key] = [_acquire(workdir), 1]
+        atomic.remove_stale(workdir)  # the holder owns the folder: a killed write's leftovers
     try:
         yield
     finally:

@@ -31,6 +31,7 @@ from selal_jax import train as train_lib
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
+from selal_jax.errors import ConfigError, UserError
 from selal_jax.models import build_model, init_variables
 
 
@@ -114,13 +115,16 @@ class Experiment:
         return cls(config, workdir, splits, round0_dir, with_model=with_model)
 
     def __init__(self, config, workdir: str, splits, round0_dir=None, *, with_model=True):
+        config = validation.fit_to_data(config, splits)  # before anything is built or trained
         self.config, self.workdir, self.splits = config, workdir, splits
+        self.batch_warned = False  # train.batch_size above the labelled set: said once
         train = splits.train
         human = config.al.annotator == "human"
         if not human and not train.has_label.all():
             unlabelled = sorted({train.cases[s] for s in train.subject[~train.has_label]})
-            raise ValueError(
-                f"{len(unlabelled)} training cases have no labels (e.g. {unlabelled[0]}) and "
+            raise ConfigError(
+                f"{len(unlabelled)} training cases have no labels, or slices without (e.g. "
+                f"{unlabelled[0]}), and "
                 "config field al.annotator is 'simulated', which reveals the dataset's labels; "
                 "use --config.al.annotator=human"
             )
@@ -141,12 +145,15 @@ class Experiment:
         self.ckpt.check_writable()
         latest = self.ckpt.latest_round()
         if latest is not None and not config.resume:
-            raise ValueError(
+            raise UserError(
                 f"{workdir}: holds checkpoints up to round {latest} and config.resume is False; "
                 "starting afresh needs an empty workdir"
             )
         if latest is not None:
-            self._restore(self.ckpt.resume_round(int(config.get("resume_from", -1))))
+            restored = self.ckpt.resume_round(int(config.get("resume_from", -1)))
+            self._restore(restored)  # every check first: nothing is moved if one refuses
+            if restored != latest:
+                self._set_aside_later_rounds(restored)
         else:
             initial = rounds.initial_labelled_set(
                 self.pool,
@@ -197,16 +204,38 @@ class Experiment:
             self.splits.fingerprint,
             where=self.workdir,
             allow_change=bool(config.allow_config_change),
+            legacy_fingerprint=self.splits.legacy_fingerprint,
         )
         self.history = list(record.history)
         self.labels.restore(record, self.history, self.workdir)
-        workdir_lib.sync_records(self.workdir, self.history)
         self.next_round, self.extend_finished = rounds.resume_point(
             latest, self.history, int(config.al.rounds), self.labelled.all(),
             human=self.labels.annotator is not None, workdir=self.workdir,
         )  # fmt: skip
+        workdir_lib.sync_records(self.workdir, self.history)  # after every check
         logging.info(
             "resuming %s after round %d (%d labelled)", self.workdir, latest, self.labelled.sum()
+        )
+
+    def _set_aside_later_rounds(self, restored: int) -> None:
+        """config.resume_from: the checkpoints of the rounds after `restored` move to
+        <workdir>/discarded/<time>-rounds-<first>[-<last>]/; `_save` deletes them once the next
+        round's checkpoint is saved (a failed or killed run leaves them there until then)."""
+        later = [r for r in self.ckpt.all_rounds() if r > restored]
+        span = "-".join(str(r) for r in dict.fromkeys((later[0], later[-1])))
+        folder = os.path.join(
+            self.workdir,
+            workdir_lib.DISCARDED_DIR,
+            f"{time.strftime('%Y%m%d-%H%M%S')}-rounds-{span}",
+        )
+        self.ckpt.set_aside_after(restored, folder)
+        logging.warning(
+            "resume_from=%d: the checkpoints of rounds %s moved to %s; they are deleted once "
+            "round %d is saved again",
+            restored,
+            later,
+            folder,
+            restored + 1,
         )
 
     def accept_labels(self, r: int, ids: np.ndarray, masks: np.ndarray, native, note: dict) -> None:
@@ -221,6 +250,8 @@ class Experiment:
         if config.train.reset_optimizer:
             self.state = self.state.replace(opt_state=self.tx.init(self.state.params))
         labelled_ids = np.flatnonzero(self.labelled)
+        if not self.batch_warned:
+            self.batch_warned = validation.warn_batch_beyond_labelled(config, len(labelled_ids), r)
         if r == 0:  # the yardstick of check_divergence, kept in round 0's record
             untrained = train_lib.validation_loss(
                 self.model, self.state.variables, self.splits.val, batch_size=batch, mesh=self.mesh
@@ -244,6 +275,7 @@ class Experiment:
             rounds.test_metrics(self.model, variables, self.splits.test, batch, self.mesh, r),
             rounds.case_metrics(config, self.model, variables, self.splits, self.workdir, r),
             untrained,
+            (self.splits.target_slices or {}).get("val"),
         )
 
     def query_round(self, r: int) -> selection.Query | None:
@@ -286,6 +318,9 @@ class Experiment:
             **self.labels.state(),
         )
         self.ckpt.save(r, self.state, loop_record.to_json())
+        # resume_from: the rounds set aside (by this run or a failed one before) are redone
+        discarded = os.path.join(self.workdir, workdir_lib.DISCARDED_DIR)
+        checkpointing.Checkpointer.delete_set_aside(discarded, r)
         workdir_lib.write_records(self.workdir, self.history)
         self.next_round = r + 1
         log_round(self.history[-1])

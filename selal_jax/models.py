@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from selal_jax import batch_norm
 from selal_jax.dropout import Dropout
+from selal_jax.errors import ConfigError
 
 Array = jax.Array
 # Computation dtypes by config name (model.dtype); parameters always stay float32.
@@ -54,7 +55,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 def resolve_conv_impl(conv_impl: str) -> str:
     """'xla' or 'custom' for a `UNet.conv_impl`: 'auto' is 'custom' on the CPU backend only."""
     if conv_impl not in CONV_IMPLS:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.conv_impl: expected one of {CONV_IMPLS}, got {conv_impl!r}"
         )
     if conv_impl == "auto":
@@ -351,12 +352,12 @@ def head_bias_init(prior: float, num_logits: int):
     """Initial head bias: the log-odds of `prior` (one logit), or log-probabilities
     [log(1 - C prior), log(prior) x C] (C = num_logits - 1 foreground classes)."""
     if not 0 < prior < 1:
-        raise ValueError(f"config field model.head_bias_prior: must be in (0, 1), got {prior}")
+        raise ConfigError(f"config field model.head_bias_prior: must be in (0, 1), got {prior}")
     if num_logits == 1:
         return nn.initializers.constant(math.log(prior / (1 - prior)))
     n_fg = num_logits - 1
     if not n_fg * prior < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.head_bias_prior: {prior} x {n_fg} foreground classes must be "
             "below 1"
         )
@@ -381,7 +382,7 @@ def build_model(model_config, num_classes: int = 1) -> UNet:
     classes (the data's)."""
     dtype = DTYPES.get(model_config.dtype)
     if dtype is None:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.dtype: expected 'float32' or 'bfloat16', got {model_config.dtype!r}"
         )
     return UNet(

@@ -40,6 +40,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from selal_jax.errors import ConfigError, UserError
+
 DATA_AXIS = "data"
 # Config fields holding global batch sizes (slices per step, over all devices).
 BATCH_SIZE_FIELDS = ("train.batch_size", "train.eval_batch_size")
@@ -67,7 +69,7 @@ def initialize(
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
         if not coordinator_address or process_id is None:
-            raise ValueError(
+            raise UserError(
                 "num_processes > 1 needs coordinator_address (host:port of process 0) and "
                 "process_id (0 .. num_processes - 1)"
             )
@@ -124,7 +126,7 @@ def check_batch_sizes(train_config, n_devices: int | None = None) -> None:
 
 def check_batch_size(field: str, value: int, n_devices: int) -> None:
     if value % n_devices:
-        raise ValueError(
+        raise ConfigError(
             f"config field {field}: the global batch size {value} does not divide evenly over "
             f"{n_devices} devices; use a multiple of {n_devices} "
             f"(e.g. --config.{field}={max(n_devices, value - value % n_devices)})"

@@ -28,8 +28,10 @@ import numpy as np
 
 from selal_jax import atomic, stats
 from selal_jax import workdir as workdir_lib
+from selal_jax.errors import UserError
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
 from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
+from selal_jax.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
 
 PCTS = (10, 15, 20, 25, 30, 35)
 # Per-case evaluation fields of the records (when present) and their columns in the tables.
@@ -37,6 +39,8 @@ CASE_FIELDS = {"case_dice": "case Dice", "case_hd95": "case HD95"}
 DEFAULT_REFERENCE = "random all"
 # Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
 NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
+# Without target, the validation loss that picks each round's model rewards predicting none.
+NO_VAL_TARGET_NOTE = "no target in the validation split: early stopping sees background alone"
 
 
 def round_table(history: list[dict]) -> str:
@@ -65,6 +69,8 @@ def round_table(history: list[dict]) -> str:
     )
     if any(rec.get("test_slices_with_target") == 0 for rec in history):
         lines.append(f"warning: {NO_TARGET_NOTE}")
+    if any(rec.get("val_slices_with_target") == 0 for rec in history):
+        lines.append(f"warning: {NO_VAL_TARGET_NOTE}")
     return "\n".join(lines)
 
 
@@ -100,19 +106,6 @@ def class_rows(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
     return rows
 
 
-def read_records(path: str) -> list[dict]:
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from e
-    return records
-
-
 def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
     """{run name ('<strategy> <mode>'): {seed: history}} for every records file under workdir."""
     runs: dict[str, dict[int, list[dict]]] = {}
@@ -126,7 +119,7 @@ def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
         name = f"{first['strategy']} {first['mode']}"
         seed = int(first.get("seed", 0))
         if seed in runs.get(name, {}):
-            raise ValueError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
+            raise UserError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
         runs.setdefault(name, {})[seed] = history
     return runs
 
@@ -136,8 +129,14 @@ def load_baseline(workdir: str) -> float | None:
     for path in sorted(
         glob.glob(os.path.join(workdir, "**", workdir_lib.SUPERVISED_FILE), recursive=True)
     ):
-        with open(path) as f:
-            values.append(float(json.load(f)["dice"]))
+        try:
+            with open(path) as f:
+                values.append(float(json.load(f)["dice"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{path}: not a supervised baseline record (a JSON object with a number "
+                f"'dice'; {type(e).__name__}: {e})"
+            ) from e
     return float(np.mean(values)) if values else None
 
 
@@ -267,7 +266,7 @@ def resolve_reference(runs: dict, reference: str | None) -> str | None:
     strategy, _, mode = str(reference).strip().partition(":")
     name = f"{strategy.strip()} {(mode or 'selective').strip()}"
     if name not in runs:
-        raise ValueError(
+        raise UserError(
             f"report reference {reference!r}: no run {name!r} found; runs: {', '.join(runs)}"
         )
     return name
@@ -343,7 +342,7 @@ def write_report(
     default 'random all' if present)."""
     runs = load_runs(workdir)
     if not runs:
-        raise ValueError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
+        raise UserError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
     reference_name = resolve_reference(runs, reference)
     if baseline is None:
         baseline = load_baseline(workdir)

@@ -13,6 +13,7 @@ from selal_jax import diagnostics, evaluation, faults, report, rng, scoring, sel
 from selal_jax import train as train_lib
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
+from selal_jax.errors import ConfigError, UserError
 from selal_jax.progress import Progress
 
 # Record fields that commit_round adds after training (the query and its diagnostics).
@@ -43,7 +44,7 @@ def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -
     with_label = np.flatnonzero(train.has_label)  # every slice, unless some cases are unlabelled
     if size > len(with_label):
         what = "training slices" if len(with_label) == n else "training slices with labels"
-        raise ValueError(
+        raise ConfigError(
             f"config field al.initial_size: {size} exceeds the {len(with_label)} {what}"
         )
     if not from_positive:
@@ -203,15 +204,24 @@ def case_metrics(config, model, variables, splits, workdir: str, r: int) -> dict
 
 
 def round_record(
-    r: int, labelled_ids, pool: SliceSet, fit: dict, test: dict, cases: dict, untrained
+    r: int,
+    labelled_ids,
+    pool: SliceSet,
+    fit: dict,
+    test: dict,
+    cases: dict,
+    untrained,
+    val_with_target: int | None = None,
 ) -> dict:
     """Round r's record before its query: the labelled set, `fit`'s summary, the test metrics
-    (`test_metrics`, `case_metrics`) and, in round 0, the untrained validation loss."""
+    (`test_metrics`, `case_metrics`), the validation slices with target (where the cache
+    counted them) and, in round 0, the untrained validation loss."""
     return {
         "round": r,
         "n_labelled": int(len(labelled_ids)),
         "pct_labelled": 100.0 * len(labelled_ids) / len(pool),
         **test,
+        **({} if val_with_target is None else {"val_slices_with_target": int(val_with_target)}),
         # What the annotator drew for this round's training set (imported masks included).
         **diagnostics.labelled_target_pixels(pool.labels, labelled_ids),
         "val_loss": fit["best_val_loss"],
@@ -238,7 +248,7 @@ def resume_point(
         return latest + 1, False
     more = latest < rounds and not all_labelled
     if more and human:
-        raise ValueError(
+        raise UserError(
             f"{workdir}: this human-annotator run finished at round {latest} without a query, "
             f"so it cannot be extended to al.rounds={rounds}; start a new run in a new workdir "
             "with more al.rounds"

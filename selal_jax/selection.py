@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from selal_jax import parallel, rng, scoring
+from selal_jax.errors import ConfigError
 from selal_jax.ranking import (
     balanced_target_order,
     class_target_scores,
@@ -73,12 +74,12 @@ class Query:
 def check_class_balanced(mode: str, convention: str) -> None:
     """Raises ValueError if the class-balanced target stream does not apply."""
     if convention != "paper":
-        raise ValueError(
+        raise ConfigError(
             f"config field al.class_balanced: needs al.convention='paper', got {convention!r} "
             "(the published code is binary)"
         )
     if mode not in ("target", "selective"):
-        raise ValueError(
+        raise ConfigError(
             "config field al.class_balanced: balances the target stream, which mode "
             f"{mode!r} does not use; expected al.mode 'target' or 'selective'"
         )
@@ -101,11 +102,11 @@ def validate_options(
         ("al.merge", merge, MERGES),
     ):
         if value not in allowed:
-            raise ValueError(
+            raise ConfigError(
                 f"config field {field}: unknown value {value!r}; expected one of {allowed}"
             )
     if convention == "official" and strategy == "margin":
-        raise ValueError(
+        raise ConfigError(
             "config field al.strategy: 'margin' has no 'official' convention (the published margin "
             "code sorts along the image width and is defective); use al.convention='paper'"
         )

@@ -36,6 +36,7 @@ from selal_jax import (
 )
 from selal_jax import workdir as workdir_lib
 from selal_jax.data import synthetic
+from selal_jax.errors import ConfigError, UserError
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:
@@ -47,7 +48,7 @@ def parse_runs(text: str) -> list[tuple[str, str]]:
         strategy, _, mode = item.partition(":")
         runs.append((strategy.strip(), (mode or "selective").strip()))
     if not runs:
-        raise ValueError(f"config field sweep.runs: no strategy:mode pairs in {text!r}")
+        raise ConfigError(f"config field sweep.runs: no strategy:mode pairs in {text!r}")
     return runs
 
 
@@ -55,11 +56,11 @@ def parse_seeds(text) -> list[int]:
     try:
         seeds = [int(s) for s in str(text).replace(" ", "").split(",") if s]
     except ValueError as e:
-        raise ValueError(
+        raise ConfigError(
             f"config field sweep.seeds: expected comma-separated integers, got {text!r}"
         ) from e
     if not seeds:
-        raise ValueError(f"config field sweep.seeds: no seeds in {text!r}")
+        raise ConfigError(f"config field sweep.seeds: no seeds in {text!r}")
     return seeds
 
 
@@ -134,7 +135,7 @@ def load_round0(round0_dir: str, state_like):
     ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
     try:
         if ckpt.latest_round() is None:
-            raise ValueError(f"{round0_dir}: no shared round-0 checkpoint found")
+            raise UserError(f"{round0_dir}: no shared round-0 checkpoint found")
         return ckpt.restore(0, checkpointing.abstract_like(state_like))
     finally:
         ckpt.close()
@@ -152,9 +153,10 @@ def take_round0(round0_dir: str, experiment) -> tuple[object, dict]:
         experiment.splits.fingerprint,
         where=f"{round0_dir} (the shared round 0 of {experiment.workdir})",
         neutral=workdir_lib.ROUND0_NEUTRAL_KEYS,
+        legacy_fingerprint=experiment.splits.legacy_fingerprint,
     )
     if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(experiment.labelled)]:
-        raise ValueError(f"{round0_dir}: its initial labelled set differs from this run's")
+        raise UserError(f"{round0_dir}: its initial labelled set differs from this run's")
     return state, dict(stored["record"])
 
 
@@ -177,7 +179,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
                     experiment.state.variables,
                     pool.images,
                     np.arange(len(pool)),
-                    int(config.train.eval_batch_size),
+                    int(experiment.config.train.eval_batch_size),  # capped to the data
                 )
                 target_pixels = (np.asarray(pool.labels) > 0).reshape(len(pool), -1).sum(axis=1)
                 path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)

@@ -17,6 +17,7 @@ from absl import logging
 from selal_jax import augment as augment_lib
 from selal_jax import faults, parallel, rng
 from selal_jax.data.slices import SliceSet
+from selal_jax.errors import ConfigError, UserError
 from selal_jax.models import UNet
 from selal_jax.progress import Progress
 from selal_jax.xla_options import backend_jit
@@ -104,7 +105,7 @@ def segmentation_loss(logits: Array, labels: Array, loss: str = "ce") -> Array:
         return ce
     if loss == "ce_dice":
         return ce + soft_dice_loss(logits, labels)
-    raise ValueError(f"config field train.loss: expected one of {LOSSES}, got {loss!r}")
+    raise ConfigError(f"config field train.loss: expected one of {LOSSES}, got {loss!r}")
 
 
 @functools.partial(
@@ -261,9 +262,9 @@ def validation_loss(model: UNet, variables, data: SliceSet, *, batch_size: int, 
     return mean_loss(evaluate(model, variables, data, batch_size=batch_size, mesh=mesh))
 
 
-class TrainingDivergedError(FloatingPointError):
+class TrainingDivergedError(UserError, FloatingPointError):
     """A round's best validation loss is far above the untrained model's (see
-    `check_divergence`); the message names the round and both losses."""
+    `check_divergence`), or a training loss is not finite; the message names the round."""
 
 
 DIVERGENCE_FACTOR = 10.0  # best val loss above this many times the untrained model's: diverged
@@ -353,7 +354,7 @@ def fit(
         train_loss = float(np.mean(jax.device_get(losses)))
         if not math.isfinite(train_loss):
             bad = int(np.argmax(~np.isfinite(jax.device_get(losses))))
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"non-finite training loss in round {round_index}, epoch {epoch}, step {bad}; "
                 "lower train.learning_rate or check the data"
             )

@@ -1,13 +1,18 @@
 """The one config check every verb (run, sweep, supervised, query, import-labels, export-nnunet,
-inspect) runs before any work."""
+inspect) runs before any work, and the checks of the config against the loaded data
+(`fit_to_data`) that a run makes before it trains."""
 
 from __future__ import annotations
 
 import math
 
-from selal_jax import parallel, selection
+import jax
+from absl import logging
+
+from selal_jax import parallel, scoring, selection
 from selal_jax import train as train_lib
 from selal_jax.data import loading
+from selal_jax.errors import ConfigError
 from selal_jax.models import DTYPES
 
 ANNOTATORS = ("simulated", "human")
@@ -26,20 +31,20 @@ def validate_config(config) -> None:
         ("checkpoint.keep", config.checkpoint.keep),
     ):
         if int(value) < 1:
-            raise ValueError(f"config field {field}: must be >= 1, got {value}")
+            raise ConfigError(f"config field {field}: must be >= 1, got {value}")
     lr = float(train.learning_rate)
     if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"config field train.learning_rate: must be > 0 and finite, got {lr}")
+        raise ConfigError(f"config field train.learning_rate: must be > 0 and finite, got {lr}")
     if not 0 <= float(model.dropout_rate) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.dropout_rate: must be in [0, 1), got {model.dropout_rate}"
         )
     if not 0 < float(model.head_bias_prior) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.head_bias_prior: must be in (0, 1), got {model.head_bias_prior}"
         )
     if model.dtype not in DTYPES:
-        raise ValueError(
+        raise ConfigError(
             f"config field model.dtype: expected one of {tuple(DTYPES)}, got {model.dtype!r}"
         )
     al = config.al
@@ -52,12 +57,12 @@ def validate_config(config) -> None:
         class_balanced=bool(al.class_balanced),
     )
     if config.train.loss not in train_lib.LOSSES:
-        raise ValueError(
+        raise ConfigError(
             f"config field train.loss: expected one of {train_lib.LOSSES}, got "
             f"{config.train.loss!r}"
         )
     if al.annotator not in ANNOTATORS:
-        raise ValueError(
+        raise ConfigError(
             f"config field al.annotator: expected one of {ANNOTATORS}, got {al.annotator!r}"
         )
     for field, value in (
@@ -68,26 +73,90 @@ def validate_config(config) -> None:
         ("al.mc_passes", al.mc_passes),
     ):
         if int(value) < 1:
-            raise ValueError(f"config field {field}: must be >= 1, got {value}")
+            raise ConfigError(f"config field {field}: must be >= 1, got {value}")
     if int(al.rounds) < 0:
-        raise ValueError(f"config field al.rounds: must be >= 0, got {al.rounds}")
+        raise ConfigError(f"config field al.rounds: must be >= 0, got {al.rounds}")
     if int(config.get("resume_from", -1)) < -1:
-        raise ValueError(
+        raise ConfigError(
             f"config field resume_from: must be -1 (latest) or a round >= 0, got "
             f"{config.resume_from}"
         )
     if not 0 < float(al.target_threshold) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config field al.target_threshold: must be in (0, 1), got {al.target_threshold}"
         )
     if not 0 < float(al.boundary_width) <= 0.5:
-        raise ValueError(
+        raise ConfigError(
             f"config field al.boundary_width: must be in (0, 0.5], got {al.boundary_width}"
         )
     h, w = (int(s) for s in config.data.size)
     factor = 2 ** int(config.model.depth)
     if h % factor or w % factor:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.size: {h}x{w} must be divisible by 2**model.depth = {factor}"
         )
     parallel.check_batch_sizes(config.train)  # global batch sizes split over jax.device_count()
+
+
+def fit_to_data(config, splits):
+    """The config checks that need the data, made right after it is loaded (before a model is
+    built or trained); returns the config to run with.
+
+    A class head (C >= 2 classes) with al.convention='official' is a ConfigError (the
+    published code's scoring is binary; it used to fail in the first scoring trace, after
+    round 0 had trained). train.eval_batch_size above the largest split (rounded up to a
+    multiple of the devices) is capped to it, said once: a larger batch only pads (10^6 slices
+    of padding allocate gigabytes); the cap changes no result (eval_batch_size is free to change
+    on resume).
+
+    Args:
+      config: the validated run config.
+      splits: data.slices.Splits of `loading.load_dataset`.
+
+    Returns:
+      `config`, or a copy with the capped train.eval_batch_size.
+    """
+    al, n_classes = config.al, splits.train.num_classes
+    if (
+        n_classes > 1
+        and al.convention == "official"
+        and al.strategy in scoring.UNCERTAINTY_STRATEGIES
+    ):
+        raise ConfigError(
+            f"config field al.convention: 'official' is the published code's binary scoring, "
+            f"and the dataset has {n_classes} classes ({', '.join(splits.train.class_names)}); "
+            "use al.convention='paper'"
+        )
+    largest = max(len(splits.train), len(splits.val), len(splits.test))
+    devices = jax.device_count()
+    cap = -(-largest // devices) * devices
+    eval_batch = int(config.train.eval_batch_size)
+    if eval_batch <= cap:
+        return config
+    logging.warning(
+        "config field train.eval_batch_size %d exceeds the largest split (%d slices): capped to %d",
+        eval_batch,
+        largest,
+        cap,
+    )
+    config = config.copy_and_resolve_references()
+    config.train.eval_batch_size = cap
+    return config
+
+
+def warn_batch_beyond_labelled(config, n_labelled: int, round_index: int) -> bool:
+    """Warns when train.batch_size exceeds the labelled slices (each step then repeats them:
+    slower, no better); returns whether it warned."""
+    batch = int(config.train.batch_size)
+    if batch <= n_labelled:
+        return False
+    logging.warning(
+        "config field train.batch_size %d exceeds the %d labelled slices of round %d: each step "
+        "repeats them %.3g times; a batch of at most %d trains as well in less time",
+        batch,
+        n_labelled,
+        round_index,
+        batch / n_labelled,
+        n_labelled,
+    )
+    return True

@@ -3,6 +3,8 @@ and the one compatibility check used by resuming a run and by sharing a round-0 
 
 A run folder (`loop.run`, `launch.py run`):
   checkpoints/<r>/          orbax, one per round: the model state and the LoopRecord (JSON)
+  discarded/<time>-rounds-<a>[-<b>]/<r>/  resume_from: the later rounds' checkpoints, moved
+                            aside and deleted once the first of them is saved again
   records.jsonl             one JSON record per round (rebuilt from the checkpoint if missing)
   metrics.jsonl             per round and epoch: train and validation loss (`train.fit`)
   evaluation/round_<r>.csv  per-case metrics of round r's model (eval.cases)
@@ -40,8 +42,10 @@ from absl import logging
 from ml_collections import config_dict
 
 from selal_jax import checkpointing, lock
+from selal_jax.errors import ConfigError, UserError
 
 CHECKPOINTS_DIR = "checkpoints"
+DISCARDED_DIR = "discarded"  # resume_from: later rounds' checkpoints, until they are redone
 RECORDS_FILE = "records.jsonl"
 METRICS_FILE = "metrics.jsonl"
 SUPERVISED_FILE = "supervised.json"
@@ -231,34 +235,43 @@ def check_compatible(
     where: str,
     neutral: tuple[str, ...] = (),
     allow_change: bool = False,
+    legacy_fingerprint: str | None = None,
 ) -> None:
     """Refuses to continue from a checkpoint written with another config or dataset.
 
     `where` names the folder in the message; `neutral` lists further fields that may differ
-    (ROUND0_NEUTRAL_KEYS for a shared round 0). A moved dataset (the same files, hence the same
-    fingerprint, at a new data.root) is accepted. With `allow_change` nothing is refused.
+    (ROUND0_NEUTRAL_KEYS for a shared round 0). The dataset is the same when the stored
+    fingerprint is today's (its files' contents) or, for runs stored before contents were
+    hashed, `legacy_fingerprint` (sizes and mtimes). A moved or copied dataset (the same
+    contents at a new data.root, whatever their mtimes) is accepted. With `allow_change`
+    nothing is refused.
     """
-    changed = [k for k in config_differences(stored_config, config) if k not in neutral]
-    if "data.root" in changed and stored_fingerprint == fingerprint:
-        logging.info(
-            "dataset moved from %s to %s (same files)",
-            stored_config.get("data.root"),
-            config.get("data.root"),
-        )
-        changed.remove("data.root")
+    same_data = stored_fingerprint in (fingerprint, legacy_fingerprint)
+    roots = stored_config.get("data.root"), config.get("data.root")
+    changed = [
+        k
+        for k in config_differences(stored_config, config)
+        if k not in neutral and k != "data.root"
+    ]
+    if roots[0] != roots[1] and same_data:
+        logging.info("dataset moved from %s to %s (same files)", *roots)
     if allow_change:
         return
     if changed:
         details = ", ".join(f"{k}: {stored_config.get(k)!r} -> {config.get(k)!r}" for k in changed)
-        raise ValueError(
+        raise UserError(
             f"{where}: the config differs from the one this run was started with ({details}); "
             "use a new workdir or pass --config.allow_config_change=True"
         )
-    if stored_fingerprint != fingerprint:
-        raise ValueError(
-            f"{where}: the dataset changed since this run was started (fingerprint "
-            f"{stored_fingerprint} -> {fingerprint}: files, sizes, mtimes or "
-            "preprocessing differ); use a new workdir or pass --config.allow_config_change=True"
+    if not same_data:
+        moved = (
+            f" (and data.root moved from {roots[0]} to {roots[1]})" if roots[0] != roots[1] else ""
+        )
+        raise UserError(
+            f"{where}: the dataset changed since this run was started{moved}: fingerprint "
+            f"{stored_fingerprint} -> {fingerprint}, its files' names, sizes or contents, or "
+            "the preprocessing, differ; use a new workdir or pass "
+            "--config.allow_config_change=True"
         )
 
 
@@ -280,7 +293,7 @@ def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict
     checkpoint, a sweep's from its config.json (`write_sweep_config`). The one-shot fields
     (ONE_SHOT_KEYS) are at their defaults: they act on the command that gives them.
 
-    A folder with neither: None, or (`required`) a ValueError; a mistyped --workdir is never
+    A folder with neither: None, or (`required`) a UserError; a mistyped --workdir is never
     created.
     """
     if not required and not os.path.isdir(workdir):
@@ -297,7 +310,7 @@ def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict
         with open(sweep_file) as f:
             flat = json.load(f)
     elif required:
-        raise ValueError(f"{workdir}: no checkpoint (run the experiment first)")
+        raise UserError(f"{workdir}: no checkpoint (run the experiment first)")
     else:
         return None
     return unflatten_config({**flat, **ONE_SHOT_KEYS})
@@ -305,7 +318,7 @@ def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict
 
 def with_overrides(config: config_dict.ConfigDict, overrides: dict) -> config_dict.ConfigDict:
     """A copy of `config` with fields set by flattened name ({'train.patience': 9}: the
-    --config.X=... flags, `FLAGS['config'].override_values`); an unknown name is a ValueError."""
+    --config.X=... flags, `FLAGS['config'].override_values`); an unknown name is a UserError."""
     config = config_dict.ConfigDict(config.to_dict())
     for name, value in overrides.items():
         *parents, leaf = name.split(".")
@@ -313,9 +326,9 @@ def with_overrides(config: config_dict.ConfigDict, overrides: dict) -> config_di
         for p in parents:
             node = node.get(p)
             if not isinstance(node, config_dict.ConfigDict):
-                raise ValueError(f"unknown config field {name}")
+                raise ConfigError(f"unknown config field {name}")
         if leaf not in node:
-            raise ValueError(f"unknown config field {name}")
+            raise ConfigError(f"unknown config field {name}")
         node[leaf] = list(value) if isinstance(value, tuple) else value
     return config
 
@@ -325,6 +338,43 @@ def write_sweep_config(workdir: str, config) -> None:
     checkpointing.write_json_atomic(
         os.path.join(workdir, SWEEP_CONFIG_FILE), flatten_config(config)
     )
+
+
+# The record fields a report reads from every round (others are optional).
+RECORD_FIELDS = ("round", "strategy", "mode", "n_labelled", "pct_labelled", "dice", "dice_global")
+
+
+def read_records(path: str) -> list[dict]:
+    """The records of a records.jsonl file, one JSON object per line; a line that is not one
+    (garbled, truncated, not text), then one that lacks a field of RECORD_FIELDS, is a
+    UserError naming the file and the line."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a records file (not UTF-8 text: {e})") from e
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e})") from e
+    numbered = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            numbered.append((number, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {number} is not valid JSON ({e})") from e
+    for number, record in numbered:
+        if not isinstance(record, dict):
+            raise UserError(
+                f"{path}: line {number} is not a record (a JSON object), got "
+                f"{type(record).__name__}"
+            )
+        missing = [k for k in RECORD_FIELDS if k not in record]
+        if missing:
+            raise UserError(f"{path}: line {number}: the record lacks the fields {missing}")
+        records.append(record)
+    return records
 
 
 def write_records(workdir: str, history: list[dict]) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -30,6 +32,39 @@ from selal_jax.data.writers import (  # noqa: F401  (re-exported)
 TIMING_FIELDS = ("train_seconds", "score_seconds", "eval_seconds")
 # The repository root (launch.py, configs/): the working directory of the subprocess tests.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(*args, env=None, timeout=600, wrapper=None):
+    """launch.py in a subprocess (cwd: the repository); `wrapper` is Python code run before it
+    (a fault to inject)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("SELAL_JAX_KILL_AT", None)
+    command = [sys.executable]
+    if wrapper:
+        command += [
+            "-c",
+            wrapper + "\nimport runpy, sys\nsys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')",
+        ]
+    command += [os.path.join(REPO, "launch.py"), *args]
+    return subprocess.run(
+        command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def failing_mkdir(fragment: str, errno: int, message: str) -> str:
+    """Wrapper code for `launch`: os.mkdir of a path containing `fragment` raises
+    OSError(errno, message), as a full disk or a read-only mount does (orbax's save threads
+    create each step's folder with it)."""
+    return (
+        "import os\n"
+        "real_mkdir = os.mkdir\n"
+        "def mkdir(path, *args, **kwargs):\n"
+        f"    if {fragment!r} in os.fspath(path):\n"
+        f"        raise OSError({errno}, {message!r}, os.fspath(path))\n"
+        "    return real_mkdir(path, *args, **kwargs)\n"
+        "os.mkdir = mkdir\n"
+    )
 
 
 def set_fields(config, fields: dict, sep: str = "."):

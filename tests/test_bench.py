@@ -154,7 +154,9 @@ def test_reference(quick_run):
     assert_positive(r["speedup"], "speedup")
     assert r["pairs"] >= bench.REFERENCE_PAIRS
     assert 0.0 <= r["max_abs_diff_target_mean"] < 1e-3
-    assert 0.0 <= r["query_overlap"] <= 1.0
+    # The fused path and the published (host) path choose the same slices: their target means
+    # differ by float32 rounding (about 2e-7 here), far below the gaps between ranked slices.
+    assert r["query_overlap"] == 1.0
 
 
 def test_train_rows(quick_run):

@@ -98,7 +98,7 @@ def test_split_is_seeded_and_by_subject(tmp_path):
 def test_msd_ct_window_is_chosen_from_dataset_json(tmp_path):
     vols = volumes(3, kind="ct")
     root = helpers.write_msd(str(tmp_path / "msd"), vols, modality={"0": "CT"})
-    splits = load(data_config("msd", root, split=(1, 1, 1)), tmp_path)
+    splits = load(data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path)
     image = vols[0][0].astype(np.float64)
     expected = (np.clip(image, -160, 240) + 160) / 400
     np.testing.assert_allclose(
@@ -112,11 +112,15 @@ def test_msd_4d_image_needs_a_modality_and_loads_the_chosen_channel(tmp_path):
     modality = {"0": "FLAIR", "1": "T1w", "2": "T2w"}
     root = helpers.write_msd(str(tmp_path / "msd"), four_d, modality=modality)
     with pytest.raises(DataError, match=r"case_00\d.nii.gz: 4D image with 3 channels"):
-        load(data_config("msd", root, split=(1, 1, 1)), tmp_path / "a")
-    splits = load(data_config("msd", root, split=(1, 1, 1), modality="t2w"), tmp_path / "b")
+        load(data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path / "a")
+    splits = load(
+        data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), modality="t2w"), tmp_path / "b"
+    )
     expected = axial(zscore(np.sqrt(vols[1][0])))
     np.testing.assert_allclose(case_slices(splits, "case_001")["images"], expected, atol=1e-5)
-    splits = load(data_config("msd", root, split=(1, 1, 1), modality="1"), tmp_path / "c")
+    splits = load(
+        data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), modality="1"), tmp_path / "c"
+    )
     expected = axial(zscore(vols[1][0] ** 2))
     np.testing.assert_allclose(case_slices(splits, "case_001")["images"], expected, atol=1e-5)
 
@@ -134,7 +138,11 @@ def test_brats_grades_modality_and_targets(tmp_path, target, values):
     (tmp_path / "brats" / "LGG" / "._BraTS19_LGG_000_1").write_bytes(b"resource fork")
     (tmp_path / "brats" / "name_mapping.csv").write_text("Grade,BraTS_2019_subject_ID\n")
     config = data_config(
-        "brats", tmp_path / "brats", split=(1, 1, 1), brats__grades="LGG", brats__target=target
+        "brats",
+        tmp_path / "brats",
+        split=(1 / 3, 1 / 3, 1 / 3),
+        brats__grades="LGG",
+        brats__target=target,
     )
     splits = load(config, tmp_path / target)
     assert sorted(splits.train.cases) == sorted(ids["LGG"])
@@ -149,7 +157,9 @@ def test_brats_grades_modality_and_targets(tmp_path, target, values):
 def test_brats_modality_choice_and_both_grades(tmp_path):
     vols = volumes(3, kind="brats")
     ids = helpers.write_brats(str(tmp_path / "brats"), {"HGG": vols[:1], "LGG": vols[1:]})
-    config = data_config("brats", tmp_path / "brats", split=(1, 1, 1), brats__modality="t2")
+    config = data_config(
+        "brats", tmp_path / "brats", split=(1 / 3, 1 / 3, 1 / 3), brats__modality="t2"
+    )
     splits = load(config, tmp_path)
     assert len(splits.train.cases) == 3
     expected = axial(zscore(helpers.brats_modality(vols[0][0], 3)))
@@ -167,7 +177,11 @@ def test_paired_folders_with_suffix_multilabel_target_and_strict_labels(tmp_path
     (tmp_path / "p" / "images" / "._subject00.nii.gz").write_bytes(b"resource fork")
     (tmp_path / "p" / "labels" / ".DS_Store").write_bytes(b"")
     config = data_config(
-        "paired", tmp_path / "p", split=(1, 1, 1), label_values=(1, 3), paired__label_suffix="_seg"
+        "paired",
+        tmp_path / "p",
+        split=(1 / 3, 1 / 3, 1 / 3),
+        label_values=(1, 3),
+        paired__label_suffix="_seg",
     )
     splits = load(config, tmp_path / "a")
     for name, (image, label) in zip(names, vols, strict=True):
@@ -186,11 +200,12 @@ def test_mixed_inplane_sizes_resize_and_crop_record_spacing(tmp_path):
     big_image[4:28, 4:28] = np.random.default_rng(1).uniform(1, 2, (24, 24, 6))
     big_label = np.zeros((32, 32, 6), np.uint8)
     big_label[8:24, 12:20, 2:4] = 1  # aligned to 2x2 blocks: exact under 2x nearest downsampling
-    vols = [small, (big_image, big_label), small]
+    other = helpers.make_volume(np.random.default_rng(2), (16, 16, 6))  # not `small`: a copy
+    vols = [small, (big_image, big_label), other]  # under another name is refused (issue 24)
     affines = [helpers.affine_for((1, 1, 2)), helpers.affine_for((0.5, 0.5, 3)), np.eye(4)]
     root = helpers.write_msd(str(tmp_path / "msd"), vols, affines=affines)
 
-    splits = load(data_config("msd", root, split=(1, 1, 1)), tmp_path / "resize")
+    splits = load(data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path / "resize")
     got = case_slices(splits, "case_001")
     expected_label = np.zeros((6, 16, 16), np.uint8)
     expected_label[2:4, 4:12, 6:10] = 1
@@ -199,7 +214,9 @@ def test_mixed_inplane_sizes_resize_and_crop_record_spacing(tmp_path):
     np.testing.assert_allclose(got["spacing"][0], [0.5, 0.5, 3])
     np.testing.assert_allclose(case_slices(splits, "case_002")["spacing"][0], [1, 1, 1])
 
-    splits = load(data_config("msd", root, split=(1, 1, 1), resample="crop"), tmp_path / "crop")
+    splits = load(
+        data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), resample="crop"), tmp_path / "crop"
+    )
     got = case_slices(splits, "case_001")
     np.testing.assert_array_equal(got["labels"], axial(big_label)[:, 8:24, 8:24])
     np.testing.assert_allclose(got["images"], axial(zscore(big_image))[:, 8:24, 8:24], atol=1e-5)
@@ -214,8 +231,10 @@ def test_flipped_and_permuted_affines_give_the_same_canonical_slices(tmp_path):
     nx, ny, nz = image.shape
     flip_xz = np.array([[-1, 0, 0, nx - 1], [0, 1, 0, 0], [0, 0, -1, nz - 1], [0, 0, 0, 1.0]])
     swap_xy = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
-    flipped = (image[::-1, :, ::-1], label[::-1, :, ::-1])
-    permuted = (image.transpose(1, 0, 2), label.transpose(1, 0, 2))
+    # Each copy scaled by 2**k: another scan for the duplicate check, the same one bit for bit
+    # after z-scoring (a power of two scales the mean and deviation exactly).
+    flipped = (image[::-1, :, ::-1] * 2.0, label[::-1, :, ::-1])
+    permuted = (image.transpose(1, 0, 2) * 4.0, label.transpose(1, 0, 2))
     # Same world coordinates: voxel i of the flipped file is voxel flip_xz @ i of the original.
     vols = [(image, label), flipped, permuted]
     root = helpers.write_msd(
@@ -224,7 +243,7 @@ def test_flipped_and_permuted_affines_give_the_same_canonical_slices(tmp_path):
     # The flipped file really is stored differently (LAI-like), and nibabel agrees it maps back.
     stored = nib.load(os.path.join(root, "imagesTr", "case_001.nii.gz"))
     assert nib.aff2axcodes(stored.affine) == ("L", "A", "I")
-    splits = load(data_config("msd", root, size=(16, 12), split=(1, 1, 1)), tmp_path)
+    splits = load(data_config("msd", root, size=(16, 12), split=(1 / 3, 1 / 3, 1 / 3)), tmp_path)
     reference = case_slices(splits, "case_000")
     np.testing.assert_allclose(reference["images"], axial(zscore(image)), atol=1e-5)
     for case in ("case_001", "case_002"):
@@ -266,7 +285,9 @@ def test_unlabelled_cases_join_the_training_pool_in_each_layout(tmp_path):
     with open(meta_path, "w") as f:
         json.dump(meta, f)
     expect_error(msd(root), tmp_path / "a", meta_path, "training[1]", "allow_unlabelled")
-    splits = load(data_config("msd", root, split=(1, 1, 1), allow_unlabelled=True), tmp_path)
+    splits = load(
+        data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), allow_unlabelled=True), tmp_path
+    )
     train = splits.train
     unlabelled = {train.cases[s] for s in train.subject[~train.has_label]}
     assert unlabelled == {"case_001", "case_004"}
@@ -276,13 +297,17 @@ def test_unlabelled_cases_join_the_training_pool_in_each_layout(tmp_path):
     np.testing.assert_allclose(got["images"], axial(zscore(vols[1][0])), atol=1e-5)
     # The cache key does not depend on the flag: a fully labelled dataset keeps its cache.
     full = helpers.write_msd(str(tmp_path / "full"), vols)
-    a = load(data_config("msd", full, split=(1, 1, 1)), tmp_path / "b").fingerprint
-    b = load(data_config("msd", full, split=(1, 1, 1), allow_unlabelled=True), tmp_path / "b")
+    a = load(data_config("msd", full, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path / "b").fingerprint
+    b = load(
+        data_config("msd", full, split=(1 / 3, 1 / 3, 1 / 3), allow_unlabelled=True), tmp_path / "b"
+    )
     assert a == b.fingerprint and b.train.has_label.all()
 
     names = helpers.write_paired(str(tmp_path / "p"), vols)
     os.remove(os.path.join(tmp_path / "p", "labels", f"{names[2]}.nii.gz"))
-    config = data_config("paired", tmp_path / "p", split=(1, 1, 1), allow_unlabelled=True)
+    config = data_config(
+        "paired", tmp_path / "p", split=(1 / 3, 1 / 3, 1 / 3), allow_unlabelled=True
+    )
     train = load(config, tmp_path / "c").train
     assert {train.cases[s] for s in train.subject[~train.has_label]} == {names[2]}
 
@@ -290,7 +315,11 @@ def test_unlabelled_cases_join_the_training_pool_in_each_layout(tmp_path):
     case = ids["LGG"][3]
     os.remove(os.path.join(tmp_path / "brats", "LGG", case, f"{case}_seg.nii.gz"))
     config = data_config(
-        "brats", tmp_path / "brats", split=(1, 1, 1), brats__grades="LGG", allow_unlabelled=True
+        "brats",
+        tmp_path / "brats",
+        split=(1 / 3, 1 / 3, 1 / 3),
+        brats__grades="LGG",
+        allow_unlabelled=True,
     )
     train = load(config, tmp_path / "d").train
     assert {train.cases[s] for s in train.subject[~train.has_label]} == {case}
@@ -299,7 +328,9 @@ def test_unlabelled_cases_join_the_training_pool_in_each_layout(tmp_path):
 def test_sagittal_axis(tmp_path):
     vols = volumes(3)
     root = helpers.write_msd(str(tmp_path / "msd"), vols)
-    splits = load(data_config("msd", root, size=(16, 6), axis=0, split=(1, 1, 1)), tmp_path)
+    splits = load(
+        data_config("msd", root, size=(16, 6), axis=0, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path
+    )
     got = case_slices(splits, "case_002")
     np.testing.assert_allclose(got["images"], zscore(vols[2][0]), atol=1e-5)  # [X, Y, Z]
     np.testing.assert_array_equal(got["labels"], vols[2][1])
@@ -310,7 +341,7 @@ def test_drop_empty_slices_keeps_source_indices(tmp_path):
     for image, _ in vols:
         image[:, :, [0, 4]] = 0
     root = helpers.write_msd(str(tmp_path / "msd"), vols)
-    config = data_config("msd", root, split=(1, 1, 1), keep_empty_slices=False)
+    config = data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), keep_empty_slices=False)
     splits = load(config, tmp_path)
     got = case_slices(splits, "case_001")
     np.testing.assert_array_equal(got["slice_index"], [1, 2, 3, 5])
@@ -323,9 +354,10 @@ def test_drop_empty_slices_keeps_source_indices(tmp_path):
 
 def test_second_run_reads_the_cache_without_touching_voxels(tmp_path, monkeypatch):
     root = helpers.write_msd(str(tmp_path / "msd"), volumes(3))
-    config = data_config("msd", root, split=(1, 1, 1))
+    config = data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3))
     first = load(config, tmp_path)
-    assert os.listdir(tmp_path / "work" / "cache") == [first.fingerprint]
+    caches = [n for n in os.listdir(tmp_path / "work" / "cache") if not n.startswith(".")]
+    assert caches == [first.fingerprint]  # (beside it: the digest index, .source_digests.json)
 
     def no_reading(*args, **kwargs):
         raise AssertionError("NIfTI read on a warm cache")
@@ -339,33 +371,36 @@ def test_second_run_reads_the_cache_without_touching_voxels(tmp_path, monkeypatc
     np.testing.assert_array_equal(second.test.slice_index, first.test.slice_index)
     assert second.train.cases == first.train.cases
 
-    # A touched source file or a changed preprocessing option means a different cache.
-    monkeypatch.undo()
+    # A touched source file (a new mtime, the same bytes) keeps the cache (issue 24: the key
+    # hashes contents); changed bytes or a changed preprocessing option mean another cache.
     label = os.path.join(root, "labelsTr", "case_001.nii.gz")
     st = os.stat(label)
     os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    touched = load(config, tmp_path).fingerprint
+    assert load(config, tmp_path).fingerprint == first.fingerprint  # nib.load still refused
+    monkeypatch.undo()
+    with open(label, "ab") as f:
+        f.write(b"\0")  # gzip skips trailing padding: the same voxels, other bytes
+    changed = load(config, tmp_path).fingerprint
     config.size = (8, 8)
     resized = load(config, tmp_path)
-    assert len({first.fingerprint, touched, resized.fingerprint}) == 3
-    assert sorted(os.listdir(tmp_path / "work" / "cache")) == sorted(
-        [first.fingerprint, touched, resized.fingerprint]
-    )
+    assert len({first.fingerprint, changed, resized.fingerprint}) == 3
+    caches = [n for n in os.listdir(tmp_path / "work" / "cache") if not n.startswith(".")]
+    assert sorted(caches) == sorted([first.fingerprint, changed, resized.fingerprint])
     assert resized.train.shape == (8, 8)
 
 
 def test_moved_dataset_keeps_its_fingerprint(tmp_path):
     root = helpers.write_msd(str(tmp_path / "a"), volumes(3))
-    first = load(data_config("msd", root, split=(1, 1, 1)), tmp_path)
+    first = load(data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path)
     os.rename(root, tmp_path / "b")
-    moved = load(data_config("msd", tmp_path / "b", split=(1, 1, 1)), tmp_path)
+    moved = load(data_config("msd", tmp_path / "b", split=(1 / 3, 1 / 3, 1 / 3)), tmp_path)
     assert moved.fingerprint == first.fingerprint
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, DataError])
 def test_interrupted_cache_build_leaves_nothing(tmp_path, monkeypatch, interruption):
     root = helpers.write_msd(str(tmp_path / "msd"), volumes(4))
-    config = data_config("msd", root, split=(2, 1, 1))
+    config = data_config("msd", root, split=(0.5, 0.25, 0.25))
     real, calls = preprocess.process_case, []
 
     def flaky(case, settings):
@@ -414,7 +449,7 @@ def expect_error(config, tmp_path, *fragments):
 
 
 def msd(root):
-    return data_config("msd", root, split=(1, 1, 1))
+    return data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3))
 
 
 def test_missing_dataset_json(tmp_path):
@@ -451,7 +486,7 @@ def test_truncated_nifti(tmp_path, suffix):
         data = f.read()
     with open(path, "wb") as f:
         f.write(data[: len(data) * 2 // 3])
-    config = data_config("paired", root, split=(1, 1, 1))
+    config = data_config("paired", root, split=(1 / 3, 1 / 3, 1 / 3))
     expect_error(config, tmp_path, path, "truncated or corrupt")
 
 
@@ -499,7 +534,9 @@ def test_unexpected_label_values_msd_and_brats(tmp_path):
     vols[1][1][0, 0, 0] = 3
     ids = helpers.write_brats(str(tmp_path / "brats"), {"LGG": vols})
     bad = os.path.join(tmp_path / "brats", "LGG", ids["LGG"][1], f"{ids['LGG'][1]}_seg.nii.gz")
-    config = data_config("brats", tmp_path / "brats", split=(1, 1, 1), brats__grades="LGG")
+    config = data_config(
+        "brats", tmp_path / "brats", split=(1 / 3, 1 / 3, 1 / 3), brats__grades="LGG"
+    )
     expect_error(config, tmp_path / "b", bad, "unexpected label values [3]", "[0, 1, 2, 4]")
 
 
@@ -518,14 +555,15 @@ def test_4d_paired_image_without_modality(tmp_path):
     root = str(tmp_path / "p")
     names = helpers.write_paired(root, vols)
     path = os.path.join(root, "images", f"{names[0]}.nii.gz")
-    config = data_config("paired", root, split=(1, 1, 1))
+    config = data_config("paired", root, split=(1 / 3, 1 / 3, 1 / 3))
     expect_error(config, tmp_path, path, "4D image with 2 channels and no modality chosen")
 
 
 def test_empty_dataset_after_filtering(tmp_path):
-    vols = [(np.zeros_like(img), lab) for img, lab in volumes(3)]
+    # Blank scans with empty labels (a blank image with target is refused first: issue 24).
+    vols = [(np.zeros_like(img), np.zeros_like(lab)) for img, lab in volumes(3)]
     root = helpers.write_msd(str(tmp_path / "msd"), vols)
-    config = data_config("msd", root, split=(1, 1, 1), keep_empty_slices=False)
+    config = data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), keep_empty_slices=False)
     expect_error(config, tmp_path / "a", root, "no slices left after filtering")
 
     os.makedirs(tmp_path / "brats" / "LGG")
@@ -540,12 +578,14 @@ def test_empty_dataset_after_filtering(tmp_path):
 def test_split_leaving_val_or_test_empty(tmp_path):
     root = write_three(tmp_path)
     expect_error(data_config("msd", root), tmp_path / "a", "leaves val empty")
-    expect_error(data_config("msd", root, split=(2, 1, 0)), tmp_path / "b", "leaves test empty")
+    expect_error(
+        data_config("msd", root, split=(2 / 3, 1 / 3, 0)), tmp_path / "b", "leaves test empty"
+    )
     # Non-empty by subjects, but the test subject's slices are all filtered out.
     vols = volumes(3)
-    vols[2] = (np.zeros_like(vols[2][0]), vols[2][1])
+    vols[2] = (np.zeros_like(vols[2][0]), np.zeros_like(vols[2][1]))  # a blank, empty scan
     root = helpers.write_msd(str(tmp_path / "msd2"), vols)
-    config = data_config("msd", root, split=(1, 1, 1), keep_empty_slices=False)
+    config = data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), keep_empty_slices=False)
     message = expect_error(config, tmp_path / "c", "split (1 subjects) is empty after filtering")
     assert os.listdir(tmp_path / "c" / "work" / "cache") == [], message
 
@@ -555,7 +595,9 @@ def test_missing_brats_and_paired_files(tmp_path):
     ids = helpers.write_brats(str(tmp_path / "brats"), {"LGG": vols})
     seg = os.path.join(tmp_path / "brats", "LGG", ids["LGG"][0], f"{ids['LGG'][0]}_seg.nii.gz")
     os.remove(seg)
-    config = data_config("brats", tmp_path / "brats", split=(1, 1, 1), brats__grades="LGG")
+    config = data_config(
+        "brats", tmp_path / "brats", split=(1 / 3, 1 / 3, 1 / 3), brats__grades="LGG"
+    )
     expect_error(config, tmp_path / "a", seg, "missing BraTS seg file")
     config.brats.grades = "HGG"
     hgg = os.path.join(tmp_path / "brats", "HGG")

@@ -183,7 +183,9 @@ def test_group_regex_holds_out_only_fully_labelled_patients():
     labelled[[0, 5]] = False  # one scan of sub-01 and one of sub-03
     pattern = loading.re.compile(r"^(sub-\d+)_")
     for seed in range(6):
-        train, val, test = loading.split_groups(case_ids, (1, 1, 1), seed, labelled, pattern)
+        train, val, test = loading.split_groups(
+            case_ids, (1 / 3, 1 / 3, 1 / 3), seed, labelled, pattern
+        )
         assert {0, 1, 5, 6} <= set(train.tolist())  # the patients with an unlabelled scan
         assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(len(NAMES)))
 
@@ -252,8 +254,11 @@ def _stored_cases(shape=(16, 12, 6), channels: int = 0):
     label[2:5, 3:4, 1] = 1  # something asymmetric in every direction
     ras = helpers.affine_for((1.0, 2.0, 3.0))
     vols = [(image, label)]
+    # Each copy scaled by 2**k: another scan for the duplicate check, the same one bit for bit
+    # after z-scoring (a power of two scales the mean and deviation exactly).
     vols += [
-        (helpers.stored_as(image, h), helpers.stored_as(label, h)) for h in ("flip_xz", "swap_xy")
+        (helpers.stored_as(image, h) * 2.0**k, helpers.stored_as(label, h))
+        for k, h in ((1, "flip_xz"), (2, "swap_xy"))
     ]
     return vols, [ras, ras @ helpers.flip_xz(shape), ras @ helpers.swap_xy()]
 
@@ -263,11 +268,19 @@ def test_reorient_none_slices_each_files_stored_array(tmp_path, axis):
     vols, affines = _stored_cases()
     root = helpers.write_msd(str(tmp_path / "msd"), vols, affines=affines)
     config = data_config(
-        "msd", root, size=(16, 16), split=(1, 1, 1), reorient="none", axis=axis, resample="crop"
+        "msd",
+        root,
+        size=(16, 16),
+        split=(1 / 3, 1 / 3, 1 / 3),
+        reorient="none",
+        axis=axis,
+        resample="crop",
     )
     splits = load(config, tmp_path)
     canonical = load(
-        data_config("msd", root, size=(16, 16), split=(1, 1, 1), axis=axis, resample="crop"),
+        data_config(
+            "msd", root, size=(16, 16), split=(1 / 3, 1 / 3, 1 / 3), axis=axis, resample="crop"
+        ),
         tmp_path / "canonical",
     )
     for i, ((image, label), affine) in enumerate(zip(vols, affines, strict=True)):
@@ -298,7 +311,7 @@ def test_reorient_none_reads_every_channel_the_same_way(tmp_path):
         "msd",
         root,
         size=(16, 16),
-        split=(1, 1, 1),
+        split=(1 / 3, 1 / 3, 1 / 3),
         reorient="none",
         axis=1,
         resample="crop",
@@ -332,7 +345,13 @@ def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis,
     vols = [helpers.make_volume(np.random.default_rng([5, i]), ANNOTATE_SHAPE) for i in range(8)]
     root = helpers.write_msd(str(tmp_path / "msd"), vols, affines=affines)
     config = data_config(
-        "msd", root, size=size, split=(6, 1, 1), reorient="none", axis=axis, resample=resample
+        "msd",
+        root,
+        size=size,
+        split=(0.75, 0.125, 0.125),
+        reorient="none",
+        axis=axis,
+        resample=resample,
     )
     splits = load(config, tmp_path)
     train, settings = splits.train, config_fields.make_settings(config, splits.source)

@@ -138,3 +138,47 @@ def test_human_run_exports_the_imported_annotations(tmp_path, cohort_root):
     plane = np.take(label, some["slice_indices"][0], axis=some["axis"])
     assert not plane.any()  # 0, not the dataset's label nor ignore
     shutil.rmtree(out)
+
+
+def test_the_export_inspects_and_loads_with_ignore_as_unlabelled(binary_run, tmp_path):
+    """Issue 24: `inspect` and the loader read the product's own export. Its ignore voxels are
+    unlabelled, never target: a slice of ignore alone is an unlabelled slice (has_label False,
+    mask 0); the labelled slices hold the run's labels."""
+    from selal_jax import inspect_data
+
+    config, workdir = binary_run
+    out = export.export_nnunet(config, workdir, str(tmp_path / "Dataset501_Run"))
+    experiment = loop.Experiment.open(config, workdir, with_model=False)
+    try:
+        train = experiment.pool
+        ids = np.flatnonzero(experiment.labelled)
+        labelled = {
+            (train.cases[train.subject[i]], int(train.slice_index[i])): np.asarray(train.labels[i])
+            for i in ids
+        }
+    finally:
+        experiment.close()
+    data = smoke_config(
+        **{
+            "data.layout": "nnunetv2",
+            "data.root": out,
+            "data.split": (1 / 3, 1 / 3, 1 / 3),
+            "al.annotator": "human",
+        }
+    )
+    info = inspect_data.describe(data, str(tmp_path / "inspect"))  # before: label value 2 refused
+    assert sum(info["n_slices"].values()) > 0
+    splits = loading.load_dataset(data.data, str(tmp_path / "inspect"))
+    seen = {}
+    for part in (splits.train, splits.val, splits.test):
+        for i in range(len(part)):
+            key = (part.cases[part.subject[i]], int(part.slice_index[i]))
+            if part.has_label[i]:
+                seen[key] = np.asarray(part.labels[i])
+            else:
+                assert key not in labelled and not np.asarray(part.labels[i]).any(), key
+    assert sorted(seen) == sorted(labelled)
+    for key, mask in seen.items():
+        np.testing.assert_array_equal(mask, labelled[key])
+    # the held-out splits keep their labelled slices alone: metrics see known voxels only
+    assert splits.val.has_label.all() and splits.test.has_label.all()

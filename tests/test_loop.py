@@ -149,7 +149,17 @@ def test_official_convention_runs_in_the_loop(tmp_path, cohort_root):
         }
     )
     history = loop.run(config, str(tmp_path))
-    assert 0 < len(history[0]["queried"]) <= config.al.query_size
+    queried, streams = history[0]["queried"], history[0]["queried_streams"]
+    scores = history[0]["queried_scores"]
+    # The published merge alternates target and boundary turns over all U = 64 unlabelled
+    # slices (a duplicate wastes its turn); after 2k turns k distinct target picks were seen,
+    # so it always returns k here. Each stream ranks ascending (the published sort), not
+    # descending as the paper convention does.
+    assert len(queried) == len(set(queried)) == config.al.query_size
+    assert streams[0] == "target" and set(streams) <= {"target", "boundary"}
+    for stream in set(streams):
+        mine = [s for s, of in zip(scores, streams, strict=True) if of == stream]
+        assert mine == sorted(mine), (stream, mine)
 
 
 def test_launch_rejects_unknown_options_with_the_field_name(tmp_path, cohort_root):

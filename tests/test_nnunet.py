@@ -55,7 +55,7 @@ def test_nnunetv2_reads_as_the_same_msd_dataset(tmp_path, ending, modality, clas
     root = helpers.write_nnunetv2(
         str(tmp_path / "nnunet"), arrays, CHANNELS, LABELS, affines, file_ending=ending
     )
-    fields = {"modality": modality, "classes": classes, "split": (2, 1, 1)}
+    fields = {"modality": modality, "classes": classes, "split": (0.5, 0.25, 0.25)}
     a = loading.load_dataset(data_config("msd", msd, **fields), str(tmp_path / "w_msd"))
     b = loading.load_dataset(data_config("nnunetv2", root, **fields), str(tmp_path / "w_nn"))
     assert_same_slices(a, b)
@@ -79,16 +79,26 @@ def test_nnunetv2_one_channel_default_case_order_and_names(tmp_path):
     )
 
 
-def test_nnunetv2_ignore_label_is_no_class(tmp_path):
+def test_nnunetv2_ignore_label_is_unlabelled_voxels_never_a_class(tmp_path):
+    """Issue 24: the ignore value is read, as unlabelled voxels: never target (0), no class; a
+    slice of it alone is an unlabelled slice (test_export checks one). Listed in
+    data.background_values, it reads as background, as before."""
     vols = classes_volumes(4)
     labels = {"background": 0, "necrosis": 1, "edema": 2, "ignore": 4}  # the highest value
     root = helpers.write_nnunetv2(str(tmp_path / "nn"), vols, CHANNELS, labels)
-    fields = {"modality": "FLAIR", "classes": "all", "split": (2, 1, 1)}
-    with pytest.raises(DataError, match=r"unexpected label values \[4\]"):
-        loading.load_dataset(data_config("nnunetv2", root, **fields), str(tmp_path / "w"))
-    fields["background_values"] = "4"
-    splits = loading.load_dataset(data_config("nnunetv2", root, **fields), str(tmp_path / "w"))
-    assert splits.train.class_names == ("necrosis", "edema")
+    fields = {"modality": "FLAIR", "classes": "all", "split": (0.5, 0.25, 0.25)}
+    for background in ("", "4"):  # before: "unexpected label values [4]" without "4"
+        fields["background_values"] = background
+        splits = loading.load_dataset(
+            data_config("nnunetv2", root, **fields), str(tmp_path / f"w{background}")
+        )
+        assert splits.train.class_names == ("necrosis", "edema")
+        assert all(part.has_label.all() for part in (splits.train, splits.val, splits.test))
+        for i, (_, label) in enumerate(vols):
+            expected = np.select([label == 1, label == 2], [1, 2], 0)  # 4 -> 0 either way
+            got = case_slices(splits, f"case_{i:03d}")["labels"]
+            np.testing.assert_array_equal(got, np.moveaxis(expected, 2, 0))
+        assert (np.asarray(vols[0][1]) == 4).any()  # not vacuous
 
 
 def write_small(root, **meta):
@@ -108,7 +118,7 @@ def edit_json(root, **changes):
 
 def test_nnunetv2_refusals_name_the_file_and_field(tmp_path):
     root = write_small(tmp_path / "nn")
-    fields = {"modality": "FLAIR", "split": (2, 1, 1)}
+    fields = {"modality": "FLAIR", "split": (0.5, 0.25, 0.25)}
 
     def load(**extra):
         config = data_config("nnunetv2", root, **{**fields, **extra})

@@ -91,7 +91,9 @@ def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
     root = helpers.write_msd(
         str(tmp_path / "msd"), vols, affines=[helpers.affine_for((0.5, 0.5, 2.0))] * 3
     )
-    config = data_config("msd", root, size=(16, 24), split=(1, 1, 1), spacing=(1.0, 1.0))
+    config = data_config(
+        "msd", root, size=(16, 24), split=(1 / 3, 1 / 3, 1 / 3), spacing=(1.0, 1.0)
+    )
     splits = loading.load_dataset(config, str(tmp_path / "w"))
     image, label = vols[0]
     got = case_slices(splits, "case_000")
@@ -108,7 +110,8 @@ def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
     assert (
         splits.fingerprint
         != loading.load_dataset(
-            data_config("msd", root, size=(16, 24), split=(1, 1, 1)), str(tmp_path / "w")
+            data_config("msd", root, size=(16, 24), split=(1 / 3, 1 / 3, 1 / 3)),
+            str(tmp_path / "w"),
         ).fingerprint
     )
     with pytest.raises(ValueError, match="config field data.spacing"):

@@ -84,8 +84,8 @@ def test_sigkill_at_several_moments_then_resume_is_bit_identical(
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
-    config, workdir, _ = reference
+def test_changed_config_is_refused_naming_the_keys(reference, cohort_root, monkeypatch):
+    config, workdir, history = reference
     from tests.helpers import smoke_config
 
     changed = smoke_config(
@@ -97,8 +97,17 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root):
     ) as e:
         loop.run(changed, workdir)
     assert "allow_config_change" in str(e.value)
-    # neutral keys (more rounds) are accepted: the run just continues
-    assert "al.rounds" in workdir_lib.RESUME_NEUTRAL_KEYS
+    # Neutral keys are accepted: the finished run is resumed as it is, nothing trained again.
+    neutral = smoke_config(
+        **overrides(cohort_root), **{"checkpoint.keep": 3, "train.eval_batch_size": 16}
+    )
+    assert {"checkpoint.keep", "train.eval_batch_size"} <= set(workdir_lib.RESUME_NEUTRAL_KEYS)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a neutral change trained again")
+
+    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    assert loop.run(neutral, workdir) == history
 
 
 def test_changed_dataset_is_refused(tmp_path, cohort_root):

@@ -9,26 +9,9 @@ import time
 import pytest
 
 from selal_jax import checkpointing, lock, loop, sweep
-from tests.helpers import REPO, comparable, read_records
+from tests.helpers import REPO, comparable, failing_mkdir, launch, read_records
 
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
-
-
-def launch(*args, env=None, timeout=600, wrapper=None):
-    """launch.py in a subprocess; `wrapper` is Python code run before it (a fault to inject)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("SELAL_JAX_KILL_AT", None)
-    command = [sys.executable]
-    if wrapper:
-        command += [
-            "-c",
-            wrapper + "\nimport runpy, sys\nsys.argv = sys.argv[1:]\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')",
-        ]
-    command += [os.path.join(REPO, "launch.py"), *args]
-    return subprocess.run(
-        command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 # ------------------------------------------------------------------ 1. the workdir lock
@@ -155,15 +138,9 @@ def test_config_typos_and_missing_config_files_are_named(tmp_path, args, message
 # --------------------------------------------------------- 7. a read-only or full workdir
 
 # Orbax's background save threads hit the read-only error the way a read-only mount does.
-READ_ONLY_ROUND_1 = """
-import os
-real_mkdir = os.mkdir
-def mkdir(path, *args, **kwargs):
-    if os.sep + "checkpoints" + os.sep + "1." in os.fspath(path):
-        raise OSError(30, "Read-only file system", os.fspath(path))
-    return real_mkdir(path, *args, **kwargs)
-os.mkdir = mkdir
-"""
+READ_ONLY_ROUND_1 = failing_mkdir(
+    os.sep + "checkpoints" + os.sep + "1.", 30, "Read-only file system"
+)
 
 
 def test_a_failed_save_ends_the_process_at_once_with_the_error_last(tmp_path, cohort_root):
@@ -272,7 +249,7 @@ def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, coh
 def _msd(root, **fields):
     from tests.test_data import data_config
 
-    return data_config("msd", root, split=(1, 1, 1), **fields)
+    return data_config("msd", root, split=(1 / 3, 1 / 3, 1 / 3), **fields)
 
 
 def _three(tmp_path):
@@ -335,7 +312,7 @@ def test_a_brats_case_in_both_grades_is_refused(tmp_path):
     case = "BraTS19_HGG_000_1"
     shutil.copytree(os.path.join(root, "HGG", case), os.path.join(root, "LGG", case))
     with pytest.raises(DataError, match=f"same case name '{case}'"):
-        load(data_config("brats", root, split=(1, 1, 1)), tmp_path)
+        load(data_config("brats", root, split=(1 / 3, 1 / 3, 1 / 3)), tmp_path)
 
 
 def test_extreme_finite_voxels_are_refused_naming_the_file_and_range(tmp_path):
@@ -507,6 +484,8 @@ def test_a_damaged_newest_checkpoint_says_how_to_resume_from_the_previous_round(
         and "the newest checkpoint, round 2, is damaged" in message
     )
     assert "--config.resume_from=1" in message
+    # the advice without TensorStore's 60-line spec of the array it could not read (issue 24)
+    assert "TensorStore" not in message and "\n" not in message and len(message) < 800, message
     resumed = loop.run(set_fields(copy.deepcopy(config), {"resume_from": 1}), workdir)
     assert [r["round"] for r in resumed] == [0, 1, 2]
     # round 2 redone from round 1: the same numbers
@@ -514,37 +493,119 @@ def test_a_damaged_newest_checkpoint_says_how_to_resume_from_the_previous_round(
     assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_rounds() == [1, 2]
 
 
-def test_no_target_in_the_test_split_is_flagged(tmp_path, caplog):
+# ------------------------------------- issue 24: nothing destroyed by a refused command
+
+
+def _copy_run(workdir_done, workdir):
+    import shutil
+
+    shutil.copytree(workdir_done, workdir)
+    os.remove(os.path.join(workdir, lock.LOCK_FILE))
+
+
+def _rounds(workdir):
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        return ckpt.all_rounds()
+    finally:
+        ckpt.close()
+
+
+def test_a_refused_resume_from_destroys_nothing(finished, tmp_path, monkeypatch):
+    import copy
+
+    from tests.helpers import set_fields
+
+    config, workdir_done, history = finished
+    workdir = str(tmp_path / "run")
+    _copy_run(workdir_done, workdir)
+    assert _rounds(workdir) == [1, 2]
+    changed = set_fields(copy.deepcopy(config), {"resume_from": 1, "train.learning_rate": 0.02})
+    with pytest.raises(ValueError, match=r"train\.learning_rate: 0\.01 -> 0\.02"):
+        loop.run(changed, workdir)
+    assert _rounds(workdir) == [1, 2]  # before: round 2's checkpoint was deleted first
+    assert not os.path.exists(os.path.join(workdir, "discarded"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished run's round 2 was lost and is trained again")
+
+    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    assert loop.run(config, workdir) == history
+
+
+def test_resume_from_keeps_the_discarded_rounds_until_the_new_round_is_saved(
+    finished, tmp_path, monkeypatch
+):
+    import copy
+
+    from tests.helpers import set_fields
+
+    config, workdir_done, history = finished
+    workdir = str(tmp_path / "run")
+    _copy_run(workdir_done, workdir)
+    again = set_fields(copy.deepcopy(config), {"resume_from": 1})
+
+    def full_disk(self, round_index, state, loop_record):
+        raise checkpointing.CheckpointError(f"{self.directory}: saving round {round_index} failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing.Checkpointer, "save", full_disk)
+        with pytest.raises(checkpointing.CheckpointError, match="saving round 2 failed"):
+            loop.run(again, workdir)
+    assert _rounds(workdir) == [1]  # round 2 set aside, not deleted: the new one is not saved
+    (kept,) = os.listdir(os.path.join(workdir, "discarded"))
+    assert kept.endswith("-rounds-2")
+    assert os.listdir(os.path.join(workdir, "discarded", kept)) == ["2"]
+    resumed = loop.run(again, workdir)  # round 2 redone from round 1: the same numbers
+    assert comparable(resumed) == comparable(history)
+    assert _rounds(workdir) == [1, 2]
+    assert not os.path.exists(os.path.join(workdir, "discarded"))  # gone once round 2 is saved
+
+
+def test_no_target_in_the_test_or_validation_split_is_flagged(tmp_path, caplog):
+    import json
+
     import numpy as np
 
     from tests import helpers
     from tests.helpers import smoke_config
     from tests.test_data import volumes
 
-    vols = [(image, np.zeros_like(label)) for image, label in volumes(3, shape=(16, 16, 8))]
+    vols = volumes(3, shape=(16, 16, 8))
+    vols = [vols[0]] + [(image, np.zeros_like(label)) for image, label in vols[1:]]
     root = helpers.write_msd(str(tmp_path / "msd"), vols)
+    split = tmp_path / "split.json"  # the cases without target held out
+    split.write_text(json.dumps({"train": ["case_000"], "val": ["case_001"], "test": ["case_002"]}))
     config = smoke_config(
         **{
             "data.layout": "msd",
             "data.root": root,
             "data.size": (16, 16),
-            "data.split": (1, 1, 1),
+            "data.split_file": str(split),
             "al.rounds": 0,
             "al.initial_size": 4,
             "train.max_epochs": 1,
         }
     )
     history = loop.run(config, str(tmp_path / "run"))
-    assert history[0]["dice"] == 1.0 and history[0]["test_slices_with_target"] == 0
-    table = loop.summary_text(history, str(tmp_path / "run"))
-    assert table.splitlines()[-1] == "warning: no target in the test split: Dice is not meaningful"
+    assert history[0]["test_slices_with_target"] == 0
+    assert history[0]["val_slices_with_target"] == 0
+    table = loop.summary_text(history, str(tmp_path / "run")).splitlines()
+    assert table[-2:] == [
+        "warning: no target in the test split: Dice is not meaningful",
+        "warning: no target in the validation split: early stopping sees background alone",
+    ]
     assert "no target in the test split" in caplog.text
+    assert "no target in the validation split" in caplog.text
 
 
 def test_the_smoke_config_learns_enough_to_rank_its_queries(finished):
     _, _, history = finished
     for record in history[:-1]:  # rounds with a query
-        scores = record["queried_scores"]
+        scores, streams = record["queried_scores"], record["queried_streams"]
         assert any(s > 0 for s in scores), (record["round"], scores)
-        assert scores == sorted(scores, reverse=True) or record["queried_streams"]
+        assert set(streams) <= {"target", "boundary"} and "target" in streams, streams
+        for stream in set(streams):  # each stream in its own ranking's order: best first
+            mine = [s for s, of in zip(scores, streams, strict=True) if of == stream]
+            assert mine == sorted(mine, reverse=True), (record["round"], stream, mine)
     assert history[-1]["dice_global"] > 0  # it predicts target where there is some

@@ -111,7 +111,7 @@ def test_layouts_read_nrrd_cases_as_their_nifti_twins(tmp_path, layout):
     loaded = {}
     for ext in (".nii.gz", ".nrrd"):
         root = write(str(tmp_path / ext.strip(".")), ext)
-        config = data_config(layout, root, size=(8, 10), split=(2, 1, 1), **fields)
+        config = data_config(layout, root, size=(8, 10), split=(0.5, 0.25, 0.25), **fields)
         loaded[ext] = loading.load_dataset(config, str(tmp_path / f"work{ext}"))
     a, b = loaded[".nii.gz"], loaded[".nrrd"]
     assert a.train.cases == b.train.cases

@@ -18,7 +18,15 @@ import sys
 import jax
 from absl import app, flags
 
-from selal_jax.bench import BenchConfig, default_config, field_help, format_table, run
+from selal_jax.bench import (
+    BenchConfig,
+    default_config,
+    field_help,
+    format_table,
+    run,
+    validate_config,
+)
+from selal_jax.errors import ConfigError, UserError, exit_with_message
 
 _BY_BACKEND = " (default: by backend, see default_config)"
 
@@ -54,15 +62,20 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> BenchConfi
                 try:
                     value = tuple(int(v) for v in value)
                 except ValueError as e:
-                    raise app.UsageError(f"--{name}: expected integers, got {value}") from e
+                    raise ConfigError(f"--{name}: expected integers, got {value}") from e
         overrides[name] = value
     return dataclasses.replace(config, **overrides)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    result = run(config_from_flags())
+    try:
+        if len(argv) > 1:
+            raise ConfigError(f"unexpected arguments: {argv[1:]} (--help lists the flags)")
+        config = config_from_flags()
+        validate_config(config)  # before any compilation: a bad flag is one line at once
+    except UserError as e:
+        exit_with_message(e, verbose=False)
+    result = run(config)
     text = json.dumps(result, indent=2)
     if flags.FLAGS.output:
         with open(flags.FLAGS.output, "w") as f:

@@ -11,6 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from selal_jax import scoring, selection
+from selal_jax.errors import ConfigError
 
 SECTIONS = ("scoring", "scaling", "reference", "train", "mc_reuse", "peer")
 # `peer` (PyTorch beside the product) runs only when asked for: --sections=peer.
@@ -112,10 +113,13 @@ def default_config(backend: str, quick: bool = False) -> BenchConfig:
 
 
 def validate_config(config: BenchConfig) -> None:
-    """Raises ValueError naming the bench config field and its offending value."""
+    """Raises ConfigError (a ValueError) naming the bench config field (its flag) and its
+    offending value."""
 
     def fail(field, expected):
-        raise ValueError(f"bench config field {field}: {expected}, got {getattr(config, field)!r}")
+        raise ConfigError(
+            f"bench config field {field}: {expected}, got {getattr(config, field)!r} (--{field})"
+        )
 
     for field in (
         "image_size",

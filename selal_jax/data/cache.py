@@ -1,14 +1,18 @@
 """Cache of preprocessed slices: memory-mapped .npy files under <cache_dir>/<fingerprint>/.
 
-The fingerprint hashes the source files' relative paths, sizes and mtimes and the preprocessing
-config (the config.data fields the configured layout reads), so reading a cache costs a few stats
-and no voxel reads. A cache is built in a temporary
+The fingerprint hashes the source files' relative paths, sizes and contents and the
+preprocessing config (the config.data fields the configured layout reads); the contents' digests
+are remembered by size and mtime (`digests.SourceDigests`), so reading a cache costs a few stats
+and no voxel reads, and a copy of the dataset with new mtimes is hashed once and finds its
+cache. A cache is built in a temporary
 sibling folder and renamed into place once complete: an interrupted build leaves no cache behind
-(a killed process can leave a `.tmp-*` folder, which is never read).
+(a killed process can leave a `.tmp-*` folder, which is never read and is removed by the next
+build once its process is gone: `atomic.remove_stale`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +22,10 @@ import tempfile
 import numpy as np
 from absl import logging
 
+from selal_jax import atomic
+from selal_jax.data import digests
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import write_error
 from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.
@@ -53,17 +60,43 @@ LAYOUT_FIELDS = {
     "synthetic.kind": ("binary", ("synthetic",)),
 }
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
+# Arrays that caches written before them lack: read when present, else None.
+OPTIONAL_ARRAYS = ("slice_labelled",)  # [N] bool, False: an unlabelled slice (ignore label)
 META_FILE = "meta.json"
 
 
-def fingerprint(source_files: list[str], root: str, data_config) -> str:
-    """Hash of the files' paths (relative to root), sizes and mtimes and of the data config
-    fields the configured layout reads (LAYOUT_FIELDS)."""
-    h = hashlib.sha256(f"selal-jax slice cache v{CACHE_VERSION};".encode())
+def fingerprint(source_files: list[str], root: str, data_config, digest=None) -> str:
+    """Hash of the files' paths (relative to root), sizes and contents and of the data config
+    fields the configured layout reads (LAYOUT_FIELDS).
+
+    Args:
+      digest: path -> the file's SHA-256 (`digests.SourceDigests`, which reads a file only when
+        its size or mtime changed); default: read every file.
+    """
+    digest = digest or digests.sha256_file
+    return _key(
+        [f"{_rel(p, root)}:{os.path.getsize(p)}:{digest(p)};" for p in source_files], data_config
+    )
+
+
+def legacy_fingerprint(source_files: list[str], root: str, data_config) -> str:
+    """The key caches and runs had before it hashed contents: sizes and mtimes instead. A cache
+    under it is adopted (`adopt`), a run that stored it resumes (`workdir.check_compatible`)."""
+    files = []
     for path in source_files:
         st = os.stat(path)
-        rel = os.path.relpath(path, root)
-        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+        files.append(f"{_rel(path, root)}:{st.st_size}:{st.st_mtime_ns};")
+    return _key(files, data_config)
+
+
+def _rel(path: str, root: str) -> str:
+    return os.path.relpath(path, root)
+
+
+def _key(files: list[str], data_config) -> str:
+    h = hashlib.sha256(f"selal-jax slice cache v{CACHE_VERSION};".encode())
+    for entry in files:
+        h.update(entry.encode())
     settings = {k: v for k, v in data_config.to_dict().items() if k not in NEUTRAL_FIELDS}
     for name, (default, readers) in LAYOUT_FIELDS.items():
         if settings.get("layout") in readers:
@@ -91,8 +124,7 @@ def fingerprint(source_files: list[str], root: str, data_config) -> str:
 def file_digest(path: str, field: str) -> str:
     """SHA-256 of a file's bytes; a missing or unreadable file is a DataError naming the field."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        return digests.sha256_file(path)
     except OSError as e:
         raise DataError(f"{path}: cannot read it (config field {field}): {e}") from e
 
@@ -151,21 +183,46 @@ class Builder:
     def __init__(
         self, cache_dir: str, key: str, size: tuple[int, int], max_slices: int, channels: int = 1
     ):
-        os.makedirs(cache_dir, exist_ok=True)
-        self.final = os.path.join(cache_dir, key)
-        self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir)
-        H, W = size
-        # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
-        row = (H, W) if channels == 1 else (H, W, channels)
-        self.images = NpyAppender(os.path.join(self.tmp, "images.npy"), row, np.float32, max_slices)
-        self.labels = NpyAppender(
-            os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
-        )
-        self.subject, self.slice_index, self.spacing = [], [], []
+        self.cache_dir, self.final = cache_dir, os.path.join(cache_dir, key)
+        self.tmp = None
+        with self._writing():
+            os.makedirs(cache_dir, exist_ok=True)
+            atomic.remove_stale(cache_dir)  # what killed builds and writes left behind
+            self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-{atomic.owner_tag()}", dir=cache_dir)
+            H, W = size
+            # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
+            row = (H, W) if channels == 1 else (H, W, channels)
+            self.images = NpyAppender(
+                os.path.join(self.tmp, "images.npy"), row, np.float32, max_slices
+            )
+            self.labels = NpyAppender(
+                os.path.join(self.tmp, "labels.npy"), (H, W), np.uint8, max_slices
+            )
+        self.subject, self.slice_index, self.spacing, self.slice_labelled = [], [], [], []
 
-    def add(self, subject: int, images, labels, slice_index, spacing) -> None:
-        self.images.append(images)
-        self.labels.append(labels)
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write (a full disk, a read-only folder) is a UserError naming the cache
+        folder; the temporary folder is removed."""
+        try:
+            yield
+        except OSError as e:
+            self._remove_tmp()
+            raise write_error(e, self.cache_dir, "the slice cache") from e
+
+    def _remove_tmp(self) -> None:
+        for appender in (getattr(self, "images", None), getattr(self, "labels", None)):
+            if appender is not None and not appender.file.closed:
+                appender.file.close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def add(self, subject: int, images, labels, slice_index, spacing, labelled=None) -> None:
+        """Appends one case's n slices; `labelled`: [n] bool, None = all labelled."""
+        with self._writing():
+            self.images.append(images)
+            self.labels.append(labels)
+        self.slice_labelled.append(np.ones(len(images), bool) if labelled is None else labelled)
         self.subject.append(np.full(len(images), subject, np.int32))
         self.slice_index.append(np.asarray(slice_index, np.int32))
         self.spacing.append(np.tile(np.asarray(spacing, np.float32), (len(images), 1)))
@@ -175,12 +232,17 @@ class Builder:
         return self.images.rows
 
     def commit(self, meta: dict) -> str:
+        with self._writing():
+            return self._commit(meta)
+
+    def _commit(self, meta: dict) -> str:
         self.images.close()
         self.labels.close()
         for name, parts, empty in (
             ("subject", self.subject, (0,)),
             ("slice_index", self.slice_index, (0,)),
             ("spacing", self.spacing, (0, 3)),
+            ("slice_labelled", self.slice_labelled, (0,)),
         ):
             array = np.concatenate(parts) if parts else np.zeros(empty)
             np.save(os.path.join(self.tmp, f"{name}.npy"), array)
@@ -203,11 +265,23 @@ class Builder:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            for appender in (self.images, self.labels):
-                if not appender.file.closed:
-                    appender.file.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_tmp()
         return False
+
+
+def adopt(cache_dir: str, legacy_key: str, key: str) -> tuple[dict, dict] | None:
+    """A cache built under the `legacy_fingerprint` of the same files (sizes and mtimes as
+    they are now), renamed to `key` and read; None if there is none."""
+    legacy = os.path.join(cache_dir, legacy_key)
+    if legacy_key == key or not os.path.isfile(os.path.join(legacy, META_FILE)):
+        return None
+    try:
+        os.rename(legacy, os.path.join(cache_dir, key))
+    except OSError as e:  # another process adopted it meanwhile, or a read-only cache
+        logging.info("%s: not renamed to %s (%s)", legacy, key, e)
+        return read(cache_dir, key) or read(cache_dir, legacy_key)
+    logging.info("%s: renamed to %s (the key now hashes the files' contents)", legacy, key)
+    return read(cache_dir, key)
 
 
 def read(cache_dir: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
@@ -222,8 +296,12 @@ def read(cache_dir: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         arrays = {
             name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r") for name in ARRAYS
         }
+        for name in OPTIONAL_ARRAYS:
+            path = os.path.join(folder, f"{name}.npy")
+            arrays[name] = np.load(path) if os.path.isfile(path) else None
         n = meta["n_slices"]
-        if meta.get("version") != CACHE_VERSION or any(len(a) != n for a in arrays.values()):
+        lengths = [len(a) for a in arrays.values() if a is not None]
+        if meta.get("version") != CACHE_VERSION or any(length != n for length in lengths):
             raise ValueError(f"inconsistent cache (meta says {n} slices)")
     except (OSError, ValueError, KeyError) as e:
         logging.warning("%s: unreadable cache, rebuilding it (%s)", folder, e)

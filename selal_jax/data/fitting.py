@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from selal_jax.errors import ConfigError
+
 if TYPE_CHECKING:
     from selal_jax.data.preprocess import Settings
 
@@ -50,7 +52,7 @@ def fit_slices(
         if is_label:
             return resize_per_class(slices, (H, W))
         return resize_anti_aliased(slices, (H, W)).astype(slices.dtype)
-    raise ValueError(
+    raise ConfigError(
         f"config field data.resample: unknown method {method!r}; expected 'resize', "
         "'resize_aa' or 'crop'"
     )
@@ -82,7 +84,7 @@ def unfit_slices(slices: np.ndarray, shape: tuple[int, int], method: str) -> np.
         return out
     if method == "resize_aa":
         return resize_per_class(slices, (h, w))
-    raise ValueError(
+    raise ConfigError(
         f"config field data.resample: unknown method {method!r}; expected 'resize', "
         "'resize_aa' or 'crop'"
     )

@@ -140,7 +140,11 @@ def label_classes(
 def label_indices(label: np.ndarray, path: str, settings: Settings) -> np.ndarray:
     """A label volume (of the file `path`) -> uint8 class indices as the loader maps them: the
     binary target (C = 1) or the classes of `settings.class_values`; bad values raise
-    DataError naming the file."""
+    DataError naming the file. Voxels of `settings.ignore_value` (unlabelled) map to 0: never
+    target."""
+    ignore = getattr(settings, "ignore_value", None)
+    if ignore is not None:
+        label = np.where(np.asarray(label) == ignore, 0, label)
     if settings.class_values is None:
         return label_target(label, path, settings.target_values, settings.allowed_labels)
     return label_classes(label, path, settings.class_values, settings.allowed_labels)

@@ -33,6 +33,7 @@ from selal_jax.data.sources import (  # noqa: F401  (re-exported: callers use la
     resolve_classes,
 )
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import ConfigError
 
 # What a layout's folders may hold: NIfTI, and NRRD (3D Slicer) volumes and label maps.
 VOLUME_EXTENSIONS = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr")
@@ -111,7 +112,7 @@ def msd_source(root: str, data_config) -> Source:
             ) from e
     target = _label_values(data_config)
     if target and allowed and not set(target) <= set(allowed):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.label_values: {target} not among the labels of {meta_path} "
             f"({meta['labels']})"
         )
@@ -140,8 +141,9 @@ def msd_source(root: str, data_config) -> Source:
             continue  # a resource fork listed by mistake
         for path, what in ((image, "image"), (label, "label")):
             if path is not None and not os.path.isfile(path):
+                state = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
                 raise DataError(
-                    f"{meta_path}: field 'training[{i}].{what}' lists {path}, which does not exist"
+                    f"{meta_path}: field 'training[{i}].{what}' lists {path}, which {state}"
                 )
         cases.append(CaseFiles(strip_nifti(os.path.basename(image)), image, label, channel))
     # The modality of the chosen channel decides 'auto' normalisation.
@@ -168,36 +170,36 @@ def brats_source(root: str, data_config) -> Source:
     """Lists BraTS 2019 cases of the configured grades."""
     grades = [g.strip() for g in str(data_config.brats.grades).split(",") if g.strip()]
     if not grades or any(g not in ("HGG", "LGG") for g in grades):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.brats.grades: expected HGG, LGG or HGG,LGG, got "
             f"{data_config.brats.grades!r}"
         )
     text = str(data_config.brats.modality).strip().lower()
     modalities = BRATS_MODALITIES if text == "all" else tuple(m.strip() for m in text.split(","))
     if not modalities or any(m not in BRATS_MODALITIES for m in modalities):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.brats.modality: expected one of {BRATS_MODALITIES}, a "
             f"comma-separated list of them or 'all', got {data_config.brats.modality!r}"
         )
     if len(set(modalities)) != len(modalities):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.brats.modality: a modality is listed twice, got "
             f"{data_config.brats.modality!r}"
         )
     target_name = str(data_config.brats.target)
     if target_name not in (*BRATS_TARGETS, "classes"):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.brats.target: expected one of {(*BRATS_TARGETS, 'classes')}, "
             f"got {target_name!r}"
         )
     if tuple(data_config.label_values):
-        raise ValueError(
+        raise ConfigError(
             "config field data.label_values: must be () for BraTS; choose the target with "
             "data.brats.target (whole | core | enhancing | classes)"
         )
     classes_text = str(data_config.get("classes", "") or "").strip()
     if target_name != "classes" and classes_text:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.classes: BraTS classes need data.brats.target=classes (got "
             f"target {target_name!r}), got {classes_text!r}"
         )
@@ -317,7 +319,7 @@ def find_cases(data_config, root: str) -> Source:
     elif layout == "nnunetv2":
         source = nnunet.nnunetv2_source(root, data_config)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.layout: unknown layout {layout!r}; expected synthetic, msd, "
             "brats, paired or nnunetv2"
         )

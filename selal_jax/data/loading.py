@@ -19,17 +19,19 @@ import numpy as np
 from absl import logging
 
 from selal_jax import workdir as workdir_lib
-from selal_jax.data import cache, layouts, preprocess, synthetic
+from selal_jax.data import cache, checks, digests, layouts, preprocess, synthetic
 from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers use loading.X)
     REORIENT,
     group_pattern,
     make_settings,
     spacing_setting,
+    split_fractions,
     validate_data_config,
     validate_split_fields,
 )
 from selal_jax.data.preprocess import CaseFiles, DataError  # noqa: F401  (re-exported)
 from selal_jax.data.slices import SliceSet, Splits
+from selal_jax.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -44,12 +46,7 @@ def split_subjects(
     unlabelled subject. With every subject labelled (`labelled` None) this is the plain split of
     the permutation. A part left without a labelled subject is an error.
     """
-    fractions = np.asarray(fractions, np.float64)
-    if len(fractions) != 3 or np.any(fractions < 0) or fractions[0] <= 0:
-        raise ValueError(
-            "config field data.split: expected three fractions train,val,test >= 0 with "
-            f"train > 0, got {tuple(fractions.tolist())}"
-        )
+    fractions = split_fractions(fractions)
     labelled = np.ones(n_subjects, bool) if labelled is None else np.asarray(labelled, bool)
     n_labelled = int(labelled.sum())
     fractions = fractions / fractions.sum()
@@ -206,7 +203,7 @@ def resolve_root(data_config, workdir: str) -> str:
             kind=kind,
         )
     if not data_config.root:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.root: required for layout {data_config.layout!r} "
             "(--config.data.root=PATH)"
         )
@@ -246,6 +243,7 @@ def build_cache(
     max_slices = sum(max(shape) for shape in shapes)  # bounds the slices along any axis
     ranges = {}
     channels = len(settings.channel_normalisation or ("image",))
+    tally = checks.Tally(source.cases)
     with cache.Builder(cache_dir, key, settings.size, max_slices, channels) as builder:
         # One case at a time, in split order: a process pool was slower on the 2-core machine
         # this was measured on (benchmarks/load_time.py); its results cross pipes as pickles.
@@ -254,9 +252,15 @@ def build_cache(
             slices = preprocess.process_case(source.cases[subject], settings)
             preprocess.check_finite_slices(slices, source.cases[subject])
             name = SPLIT_NAMES[part]
+            tally.add(int(subject), name, slices, bool(labelled[subject]))
             ranges.setdefault(name, [builder.n_slices, builder.n_slices])
             builder.add(
-                int(subject), slices.images, slices.labels, slices.slice_index, slices.spacing
+                int(subject),
+                slices.images,
+                slices.labels,
+                slices.slice_index,
+                slices.spacing,
+                slices.labelled,
             )
             ranges[name][1] = builder.n_slices
             if (n_done + 1) % 10 == 0:
@@ -273,6 +277,7 @@ def build_cache(
                     f"{source.root}: the {name} split ({len(part)} subjects) is empty after "
                     "filtering slices"
                 )
+        tally.check(source.root, settings)
         builder.commit(
             {
                 "version": cache.CACHE_VERSION,
@@ -288,6 +293,8 @@ def build_cache(
                 },
                 "class_names": list(source.class_names),
                 "channel_names": list(source.channel_names),
+                "image_digests": tally.digests,
+                "target_slices": tally.target_slices,
                 "settings": {
                     k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()
                 },
@@ -316,9 +323,12 @@ def load_dataset(data_config, workdir: str) -> Splits:
     # Image files after the first (BraTS modalities) come between image and label: with one
     # file per case the list, and so the cache key, is what it always was.
     files = [p for c in source.cases for p in (*c.image_files, c.label) if p is not None]
-    key = cache.fingerprint(files + list(source.extra_files), root, data_config)
+    files += list(source.extra_files)
     cache_dir = data_config.cache_dir or os.path.join(workdir, workdir_lib.CACHE_DIR)
-    found = cache.read(cache_dir, key)
+    source_digests = digests.SourceDigests(cache_dir)
+    key = cache.fingerprint(files, root, data_config, source_digests)
+    legacy_key = cache.legacy_fingerprint(files, root, data_config)
+    found = cache.read(cache_dir, key) or cache.adopt(cache_dir, legacy_key, key)
     if found is None:
         build_cache(source, settings, data_config, cache_dir, key)
         found = cache.read(cache_dir, key)
@@ -336,20 +346,47 @@ def load_dataset(data_config, workdir: str) -> Splits:
 
     def part(name: str) -> SliceSet:
         lo, hi = meta["ranges"][name]
-        subject = np.asarray(arrays["subject"][lo:hi])
+        rows = slice(lo, hi)
+        subject = np.asarray(arrays["subject"][rows])
+        has_label = case_labelled[subject]
+        if arrays.get("slice_labelled") is not None:  # unlabelled slices (the ignore label)
+            has_label = has_label & arrays["slice_labelled"][rows]
+        if name != "train" and not has_label.all():
+            # Validation and test measure the labelled slices alone (a copy, not a memmap).
+            rows = np.flatnonzero(has_label) + lo
+            if not len(rows):
+                raise DataError(
+                    f"{root}: the {name} split has no labelled slice (every one is the "
+                    "dataset's ignore label); label some of its cases' slices or change the split"
+                )
+            subject, has_label = subject[rows - lo], has_label[rows - lo]
         return SliceSet(
-            images=arrays["images"][lo:hi],
-            labels=arrays["labels"][lo:hi],
+            images=arrays["images"][rows],
+            labels=arrays["labels"][rows],
             subject=subject,
-            slice_index=np.asarray(arrays["slice_index"][lo:hi]),
-            spacing=np.asarray(arrays["spacing"][lo:hi]),
+            slice_index=np.asarray(arrays["slice_index"][rows]),
+            spacing=np.asarray(arrays["spacing"][rows]),
             cases=list(meta["cases"]),
-            has_label=case_labelled[subject],
+            has_label=has_label,
             class_names=class_names,
             channel_names=channel_names,
         )
 
-    splits = Splits(part("train"), part("val"), part("test"), key, source, meta.get("split"))
+    # Caches built before these were kept have neither: nothing to check or warn about.
+    checks.check_digests(meta.get("image_digests", {}), source.cases)
+    target_slices = meta.get("target_slices")
+    checks.warn_without_target(target_slices, root)
+    splits = Splits(
+        part("train"),
+        part("val"),
+        part("test"),
+        key,
+        source,
+        meta.get("split"),
+        target_slices,
+        legacy_key,
+    )
+    source_digests.save()  # once the data has loaded: a failed build leaves the folder as it was
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",
         root,

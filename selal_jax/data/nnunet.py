@@ -7,8 +7,10 @@
 
 Channels are chosen with data.modality as for MSD (names from channel_names, indices, lists,
 'all'); '' is channel 0 of a one-channel dataset. Classes with data.classes ('all' = every
-non-zero value of `labels`, named from it). nnU-Net's `ignore` label is no class: its value is
-an error in a label file unless listed in data.background_values (then it reads as background).
+non-zero value of `labels`, named from it). nnU-Net's `ignore` label is no class: its voxels
+are unlabelled, never target (a slice of them alone is an unlabelled slice, as the sparse
+datasets of `launch.py export-nnunet` hold them); listed in data.background_values, it reads as
+background instead.
 Region-based label definitions (a label whose value is a list, with `regions_class_order`) are
 refused: their classes overlap, the loader's are exclusive.
 """
@@ -22,6 +24,7 @@ import re
 from selal_jax.data import sources
 from selal_jax.data.preprocess import CaseFiles
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import ConfigError
 
 IGNORE_LABEL = "ignore"  # nnU-Net v2's name of the label of unannotated voxels
 DATASET_JSON = "dataset.json"
@@ -118,15 +121,32 @@ def _files_by_case(folder: str, ending: str, with_channel: bool) -> dict:
     return out
 
 
+def _check_file_ending(folder: str, ending: str, meta_path: str) -> None:
+    """imagesTr holds no file of `ending`: if it holds volumes of another ending, the field
+    file_ending is what is wrong, and the error says so."""
+    found: dict[str, int] = {}
+    for name in os.listdir(folder):
+        other = next((e for e in FILE_ENDINGS if name.endswith(e)), None)
+        if other is not None and not name.startswith("."):
+            found[other] = found.get(other, 0) + 1
+    if found:
+        common = max(found, key=found.get)
+        raise DataError(
+            f"{meta_path}: field 'file_ending' is {ending!r}, but no file of {folder} ends in "
+            f"it; its {found[common]} volume files end in {common!r} (set file_ending to "
+            f"{common!r})"
+        )
+
+
 def nnunetv2_source(root: str, data_config) -> sources.Source:
     """Reads an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/)."""
     meta_path, meta = read_dataset_json(root)
     names = {str(k): str(v) for k, v in meta.get("channel_names", meta.get("modality")).items()}
-    values, _ = label_map(meta, meta_path)
+    values, ignore = label_map(meta, meta_path)
     modality = str(data_config.modality or "").strip()
     if not modality:
         if len(names) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"config field data.modality: {meta_path} lists {len(names)} channels "
                 f"({names}); choose one or several by name or index, or 'all', got ''"
             )
@@ -134,13 +154,13 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
     channels = sources.channel_indices(modality, names, meta_path)
     unknown = [c for c in channels if str(c) not in names]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.modality: channel {unknown[0]} is not in field 'channel_names' "
             f"of {meta_path} ({names}), got {modality!r}"
         )
     target = tuple(int(v) for v in data_config.label_values) or None
     if target and not set(target) <= set(values):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.label_values: {target} not among the labels of {meta_path} "
             f"({values})"
         )
@@ -155,6 +175,8 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
     ending = meta["file_ending"]
     images_dir, labels_dir = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
     images = _files_by_case(images_dir, ending, with_channel=True)
+    if not images:
+        _check_file_ending(images_dir, ending, meta_path)
     labels = _files_by_case(labels_dir, ending, with_channel=False)
     problems = [
         f"{labels[c]}: a label without images (expected {os.path.join(images_dir, c)}_0000{ending})"
@@ -191,6 +213,14 @@ def nnunetv2_source(root: str, data_config) -> sources.Source:
         )
     channel_names = tuple(names[str(c)] for c in channels)
     normalisation = tuple(sources.normalisation_of(n) for n in channel_names)
+    if ignore is not None and ignore in classes.background_values:
+        ignore = None  # listed in data.background_values: read as background, as asked
     return sources.make_source(
-        root, cases, classes, channel_names, normalisation, extra_files=(meta_path,)
+        root,
+        cases,
+        classes,
+        channel_names,
+        normalisation,
+        extra_files=(meta_path,),
+        ignore_value=ignore,
     )

@@ -2,7 +2,8 @@
 
 Two passes over a dataset, so that bad data fails before any long work:
   `check_header`: shapes, dimensions, channel choice, affines (reads NIfTI headers only);
-  `process_case`: reads the voxels, checks them (NaN/Inf, label values) and returns the slices.
+  `process_case`: reads the voxels, checks them (NaN/Inf, label values, a blank image with
+  target) and returns the slices.
 Every problem raises `DataError` with the offending file's path in the message.
 
 The steps' own modules: reading.py (voxels, canonical orientation), label_maps.py (label values ->
@@ -15,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from selal_jax.data.checks import check_informative, is_constant, voxel_digest
 
 # The names below moved to modules of their own; they stay importable from here, where the
 # rest of the package (annotate, export, evaluation, inspect_data) and older code look for them.
@@ -39,10 +42,12 @@ from selal_jax.data.reading import (  # noqa: F401  (re-exported)
     NIFTI_EXTENSIONS,
     check_magnitude,
     load_nifti,
+    non_finite_error,
     read_canonical,
     read_canonical_channels,
 )
 from selal_jax.data.volumes import DataError  # noqa: F401  (re-exported)
+from selal_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,8 @@ class Settings:
       spacing: in-plane (mm, mm) of the output pixels (data.spacing): each slice is resampled
         to it (anti-aliased images, per-class labels), then centre cropped/padded to `size`;
         `resample` is then unused. None = fit by `resample` alone.
+      ignore_value: the label value of unlabelled voxels (nnU-Net's `ignore`): read as
+        background (never target); a slice of them alone is unlabelled (CaseSlices.labelled).
     """
 
     axis: int
@@ -115,6 +122,7 @@ class Settings:
     class_values: tuple[tuple[int, ...], ...] | None = None
     channel_normalisation: tuple[str, ...] | None = None
     spacing: tuple[float, float] | None = None
+    ignore_value: int | None = None
 
     @property
     def canonical(self) -> bool:
@@ -145,6 +153,12 @@ class CaseSlices:
     labels: np.ndarray  # [n, H, W] uint8 class indices: {0, 1} binary, 0..C with C classes
     slice_index: np.ndarray  # [n] int32, index along `axis` of the canonical volume
     spacing: np.ndarray  # [3] float32, mm
+    # `voxel_digest` of the image as read (before normalisation); None for a blank (constant)
+    # image, or if not computed.
+    digest: str | None = None
+    # [n] bool: the slice has labels (False: its label plane is all Settings.ignore_value);
+    # None = every slice of a labelled case has.
+    labelled: np.ndarray | None = None
 
 
 def check_finite_slices(slices: CaseSlices, case: CaseFiles) -> None:
@@ -243,8 +257,7 @@ def load_volume(case: CaseFiles, reorient: bool = True) -> Volume:
     else:
         image, img = read_canonical(case.image, "image", case.channel, True, reorient)
     if not np.all(np.isfinite(image)):
-        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-        raise DataError(f"{case.image}: contains {bad} NaN or Inf voxels")
+        raise non_finite_error(case.image, image)
     check_magnitude(image, case.image)
     label = None
     if case.label is not None:
@@ -277,7 +290,7 @@ def normalise(
         out -= np.float32(lo)
         out /= np.float32(hi - lo)
         return out
-    raise ValueError(
+    raise ConfigError(
         f"config field data.normalisation: unknown method {method!r}; expected 'zscore' or 'ct_window'"
     )
 
@@ -296,6 +309,8 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
     if settings.channel_normalisation is not None:
         return _slice_channels(volume, case, settings)
     target = case_labels(volume, case, settings)
+    check_informative(volume.image, target, case)
+    labelled = labelled_slices(volume, settings)
     image = normalise(volume.image, settings.normalisation, settings.ct_window, in_place=True)
     images = to_slices(image, settings.axis)
     labels = to_slices(target, settings.axis)
@@ -310,7 +325,17 @@ def slice_volume(volume: Volume, case: CaseFiles, settings: Settings) -> CaseSli
         np.ascontiguousarray(labels, np.uint8),
         index,
         volume.spacing,
+        labelled=None if labelled is None else labelled[index],
     )
+
+
+def labelled_slices(volume: Volume, settings: Settings) -> np.ndarray | None:
+    """[n] bool along settings.axis: False where the label plane is all the ignore value (an
+    unlabelled slice of a sparsely labelled case); None without an ignore value or label."""
+    if settings.ignore_value is None or volume.label is None:
+        return None
+    ignored = to_slices(volume.label == settings.ignore_value, settings.axis)
+    return ~ignored.reshape(len(ignored), -1).all(axis=1)
 
 
 def case_labels(volume: Volume, case: CaseFiles, settings: Settings) -> np.ndarray:
@@ -330,7 +355,10 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
             f"{case.image}: {len(settings.channel_normalisation)} channels expected, got an "
             f"image of shape {image.shape}"
         )
-    labels = to_slices(case_labels(volume, case, settings), settings.axis)
+    target = case_labels(volume, case, settings)
+    check_informative(image, target, case)
+    labelled = labelled_slices(volume, settings)
+    labels = to_slices(target, settings.axis)
     channels = []
     for channel, method in zip(image, settings.channel_normalisation, strict=True):
         normalise(channel, method, settings.ct_window, in_place=True)
@@ -346,9 +374,15 @@ def _slice_channels(volume: Volume, case: CaseFiles, settings: Settings) -> Case
         np.ascontiguousarray(labels, np.uint8),
         index,
         volume.spacing,
+        labelled=None if labelled is None else labelled[index],
     )
 
 
 def process_case(case: CaseFiles, settings: Settings) -> CaseSlices:
-    """Reads, checks and slices one case (an unlabelled case gets all-zero masks)."""
-    return slice_volume(load_volume(case, settings.canonical), case, settings)
+    """Reads, checks and slices one case (an unlabelled case gets all-zero masks); the slices
+    carry the `voxel_digest` of the image as read."""
+    volume = load_volume(case, settings.canonical)
+    # Before slice_volume normalises it in place. Blank scans carry nothing a copy could leak:
+    # no digest, so several of them are no duplicates.
+    digest = None if is_constant(volume.image) else voxel_digest(volume.image)
+    return dataclasses.replace(slice_volume(volume, case, settings), digest=digest)

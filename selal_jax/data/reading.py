@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
 
 import nibabel as nib
 import numpy as np
 
-from selal_jax.data import volumes
+from selal_jax.data import file_checks, volumes
 from selal_jax.data.volumes import DataError
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -31,10 +32,9 @@ def load_nifti(path: str, what: str = "image", header_only: bool = False):
     verifies the same file before anything is cached.
     """
     if path.endswith(".gz") and not header_only:
-        try:
-            return _from_verified_gzip(path, what)
-        except FileNotFoundError as e:
-            raise DataError(f"{path}: {what} file not found") from e
+        if not os.path.isfile(path):
+            raise file_checks.not_found(path, what)
+        return _from_verified_gzip(path, what)
     return volumes.load_image(path, what)
 
 
@@ -52,12 +52,33 @@ def _from_verified_gzip(path: str, what: str):
     first_error = None
     for klass in (nib.Nifti1Image, nib.Nifti2Image):
         try:
-            return klass.from_bytes(data)
+            image = klass.from_bytes(data)
         except Exception as e:  # not this NIfTI version (or not NIfTI at all)
             first_error = first_error or e
+            continue
+        proxy = image.dataobj  # lazy: a declared size beyond the stream is refused unread
+        file_checks.check_declared_size(path, proxy.shape, proxy.dtype, proxy.offset, len(data))
+        return image
     raise DataError(
         f"{path}: unreadable NIfTI {what} ({type(first_error).__name__}: {first_error})"
     )
+
+
+def non_finite_error(path: str, volume: np.ndarray) -> DataError:
+    """The error for a volume read with NaN or Inf voxels. Integers have none: in an integer
+    file they come from the header's scl_slope/scl_inter, which is said so."""
+    bad = int(np.size(volume) - np.count_nonzero(np.isfinite(volume)))
+    img = load_nifti(path, "image", header_only=True)
+    dtype = np.dtype(img.get_data_dtype())
+    # nibabel moves scl_slope/scl_inter from the header onto the array proxy it reads with
+    slope, inter = (getattr(img.dataobj, name, None) for name in ("slope", "inter"))
+    if dtype.kind in "iu" and slope is not None:
+        return DataError(
+            f"{path}: the header's scaling (scl_slope {float(slope):g}, scl_inter "
+            f"{float(inter or 0):g}) takes {bad} of its {dtype.name} values beyond float32's "
+            "range: a wrong scale factor in the header"
+        )
+    return DataError(f"{path}: contains {bad} NaN or Inf voxels")
 
 
 def check_magnitude(image: np.ndarray, path: str) -> None:
@@ -94,6 +115,8 @@ def read_canonical(
         if reorient:
             img = nib.as_closest_canonical(img)
         data = img.get_fdata(dtype=np.float32) if as_float else np.asanyarray(img.dataobj)
+    except DataError:  # an NRRD file's own words (its voxels are read here)
+        raise
     except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
         raise DataError(
             f"{path}: cannot read {what} voxels, truncated or corrupt ({type(e).__name__}: {e})"
@@ -120,6 +143,8 @@ def read_canonical_channels(
             if reorient:  # reorients the 3 spatial axes of a 4D image too
                 img = nib.as_closest_canonical(img)
             data = img.get_fdata(dtype=np.float32)
+        except DataError:
+            raise
         except Exception as e:  # truncated gzip streams, short files: zlib, EOF, OSError ...
             raise DataError(
                 f"{path}: cannot read image voxels, truncated or corrupt ({type(e).__name__}: {e})"
@@ -132,7 +157,6 @@ def read_canonical_channels(
     image = np.stack([volumes[source] for source in sources])
     for (path, _), channel in zip(sources, image, strict=True):
         if not np.all(np.isfinite(channel)):
-            bad = int(np.size(channel) - np.count_nonzero(np.isfinite(channel)))
-            raise DataError(f"{path}: contains {bad} NaN or Inf voxels")
+            raise non_finite_error(path, channel)
         check_magnitude(channel, path)
     return image, first

@@ -71,9 +71,15 @@ class Splits:
     train: SliceSet
     val: SliceSet
     test: SliceSet
-    fingerprint: str  # hash of the source files and preprocessing config
+    fingerprint: str  # hash of the source files' contents and the preprocessing config
     # The layouts.Source the slices came from (case files, label semantics); None if unknown.
     source: Any = None
     # The case names of each split, {"train": [...], "val": [...], "test": [...]}, as the cache
     # recorded them (cases left out by data.split_file are in none); None for older caches.
     split_cases: dict[str, list[str]] | None = None
+    # Per split, its labelled slices with any target, as the cache counted them; None for
+    # older caches.
+    target_slices: dict[str, int] | None = None
+    # The fingerprint of the same files before it hashed contents (sizes and mtimes instead):
+    # a run that stored it resumes (`workdir.check_compatible`).
+    legacy_fingerprint: str | None = None

@@ -14,6 +14,7 @@ import dataclasses
 
 from selal_jax.data.preprocess import CaseFiles
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import ConfigError
 
 # data.synthetic.kind = 'multiclass' reads its 2-channel, 2-class cohort with these defaults.
 SYNTHETIC_MULTICLASS_DEFAULTS = {"modality": "all", "classes": "all"}
@@ -40,6 +41,8 @@ class Source:
       channel_normalisation: per input channel (K >= 2) what 'auto' normalisation means;
         None for one channel (then `normalisation`).
       background_values: label values mapped to background (data.background_values).
+      ignore_value: the label value of unlabelled voxels (nnU-Net's `ignore` label), or None:
+        such voxels are never target, and a slice of them alone is unlabelled.
     """
 
     root: str
@@ -53,6 +56,7 @@ class Source:
     channel_names: tuple[str, ...] = ("image",)
     channel_normalisation: tuple[str, ...] | None = None
     background_values: tuple[int, ...] = ()
+    ignore_value: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +82,7 @@ def make_source(
     channel_normalisation: tuple[str, ...],
     normalisation: str | None = None,
     extra_files: tuple[str, ...] = (),
+    ignore_value: int | None = None,
 ) -> Source:
     """The Source of a layout's cases: one constructor for every layout.
 
@@ -89,19 +94,24 @@ def make_source(
       normalisation: what 'auto' means for the image as a whole; None = that of the first
         channel (MSD derives it from its modality map instead).
       extra_files: metadata files whose change must invalidate the cache.
+      ignore_value: the label value of unlabelled voxels (its files may hold it), or None.
     """
+    allowed = classes.allowed_labels
+    if ignore_value is not None and allowed is not None:
+        allowed = tuple(sorted({*allowed, ignore_value}))
     return Source(
         root,
         cases,
         channel_normalisation[0] if normalisation is None else normalisation,
         classes.target_values,
-        classes.allowed_labels,
+        allowed,
         extra_files,
         class_values=classes.class_values,
         class_names=classes.class_names,
         channel_names=channel_names,
         channel_normalisation=channel_normalisation if len(channel_names) > 1 else None,
         background_values=classes.background_values,
+        ignore_value=ignore_value,
     )
 
 
@@ -127,7 +137,7 @@ def _channel_index(modality: str, names: dict | None, where: str) -> int | None:
     for key, name in (names or {}).items():
         if str(name).lower() == modality.lower():
             return int(key)
-    raise ValueError(
+    raise ConfigError(
         f"config field data.modality: {modality!r} is not among the modalities of {where} "
         f"({names or 'none listed'}); give a name from that list or a channel index"
     )
@@ -156,20 +166,20 @@ def channel_indices(
                     f"{where}: field 'modality' keys must be integers, got {names}"
                 ) from e
         if count is None:
-            raise ValueError(
+            raise ConfigError(
                 f"config field data.modality: 'all' needs the modality map of {where}, which "
                 f"lists none; give channel indices, got {modality!r}"
             )
         return tuple(range(count))
     tokens = [t.strip() for t in modality.split(",")]
     if any(not t for t in tokens):
-        raise ValueError(
+        raise ConfigError(
             f"config field data.modality: expected names or indices separated by commas, got "
             f"{modality!r}"
         )
     chosen = tuple(_channel_index(t, names, where) for t in tokens)
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"config field data.modality: a channel is listed twice in {modality!r}")
+        raise ConfigError(f"config field data.modality: a channel is listed twice in {modality!r}")
     return chosen
 
 
@@ -182,13 +192,13 @@ def parse_values(text: str, field: str) -> tuple[int, ...]:
     for token in text.split(","):
         token = token.strip()
         if not token.isdigit():
-            raise ValueError(
+            raise ConfigError(
                 f"config field {field}: expected comma-separated label values (integers >= 0), "
                 f"got {text!r}"
             )
         out.append(int(token))
     if len(set(out)) != len(out):
-        raise ValueError(f"config field {field}: a value is listed twice in {text!r}")
+        raise ConfigError(f"config field {field}: a value is listed twice in {text!r}")
     return tuple(out)
 
 
@@ -207,19 +217,19 @@ def parse_classes(
         return None
     if text.lower() == "all":
         if label_map is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{field}: 'all' needs the dataset's label map and {where} has none; list the "
                 f"classes' label values (e.g. 1,2), got {text!r}"
             )
         groups = tuple((v,) for v in sorted(label_map) if v != 0)
         if not groups:
-            raise ValueError(f"{field}: the label map of {where} has no non-zero value, got 'all'")
+            raise ConfigError(f"{field}: the label map of {where} has no non-zero value, got 'all'")
     else:
         groups = []
         for token in text.split(","):
             parts = [p.strip() for p in token.split("+")]
             if not all(p.isdigit() for p in parts):
-                raise ValueError(
+                raise ConfigError(
                     f"{field}: expected comma-separated classes, each one label value or several "
                     f"joined by '+' (e.g. 1+4,2), or 'all'; got {text!r}"
                 )
@@ -229,13 +239,13 @@ def parse_classes(
     for group in groups:
         for v in group:
             if v == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"{field}: 0 is the background and cannot be a class, got {text!r}"
                 )
             if v in seen:
-                raise ValueError(f"{field}: label value {v} is in two classes, got {text!r}")
+                raise ConfigError(f"{field}: label value {v} is in two classes, got {text!r}")
             if label_map is not None and v not in label_map:
-                raise ValueError(
+                raise ConfigError(
                     f"{field}: label value {v} is not among the labels of {where} "
                     f"({dict(sorted(label_map.items()))}), got {text!r}"
                 )
@@ -276,13 +286,13 @@ def resolve_classes(
     parsed = parse_classes(classes, label_map, where)
     if parsed is None:
         if background:
-            raise ValueError(
+            raise ConfigError(
                 "config field data.background_values: only used with data.classes (the binary "
                 f"target treats every value outside it as background), got {background}"
             )
         return _Classes(target, allowed, None, ("target",), ())
     if tuple(data_config.label_values):
-        raise ValueError(
+        raise ConfigError(
             "config field data.label_values: must be () when data.classes is set (the classes "
             f"name their label values), got {tuple(data_config.label_values)}"
         )
@@ -290,7 +300,7 @@ def resolve_classes(
     values = sorted(v for group in groups for v in group)
     clash = sorted(set(values) & set(background))
     if clash:
-        raise ValueError(
+        raise ConfigError(
             f"config field data.background_values: {clash} also in data.classes {classes!r}"
         )
     allowed = tuple(sorted({0, *values, *background}))

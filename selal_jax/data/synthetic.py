@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import nibabel as nib
 import numpy as np
@@ -24,6 +25,7 @@ from scipy import ndimage
 
 from selal_jax import atomic
 from selal_jax.data.volumes import DataError
+from selal_jax.errors import ConfigError, write_error
 
 DATASET_NAME = "SyntheticLesions"
 MULTICLASS_NAME = "SyntheticHaloCore"
@@ -181,19 +183,23 @@ def write_cohort(
 
     The write is atomic: the cohort is built in a temporary sibling folder and renamed into place,
     so an interrupted generation leaves nothing at `root`. An existing complete cohort is kept
-    (one of the other kind there is an error).
+    if it was written with the same parameters; one of another kind, size, shape, seed or
+    spacing is an error (`check_existing`).
     """
     if kind not in KINDS:
-        raise ValueError(f"config field data.synthetic.kind: expected one of {KINDS}, got {kind!r}")
+        raise ConfigError(
+            f"config field data.synthetic.kind: expected one of {KINDS}, got {kind!r}"
+        )
     meta_path = os.path.join(root, "dataset.json")
+    parameters = {
+        "kind": kind,
+        "n_subjects": int(n_subjects),
+        "shape": [int(s) for s in shape],
+        "seed": int(seed),
+        "spacing": [float(s) for s in spacing],
+    }
     if os.path.exists(meta_path):
-        if kind == "multiclass" or _stored_name(meta_path) == MULTICLASS_NAME:
-            wanted = MULTICLASS_NAME if kind == "multiclass" else DATASET_NAME
-            if _stored_name(meta_path) != wanted:
-                raise DataError(
-                    f"{meta_path}: holds another synthetic cohort than data.synthetic.kind "
-                    f"{kind!r} asks for; choose another data.root"
-                )
+        check_existing(root, parameters)
         return root
     if kind == "multiclass":
         # Its own stream ("multiclass" salt): not the binary cohort's subjects.
@@ -230,18 +236,65 @@ def write_cohort(
     )
 
 
-def _stored_name(meta_path: str) -> str | None:
+def _stored_meta(meta_path: str) -> dict:
     try:
         with open(meta_path) as f:
-            return json.load(f).get("name")
-    except (OSError, ValueError, AttributeError):
-        return None
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{meta_path}: unreadable dataset.json of a synthetic cohort ({e})") from e
+    return meta if isinstance(meta, dict) else {}
+
+
+def _stored_parameters(root: str, meta: dict) -> dict:
+    """What an existing cohort was written with, as its dataset.json (name, description with
+    seed and shape, numTraining) and first image (spacing) say. (dataset.json stays as it
+    always was: the same cohort gives the same bytes, and so the same dataset fingerprint.)"""
+    stored = {"kind": "multiclass" if meta.get("name") == MULTICLASS_NAME else "binary"}
+    found = re.search(r"seed (-?\d+), shape \[([\d, ]+)\]", str(meta.get("description", "")))
+    if found:
+        stored["seed"] = int(found.group(1))
+        stored["shape"] = [int(v) for v in found.group(2).split(",")]
+    if isinstance(meta.get("numTraining"), int):
+        stored["n_subjects"] = meta["numTraining"]
+    training = meta.get("training") or [{}]
+    image = os.path.join(root, str(training[0].get("image", "")))
+    if os.path.isfile(image):
+        stored["spacing"] = [float(z) for z in nib.load(image).header.get_zooms()[:3]]
+    return stored
+
+
+def check_existing(root: str, parameters: dict) -> None:
+    """Refuses an existing cohort at `root` written with other parameters than the config asks
+    for (data.synthetic.kind, n_subjects, shape, seed or spacing): it would be used as it is
+    while the cache key says otherwise."""
+    meta_path = os.path.join(root, "dataset.json")
+    stored = _stored_parameters(root, _stored_meta(meta_path))
+    for field, wanted in parameters.items():
+        have = stored.get(field)
+        same = have == wanted
+        if field == "spacing" and have is not None:
+            same = np.allclose(have, wanted, rtol=1e-5)
+        if have is not None and not same:
+            raise DataError(
+                f"{meta_path}: holds another synthetic cohort ({field} {have}) than config "
+                f"field data.synthetic.{field} asks for ({wanted}); choose another data.root "
+                "(or delete the folder to have it written anew)"
+            )
 
 
 def _write_msd_cohort(root: str, n_subjects: int, spacing, subject, prefix: str, meta: dict) -> str:
     """Writes `subject(i)` -> (image, label) for i < n_subjects as <prefix>_<i>.nii.gz in the MSD
     layout with `meta` in dataset.json, atomically (an incomplete earlier attempt at `root`, with
     no dataset.json, is replaced)."""
+    try:
+        _write_msd_files(root, n_subjects, spacing, subject, prefix, meta)
+    except OSError as e:  # a full disk, a read-only folder: nothing is left at `root`
+        parent = os.path.dirname(os.path.abspath(root))
+        raise write_error(e, parent, f"the synthetic cohort {os.path.basename(root)}") from e
+    return root
+
+
+def _write_msd_files(root: str, n_subjects: int, spacing, subject, prefix: str, meta: dict):
     with atomic.atomic_folder(root, prefix=".synthetic-", replace=True) as tmp:
         os.makedirs(os.path.join(tmp, "imagesTr"))
         os.makedirs(os.path.join(tmp, "labelsTr"))
@@ -256,4 +309,3 @@ def _write_msd_cohort(root: str, n_subjects: int, spacing, subject, prefix: str,
         meta = {**meta, "numTraining": n_subjects, "numTest": 0, "training": training, "test": []}
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(meta, f, indent=2)
-    return root

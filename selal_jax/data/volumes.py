@@ -26,6 +26,14 @@ import re
 import nibabel as nib
 import numpy as np
 
+from selal_jax.data.file_checks import (
+    bad_nrrd_header_line,
+    check_declared_size,
+    not_found,
+    nrrd_data_file,
+)
+from selal_jax.errors import DataError  # noqa: F401  (re-exported: callers use volumes.X)
+
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NRRD_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nhdr")  # .seg.nrrd first: it is stripped whole
 VOLUME_EXTENSIONS = NIFTI_EXTENSIONS + NRRD_EXTENSIONS
@@ -70,10 +78,6 @@ NRRD_TYPES = {
 }
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
-
-
 def is_nrrd(path: str) -> bool:
     return os.path.basename(path).lower().endswith((".nrrd", ".nhdr"))
 
@@ -94,12 +98,20 @@ def load_image(path: str, what: str = "image") -> nib.Nifti1Image:
     """The image at `path` (NIfTI or NRRD), voxels read lazily; DataError naming the file."""
     if is_nrrd(path):
         return load_nrrd(path, what)
+    if not os.path.isfile(path):
+        raise not_found(path, what)
     try:
-        return nib.load(path)
+        image = nib.load(path)
     except FileNotFoundError as e:
-        raise DataError(f"{path}: {what} file not found") from e
+        raise not_found(path, what) from e
     except Exception as e:  # nibabel raises many types for corrupt files
         raise DataError(f"{path}: unreadable NIfTI {what} ({type(e).__name__}: {e})") from e
+    proxy = image.dataobj
+    if hasattr(proxy, "offset"):  # an ArrayProxy: the voxels are still in the file
+        encoding = "gzip" if path.endswith(".gz") else "raw"
+        held = os.path.getsize(path)
+        check_declared_size(path, proxy.shape, proxy.dtype, proxy.offset, held, encoding)
+    return image
 
 
 def _space_signs(header: dict, path: str) -> np.ndarray:
@@ -223,13 +235,22 @@ def load_nrrd(path: str, what: str = "image") -> nib.Nifti1Image:
     import nrrd
 
     if not os.path.isfile(path):
-        raise DataError(f"{path}: {what} file not found")
+        raise not_found(path, what)
     try:
         header = nrrd.read_header(path)
     except Exception as e:  # pynrrd's NRRDError and parse errors
+        bad = bad_nrrd_header_line(path)
+        if bad is not None:
+            raise DataError(f"{path}: unreadable NRRD {what}: {bad}") from e
         raise DataError(f"{path}: unreadable NRRD {what} ({type(e).__name__}: {e})") from e
     affine, _, channel_axis = nrrd_geometry(header, path)
     voxels = _NrrdVoxels(path, what, header, channel_axis)
+    data_path = nrrd_data_file(header, path, what)
+    if data_path is not None:
+        encoding = str(header.get("encoding", "raw")).strip().lower()
+        encoding = {"gz": "gzip", "text": "ascii", "txt": "ascii"}.get(encoding, encoding)
+        held, where = os.path.getsize(data_path), "" if data_path == path else data_path
+        check_declared_size(path, header["sizes"], voxels.dtype, 0, held, encoding, where)
     try:
         # dtype given: nibabel would otherwise read a voxel to find it (reading the whole file)
         image = nib.Nifti1Image(voxels, affine, dtype=voxels.dtype)
