@@ -29,7 +29,14 @@ import numpy as np
 from selal_jax import atomic, stats
 from selal_jax import workdir as workdir_lib
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
-from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
+from selal_jax.report_tables import (
+    class_markdown_table,
+    csv_table,
+    last_queries_markdown,
+    last_query,
+    markdown_table,
+    queried_slices_text,
+)
 
 PCTS = (10, 15, 20, 25, 30, 35)
 # Per-case evaluation fields of the records (when present) and their columns in the tables.
@@ -65,6 +72,9 @@ def round_table(history: list[dict]) -> str:
     )
     if any(rec.get("test_slices_with_target") == 0 for rec in history):
         lines.append(f"warning: {NO_TARGET_NOTE}")
+    last = last_query(history)
+    if last is not None:
+        lines.append(queried_slices_text(*last))
     return "\n".join(lines)
 
 
@@ -352,7 +362,7 @@ def write_report(
     rows = summary_rows(runs, baseline)
     compared = comparison_rows(runs, reference_name)
     tables = [
-        ("summary.md", markdown_table(rows, baseline)),
+        ("summary.md", markdown_table(rows, baseline) + last_queries_markdown(runs)),
         ("summary.csv", csv_table(rows)),
         ("comparison.md", comparison_markdown(compared, reference_name)),
         ("comparison.csv", csv_table(compared)),
