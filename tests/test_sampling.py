@@ -43,11 +43,12 @@ def np_sampled_order(score, empty, ids, mode, beta, g) -> list[int]:
         elif mode == "power" and score[j] <= 0:
             items.append((1, -g[j], ids[j], j))
         else:
-            logw = {
-                "power": lambda: beta * math.log(score[j]),
-                "softmax": lambda: beta * score[j],
-                "softrank": lambda: -beta * math.log(1 + by_rank.index(j)),
-            }[mode]()
+            if mode == "power":
+                logw = beta * math.log(score[j])
+            elif mode == "softmax":
+                logw = beta * score[j]
+            else:
+                logw = -beta * math.log(1 + by_rank.index(j))
             items.append((0, -(logw + g[j]), ids[j], j))
     return [item[-1] for item in sorted(items)]
 
