@@ -251,3 +251,26 @@ def test_sampling_refusals_name_the_field():
         selection.select_from_probs(
             np.full((4, 8, 8), 0.5), 2, strategy="entropy", sampling="power"
         )
+
+
+def test_class_balanced_power_sampling_draws_each_class_by_its_own_weights():
+    # class 1 in slices 0-3 (scores 9, 8, 7, 6), class 2 only in slices 4, 5 (0.5, 0.2)
+    class_sum = np.array([[9, 0], [8, 0], [7, 0], [6, 0], [0, 0.5], [0, 0.2]])
+    class_count = (class_sum > 0) * 1.0
+    z = np.zeros(6)
+    stats = scoring.SliceStats(
+        class_sum.sum(1), class_count.sum(1), z, z, z, np.full(6, 64.0), class_sum, class_count
+    )
+    ids, draws = np.arange(6), 1200
+    first = np.zeros((2, 6))
+    for d in range(draws):
+        q = selection.select(
+            stats, ids, 2, mode="target", class_balanced=True, sampling="power", key=sample_key(d)
+        )
+        assert q.streams == ("target:1", "target:2")  # one slot per class, every draw
+        first[0, q.ids[0]] += 1
+        first[1, q.ids[1]] += 1
+    want = np.array([[9, 8, 7, 6, 0, 0], [0, 0, 0, 0, 0.5, 0.2]])
+    want = want / want.sum(1, keepdims=True)  # each class's ranking, sampled on its own
+    tolerance = 4.5 * np.sqrt(want * (1 - want) / draws) + 1e-12
+    np.testing.assert_array_less(np.abs(first / draws - want), tolerance)
