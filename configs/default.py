@@ -5,6 +5,7 @@ Run lines:
   python launch.py --config=configs/default.py --config.al.strategy=bald --config.al.mode=selective
   python launch.py --config=configs/default.py:smoke --workdir=/tmp/smoke   # tiny, < 1 minute
   python launch.py --config=configs/default.py:multiclass --workdir=runs/multiclass  # 2 classes
+  python launch.py --config=configs/default.py:clasp --workdir=runs/clasp  # ClaSP-like, 2 classes
   python launch.py sweep --config=configs/default.py:sweep --workdir=runs/sweep  # README table
   python launch.py --config=configs/default.py --config.al.annotator=human --workdir=runs/mine
   python launch.py query --workdir=runs/mine        # then: import-labels --labels=DIR, run
@@ -142,8 +143,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     train.loss = "ce"
 
     config.al = al = config_dict.ConfigDict()
-    # random | random_predicted (uniform among slices with predicted target) | entropy |
-    # least_confidence | margin | mc_dropout | bald
+    # random | random_predicted (uniform among slices with predicted target) | random_label
+    # (uniform among slices whose true label has target; simulated annotator only: the upper
+    # reference) | entropy | least_confidence | margin | mc_dropout | bald
     al.strategy = "entropy"
     al.mode = "selective"  # all | target | boundary | selective
     al.convention = "paper"  # paper | official (reproduces the published code's selections)
@@ -153,6 +155,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     al.merge = "union"  # union | interleave, for mode=selective
     # Several classes: the target half of a selective query round-robin from per-class rankings
     al.class_balanced = False
+    # How each ranking becomes a query: top_k (the ranking's first k) | power | softmax |
+    # softrank (drawn without replacement, P proportional to score^beta, exp(beta * score),
+    # rank^-beta; 'paper' convention; random strategies ignore it)
+    al.sampling = "top_k"
+    al.sampling_beta = 1.0  # beta of al.sampling (dimensionless; large = close to top_k)
+    al.max_per_case = 0  # most slices one case (volume) may give to one query; 0 = no limit
+    al.min_slice_gap = 0  # slices: two queried slices of one case at least this far apart; 0 = off
     al.mc_passes = 10  # stochastic passes for mc_dropout and bald
     al.reuse_encoder = True  # MC passes repeat only the decoder (all dropout is there)
     al.initial_size = 40  # labelled slices at round 0
@@ -197,10 +206,20 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         al.initial_size = 8
         al.query_size = 6
         al.rounds = 2
-    elif arg == "multiclass":  # the multi-class demo: halo and core, two MRI-like channels
+    elif arg in ("multiclass", "clasp"):  # the multi-class demo: halo and core, two channels
         data.synthetic.kind = "multiclass"  # written to <workdir>/synthetic_multiclass
         data.modality = "all"  # both channels (MRI_A, MRI_B), each z-scored on its own
         data.classes = "all"  # halo (1) and core (2): a 3-logit softmax head
+        if arg == "clasp":
+            # ClaSP-like (nnActive's ClaSP PE, on slices): selective entropy whose target half
+            # is a round-robin over the per-class target rankings (class-stratified), each
+            # ranking power-sampled (beta 1) instead of top-k. With one class the round-robin
+            # is the target ranking: power-sampled selective entropy.
+            al.strategy = "entropy"
+            al.mode = "selective"
+            al.class_balanced = True
+            al.sampling = "power"
+            al.sampling_beta = 1.0
     elif arg == "sweep":  # the README's CPU sweep: fewer, larger rounds and shorter training
         al.query_size = 40
         al.rounds = 4
@@ -208,6 +227,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         train.patience = 4
     elif arg:
         raise ValueError(
-            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', 'multiclass', 'sweep' or none"
+            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', 'multiclass', 'clasp', 'sweep' or none"
         )
     return config

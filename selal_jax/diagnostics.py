@@ -94,18 +94,31 @@ def predicted_target_counts(
     return parallel.map_batches(count, ids, images, batch_size=batch_size).astype(np.int64)
 
 
-def labelled_target_pixels(labels, ids, chunk: int = 256) -> dict:
+LABEL_CHUNK = 256  # slices of labels read at a time (a pool can be 50k slices of 240 x 240)
+
+
+def target_pixel_counts(labels, ids, chunk: int = LABEL_CHUNK) -> np.ndarray:
+    """Foreground pixels (label > 0) [n] int64 of each of `ids`, in the order given, read from
+    `labels` ([N, H, W], e.g. a memmap or `label_store.OverlaidLabels`) `chunk` slices at a time
+    in ascending id order, so that no mask of more than `chunk` slices is ever built."""
+    ids = np.asarray(ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    counts = np.zeros(len(ids), np.int64)
+    for start in range(0, len(ids), chunk):
+        part = order[start : start + chunk]
+        counts[part] = (np.asarray(labels[ids[part]]) > 0).reshape(len(part), -1).sum(axis=1)
+    return counts
+
+
+def labelled_target_pixels(labels, ids, chunk: int = LABEL_CHUNK) -> dict:
     """Annotation cost of a labelled set: its foreground pixels (label > 0) and the slices that
     have any, read from `labels` (the training labels: the dataset's, with a human annotator's
     imported masks in place), `chunk` slices at a time."""
-    ids = np.sort(np.asarray(ids, np.int64))
-    pixels, slices = 0, 0
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        counts = (np.asarray(labels[part]) > 0).reshape(len(part), -1).sum(axis=1)
-        pixels += int(counts.sum())
-        slices += int((counts > 0).sum())
-    return {"labelled_target_pixels": pixels, "labelled_slices_with_target": slices}
+    counts = target_pixel_counts(labels, ids, chunk)
+    return {
+        "labelled_target_pixels": int(counts.sum()),
+        "labelled_slices_with_target": int((counts > 0).sum()),
+    }
 
 
 def redundancy(features: np.ndarray) -> float | None:
@@ -124,7 +137,7 @@ def label_diagnostics(train: SliceSet, ids) -> dict:
     ids = np.asarray(ids, np.int64)
     if len(ids) == 0:
         return {"queried_with_target": 0, "queried_mean_target_pixels": 0.0}
-    counts = (np.asarray(train.labels[np.sort(ids)]) > 0).reshape(len(ids), -1).sum(axis=1)
+    counts = target_pixel_counts(train.labels, ids)
     return {
         "queried_with_target": int((counts > 0).sum()),
         "queried_mean_target_pixels": float(counts.mean()),

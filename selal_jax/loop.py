@@ -3,9 +3,9 @@
 Knows nothing of flags: `run(config, workdir)` is the whole experiment.
 
 Keys: every key derives from `rng.root_key(config.seed)` by the named steps of `selal_jax.rng`
-(its docstring draws the tree): init, initial set, and per round fit / score / random. Nothing
-depends on how often a key was split before, so a resumed run draws the same numbers as an
-uninterrupted one.
+(its docstring draws the tree): init, initial set, and per round fit / score / random / sample.
+Nothing depends on how often a key was split before, so a resumed run draws the same numbers as
+an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from selal_jax.spread import QueryBuilder, Spread
+
 
 def stream_scores(stats, stream: str, aggregation: str, convention: str):
     """Per-slice score and empty-mask flag of one stream.
@@ -62,7 +64,7 @@ def class_target_scores(stats, aggregation: str):
 
 
 def balanced_target_order(
-    class_score: np.ndarray, class_empty: np.ndarray, order_t: np.ndarray
+    class_score: np.ndarray, class_empty: np.ndarray, order_t: np.ndarray, order_of=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Round-robin distinct merge of the C per-class target rankings.
 
@@ -74,13 +76,21 @@ def balanced_target_order(
     Args:
       class_score, class_empty: [U, C] from `class_target_scores`.
       order_t: [U] the plain target ranking.
+      order_of: order_of(score [U], empty [U], c) -> class c's (1..C) order, with the slices
+        with pixels first; default: its 'paper' ranking. A sampled order (`selal_jax.sampling`)
+        makes the round-robin a class-stratified sample.
 
     Returns:
       (order [U], a permutation of 0..U-1; chooser [U] int, the class 1..C whose ranking took
       each position, 0 for those that followed `order_t`).
     """
     n, n_classes = class_score.shape
-    orders = [rank(class_score[:, c], class_empty[:, c], "paper") for c in range(n_classes)]
+    if order_of is None:
+
+        def order_of(score, empty, _):
+            return rank(score, empty, "paper")
+
+    orders = [order_of(class_score[:, c], class_empty[:, c], c + 1) for c in range(n_classes)]
     n_with_pixels = (~class_empty).sum(axis=0)
     order, chooser, seen = [], [], np.zeros(n, bool)
     cursors = [0] * n_classes
@@ -113,48 +123,50 @@ def rank(score: np.ndarray, empty: np.ndarray, convention: str) -> np.ndarray:
     return np.lexsort((positions, -score, empty))
 
 
-def merge_union(order_t: np.ndarray, order_b: np.ndarray, k: int) -> tuple[list[int], list[str]]:
-    """TopK(target, ceil(k/2)) united with TopK(boundary, floor(k/2)), then filled to k."""
+def merge_union(
+    order_t: np.ndarray, order_b: np.ndarray, k: int, spread: Spread | None = None
+) -> tuple[list[int], list[str]]:
+    """TopK(target, ceil(k/2)) united with TopK(boundary, floor(k/2)), then filled to k.
+
+    With `spread` (see `selal_jax.spread`), a refused slice does not count: the target walk
+    goes on until it has ceil(k/2), the boundary walk until it has offered floor(k/2) slices
+    that are taken or already taken, and a turn of the fill until it takes or meets a taken one.
+    """
     k = min(k, len(order_t))
-    picked, streams, seen = [], [], set()
-
-    def take(position, stream):
-        if position not in seen:
-            seen.add(position)
-            picked.append(int(position))
-            streams.append(stream)
-
+    query = QueryBuilder(k, spread)
     k_t = math.ceil(k / 2)
-    for position in order_t[:k_t]:
-        take(position, "target")
-    for position in order_b[: k - k_t]:
-        take(position, "boundary")
+    it_t, it_b = iter(order_t), iter(order_b)
+    taken = 0
+    while taken < k_t:
+        outcome = query.next_taken(it_t, "target")
+        if outcome is None:
+            break
+        taken += outcome == "taken"
+    for _ in range(k - k_t):
+        query.next_taken(it_b, "boundary")
     # Overlap: fill from the next best of either ranking, alternating, starting with boundary
     # (the stream that lost slices to the overlap).
-    it_t, it_b = iter(order_t[k_t:]), iter(order_b[k - k_t :])
-    turn = 1
-    while len(picked) < k:
+    turn, exhausted = 1, [False, False]
+    while not query.full and not all(exhausted):
         stream, it = (("target", it_t), ("boundary", it_b))[turn]
-        position = next(it, None)
-        if position is not None:
-            take(position, stream)
+        if query.next_taken(it, stream) is None:
+            exhausted[turn] = True
         turn = 1 - turn
-    return picked, streams
+    return query.finish()
 
 
-def merge_interleave(order_t, order_b, k: int) -> tuple[list[int], list[str]]:
-    """The first k distinct entries of t1, b1, t2, b2, ... (exactly min(k, U) slices)."""
+def merge_interleave(order_t, order_b, k: int, spread=None) -> tuple[list[int], list[str]]:
+    """The first k distinct entries of t1, b1, t2, b2, ... (exactly min(k, U) slices) that
+    `spread` allows, then filled from those it refused."""
     k = min(k, len(order_t))
-    picked, streams, seen = [], [], set()
+    query = QueryBuilder(k, spread)
     for t, b in zip(order_t, order_b, strict=True):
         for position, stream in ((t, "target"), (b, "boundary")):
-            if len(picked) < k and position not in seen:
-                seen.add(position)
-                picked.append(int(position))
-                streams.append(stream)
-        if len(picked) == k:
+            if not query.full:
+                query.offer(position, stream)
+        if query.full:
             break
-    return picked, streams
+    return query.finish()
 
 
 def merge_interleave_official(order_t, order_b, k: int) -> tuple[list[int], list[str]]:

@@ -30,7 +30,14 @@ from selal_jax import atomic, stats
 from selal_jax import workdir as workdir_lib
 from selal_jax.errors import UserError
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
-from selal_jax.report_tables import class_markdown_table, csv_table, markdown_table
+from selal_jax.report_tables import (
+    class_markdown_table,
+    csv_table,
+    last_queries_markdown,
+    last_query,
+    markdown_table,
+    queried_slices_text,
+)
 from selal_jax.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
 
 PCTS = (10, 15, 20, 25, 30, 35)
@@ -71,6 +78,9 @@ def round_table(history: list[dict]) -> str:
         lines.append(f"warning: {NO_TARGET_NOTE}")
     if any(rec.get("val_slices_with_target") == 0 for rec in history):
         lines.append(f"warning: {NO_VAL_TARGET_NOTE}")
+    last = last_query(history)
+    if last is not None:
+        lines.append(queried_slices_text(*last))
     return "\n".join(lines)
 
 
@@ -351,7 +361,7 @@ def write_report(
     rows = summary_rows(runs, baseline)
     compared = comparison_rows(runs, reference_name)
     tables = [
-        ("summary.md", markdown_table(rows, baseline)),
+        ("summary.md", markdown_table(rows, baseline) + last_queries_markdown(runs)),
         ("summary.csv", csv_table(rows)),
         ("comparison.md", comparison_markdown(compared, reference_name)),
         ("comparison.csv", csv_table(compared)),

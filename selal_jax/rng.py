@@ -19,11 +19,18 @@ numbers as an uninterrupted one, and scores do not depend on batch size or order
         ├── score_key(round)         [1]                 scoring.score_pool (MC dropout)
         │   └── slice_key(score, id)     [pool id]       one slice, whatever its batch
         │       └── pass_key(slice, t)   [t]             dropout of MC pass t
-        └── random_key(round)        [2]                 random; random_predicted's first draw
-            └── topup_key(random)    [1]                 random_predicted's top-up draw
+        ├── random_key(round)        [2]                 random; random_predicted's and
+        │   │                                            random_label's first draw
+        │   └── topup_key(random)    [1]                 their top-up draw
+        └── sample_key(round)        [3]                 al.sampling != top_k: the query's
+            └── stream_key(sample, s)    [s]             Gumbel noise; one ranking: s = 0 all,
+                │                                        1 target, 2 boundary, 2 + c class c's
+                │                                        target ranking (C >= 2)
+                └── noise_key(stream, id)    [pool id]   one slice's noise, whatever the
+                                                         candidates, their order or batch
 
 `select_from_probs` draws `random` / `random_predicted` from root_key(seed) itself (as
-random_key above, with topup_key below it).
+random_key above, with topup_key below it); its `key` argument is the sample_key above.
 
 The benchmark's tree (`selal_jax.bench`), apart from the experiment's:
 
@@ -55,8 +62,11 @@ Array = jax.Array
 # the round indices, hence the values no round reaches.
 INIT_TAG = 2**31 - 1
 INITIAL_SET_TAG = 2**31 - 2
-FIT_TAG, SCORE_TAG, RANDOM_TAG = 0, 1, 2  # below a round key
-TOPUP_TAG = 1  # below a random key: random_predicted's top-up
+FIT_TAG, SCORE_TAG, RANDOM_TAG, SAMPLE_TAG = 0, 1, 2, 3  # below a round key
+TOPUP_TAG = 1  # below a random key: random_predicted's and random_label's top-up
+# below a sample key: one tag per ranking (class c's target ranking: CLASS_STREAM_OFFSET + c)
+STREAM_TAGS = {"all": 0, "target": 1, "boundary": 2}
+CLASS_STREAM_OFFSET = 2
 STEP_OFFSET = 1  # step s of an epoch is fold_in tag 1 + s (tag 0 is unused)
 # fold_in tags of the benchmark's tree.
 BENCH_INIT_TAG, BENCH_SCORE_TAG, BENCH_TRAIN_TAG = 0, 1, 2
@@ -93,13 +103,32 @@ def score_key(round_key: Array) -> Array:
 
 
 def random_key(round_key: Array) -> Array:
-    """The round's random draw (`random`, and `random_predicted`'s first draw)."""
+    """The round's random draw (`random`; `random_predicted`'s and `random_label`'s first
+    draw)."""
     return jax.random.fold_in(round_key, RANDOM_TAG)
 
 
 def topup_key(random_key: Array) -> Array:
-    """`random_predicted`'s top-up draw among the slices without predicted target."""
+    """The top-up draw of `random_predicted` (`random_label`) among the slices without
+    predicted (true) target."""
     return jax.random.fold_in(random_key, TOPUP_TAG)
+
+
+def sample_key(round_key: Array) -> Array:
+    """The round's stochastic acquisition (al.sampling != 'top_k'): parent of its stream keys."""
+    return jax.random.fold_in(round_key, SAMPLE_TAG)
+
+
+def stream_key(sample_key: Array, stream: str | int) -> Array:
+    """One ranking's Gumbel noise: stream 'all', 'target', 'boundary', or class c >= 1 (int)
+    for class c's target ranking of a class-balanced query."""
+    tag = CLASS_STREAM_OFFSET + stream if isinstance(stream, int) else STREAM_TAGS[stream]
+    return jax.random.fold_in(sample_key, tag)
+
+
+def noise_key(stream_key: Array, slice_id) -> Array:
+    """Pool slice `slice_id`'s (int or traced int32) Gumbel noise in one ranking."""
+    return jax.random.fold_in(stream_key, slice_id)
 
 
 def epoch_key(fit_key: Array, epoch: int) -> Array:

@@ -15,6 +15,7 @@ from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 from selal_jax.errors import ConfigError, UserError
 from selal_jax.progress import Progress
+from selal_jax.spread import Spread
 
 # Record fields that commit_round adds after training (the query and its diagnostics).
 QUERY_FIELDS = (
@@ -25,6 +26,12 @@ QUERY_FIELDS = (
     "queried",
     "queried_streams",
     "queried_scores",
+    "queried_slices",
+    "class_balanced",
+    "sampling",
+    "sampling_beta",
+    "max_per_case",
+    "min_slice_gap",
     "queried_with_target",
     "queried_mean_target_pixels",
     "queried_mean_pred_target_pixels",
@@ -50,7 +57,8 @@ def initial_labelled_set(train: SliceSet, size: int, from_positive: bool, key) -
     if not from_positive:
         perm = np.asarray(jax.random.permutation(key, len(with_label)))
         return np.sort(with_label[perm[:size]])
-    positive = np.flatnonzero(train.labels.reshape(n, -1).any(axis=1))  # unlabelled: all 0
+    # unlabelled: all 0
+    positive = np.flatnonzero(diagnostics.target_pixel_counts(train.labels, np.arange(n)))
     negative = np.setdiff1d(with_label, positive)
     k_pos, k_neg = jax.random.split(key)
     if len(positive) >= size:
@@ -93,8 +101,11 @@ def query(
     """Scores the unlabelled pool and returns the round's query."""
     al = config.al
     candidates = np.flatnonzero(~labelled)
+    spread = Spread.of(
+        train.subject, train.slice_index, candidates, int(al.max_per_case), int(al.min_slice_gap)
+    )
     if al.strategy == "random":
-        return selection.select_random(candidates, k, rng.random_key(round_key))
+        return selection.select_random(candidates, k, rng.random_key(round_key), spread)
     if al.strategy == "random_predicted":
         predicted = diagnostics.predicted_target_counts(
             model,
@@ -105,7 +116,12 @@ def query(
             float(al.target_threshold),
         )
         return selection.select_random_predicted(
-            candidates, predicted, k, rng.random_key(round_key)
+            candidates, predicted, k, rng.random_key(round_key), spread
+        )
+    if al.strategy == "random_label":  # the true labels: a simulated annotator's pool only
+        true_pixels = diagnostics.target_pixel_counts(train.labels, candidates)
+        return selection.select_random_label(
+            candidates, true_pixels, k, rng.random_key(round_key), spread
         )
     passes = int(al.mc_passes) if al.strategy in scoring.MC_STRATEGIES else 1
     progress = _ScoringProgress(round_index, len(candidates))
@@ -135,6 +151,10 @@ def query(
         aggregation=al.aggregation,
         merge=al.merge,
         class_balanced=bool(al.class_balanced),
+        sampling=al.sampling,
+        sampling_beta=float(al.sampling_beta),
+        key=rng.sample_key(round_key),
+        spread=spread,
     )
 
 
@@ -164,11 +184,19 @@ def query_fields(config, model, variables, pool: SliceSet, q: selection.Query | 
     """A round's query as record fields, with the model's diagnostics of the queried slices
     (the label diagnostics come with the labels)."""
     ids = [] if q is None else q.ids
+    al = config.al
     return {
-        "strategy": config.al.strategy,
-        "mode": config.al.mode,
+        "strategy": al.strategy,
+        "mode": al.mode,
         "seed": int(config.seed),
+        "class_balanced": bool(al.class_balanced),
+        "sampling": al.sampling,
+        "sampling_beta": float(al.sampling_beta),
+        "max_per_case": int(al.max_per_case),
+        "min_slice_gap": int(al.min_slice_gap),
         "queried": [int(i) for i in ids],
+        # [case, slice index] of each queried slice: readable without the slice cache
+        "queried_slices": [[pool.cases[pool.subject[i]], int(pool.slice_index[i])] for i in ids],
         "queried_streams": [] if q is None else list(q.streams),
         "queried_scores": []
         if q is None

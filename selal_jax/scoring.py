@@ -36,10 +36,11 @@ from selal_jax.xla_options import backend_jit
 
 Array = jax.Array
 
-# Strategies that score no uncertainty: `random`, and `random_predicted` (uniform among the
-# slices with predicted target, see selection.select_random_predicted).
-RANDOM_STRATEGIES = ("random", "random_predicted")
-STRATEGIES = ("random", *UNCERTAINTY_STRATEGIES, "random_predicted")
+# Strategies that score no uncertainty: `random`, `random_predicted` (uniform among the slices
+# with predicted target, see queries.select_random_predicted) and `random_label` (among those
+# with true target: queries.select_random_label).
+RANDOM_STRATEGIES = ("random", "random_predicted", "random_label")
+STRATEGIES = ("random", *UNCERTAINTY_STRATEGIES, "random_predicted", "random_label")
 MC_STRATEGIES = ("mc_dropout", "bald")
 
 

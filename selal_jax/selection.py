@@ -23,18 +23,35 @@ skips slices already taken; a class whose slices with pixels are used up yields 
 once every class is used up the rest follows the plain target ranking. The boundary stream and
 the merges are unchanged, so with C = 1 the query is the unbalanced one. Slices chosen for class
 c are recorded as stream 'target:<c>' (C >= 2; 'target' for C = 1 and for the rest).
+
+Stochastic acquisition (``sampling`` power, softmax or softrank; ``paper`` convention): each
+ranking above (target, boundary, all, each class's) is replaced by a sample of it drawn by
+Gumbel-top-k with its own key (`selal_jax.sampling`), and the merges and the round-robin walk the
+samples as they walk rankings; ``top_k`` is the ranking itself. Volume limits
+(`selal_jax.spread`) act while the merges walk, for every strategy.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-import jax
 import numpy as np
 from absl import logging
 
 from selal_jax import parallel, rng, scoring
-from selal_jax.errors import ConfigError
+from selal_jax.acquisition import (  # noqa: F401  (re-exported)
+    AGGREGATIONS,
+    MERGES,
+    MODES,
+    check_acquisition,
+    check_class_balanced,
+    validate_options,
+)
+from selal_jax.queries import (  # noqa: F401  (re-exported: callers name them selection.X)
+    Query,
+    select_random,
+    select_random_label,
+    select_random_predicted,
+    warn_if_short,
+)
 from selal_jax.ranking import (
     balanced_target_order,
     class_target_scores,
@@ -44,74 +61,23 @@ from selal_jax.ranking import (
     rank,
     stream_scores,
 )
-
-MODES = ("all", "target", "boundary", "selective")
-AGGREGATIONS = ("sum", "mean")
-MERGES = ("union", "interleave")
+from selal_jax.sampling import sampled_order
+from selal_jax.spread import QueryBuilder, Spread
 
 
-@dataclasses.dataclass(frozen=True)
-class Query:
-    """A round's query.
+def _orders(candidate_ids, convention: str, sampling_mode: str, beta: float, key):
+    """order(score, empty, stream) -> the stream's order of positions: its ranking (top_k), or
+    a sample of it with the stream's key (`sampling.sampled_order`)."""
+    if sampling_mode == "top_k":
+        return lambda score, empty, _: rank(score, empty, convention)
+    if key is None:
+        raise ValueError(f"key: al.sampling={sampling_mode!r} needs a key (the sample key)")
 
-    Attributes:
-      ids: [n] int64 pool ids in selection order.
-      streams: per id, the ranking that chose it: 'target', 'boundary', 'all' or 'random';
-        'target:<c>' for the class-c ranking of a class-balanced query with C >= 2 classes;
-        'random_predicted' for a uniform draw among slices with predicted target ('random' for
-        its top-up).
-      scores: [n] float64 score of each id in its stream (NaN for random).
-    """
+    def order(score, empty, stream):
+        stream_key = rng.stream_key(key, stream)
+        return sampled_order(score, empty, candidate_ids, sampling_mode, beta, stream_key)
 
-    ids: np.ndarray
-    streams: tuple[str, ...]
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def check_class_balanced(mode: str, convention: str) -> None:
-    """Raises ValueError if the class-balanced target stream does not apply."""
-    if convention != "paper":
-        raise ConfigError(
-            f"config field al.class_balanced: needs al.convention='paper', got {convention!r} "
-            "(the published code is binary)"
-        )
-    if mode not in ("target", "selective"):
-        raise ConfigError(
-            "config field al.class_balanced: balances the target stream, which mode "
-            f"{mode!r} does not use; expected al.mode 'target' or 'selective'"
-        )
-
-
-def validate_options(
-    strategy: str,
-    mode: str,
-    convention: str,
-    aggregation: str,
-    merge: str,
-    class_balanced: bool = False,
-):
-    """Raises ValueError naming the config field of an unknown or unsupported option."""
-    for field, value, allowed in (
-        ("al.strategy", strategy, scoring.STRATEGIES),
-        ("al.mode", mode, MODES),
-        ("al.convention", convention, scoring.CONVENTIONS),
-        ("al.aggregation", aggregation, AGGREGATIONS),
-        ("al.merge", merge, MERGES),
-    ):
-        if value not in allowed:
-            raise ConfigError(
-                f"config field {field}: unknown value {value!r}; expected one of {allowed}"
-            )
-    if convention == "official" and strategy == "margin":
-        raise ConfigError(
-            "config field al.strategy: 'margin' has no 'official' convention (the published margin "
-            "code sorts along the image width and is defective); use al.convention='paper'"
-        )
-    if class_balanced and strategy not in scoring.RANDOM_STRATEGIES:  # nothing ranked to balance
-        check_class_balanced(mode, convention)
+    return order
 
 
 def select(
@@ -124,6 +90,10 @@ def select(
     aggregation: str = "sum",
     merge: str = "union",
     class_balanced: bool = False,
+    sampling: str = "top_k",
+    sampling_beta: float = 1.0,
+    key=None,
+    spread: Spread | None = None,
 ) -> Query:
     """Chooses k slices among the candidates from their per-slice stats.
 
@@ -134,25 +104,33 @@ def select(
       mode: 'all', 'target', 'boundary' or 'selective'.
       class_balanced: take the target stream round-robin from the per-class target rankings
         (see `balanced_target_order`); 'paper' convention, modes 'target' and 'selective'.
+      sampling: 'top_k' (each stream's ranking), or 'power', 'softmax', 'softrank': each
+        stream's ranking sampled by Gumbel-top-k (`selal_jax.sampling`), then merged as ranked
+        ones are; 'paper' convention.
+      sampling_beta: beta of the sampling.
+      key: the sample key (`rng.sample_key`); needed unless sampling is 'top_k'.
+      spread: volume limits (`selal_jax.spread`), aligned with `candidate_ids`; None = off.
 
     Returns:
       The Query, ids in selection order.
     """
     if class_balanced:
         check_class_balanced(mode, convention)
+    limits = (0, 0) if spread is None else (spread.max_per_case, spread.min_slice_gap)
+    check_acquisition(convention, sampling, sampling_beta, *limits)
     candidate_ids = np.asarray(candidate_ids, np.int64)
     n_candidates = len(candidate_ids)
-    if k > n_candidates:
-        logging.warning(
-            "query size k=%d exceeds the %d unlabelled slices; taking all of them", k, n_candidates
-        )
+    warn_if_short(k, n_candidates)
+    order_of = _orders(candidate_ids, convention, sampling, sampling_beta, key)
     if class_balanced:
-        return _select_class_balanced(stats, candidate_ids, k, mode, aggregation, merge)
+        return _select_class_balanced(
+            stats, candidate_ids, k, mode, aggregation, merge, order_of, spread
+        )
     if mode == "selective":
         score_t, empty_t = stream_scores(stats, "target", aggregation, convention)
         score_b, empty_b = stream_scores(stats, "boundary", aggregation, convention)
-        order_t = rank(score_t, empty_t, convention)
-        order_b = rank(score_b, empty_b, convention)
+        order_t = order_of(score_t, empty_t, "target")
+        order_b = order_of(score_b, empty_b, "boundary")
         if convention == "official":
             picked, streams = merge_interleave_official(order_t, order_b, k)
             if len(picked) < min(k, n_candidates):
@@ -163,38 +141,46 @@ def select(
                     k,
                 )
         elif merge == "union":
-            picked, streams = merge_union(order_t, order_b, k)
+            picked, streams = merge_union(order_t, order_b, k, spread)
         else:
-            picked, streams = merge_interleave(order_t, order_b, k)
+            picked, streams = merge_interleave(order_t, order_b, k, spread)
         by_stream = {"target": score_t, "boundary": score_b}
         scores = np.array([by_stream[s][p] for p, s in zip(picked, streams, strict=True)])
     else:
         score, empty = stream_scores(stats, mode, aggregation, convention)
-        picked = [int(p) for p in rank(score, empty, convention)[:k]]
-        streams = [mode] * len(picked)
-        scores = score[picked]
+        query = QueryBuilder(min(k, n_candidates), spread)
+        query.walk(order_of(score, empty, mode), mode)
+        picked, streams = query.finish()
+        scores = score[np.asarray(picked, np.int64)]
     return Query(
         candidate_ids[np.asarray(picked, np.int64)], tuple(streams), np.asarray(scores, np.float64)
     )
 
 
-def _select_class_balanced(stats, candidate_ids, k, mode, aggregation, merge) -> Query:
+def _select_class_balanced(
+    stats, candidate_ids, k, mode, aggregation, merge, order_of, spread
+) -> Query:
     """`select` with the balanced target order in place of the target ranking ('paper')."""
     score_t, empty_t = stream_scores(stats, "target", aggregation, "paper")
     class_score, class_empty = class_target_scores(stats, aggregation)
+    several = class_score.shape[1] > 1
+
+    def class_order(score, empty, c):  # one class: its ranking is the target ranking
+        return order_of(score, empty, c if several else "target")
+
     order_t, chooser = balanced_target_order(
-        class_score, class_empty, rank(score_t, empty_t, "paper")
+        class_score, class_empty, order_of(score_t, empty_t, "target"), class_order
     )
     chosen_by = dict(zip(order_t.tolist(), chooser.tolist(), strict=True))
     if mode == "selective":
         score_b, empty_b = stream_scores(stats, "boundary", aggregation, "paper")
-        order_b = rank(score_b, empty_b, "paper")
+        order_b = order_of(score_b, empty_b, "boundary")
         merged = merge_union if merge == "union" else merge_interleave
-        picked, streams = merged(order_t, order_b, k)
+        picked, streams = merged(order_t, order_b, k, spread)
     else:
-        picked = [int(p) for p in order_t[:k]]
-        streams, score_b = ["target"] * len(picked), None
-    several = class_score.shape[1] > 1
+        query = QueryBuilder(min(k, len(candidate_ids)), spread)
+        query.walk(order_t, "target")
+        (picked, streams), score_b = query.finish(), None
     out_streams, scores = [], []
     for position, stream in zip(picked, streams, strict=True):
         c = chosen_by[position] if stream == "target" else 0
@@ -208,62 +194,6 @@ def _select_class_balanced(stats, candidate_ids, k, mode, aggregation, merge) ->
         candidate_ids[np.asarray(picked, np.int64)],
         tuple(out_streams),
         np.asarray(scores, np.float64),
-    )
-
-
-def select_random(candidate_ids: np.ndarray, k: int, key: jax.Array) -> Query:
-    """k candidates uniformly without replacement, drawn from `key` (no global state)."""
-    candidate_ids = np.asarray(candidate_ids, np.int64)
-    if k > len(candidate_ids):
-        logging.warning(
-            "query size k=%d exceeds the %d unlabelled slices; taking all of them",
-            k,
-            len(candidate_ids),
-        )
-    order = np.asarray(jax.random.permutation(key, len(candidate_ids)))[:k]
-    n = len(order)
-    return Query(candidate_ids[order], ("random",) * n, np.full(n, np.nan))
-
-
-def select_random_predicted(
-    candidate_ids: np.ndarray, predicted_pixels: np.ndarray, k: int, key: jax.Array
-) -> Query:
-    """k candidates uniformly among those with predicted target, topped up uniformly from the rest.
-
-    The first draw is `select_random` with `key` on the candidates whose predicted target pixel
-    count is > 0 (stream 'random_predicted'); if fewer than k have any, all of them are taken and
-    the rest is `select_random` with rng.topup_key(key) on the other candidates
-    (stream 'random'). Scores are NaN (nothing is ranked).
-
-    Args:
-      candidate_ids: [U] pool ids of the unlabelled slices.
-      predicted_pixels: [U] predicted target pixels of each candidate
-        (`diagnostics.predicted_target_counts`).
-    """
-    candidate_ids = np.asarray(candidate_ids, np.int64)
-    predicted_pixels = np.asarray(predicted_pixels)
-    if predicted_pixels.shape != candidate_ids.shape:
-        raise ValueError(
-            f"predicted_pixels: expected shape {candidate_ids.shape}, got {predicted_pixels.shape}"
-        )
-    has_target = predicted_pixels > 0
-    with_target, without = candidate_ids[has_target], candidate_ids[~has_target]
-    first = select_random(with_target, min(k, len(with_target)), key)
-    streams = ("random_predicted",) * len(first)
-    if len(first) == k:
-        return Query(first.ids, streams, first.scores)
-    logging.info(
-        "random_predicted: %d unlabelled slices with predicted target for k=%d; topping up "
-        "uniformly from the other %d",
-        len(with_target),
-        k,
-        len(without),
-    )
-    rest = select_random(without, k - len(first), rng.topup_key(key))
-    return Query(
-        np.concatenate([first.ids, rest.ids]),
-        streams + rest.streams,
-        np.concatenate([first.scores, rest.scores]),
     )
 
 
@@ -290,6 +220,13 @@ def select_from_probs(
     batch_size: int = 64,
     seed: int = 0,
     class_balanced: bool = False,
+    sampling: str = "top_k",
+    sampling_beta: float = 1.0,
+    key=None,
+    max_per_case: int = 0,
+    min_slice_gap: int = 0,
+    cases=None,
+    slice_index=None,
 ) -> np.ndarray:
     """Runs the query-strategy engine on probability maps predicted elsewhere.
 
@@ -302,7 +239,8 @@ def select_from_probs(
         Monte-Carlo ones.
       k: number of slices to select.
       strategy: 'random', 'entropy', 'least_confidence', 'margin', 'mc_dropout', 'bald' or
-        'random_predicted' (uniform among slices with P > T; multi-class: argmax != 0).
+        'random_predicted' (uniform among slices with P > T; multi-class: argmax != 0);
+        not 'random_label' (it needs the true labels).
       mode: 'all', 'target', 'boundary' or 'selective'.
       convention: 'paper' or 'official' (reproduces the published code's selections; binary).
       labelled: optional [N] bool mask of slices that must not be chosen.
@@ -312,11 +250,27 @@ def select_from_probs(
       batch_size: slices scored per jitted call (the last batch is padded).
       seed: seed of the 'random' and 'random_predicted' strategies.
       class_balanced: balance the target stream over the classes (see `select`).
+      sampling, sampling_beta: 'top_k' (default) or a stochastic acquisition (see `select`).
+      key: a JAX key, the parent of the sampling's stream keys (as `rng.sample_key` in the
+        loop); needed unless sampling is 'top_k'. The noise of slice i is indexed by i, so the
+        query does not depend on `batch_size` or on which other slices are labelled.
+      max_per_case, min_slice_gap: volume limits (see `selal_jax.spread`); 0 = off.
+      cases, slice_index: [N] the case (any hashable labels) and the index along the slicing
+        axis of each slice; needed with volume limits.
 
     Returns:
       [n] int64 pool indices in selection order.
     """
-    validate_options(strategy, mode, convention, aggregation, merge, class_balanced)
+    if strategy == "random_label":
+        raise ValueError(
+            "strategy: 'random_label' draws among slices whose true label has target, which "
+            "select_from_probs does not have; use 'random_predicted'"
+        )
+    validate_options(
+        strategy, mode, convention, aggregation, merge, class_balanced,
+        sampling=sampling, sampling_beta=sampling_beta,
+        max_per_case=max_per_case, min_slice_gap=min_slice_gap,
+    )  # fmt: skip
     probs = np.asarray(probs)
     mc = strategy in scoring.MC_STRATEGIES
     binary_ndim = 4 if mc else 3
@@ -357,8 +311,9 @@ def select_from_probs(
                 f"classes), within {PROBS_SUM_TOLERANCE}; worst sum is off by {error.max():.3g}"
             )
     candidates = np.flatnonzero(~labelled)
+    spread = _spread_of(cases, slice_index, n_slices, candidates, max_per_case, min_slice_gap)
     if strategy == "random":
-        return select_random(candidates, k, rng.root_key(seed)).ids
+        return select_random(candidates, k, rng.root_key(seed), spread).ids
     if strategy == "random_predicted":  # the definition of diagnostics.predicted_target_mask
         chosen = probs[candidates]
         if multiclass:
@@ -366,7 +321,7 @@ def select_from_probs(
         else:
             target = chosen > np.float32(target_threshold)
         pixels = target.reshape(len(candidates), -1).sum(axis=1)
-        return select_random_predicted(candidates, pixels, k, rng.root_key(seed)).ids
+        return select_random_predicted(candidates, pixels, k, rng.root_key(seed), spread).ids
     if len(candidates) == 0:
         return np.zeros(0, np.int64)
 
@@ -393,4 +348,21 @@ def select_from_probs(
         aggregation=aggregation,
         merge=merge,
         class_balanced=class_balanced,
+        sampling=sampling,
+        sampling_beta=sampling_beta,
+        key=key,
+        spread=spread,
     ).ids
+
+
+def _spread_of(cases, slice_index, n_slices, candidates, max_per_case, min_slice_gap):
+    """select_from_probs's volume limits for `candidates`, None when off."""
+    if not max_per_case and not min_slice_gap:
+        return None
+    for name, value in (("cases", cases), ("slice_index", slice_index)):
+        if value is None:
+            raise ValueError(f"{name}: needed with max_per_case or min_slice_gap")
+        if np.shape(value) != (n_slices,):
+            raise ValueError(f"{name}: expected shape ({n_slices},), got {np.shape(value)}")
+    case_ids = np.unique(np.asarray(cases), return_inverse=True)[1].reshape(-1)
+    return Spread.of(case_ids, slice_index, candidates, max_per_case, min_slice_gap)

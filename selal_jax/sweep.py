@@ -181,7 +181,7 @@ def train_shared_round0(config, round0_dir: str) -> dict:
                     np.arange(len(pool)),
                     int(experiment.config.train.eval_batch_size),  # capped to the data
                 )
-                target_pixels = (np.asarray(pool.labels) > 0).reshape(len(pool), -1).sum(axis=1)
+                target_pixels = diagnostics.target_pixel_counts(pool.labels, np.arange(len(pool)))
                 path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)
                 if parallel.is_primary():
                     with atomic.atomic_open(path, "wb") as f:

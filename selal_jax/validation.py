@@ -55,6 +55,10 @@ def validate_config(config) -> None:
         al.aggregation,
         al.merge,
         class_balanced=bool(al.class_balanced),
+        sampling=al.sampling,
+        sampling_beta=al.sampling_beta,
+        max_per_case=al.max_per_case,
+        min_slice_gap=al.min_slice_gap,
     )
     if config.train.loss not in train_lib.LOSSES:
         raise ConfigError(
@@ -64,6 +68,12 @@ def validate_config(config) -> None:
     if al.annotator not in ANNOTATORS:
         raise ConfigError(
             f"config field al.annotator: expected one of {ANNOTATORS}, got {al.annotator!r}"
+        )
+    if al.strategy == "random_label" and al.annotator == "human":
+        raise ConfigError(
+            "config field al.strategy: 'random_label' draws among the slices whose true label "
+            "has target, which a human annotator's unlabelled pool does not reveal; use "
+            "al.annotator='simulated' (it is a reference, not a strategy for new data)"
         )
     for field, value in (
         ("al.query_size", al.query_size),

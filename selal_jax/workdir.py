@@ -95,6 +95,10 @@ ADDED_KEYS = {
     # config_differences compare it either way).
     "data.spacing": [],
     "resume_from": -1,
+    "al.sampling": "top_k",
+    "al.sampling_beta": 1.0,
+    "al.max_per_case": 0,
+    "al.min_slice_gap": 0,
 }
 # Config fields whose value acts on the command that gives it, not on the run: a run continued
 # from its stored config (`stored_config`) has these values unless given again.
@@ -129,6 +133,10 @@ ROUND0_NEUTRAL_KEYS = (
     "al.reuse_encoder",
     "al.query_size",
     "al.class_balanced",
+    "al.sampling",
+    "al.sampling_beta",
+    "al.max_per_case",
+    "al.min_slice_gap",
 )
 
 

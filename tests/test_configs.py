@@ -152,3 +152,11 @@ def test_validate_config_refuses(field, value):
 
     with pytest.raises(ValueError, match=f"config field {field.replace('.', '[.]')}"):
         validation.validate_config(smoke_config(**{field: value}))
+
+
+def test_clasp_variant_is_class_balanced_power_sampled_selective_entropy():
+    c = default.get_config("clasp")
+    validation.validate_config(c)
+    assert (c.al.strategy, c.al.mode, c.al.class_balanced) == ("entropy", "selective", True)
+    assert (c.al.sampling, c.al.sampling_beta) == ("power", 1.0)
+    assert c.data.classes == "all" and c.data.synthetic.kind == "multiclass"

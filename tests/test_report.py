@@ -425,3 +425,24 @@ def test_cli_report_passes_the_reference_and_prints_the_comparison(tmp_path):
     assert "| strategy | seeds | 10% |" in proc.stdout  # the summary, then the comparison
     assert "Paired by seed against 'entropy selective'" in proc.stdout
     assert "comparison.csv" in proc.stdout
+
+
+# ------------------------------------- issue 27: the last query, readable without the cache
+
+
+def test_the_last_query_is_listed_as_case_and_slice(tmp_path):
+    h = history("entropy", "selective", 0, PCTS[:3], [0.5, 0.6, 0.7])
+    h[0].update(queried=[4, 9], queried_slices=[["a", 3], ["b", 12]])
+    h[1].update(queried=[7, 1, 2], queried_slices=[["b", 0], ["a", 17], ["c", 5]])
+    older = history("random", "all", 0, PCTS[:2], [0.4, 0.5])  # records without queried_slices
+    older[0]["queried"] = [3]
+    write_run(tmp_path, h)
+    write_run(tmp_path, older)
+    line = "round 1 queried 3 slices (case:slice, in selection order): b:0, a:17, c:5"
+    # round 2 queried nothing (the last round): round 1 is the last query
+    assert report.round_table(h).splitlines()[-1] == line
+    assert "queried" not in report.round_table(older)
+    with open(report.write_report(str(tmp_path))["summary.md"]) as f:
+        summary = f.read()
+    assert f"* entropy selective, seed 0: {line}" in summary.splitlines()
+    assert "random all, seed" not in summary

@@ -51,6 +51,27 @@ def test_root_key_is_the_seeds_key():
             lambda: rng.pass_key(rng.slice_key(rng.score_key(rng.round_key(ROOT, 4)), 17), 2),
             lambda: fold(fold(fold(fold(ROOT, 4), 1), 17), 2),
         ),
+        (lambda: rng.sample_key(rng.round_key(ROOT, 4)), lambda: fold(fold(ROOT, 4), 3)),
+        (
+            lambda: rng.stream_key(rng.sample_key(rng.round_key(ROOT, 4)), "all"),
+            lambda: fold(fold(fold(ROOT, 4), 3), 0),
+        ),
+        (
+            lambda: rng.stream_key(rng.sample_key(rng.round_key(ROOT, 4)), "target"),
+            lambda: fold(fold(fold(ROOT, 4), 3), 1),
+        ),
+        (
+            lambda: rng.stream_key(rng.sample_key(rng.round_key(ROOT, 4)), "boundary"),
+            lambda: fold(fold(fold(ROOT, 4), 3), 2),
+        ),
+        (
+            lambda: rng.stream_key(rng.sample_key(rng.round_key(ROOT, 4)), 3),
+            lambda: fold(fold(fold(ROOT, 4), 3), 5),
+        ),
+        (
+            lambda: rng.noise_key(rng.stream_key(rng.sample_key(rng.round_key(ROOT, 4)), 1), 17),
+            lambda: fold(fold(fold(fold(ROOT, 4), 3), 3), 17),
+        ),
         (lambda: rng.bench_init_key(ROOT), lambda: fold(ROOT, 0)),
         (lambda: rng.bench_score_key(ROOT), lambda: fold(ROOT, 1)),
         (lambda: rng.bench_train_key(ROOT), lambda: fold(ROOT, 2)),
