@@ -124,7 +124,7 @@ def main(argv):
     try:
         _main(argv)
     except Exception as e:
-        from selal_jax import errors
+        from selal_jax.base import errors
 
         if not isinstance(e, errors.UserError):
             raise  # a bug: keep its traceback
@@ -167,7 +167,7 @@ def _parse_flags(argv):
 def _usage(message: str):
     """A wrong verb or a missing flag: one `error:` line (absl's UsageError prints every flag's
     help first)."""
-    from selal_jax import errors
+    from selal_jax.base import errors
 
     return errors.UserError(f"{message} (--help lists the flags)")
 
@@ -189,8 +189,9 @@ def _main(argv):
             f"--workdir not given; writing to {workdir}", file=sys.stderr if _JSON.value else None
         )
     # Imported after flag parsing: keeps --help fast.
-    from selal_jax import annotate, inspect_data, loop, parallel, report, sweep
+    from selal_jax import annotate, inspect_data, loop, report, sweep
     from selal_jax import workdir as workdir_lib
+    from selal_jax.core import parallel
 
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

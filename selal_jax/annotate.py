@@ -37,11 +37,13 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import atomic, label_store, label_volumes, lock, loop, parallel, rng
+from selal_jax import label_store, label_volumes, lock, loop
 from selal_jax import workdir as workdir_lib
+from selal_jax.base import atomic
+from selal_jax.base.errors import UserError
+from selal_jax.core import parallel, rng
 from selal_jax.data import layouts, loading, preprocess, volumes
 from selal_jax.data.preprocess import CaseFiles, DataError
-from selal_jax.errors import UserError
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
 CSV_FIELDS = (

@@ -23,8 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from selal_jax import atomic, faults
-from selal_jax.errors import ConfigError, UserError, disk_problem, write_error
+from selal_jax.base import atomic, faults
+from selal_jax.base.errors import ConfigError, UserError, disk_problem, write_error
 
 
 class CheckpointError(UserError):
@@ -252,7 +252,7 @@ def abstract_like(state):
     """ShapeDtypeStructs of a pytree, the restore target orbax needs.
 
     Each leaf carries the sharding of `state`'s array: one device, or replicated over a mesh
-    (see selal_jax.parallel). Orbax then restores onto those devices whatever devices wrote the
+    (see selal_jax.core.parallel). Orbax then restores onto those devices whatever devices wrote the
     checkpoint (without it, a checkpoint written by a multi-device or multi-host run would only
     restore onto the same devices).
     """
@@ -268,7 +268,7 @@ def abstract_like(state):
 
 
 def write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.atomic`); a failed
+    """Writes JSON (or JSON lines from a list) atomically (see `selal_jax.base.atomic`); a failed
     write is a UserError naming the folder, the old file intact.
 
     In a multi-host run only process 0 writes (all processes hold the same records); the others

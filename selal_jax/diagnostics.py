@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import parallel
+from selal_jax.core import parallel
+from selal_jax.core.models import UNet
 from selal_jax.data.slices import SliceSet
-from selal_jax.models import UNet
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -21,8 +21,10 @@ import time
 
 import numpy as np
 
-from selal_jax import atomic, label_volumes, metrics, parallel
+from selal_jax import label_volumes
 from selal_jax import workdir as workdir_lib
+from selal_jax.base import atomic
+from selal_jax.core import metrics, parallel
 from selal_jax.data import preprocess
 
 CSV_FIELDS = ("case", "class", "dice", "hd95", "nsd", "volume_pred", "volume_ref")

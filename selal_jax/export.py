@@ -34,10 +34,12 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from selal_jax import atomic, label_volumes, loop, rng
+from selal_jax import label_volumes, loop
 from selal_jax import workdir as workdir_lib
+from selal_jax.base import atomic
+from selal_jax.base.errors import UserError
+from selal_jax.core import rng
 from selal_jax.data import loading, preprocess
-from selal_jax.errors import UserError
 
 IGNORE = "ignore"
 

@@ -15,8 +15,9 @@ import os
 import nibabel as nib
 import numpy as np
 
-from selal_jax import parallel, validation
+from selal_jax import validation
 from selal_jax import workdir as workdir_lib
+from selal_jax.core import parallel
 from selal_jax.data import loading, preprocess
 
 CHUNK = 256  # slices per pass when counting labels of a memory-mapped split

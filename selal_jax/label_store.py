@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from selal_jax import atomic
-from selal_jax.errors import UserError
+from selal_jax.base import atomic
+from selal_jax.base.errors import UserError
 
 
 class LabelStoreError(UserError):

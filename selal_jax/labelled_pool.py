@@ -13,8 +13,8 @@ import numpy as np
 from absl import logging
 
 from selal_jax import diagnostics, label_store
+from selal_jax.base.errors import UserError
 from selal_jax.data.slices import SliceSet
-from selal_jax.errors import UserError
 
 
 class LabelledPool:

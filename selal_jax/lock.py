@@ -23,8 +23,8 @@ import fcntl
 import os
 import socket
 
-from selal_jax import atomic
-from selal_jax.errors import UserError, write_error
+from selal_jax.base import atomic
+from selal_jax.base.errors import UserError, write_error
 
 LOCK_FILE = ".lock"
 

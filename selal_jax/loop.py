@@ -2,7 +2,7 @@
 
 Knows nothing of flags: `run(config, workdir)` is the whole experiment.
 
-Keys: every key derives from `rng.root_key(config.seed)` by the named steps of `selal_jax.rng`
+Keys: every key derives from `rng.root_key(config.seed)` by the named steps of `selal_jax.core.rng`
 (its docstring draws the tree): init, initial set, and per round fit / score / random / sample.
 Nothing depends on how often a key was split before, so a resumed run draws the same numbers as
 an uninterrupted one.
@@ -16,23 +16,14 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import (
-    checkpointing,
-    labelled_pool,
-    lock,
-    parallel,
-    report,
-    rng,
-    rounds,
-    selection,
-    validation,
-)
-from selal_jax import train as train_lib
+from selal_jax import checkpointing, labelled_pool, lock, report, rounds, validation
 from selal_jax import workdir as workdir_lib
+from selal_jax.base.errors import ConfigError, UserError
+from selal_jax.core import parallel, rng, selection
+from selal_jax.core import train as train_lib
+from selal_jax.core.models import build_model, init_variables
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
-from selal_jax.errors import ConfigError, UserError
-from selal_jax.models import build_model, init_variables
 
 
 def log_round(record: dict) -> None:

@@ -13,7 +13,7 @@ deviation over seeds, and a column gives the normalised area under the Dice-vs-%
 last round's per-case Dice and HD95 follow when the records have them ("-" otherwise). With
 several foreground classes the Dice is the mean over classes, and per_class.md/.csv give each
 class. comparison.md/.csv give bootstrap intervals over seeds and the paired comparison against a
-reference run (see `comparison_rows` and selal_jax.stats). The figures are drawn by
+reference run (see `comparison_rows` and selal_jax.core.stats). The figures are drawn by
 `selal_jax.report_plots`, the markdown and CSV text of the rows by `selal_jax.report_tables`.
 """
 
@@ -26,9 +26,10 @@ import os
 
 import numpy as np
 
-from selal_jax import atomic, stats
 from selal_jax import workdir as workdir_lib
-from selal_jax.errors import UserError
+from selal_jax.base import atomic
+from selal_jax.base.errors import UserError
+from selal_jax.core import stats
 from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
 from selal_jax.report_tables import (
     class_markdown_table,
@@ -283,7 +284,7 @@ def resolve_reference(runs: dict, reference: str | None) -> str | None:
 
 
 def comparison_rows(runs, reference: str | None) -> list[dict]:
-    """Per strategy: 95 % bootstrap intervals over seeds (see selal_jax.stats) of the highest
+    """Per strategy: 95 % bootstrap intervals over seeds (see selal_jax.core.stats) of the highest
     Dice, the nAUC and the last round's case Dice / HD95, and the nAUC paired by seed against the
     `reference` run name (difference strategy - reference: mean, interval, Wilcoxon p)."""
     numbers = {name: per_seed(by_seed) for name, by_seed in runs.items()}

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from selal_jax import atomic
+from selal_jax.base import atomic
 
 
 def plot_learning_curves(runs, baseline: float | None, path: str) -> str:

@@ -9,13 +9,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import diagnostics, evaluation, faults, report, rng, scoring, selection
-from selal_jax import train as train_lib
+from selal_jax import diagnostics, evaluation, report
+from selal_jax.base import faults
+from selal_jax.base.errors import ConfigError, UserError
+from selal_jax.base.progress import Progress
+from selal_jax.core import rng, scoring, selection
+from selal_jax.core import train as train_lib
+from selal_jax.core.spread import Spread
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
-from selal_jax.errors import ConfigError, UserError
-from selal_jax.progress import Progress
-from selal_jax.spread import Spread
 
 # Record fields that commit_round adds after training (the query and its diagnostics).
 QUERY_FIELDS = (

@@ -23,20 +23,12 @@ import os
 import numpy as np
 from absl import logging
 
-from selal_jax import (
-    atomic,
-    checkpointing,
-    diagnostics,
-    lock,
-    loop,
-    parallel,
-    report,
-    rng,
-    validation,
-)
+from selal_jax import checkpointing, diagnostics, lock, loop, report, validation
 from selal_jax import workdir as workdir_lib
+from selal_jax.base import atomic
+from selal_jax.base.errors import ConfigError, UserError
+from selal_jax.core import parallel, rng
 from selal_jax.data import synthetic
-from selal_jax.errors import ConfigError, UserError
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:

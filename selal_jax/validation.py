@@ -9,11 +9,11 @@ import math
 import jax
 from absl import logging
 
-from selal_jax import parallel, scoring, selection
-from selal_jax import train as train_lib
+from selal_jax.base.errors import ConfigError
+from selal_jax.core import parallel, scoring, selection
+from selal_jax.core import train as train_lib
+from selal_jax.core.models import DTYPES
 from selal_jax.data import loading
-from selal_jax.errors import ConfigError
-from selal_jax.models import DTYPES
 
 ANNOTATORS = ("simulated", "human")
 

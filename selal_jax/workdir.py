@@ -42,7 +42,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from selal_jax import checkpointing, lock
-from selal_jax.errors import ConfigError, UserError
+from selal_jax.base.errors import ConfigError, UserError
 
 CHECKPOINTS_DIR = "checkpoints"
 DISCARDED_DIR = "discarded"  # resume_from: later rounds' checkpoints, until they are redone

@@ -121,8 +121,8 @@ def restore_final(config, workdir: str):
 
     from selal_jax import checkpointing
     from selal_jax import workdir as workdir_lib
-    from selal_jax.models import build_model, init_variables
-    from selal_jax.train import create_train_state, make_optimizer
+    from selal_jax.core.models import build_model, init_variables
+    from selal_jax.core.train import create_train_state, make_optimizer
 
     state = create_train_state(
         init_variables(build_model(config.model), jax.random.key(0), *config.data.size),

@@ -14,9 +14,10 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from selal_jax import parallel, rng, scoring, selection, train, validation
+from selal_jax import validation
+from selal_jax.core import parallel, rng, scoring, selection, train
+from selal_jax.core.models import UNet, init_variables
 from selal_jax.data.slices import SliceSet
-from selal_jax.models import UNet, init_variables
 from tests.helpers import smoke_config
 
 N_DEVICES = 4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from selal_jax import augment
+from selal_jax.core import augment
 from tests.helpers import REPO
 
 # Jitted once per shape: op-by-op dispatch of the eager functions is slow on CPU.
@@ -161,7 +161,7 @@ def test_channels_share_the_draw_and_one_channel_is_unchanged():
     base = "11706038e9027739bf47ebf4c33f709625249bc5"  # before channels
     try:
         text = subprocess.run(
-            ["git", "-C", REPO, "show", f"{base}:selal_jax/augment.py"],
+            ["git", "-C", REPO, "show", f"{base}:selal_jax/core/augment.py"],
             capture_output=True,
             check=True,
             text=True,

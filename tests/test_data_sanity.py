@@ -221,7 +221,8 @@ def _stop_before_training(monkeypatch):
 def test_an_eval_batch_beyond_the_largest_split_is_capped_once(
     tmp_path, cohort_root, monkeypatch, caplog
 ):
-    from selal_jax import loop, parallel
+    from selal_jax import loop
+    from selal_jax.core import parallel
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.eval_batch_size": 10**6})

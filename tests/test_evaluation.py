@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import evaluation, label_volumes, loop, metrics
+from selal_jax import evaluation, label_volumes, loop
+from selal_jax.core import metrics
 from selal_jax.data import loading
 from tests.helpers import smoke_config
 

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, label_store, scoring, selection
-from selal_jax.models import UNet, init_variables
+from selal_jax import diagnostics, label_store
+from selal_jax.core import scoring, selection
+from selal_jax.core.models import UNet, init_variables
 
 T = 0.3
 

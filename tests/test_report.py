@@ -283,7 +283,7 @@ def np_bootstrap(values, resamples=10_000, seed=0):
 def test_stats_bootstrap_wilcoxon_and_the_minimum_attainable_p():
     from scipy import stats as sp
 
-    from selal_jax import stats
+    from selal_jax.core import stats
 
     x = [0.71, 0.74, 0.69, 0.77, 0.72]
     np.testing.assert_allclose(stats.bootstrap_interval(x), np_bootstrap(x), rtol=0, atol=0)

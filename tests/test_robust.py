@@ -210,7 +210,7 @@ def test_an_error_of_close_does_not_mask_the_error_that_ended_the_run(
 
 
 def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, cohort_root):
-    from selal_jax import train
+    from selal_jax.core import train
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.learning_rate": 1e3})
@@ -223,7 +223,7 @@ def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, coho
 
 
 def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, cohort_root):
-    from selal_jax import train
+    from selal_jax.core import train
     from tests.helpers import smoke_config
 
     workdir = str(tmp_path / "run")

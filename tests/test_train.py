@@ -2,8 +2,8 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import train
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import train
+from selal_jax.core.models import UNet, init_variables
 
 
 def test_a_few_train_steps_lower_the_loss_on_a_fixed_batch():

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import rng, train
 from selal_jax.bench.config import (
     LEARNING_RATE,
     REFERENCE_STRATEGY,
@@ -30,7 +29,8 @@ from selal_jax.bench.measure import (
 )
 from selal_jax.bench.peer import peer_section
 from selal_jax.bench.reference import reference_section
-from selal_jax.models import count_params
+from selal_jax.core import rng, train
+from selal_jax.core.models import count_params
 
 
 def scoring_section(bench: Bench) -> list[dict]:

@@ -22,10 +22,10 @@ import tempfile
 import numpy as np
 from absl import logging
 
-from selal_jax import atomic
+from selal_jax.base import atomic
+from selal_jax.base.errors import write_error
 from selal_jax.data import digests
 from selal_jax.data.volumes import DataError
-from selal_jax.errors import write_error
 from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.

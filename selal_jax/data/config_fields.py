@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 
+from selal_jax.base.errors import ConfigError
 from selal_jax.data import preprocess, sources, synthetic
-from selal_jax.errors import ConfigError
 
 
 def validate_data_config(data_config) -> None:

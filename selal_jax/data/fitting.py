@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from selal_jax.errors import ConfigError
+from selal_jax.base.errors import ConfigError
 
 if TYPE_CHECKING:
     from selal_jax.data.preprocess import Settings

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from selal_jax import workdir as workdir_lib
+from selal_jax.base.errors import ConfigError
 from selal_jax.data import cache, checks, digests, layouts, preprocess, synthetic
 from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers use loading.X)
     REORIENT,
@@ -31,7 +32,6 @@ from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers 
 )
 from selal_jax.data.preprocess import CaseFiles, DataError  # noqa: F401  (re-exported)
 from selal_jax.data.slices import SliceSet, Splits
-from selal_jax.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
 

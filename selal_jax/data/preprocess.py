@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from selal_jax.base.errors import ConfigError
 from selal_jax.data.checks import check_informative, is_constant, voxel_digest
 
 # The names below moved to modules of their own; they stay importable from here, where the
@@ -47,7 +48,6 @@ from selal_jax.data.reading import (  # noqa: F401  (re-exported)
     read_canonical_channels,
 )
 from selal_jax.data.volumes import DataError  # noqa: F401  (re-exported)
-from selal_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,9 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from selal_jax import batch_norm
-from selal_jax.dropout import Dropout
-from selal_jax.errors import ConfigError
+from selal_jax.base.errors import ConfigError
+from selal_jax.core import batch_norm
+from selal_jax.core.dropout import Dropout
 
 Array = jax.Array
 # Computation dtypes by config name (model.dtype); parameters always stay float32.

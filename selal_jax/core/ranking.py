@@ -1,7 +1,7 @@
 """Per-stream scores, their rankings and the merges of the target and boundary rankings.
 
 Host-side NumPy on per-slice numbers only. The conventions (``paper``, ``official``), the merges
-and the class-balanced target order are described in `selal_jax.selection`, whose `select`
+and the class-balanced target order are described in `selal_jax.core.selection`, whose `select`
 combines these into a query.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from selal_jax.spread import QueryBuilder, Spread
+from selal_jax.core.spread import QueryBuilder, Spread
 
 
 def stream_scores(stats, stream: str, aggregation: str, convention: str):
@@ -77,7 +77,7 @@ def balanced_target_order(
       class_score, class_empty: [U, C] from `class_target_scores`.
       order_t: [U] the plain target ranking.
       order_of: order_of(score [U], empty [U], c) -> class c's (1..C) order, with the slices
-        with pixels first; default: its 'paper' ranking. A sampled order (`selal_jax.sampling`)
+        with pixels first; default: its 'paper' ranking. A sampled order (`selal_jax.core.sampling`)
         makes the round-robin a class-stratified sample.
 
     Returns:
@@ -128,7 +128,7 @@ def merge_union(
 ) -> tuple[list[int], list[str]]:
     """TopK(target, ceil(k/2)) united with TopK(boundary, floor(k/2)), then filled to k.
 
-    With `spread` (see `selal_jax.spread`), a refused slice does not count: the target walk
+    With `spread` (see `selal_jax.core.spread`), a refused slice does not count: the target walk
     goes on until it has ceil(k/2), the boundary walk until it has offered floor(k/2) slices
     that are taken or already taken, and a turn of the fill until it takes or meets a taken one.
     """

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import rng
-from selal_jax.spread import QueryBuilder, Spread
+from selal_jax.core import rng
+from selal_jax.core.spread import QueryBuilder, Spread
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import parallel, rng
-from selal_jax.models import UNet
+from selal_jax.core import parallel, rng
+from selal_jax.core.models import UNet
 
 # Re-exported: callers name the definitions through this module (scoring.SliceStats, ...).
-from selal_jax.uncertainty import (  # noqa: F401
+from selal_jax.core.uncertainty import (  # noqa: F401
     CONVENTIONS,
     UNCERTAINTY_STRATEGIES,
     SliceStats,
@@ -32,7 +32,7 @@ from selal_jax.uncertainty import (  # noqa: F401
     terms_from_logits,
     terms_from_probs,
 )
-from selal_jax.xla_options import backend_jit
+from selal_jax.core.xla_options import backend_jit
 
 Array = jax.Array
 

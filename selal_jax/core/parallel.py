@@ -17,7 +17,7 @@ process.
 Batch sizes in the config are global (all devices together) and must divide by
 `jax.device_count()` (`check_batch_sizes`).
 
-Random numbers: selal-jax runs under the classic, non-partitionable threefry (`selal_jax.rng`).
+Random numbers: selal-jax runs under the classic, non-partitionable threefry (`selal_jax.core.rng`).
 Random bits drawn inside a sharded jit (dropout and augmentation in `train_step`) are then the
 same numbers as on one device, but the compiler cannot split their generation: every device
 computes the bits of the whole global batch and keeps its share. That costs a little compute per
@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from selal_jax.errors import ConfigError, UserError
+from selal_jax.base.errors import ConfigError, UserError
 
 DATA_AXIS = "data"
 # Config fields holding global batch sizes (slices per step, over all devices).

@@ -14,13 +14,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from selal_jax import augment as augment_lib
-from selal_jax import faults, parallel, rng
+from selal_jax.base import faults
+from selal_jax.base.errors import ConfigError, UserError
+from selal_jax.base.progress import Progress
+from selal_jax.core import augment as augment_lib
+from selal_jax.core import parallel, rng
+from selal_jax.core.models import UNet
+from selal_jax.core.xla_options import backend_jit
 from selal_jax.data.slices import SliceSet
-from selal_jax.errors import ConfigError, UserError
-from selal_jax.models import UNet
-from selal_jax.progress import Progress
-from selal_jax.xla_options import backend_jit
 
 Array = jax.Array
 
@@ -201,7 +202,7 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """Per-slice evaluation terms over `ids` (default: every slice), fixed-shape batches.
 
-    With a `mesh` (see selal_jax.parallel), `batch_size` is global and each batch is split over
+    With a `mesh` (see selal_jax.core.parallel), `batch_size` is global and each batch is split over
     its devices; `None` is the single-device path.
     """
     ids = np.arange(len(data)) if ids is None else np.asarray(ids)
@@ -317,7 +318,7 @@ def fit(
     Keys: `key` is the round's `rng.fit_key`; epoch e's order is drawn from rng.epoch_key(key, e)
     and its step s from rng.step_key(that key, s), so a resumed run draws the same numbers.
 
-    With a `mesh` (see selal_jax.parallel), the state is replicated over its devices and each
+    With a `mesh` (see selal_jax.core.parallel), the state is replicated over its devices and each
     (global) batch split along the batch axis; every process computes the same epoch order and
     reads only its rows of each batch. `None` is the single-device path.
 

@@ -2,7 +2,7 @@
 
 Host-side NumPy on per-slice numbers only (a few floats per slice).
 
-Conventions (see `selal_jax.scoring`):
+Conventions (see `selal_jax.core.scoring`):
 
 * ``paper``: higher score = more uncertain. A slice whose mask is empty scores 0 and ranks after
   every slice whose mask has pixels; ties break by pool order. ``aggregation`` is ``sum`` or
@@ -26,9 +26,9 @@ c are recorded as stream 'target:<c>' (C >= 2; 'target' for C = 1 and for the re
 
 Stochastic acquisition (``sampling`` power, softmax or softrank; ``paper`` convention): each
 ranking above (target, boundary, all, each class's) is replaced by a sample of it drawn by
-Gumbel-top-k with its own key (`selal_jax.sampling`), and the merges and the round-robin walk the
+Gumbel-top-k with its own key (`selal_jax.core.sampling`), and the merges and the round-robin walk the
 samples as they walk rankings; ``top_k`` is the ranking itself. Volume limits
-(`selal_jax.spread`) act while the merges walk, for every strategy.
+(`selal_jax.core.spread`) act while the merges walk, for every strategy.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from selal_jax import parallel, rng, scoring
-from selal_jax.acquisition import (  # noqa: F401  (re-exported)
+from selal_jax.core import parallel, rng, scoring
+from selal_jax.core.acquisition import (  # noqa: F401  (re-exported)
     AGGREGATIONS,
     MERGES,
     MODES,
@@ -45,14 +45,14 @@ from selal_jax.acquisition import (  # noqa: F401  (re-exported)
     check_class_balanced,
     validate_options,
 )
-from selal_jax.queries import (  # noqa: F401  (re-exported: callers name them selection.X)
+from selal_jax.core.queries import (  # noqa: F401  (re-exported: callers name them selection.X)
     Query,
     select_random,
     select_random_label,
     select_random_predicted,
     warn_if_short,
 )
-from selal_jax.ranking import (
+from selal_jax.core.ranking import (
     balanced_target_order,
     class_target_scores,
     merge_interleave,
@@ -61,8 +61,8 @@ from selal_jax.ranking import (
     rank,
     stream_scores,
 )
-from selal_jax.sampling import sampled_order
-from selal_jax.spread import QueryBuilder, Spread
+from selal_jax.core.sampling import sampled_order
+from selal_jax.core.spread import QueryBuilder, Spread
 
 
 def _orders(candidate_ids, convention: str, sampling_mode: str, beta: float, key):
@@ -105,11 +105,11 @@ def select(
       class_balanced: take the target stream round-robin from the per-class target rankings
         (see `balanced_target_order`); 'paper' convention, modes 'target' and 'selective'.
       sampling: 'top_k' (each stream's ranking), or 'power', 'softmax', 'softrank': each
-        stream's ranking sampled by Gumbel-top-k (`selal_jax.sampling`), then merged as ranked
+        stream's ranking sampled by Gumbel-top-k (`selal_jax.core.sampling`), then merged as ranked
         ones are; 'paper' convention.
       sampling_beta: beta of the sampling.
       key: the sample key (`rng.sample_key`); needed unless sampling is 'top_k'.
-      spread: volume limits (`selal_jax.spread`), aligned with `candidate_ids`; None = off.
+      spread: volume limits (`selal_jax.core.spread`), aligned with `candidate_ids`; None = off.
 
     Returns:
       The Query, ids in selection order.
@@ -254,7 +254,7 @@ def select_from_probs(
       key: a JAX key, the parent of the sampling's stream keys (as `rng.sample_key` in the
         loop); needed unless sampling is 'top_k'. The noise of slice i is indexed by i, so the
         query does not depend on `batch_size` or on which other slices are labelled.
-      max_per_case, min_slice_gap: volume limits (see `selal_jax.spread`); 0 = off.
+      max_per_case, min_slice_gap: volume limits (see `selal_jax.core.spread`); 0 = off.
       cases, slice_index: [N] the case (any hashable labels) and the index along the slicing
         axis of each slice; needed with volume limits.
 

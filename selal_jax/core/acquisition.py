@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from selal_jax import scoring
-from selal_jax.errors import ConfigError
-from selal_jax.sampling import SAMPLINGS
+from selal_jax.base.errors import ConfigError
+from selal_jax.core import scoring
+from selal_jax.core.sampling import SAMPLINGS
 
 MODES = ("all", "target", "boundary", "selective")
 AGGREGATIONS = ("sum", "mean")

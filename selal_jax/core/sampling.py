@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import rng
+from selal_jax.core import rng
 
 SAMPLINGS = ("top_k", "power", "softmax", "softrank")
 _MIN_PADDED = 64  # ids are padded to a power of two >= this: few compiled shapes
