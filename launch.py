@@ -191,6 +191,7 @@ def _main(argv):
     # Imported after flag parsing: keeps --help fast.
     from selal_jax import annotate, inspect_data, loop, report, sweep
     from selal_jax import workdir as workdir_lib
+    from selal_jax.base import schema
     from selal_jax.core import parallel
 
     if verb != "report":  # before anything touches a device
@@ -201,7 +202,7 @@ def _main(argv):
         # (ml_collections applied them to the default config); a new one takes the default.
         stored = workdir_lib.stored_config(workdir, required=verb in NEEDS_WORKDIR)
         if stored is not None:
-            config = workdir_lib.with_overrides(stored, flags.FLAGS["config"].override_values)
+            config = schema.with_overrides(stored, flags.FLAGS["config"].override_values)
     # The library returns; only process 0 prints (the others hold the same results).
     show = print if parallel.is_primary() else (lambda *_: None)
     if verb == "run":

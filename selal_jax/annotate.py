@@ -18,7 +18,7 @@ checkpoint holding the query as awaiting labels. Then:
 
 Geometry (`label_volumes.Geometry`, from the case and the run's settings): the loader cuts
 slices from the canonical (RAS+) volume along data.axis and fits each to data.size. Export
-inverts both (`preprocess.unfit_slices`, then the canonical volume is reoriented to the file's
+inverts both (`fitting.unfit_slices`, then the canonical volume is reoriented to the file's
 axes). Import runs the loader's own forward path on the corrected file (canonical read, label
 mapping, slicing, fitting), so the true masks written into the exported volumes give exactly the
 slices the loader makes from the dataset's label files. With data.reorient = 'none' the loader's
@@ -37,13 +37,22 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import label_store, label_volumes, lock, loop
+from selal_jax import label_store, lock, loop
 from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
-from selal_jax.base.errors import UserError
+from selal_jax.base.errors import DataError, UserError
 from selal_jax.core import parallel, rng
-from selal_jax.data import layouts, loading, preprocess, volumes
-from selal_jax.data.preprocess import CaseFiles, DataError
+from selal_jax.core import train as train_lib
+from selal_jax.data import (
+    cases,
+    fitting,
+    label_maps,
+    label_volumes,
+    layouts,
+    reading,
+    volumes,
+)
+from selal_jax.data.cases import CaseFiles
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
 CSV_FIELDS = (
@@ -76,7 +85,7 @@ def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
     variables, model = experiment.state.variables, experiment.model
 
     def predict(_, images):
-        return label_volumes.predict_batch(variables, images, model=model)
+        return train_lib.predict_batch(variables, images, model=model)
 
     masks = parallel.map_batches(
         predict,
@@ -100,10 +109,10 @@ class QueriedCase:
 
 
 def queried_cases(
-    experiment: loop.Experiment, ids: np.ndarray, settings: preprocess.Settings
+    experiment: loop.Experiment, ids: np.ndarray, settings: cases.Settings
 ) -> dict[str, QueriedCase]:
     """The query grouped by case (in order of first appearance), with each case's geometry
-    under the run's `settings` (`loading.make_settings`)."""
+    under the run's `settings` (`Splits.settings`)."""
     train = experiment.pool
     source: layouts.Source = experiment.splits.source
     groups: dict[int, list[int]] = collections.OrderedDict()
@@ -164,11 +173,11 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
             r, ids = _awaited(experiment)
             record = experiment.history[-1]
             masks = predicted_masks(experiment, ids)
-            settings = loading.make_settings(config.data, experiment.splits.source)
+            settings = experiment.splits.settings
             cases = queried_cases(experiment, ids, settings)
         finally:
             experiment.close()
-    label_values = preprocess.label_value_table(settings)
+    label_values = label_maps.label_value_table(settings)
     class_names = ("background", *experiment.pool.class_names)
     out = os.path.abspath(out or os.path.join(workdir, workdir_lib.QUERIES_DIR, f"round_{r:03d}"))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
@@ -245,7 +254,7 @@ def read_correction(
         if volumes.is_segmentation(path):  # 3D Slicer: its (cropped) extent on the image grid
             header = volumes.load_segmentation(path, geometry.shape, geometry.affine)
         else:
-            header = preprocess.load_nifti(path, "label")
+            header = reading.load_nifti(path, "label")
         shape = tuple(int(s) for s in header.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
@@ -260,14 +269,14 @@ def read_correction(
                 f"image's ({qc.case.image}):\nfile   {np.round(header.affine, 4).tolist()}\n"
                 f"source {np.round(geometry.affine, 4).tolist()}"
             ]
-        label, _ = preprocess.read_canonical(
+        label, _ = reading.read_canonical(
             path, "label", None, as_float=False, reorient=settings.canonical, img=header
         )
     except DataError as e:  # unreadable, truncated: the message names the file
         return None, [str(e)]
     reasons, target = [], None
     try:
-        target = preprocess.label_indices(label, path, settings)
+        target = label_maps.label_indices(label, path, settings)
     except DataError as e:  # non-integer, negative or values outside the classes
         reasons.append(str(e))
     stack = np.moveaxis(label, settings.axis, 0)
@@ -285,7 +294,7 @@ def read_correction(
     if reasons:
         return None, reasons
     planes = np.moveaxis(target, settings.axis, 0)[qc.canonical_index]
-    masks = preprocess.fit_case_slices(planes, settings, geometry.canonical_spacing(), True)
+    masks = fitting.fit_case_slices(planes, settings, geometry.canonical_spacing(), True)
     native = geometry.file_planes(geometry.to_file(target), qc.canonical_index)
     return (masks, np.ascontiguousarray(native, np.uint8)), []
 
@@ -330,7 +339,7 @@ def import_labels(
         experiment = _open(config, workdir, with_model=False)
         try:
             r, ids = _awaited(experiment)
-            settings = loading.make_settings(config.data, experiment.splits.source)
+            settings = experiment.splits.settings
             cases = queried_cases(experiment, ids, settings)
             found, problems, ignored = _find_files(labels_dir, list(cases))
             masks = np.zeros((len(ids), *settings.size), np.uint8)

@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from selal_jax import label_volumes
 from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
 from selal_jax.core import metrics, parallel
-from selal_jax.data import preprocess
+from selal_jax.core import train as train_lib
+from selal_jax.data import cases, label_maps, label_volumes
 
 CSV_FIELDS = ("case", "class", "dice", "hd95", "nsd", "volume_pred", "volume_ref")
 
@@ -44,7 +44,7 @@ def evaluate_cases(
     variables,
     test,
     source,
-    settings: preprocess.Settings,
+    settings: cases.Settings,
     batch_size: int,
     workdir: str,
     round_index: int,
@@ -58,7 +58,7 @@ def evaluate_cases(
       model, variables: the deterministic model (binary or class head).
       test: the test SliceSet (all its cases are labelled).
       source: the layouts.Source the slices came from (case files).
-      settings: the loader's preprocess.Settings (slicing axis, fit, label mapping).
+      settings: the loader's cases.Settings (slicing axis, fit, label mapping).
       batch_size: slices per prediction call.
       workdir, round_index: where the CSV (and predictions) go.
 
@@ -76,7 +76,7 @@ def evaluate_cases(
         case = source.cases[int(subject)]
         ids = np.flatnonzero(test.subject == subject)
         predicted = parallel.map_batches(
-            lambda _, images: label_volumes.predict_batch(variables, images, model=model),
+            lambda _, images: train_lib.predict_batch(variables, images, model=model),
             ids,
             test.images,
             batch_size=batch_size,
@@ -98,7 +98,7 @@ def evaluate_cases(
         if save_predictions and parallel.is_primary():
             os.makedirs(pred_dir, exist_ok=True)
             atomic.remove_stale(pred_dir)
-            values = preprocess.label_value_table(settings)
+            values = label_maps.label_value_table(settings)
             path = os.path.join(pred_dir, f"{case.case_id}.nii.gz")
             # never read; a killed run's is removed by the next (atomic.remove_stale)
             tmp = os.path.join(pred_dir, f".tmp-{atomic.owner_tag()}{case.case_id}.nii.gz")

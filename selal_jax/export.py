@@ -34,12 +34,12 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from selal_jax import label_volumes, loop
+from selal_jax import loop
 from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
 from selal_jax.base.errors import UserError
 from selal_jax.core import rng
-from selal_jax.data import loading, preprocess
+from selal_jax.data import cases, label_maps, label_volumes, reading
 
 IGNORE = "ignore"
 
@@ -54,7 +54,7 @@ def _write_channel(path: str, source: str, channel: int | None) -> None:
     if channel is None and source.endswith(".nii.gz"):
         shutil.copyfile(source, path)
         return
-    img = preprocess.load_nifti(source, "image")
+    img = reading.load_nifti(source, "image")
     data = np.asanyarray(img.dataobj)
     if data.ndim == 4:
         data = data[..., channel or 0]
@@ -68,7 +68,7 @@ def _write_channel(path: str, source: str, channel: int | None) -> None:
     nib.save(image, path)
 
 
-def nnunet_labels(class_names, settings: preprocess.Settings) -> tuple[dict, dict]:
+def nnunet_labels(class_names, settings: cases.Settings) -> tuple[dict, dict]:
     """(dataset.json `labels`, `label_mapping`) of the run's classes.
 
     nnU-Net v2 wants consecutive values with the ignore label the highest: class index k (the
@@ -95,7 +95,7 @@ def nnunet_labels(class_names, settings: preprocess.Settings) -> tuple[dict, dic
             str(k): {"name": name, "dataset_values": v}
             for k, (name, v) in enumerate(zip(names, values, strict=True), start=1)
         },
-        "dataset_value": preprocess.label_value_table(settings).tolist(),
+        "dataset_value": label_maps.label_value_table(settings).tolist(),
     }
     return labels, mapping
 
@@ -132,7 +132,7 @@ def _human_planes(geometry, case, pool_ids, canonical_index, native) -> np.ndarr
 
 def label_volume(
     geometry: label_volumes.Geometry,
-    case: preprocess.CaseFiles,
+    case: cases.CaseFiles,
     pool_ids: np.ndarray,
     canonical_index: np.ndarray,
     native: dict,
@@ -209,13 +209,12 @@ def export_nnunet(config, workdir: str, out: str) -> str:
                     len(ids),
                     "x".join(str(s) for s in masks.shape[1:]),
                 )
-        source = experiment.splits.source
+        source, settings = experiment.splits.source, experiment.splits.settings
         channel_names = experiment.pool.channel_names
         class_names = experiment.pool.class_names
         last_round = experiment.history[-1]["round"] if experiment.history else None
     finally:
         experiment.close()
-    settings = loading.make_settings(config.data, source)
     labels, mapping = nnunet_labels(class_names, settings)
     ignore = labels[IGNORE]
     with atomic.atomic_folder(out, prefix=".tmp-nnunet-") as tmp:

@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 
 from selal_jax import validation
-from selal_jax import workdir as workdir_lib
 from selal_jax.core import parallel
-from selal_jax.data import loading, preprocess
+from selal_jax.data import cache, loading, preprocess, reading
+from selal_jax.data.cases import CaseFiles
 
 CHUNK = 256  # slices per pass when counting labels of a memory-mapped split
 
@@ -37,7 +37,7 @@ def _class_counts(labels: np.ndarray, keep: np.ndarray, n_values: int) -> tuple[
     return counts, with_target
 
 
-def case_geometry(case: preprocess.CaseFiles, axis: int, reorient: str) -> dict:
+def case_geometry(case: CaseFiles, axis: int, reorient: str) -> dict:
     """A case's image header as the loader sees it, before any resampling.
 
     Returns:
@@ -46,7 +46,7 @@ def case_geometry(case: preprocess.CaseFiles, axis: int, reorient: str) -> dict:
       RAS+, or the stored array with reorient 'none'), with the number of slices along it.
     """
     shape = preprocess.check_header(case)
-    affine = np.asarray(preprocess.load_nifti(case.image, header_only=True).affine, np.float64)
+    affine = np.asarray(reading.load_nifti(case.image, header_only=True).affine, np.float64)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if reorient == "none":
         loader_axis = np.arange(3)
@@ -127,9 +127,7 @@ def describe(config, workdir: str) -> dict:
         for case in source.cases
         if case.case_id in split_of
     ]
-    cache_dir = data.cache_dir or os.path.join(
-        workdir, workdir_lib.CACHE_DIR
-    )  # load_dataset's rule
+    cache_dir = cache.cache_dir(data, workdir)
     return {
         "dataset": {
             "layout": str(data.layout),

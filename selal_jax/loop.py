@@ -18,6 +18,7 @@ from absl import logging
 
 from selal_jax import checkpointing, labelled_pool, lock, report, rounds, validation
 from selal_jax import workdir as workdir_lib
+from selal_jax.base import schema
 from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.core import parallel, rng, selection
 from selal_jax.core import train as train_lib
@@ -125,7 +126,7 @@ class Experiment:
         self.model = self.state = self.tx = self.mesh = None
         if with_model:
             self._build_model()
-        self.flat_config = workdir_lib.flatten_config(config)
+        self.flat_config = schema.flatten(config)
         self.ckpt = checkpointing.Checkpointer(
             os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), int(config.checkpoint.keep)
         )

@@ -16,7 +16,6 @@ from selal_jax.base.progress import Progress
 from selal_jax.core import rng, scoring, selection
 from selal_jax.core import train as train_lib
 from selal_jax.core.spread import Spread
-from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
 
 # Record fields that commit_round adds after training (the query and its diagnostics).
@@ -224,7 +223,7 @@ def case_metrics(config, model, variables, splits, workdir: str, r: int) -> dict
         variables,
         splits.test,
         splits.source,
-        loading.make_settings(config.data, splits.source),
+        splits.settings,
         int(config.train.eval_batch_size),
         workdir,
         r,

@@ -25,7 +25,7 @@ from absl import logging
 
 from selal_jax import checkpointing, diagnostics, lock, loop, report, validation
 from selal_jax import workdir as workdir_lib
-from selal_jax.base import atomic
+from selal_jax.base import atomic, schema
 from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.core import parallel, rng
 from selal_jax.data import synthetic
@@ -91,9 +91,9 @@ def _check_continues(config, workdir: str, seed: int) -> None:
     if stored is None:
         return
     workdir_lib.check_compatible(
-        workdir_lib.flatten_config(run_config(stored, workdir, seed)),
+        schema.flatten(run_config(stored, workdir, seed)),
         "",  # no dataset fingerprint at this level: each run checks its own
-        workdir_lib.flatten_config(run_config(config, workdir, seed)),
+        schema.flatten(run_config(config, workdir, seed)),
         "",
         where=workdir,
         neutral=("al.strategy", "al.mode"),  # set per run
@@ -144,7 +144,7 @@ def take_round0(round0_dir: str, experiment) -> tuple[object, dict]:
         experiment.flat_config,
         experiment.splits.fingerprint,
         where=f"{round0_dir} (the shared round 0 of {experiment.workdir})",
-        neutral=workdir_lib.ROUND0_NEUTRAL_KEYS,
+        neutral=schema.ROUND0_NEUTRAL_KEYS,
         legacy_fingerprint=experiment.splits.legacy_fingerprint,
     )
     if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(experiment.labelled)]:

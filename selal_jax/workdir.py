@@ -24,10 +24,8 @@ A sweep folder (`sweep.run`):
   config.json                           the sweep's config, flattened (`write_sweep_config`)
   report/, cache/, the synthetic cohort
 
-ADDED_KEYS is the one table of config fields added after runs (and slice caches) may have been
-written: a stored config without one had the listed value, so that such runs stay resumable and
-such caches keep their key (`selal_jax.data.cache.fingerprint` leaves a `data.*` field at this
-value out of its hash).
+Which config fields may differ between a run and its resumption (or a shared round 0), and the
+values of fields added since a run was stored: `selal_jax.base.schema`.
 """
 
 from __future__ import annotations
@@ -42,7 +40,9 @@ from absl import logging
 from ml_collections import config_dict
 
 from selal_jax import checkpointing, lock
-from selal_jax.base.errors import ConfigError, UserError
+from selal_jax.base import schema
+from selal_jax.base.errors import UserError
+from selal_jax.data import cache
 
 CHECKPOINTS_DIR = "checkpoints"
 DISCARDED_DIR = "discarded"  # resume_from: later rounds' checkpoints, until they are redone
@@ -53,7 +53,7 @@ EMBEDDINGS_FILE = "pool_embeddings.npz"
 EVALUATION_DIR = "evaluation"
 ANNOTATIONS_DIR = "annotations"
 QUERIES_DIR = "queries"
-CACHE_DIR = "cache"
+CACHE_DIR = cache.CACHE_DIR  # the slice cache (`data.cache.cache_dir`)
 REPORT_DIR = "report"
 SWEEP_CONFIG_FILE = "config.json"  # a sweep folder's config (`write_sweep_config`)
 SUPERVISED_DIR = "supervised"
@@ -73,71 +73,6 @@ def round0_checkpoints(round0_dir: str) -> str:
     checkpoints/: round0/ is no run folder, and a run started there must not find it."""
     legacy = os.path.join(round0_dir, ROUND0_LEGACY_CHECKPOINTS)
     return legacy if os.path.isdir(legacy) else os.path.join(round0_dir, ROUND0_MODEL_DIR)
-
-
-ADDED_KEYS = {
-    "al.annotator": "simulated",
-    "data.allow_unlabelled": False,
-    "data.classes": "",
-    "data.background_values": "",
-    "data.synthetic.kind": "binary",
-    "train.loss": "ce",
-    # Runs stored before the CPU backward passes resume with them (floats differ by rounding).
-    "model.conv_impl": "auto",
-    "al.class_balanced": False,
-    "eval.cases": False,
-    "eval.tolerance_mm": 1.0,
-    "eval.save_predictions": False,
-    "data.split_file": None,
-    "data.group_regex": "",
-    "data.reorient": "canonical",
-    # () in the config; a list here as flatten_config stores tuples (cache.fingerprint and
-    # config_differences compare it either way).
-    "data.spacing": [],
-    "resume_from": -1,
-    "al.sampling": "top_k",
-    "al.sampling_beta": 1.0,
-    "al.max_per_case": 0,
-    "al.min_slice_gap": 0,
-}
-# Config fields whose value acts on the command that gives it, not on the run: a run continued
-# from its stored config (`stored_config`) has these values unless given again.
-ONE_SHOT_KEYS = {"resume_from": -1, "allow_config_change": False}
-# Config fields that may change between a run and its resumption without changing any result
-# of the completed rounds.
-RESUME_NEUTRAL_KEYS = (
-    # Evaluation adds record fields; it does not change training or selection.
-    "eval.cases",
-    "eval.tolerance_mm",
-    "eval.save_predictions",
-    "sweep.runs",
-    "sweep.seeds",
-    "sweep.supervised",
-    "resume",
-    "allow_config_change",
-    "al.rounds",
-    "checkpoint.keep",
-    "train.eval_batch_size",
-    "resume_from",
-)
-# Fields in which runs sharing one round-0 model may differ (they act after round 0's training).
-ROUND0_NEUTRAL_KEYS = (
-    "al.strategy",
-    "al.mode",
-    "al.convention",
-    "al.aggregation",
-    "al.merge",
-    "al.target_threshold",
-    "al.boundary_width",
-    "al.mc_passes",
-    "al.reuse_encoder",
-    "al.query_size",
-    "al.class_balanced",
-    "al.sampling",
-    "al.sampling_beta",
-    "al.max_per_case",
-    "al.min_slice_gap",
-)
 
 
 @dataclasses.dataclass
@@ -186,54 +121,6 @@ def key_data(key) -> list[int]:
     return [int(x) for x in np.asarray(jax.random.key_data(key)).ravel()]
 
 
-def flatten_config(config) -> dict:
-    """{'train.batch_size': 8, ...}: the config as stored in checkpoints (tuples as lists)."""
-    out = {}
-
-    def walk(prefix, node):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if hasattr(value, "items"):
-                walk(name + ".", value)
-            else:
-                out[name] = list(value) if isinstance(value, tuple) else value
-
-    walk("", config.to_dict())
-    return out
-
-
-def unflatten_config(flat: dict) -> config_dict.ConfigDict:
-    """The inverse of flatten_config, with ADDED_KEYS filled in where `flat` lacks them."""
-    nested: dict = {}
-    for name, value in {**ADDED_KEYS, **flat}.items():
-        *parents, leaf = name.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return config_dict.ConfigDict(nested)
-
-
-def config_differences(stored: dict, current: dict) -> list[str]:
-    """Fields (flattened names) in which two configs differ, except RESUME_NEUTRAL_KEYS and the
-    data fields that only other layouts read (`cache.LAYOUT_FIELDS`: data.brats.* on an MSD run)."""
-    from selal_jax.data import cache  # cache reads ADDED_KEYS from this module
-
-    keys = sorted(set(stored) | set(current))
-    stored = {**ADDED_KEYS, **stored}
-    layout = current.get("data.layout")
-    unread = set()
-    if stored.get("data.layout") == layout:
-        unread = {f"data.{n}" for n, (_, by) in cache.LAYOUT_FIELDS.items() if layout not in by}
-    return [
-        k
-        for k in keys
-        if k not in RESUME_NEUTRAL_KEYS
-        and k not in unread
-        and stored.get(k, "<absent>") != current.get(k, "<absent>")
-    ]
-
-
 def check_compatible(
     stored_config: dict,
     stored_fingerprint: str,
@@ -248,7 +135,7 @@ def check_compatible(
     """Refuses to continue from a checkpoint written with another config or dataset.
 
     `where` names the folder in the message; `neutral` lists further fields that may differ
-    (ROUND0_NEUTRAL_KEYS for a shared round 0). The dataset is the same when the stored
+    (schema.ROUND0_NEUTRAL_KEYS for a shared round 0). The dataset is the same when the stored
     fingerprint is today's (its files' contents) or, for runs stored before contents were
     hashed, `legacy_fingerprint` (sizes and mtimes). A moved or copied dataset (the same
     contents at a new data.root, whatever their mtimes) is accepted. With `allow_change`
@@ -258,7 +145,7 @@ def check_compatible(
     roots = stored_config.get("data.root"), config.get("data.root")
     changed = [
         k
-        for k in config_differences(stored_config, config)
+        for k in schema.differences(stored_config, config)
         if k not in neutral and k != "data.root"
     ]
     if roots[0] != roots[1] and same_data:
@@ -299,7 +186,7 @@ def has_checkpoint(workdir: str) -> bool:
 def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict | None:
     """The config the run or sweep in `workdir` was last started with: a run's from its latest
     checkpoint, a sweep's from its config.json (`write_sweep_config`). The one-shot fields
-    (ONE_SHOT_KEYS) are at their defaults: they act on the command that gives them.
+    (schema.ONE_SHOT_KEYS) are at their defaults: they act on the command that gives them.
 
     A folder with neither: None, or (`required`) a UserError; a mistyped --workdir is never
     created.
@@ -321,30 +208,13 @@ def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict
         raise UserError(f"{workdir}: no checkpoint (run the experiment first)")
     else:
         return None
-    return unflatten_config({**flat, **ONE_SHOT_KEYS})
-
-
-def with_overrides(config: config_dict.ConfigDict, overrides: dict) -> config_dict.ConfigDict:
-    """A copy of `config` with fields set by flattened name ({'train.patience': 9}: the
-    --config.X=... flags, `FLAGS['config'].override_values`); an unknown name is a UserError."""
-    config = config_dict.ConfigDict(config.to_dict())
-    for name, value in overrides.items():
-        *parents, leaf = name.split(".")
-        node = config
-        for p in parents:
-            node = node.get(p)
-            if not isinstance(node, config_dict.ConfigDict):
-                raise ConfigError(f"unknown config field {name}")
-        if leaf not in node:
-            raise ConfigError(f"unknown config field {name}")
-        node[leaf] = list(value) if isinstance(value, tuple) else value
-    return config
+    return schema.unflatten({**flat, **schema.ONE_SHOT_KEYS})
 
 
 def write_sweep_config(workdir: str, config) -> None:
     """<workdir>/config.json: the config a sweep was started with (flattened), atomically."""
     checkpointing.write_json_atomic(
-        os.path.join(workdir, SWEEP_CONFIG_FILE), flatten_config(config)
+        os.path.join(workdir, SWEEP_CONFIG_FILE), schema.flatten(config)
     )
 
 

@@ -14,9 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, checkpointing, label_store, label_volumes, loop
+from selal_jax import annotate, checkpointing, label_store, loop
 from selal_jax import workdir as workdir_lib
-from selal_jax.data import loading, preprocess
+from selal_jax.base import schema
+from selal_jax.data import cases, fitting, label_volumes, loading
 from tests import helpers
 from tests.helpers import REPO, comparable, restore_final, smoke_config
 
@@ -352,7 +353,7 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
 
 @pytest.mark.parametrize("resample", ["crop", "resize"])
 def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resample):
-    settings = preprocess.Settings(
+    settings = cases.Settings(
         axis=2,
         size=(32, 32),
         resample=resample,
@@ -367,18 +368,18 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
     for k, affine in enumerate(_affines()):
         path = str(tmp_path / f"c{k}.nii.gz")
         nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), affine), path)
-        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None), settings)
+        geometry = label_volumes.Geometry.of(cases.CaseFiles(f"c{k}", path, None), settings)
         canonical_index = np.array([1, 4])
         masks = (rng.random((2, 32, 32)) < 0.3).astype(np.uint8)
         volume = label_volumes.prefill_volume(geometry, canonical_index, masks, 2)
         assert volume.shape == SHAPE and volume.dtype == np.uint8
         canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
         stack = np.moveaxis(np.asarray(canonical.dataobj), 2, 0)  # preprocess.to_slices
-        expected = preprocess.unfit_slices(masks, stack.shape[1:], resample)
+        expected = fitting.unfit_slices(masks, stack.shape[1:], resample)
         np.testing.assert_array_equal(stack[canonical_index], 2 * expected)
         assert not np.delete(stack, canonical_index, axis=0).any()
         if stack.shape[1:] == (32, 32):  # no fitting: the loader gets the masks back exactly
-            back = preprocess.fit_slices(stack[canonical_index] // 2, (32, 32), resample, True)
+            back = fitting.fit_slices(stack[canonical_index] // 2, (32, 32), resample, True)
             np.testing.assert_array_equal(back, masks)
         for c, index in zip(canonical_index, geometry.file_index(canonical_index), strict=True):
             plane = np.take(volume, index, axis=geometry.file_axis)
@@ -388,11 +389,11 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
 def test_unfit_inverts_fit_where_fit_loses_nothing():
     rng = np.random.default_rng(1)
     small = (rng.random((3, 10, 12)) < 0.4).astype(np.uint8)
-    padded = preprocess.fit_slices(small, (16, 16), "crop", is_label=True)
-    np.testing.assert_array_equal(preprocess.unfit_slices(padded, (10, 12), "crop"), small)
-    upsampled = preprocess.fit_slices(small, (20, 24), "resize", is_label=True)
-    np.testing.assert_array_equal(preprocess.unfit_slices(upsampled, (10, 12), "resize"), small)
-    odd = preprocess.unfit_slices(upsampled, (13, 7), "resize")
+    padded = fitting.fit_slices(small, (16, 16), "crop", is_label=True)
+    np.testing.assert_array_equal(fitting.unfit_slices(padded, (10, 12), "crop"), small)
+    upsampled = fitting.fit_slices(small, (20, 24), "resize", is_label=True)
+    np.testing.assert_array_equal(fitting.unfit_slices(upsampled, (10, 12), "resize"), small)
+    odd = fitting.unfit_slices(upsampled, (13, 7), "resize")
     assert odd.shape == (3, 13, 7)
 
 
@@ -441,8 +442,8 @@ def test_the_human_loop_continues_with_the_workdir_alone(oriented, tmp_path):
     assert "round 1: the query of" in proc.stdout  # the next round ran and awaits its labels
     records = helpers.read_records(copy)
     assert [r["round"] for r in records] == [0, 1] and records[1]["queried_with_target"] is None
-    stored = workdir_lib.flatten_config(workdir_lib.stored_config(copy))
-    assert stored == workdir_lib.flatten_config(config)
+    stored = schema.flatten(workdir_lib.stored_config(copy))
+    assert stored == schema.flatten(config)
     for verb in ([], ["query"]):
         proc = subprocess.run(
             launch + verb + [f"--workdir={copy}", "--config.train.patience=9"],
@@ -633,11 +634,11 @@ def test_an_import_interrupted_after_its_commit_point_is_applied_on_resume(
 
 
 def test_runs_started_before_the_annotator_fields_existed_stay_resumable():
-    current = workdir_lib.flatten_config(smoke_config())
-    stored = {k: v for k, v in current.items() if k not in workdir_lib.ADDED_KEYS}
-    assert workdir_lib.config_differences(stored, current) == []
-    human = workdir_lib.flatten_config(smoke_config(**{"al.annotator": "human"}))
-    assert workdir_lib.config_differences(stored, human) == ["al.annotator"]
+    current = schema.flatten(smoke_config())
+    stored = {k: v for k, v in current.items() if k not in schema.ADDED_KEYS}
+    assert schema.differences(stored, current) == []
+    human = schema.flatten(smoke_config(**{"al.annotator": "human"}))
+    assert schema.differences(stored, human) == ["al.annotator"]
 
 
 def test_finished_human_run_with_more_rounds_is_refused(clinician, tmp_path):

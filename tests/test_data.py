@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import default
+from selal_jax.base.errors import DataError
 from selal_jax.data import cache, layouts, loading, preprocess
-from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.helpers import REPO, config_from_flags, set_fields
 

@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import loading, preprocess
-from selal_jax.data.preprocess import DataError
+from selal_jax.base.errors import DataError
+from selal_jax.data import cases, loading, preprocess
 from tests import helpers
 from tests.test_data import data_config, load, replace_file, volumes
 
@@ -169,7 +169,7 @@ def _bomb(path: str, dims=(4096, 4096, 4096)) -> str:
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_a_declared_size_beyond_the_file_is_refused_before_reading_voxels(tmp_path, suffix):
     path = _bomb(str(tmp_path / f"bomb{suffix}"))
-    case = preprocess.CaseFiles("bomb", path, None)
+    case = cases.CaseFiles("bomb", path, None)
     # the header pass: before, it returned the shape and the voxel pass allocated 128 GiB
     with pytest.raises(
         DataError, match=rf"{path}: truncated or corrupt: the header declares 4096x4096x4096 int16"
@@ -187,7 +187,7 @@ def test_a_declared_nrrd_size_beyond_the_file_is_refused(tmp_path):
     with pytest.raises(
         DataError, match=rf"{path}: truncated or corrupt: the header declares 4096x4096x4096 int16"
     ):
-        preprocess.check_header(preprocess.CaseFiles("bomb", path, None))
+        preprocess.check_header(cases.CaseFiles("bomb", path, None))
 
 
 # --------------------------------------------------------------------- sizes that make sense

@@ -9,9 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import evaluation, label_volumes, loop
+from selal_jax import evaluation, loop
 from selal_jax.core import metrics
-from selal_jax.data import loading
+from selal_jax.core import train as train_lib
+from selal_jax.data import label_maps, loading
 from tests.helpers import smoke_config
 
 KINDS = {
@@ -76,9 +77,8 @@ def test_csv_rows_match_metrics_of_the_written_predictions(evaluated_run):
 
 
 def loading_values(settings):
-    from selal_jax.data import preprocess
 
-    return preprocess.label_value_table(settings)[1:].tolist()
+    return label_maps.label_value_table(settings)[1:].tolist()
 
 
 def test_written_prediction_holds_the_models_slices(evaluated_run):
@@ -93,7 +93,7 @@ def test_written_prediction_holds_the_models_slices(evaluated_run):
         case = source.cases[subject]
         predicted = np.asarray(
             jax.device_get(
-                label_volumes.predict_batch(
+                train_lib.predict_batch(
                     experiment.state.variables, test.images[ids], model=experiment.model
                 )
             )

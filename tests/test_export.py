@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from selal_jax import annotate, export, loop
-from selal_jax.data import loading, preprocess
+from selal_jax.data import fitting, loading, preprocess, reading
 from tests.helpers import REPO, smoke_config
 
 TRAIN = {"train.max_epochs": 1, "train.min_steps_per_epoch": 2, "al.rounds": 1}
@@ -53,7 +53,7 @@ def check_export(config, workdir: str, out: str) -> dict:
         exported = nib.load(path)
         np.testing.assert_allclose(exported.affine, nib.load(case.image).affine)
         rows = np.flatnonzero(subjects == subject)
-        label, img = preprocess.read_canonical(
+        label, img = reading.read_canonical(
             path, "label", None, as_float=False, reorient=settings.canonical
         )
         stack = preprocess.to_slices(label, settings.axis)
@@ -62,7 +62,7 @@ def check_export(config, workdir: str, out: str) -> dict:
         assert not np.any(planes == ignore)  # the labelled slices are labelled throughout
         spacing = np.sqrt(np.sum(img.affine[:3, :3] ** 2, axis=0)).astype(np.float32)
         # exported values are the class indices: the loader's fit of them is what it trained on
-        fitted = preprocess.fit_case_slices(planes, settings, spacing, is_label=True)
+        fitted = fitting.fit_case_slices(planes, settings, spacing, is_label=True)
         np.testing.assert_array_equal(fitted, expected[rows])
         for c, (image_path, channel) in enumerate(case.channel_sources):
             written = nib.load(os.path.join(out, "imagesTr", f"{case.case_id}_{c:04d}.nii.gz"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from selal_jax import diagnostics, report, report_plots, report_tables
+from selal_jax.base import schema
 from tests.helpers import REPO
 
 
@@ -178,7 +179,7 @@ def test_a_sweep_continues_with_its_workdir_alone_and_refuses_a_changed_config(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "random all" in proc.stdout and os.path.getmtime(records) == before
     with open(stored) as f:
-        assert json.load(f) == workdir_lib.flatten_config(config)
+        assert json.load(f) == schema.flatten(config)
     changed = config.copy_and_resolve_references()
     changed.al.query_size = 3
     with pytest.raises(ValueError, match=r"al.query_size: 6 -> 3"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from selal_jax import checkpointing, loop
-from selal_jax import workdir as workdir_lib
+from selal_jax.base import schema
 from tests.helpers import REPO, comparable
 from tests.helpers import restore_final as final_state
 
@@ -101,7 +101,7 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root, monke
     neutral = smoke_config(
         **overrides(cohort_root), **{"checkpoint.keep": 3, "train.eval_batch_size": 16}
     )
-    assert {"checkpoint.keep", "train.eval_batch_size"} <= set(workdir_lib.RESUME_NEUTRAL_KEYS)
+    assert {"checkpoint.keep", "train.eval_batch_size"} <= set(schema.RESUME_NEUTRAL_KEYS)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a neutral change trained again")

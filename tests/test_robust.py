@@ -278,7 +278,7 @@ def _edit_dataset_json(root, edit):
 def test_a_case_listed_twice_is_refused_naming_both(tmp_path, second):
     import shutil
 
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests.test_data import load
 
     root = _three(tmp_path)
@@ -303,7 +303,7 @@ def test_a_case_listed_twice_is_refused_naming_both(tmp_path, second):
 def test_a_brats_case_in_both_grades_is_refused(tmp_path):
     import shutil
 
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests import helpers
     from tests.test_data import data_config, load, volumes
 
@@ -323,7 +323,7 @@ def test_extreme_finite_voxels_are_refused_naming_the_file_and_range(tmp_path):
     image = volumes(2)[1][0].copy()
     image[3, 4, 5] = 3e38  # finite: passes the NaN/Inf check, then the z-score is NaN
     replace_file(path, image)
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests.test_data import load
 
     with pytest.raises(DataError, match=rf"{path}: voxel values range from 0 to 3e\+38"):
@@ -351,7 +351,7 @@ def test_a_non_finite_slice_after_preprocessing_names_its_case(tmp_path, monkeyp
 
 
 def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
-    from selal_jax.data import preprocess
+    from selal_jax.data import preprocess, reading
     from tests.test_data import load
 
     root = _three(tmp_path)
@@ -369,7 +369,7 @@ def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
     ):
         load(_msd(root), tmp_path)
     with pytest.raises(preprocess.DataError, match="CRC"):
-        preprocess.load_nifti(path)
+        reading.load_nifti(path)
 
 
 @pytest.mark.parametrize(
@@ -386,7 +386,7 @@ def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
     ],
 )
 def test_malformed_dataset_json_is_a_data_error(tmp_path, edit, message):
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests.test_data import load
 
     root = _three(tmp_path)

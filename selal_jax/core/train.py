@@ -191,6 +191,16 @@ def eval_batch(variables, images: Array, labels: Array, *, model: UNet) -> dict[
     }
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def predict_batch(variables, images: jax.Array, *, model) -> jax.Array:
+    """Images [batch, H, W(, K)] -> [batch, H, W] uint8 class indices of the deterministic
+    model: P > 0.5 for the binary head, the argmax class for several classes."""
+    logits = model.apply(variables, images, False)
+    if logits.ndim == 4:
+        return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+    return (logits > 0).astype(jnp.uint8)
+
+
 def evaluate(
     model: UNet,
     variables,

@@ -1,9 +1,9 @@
 """Dataset layouts -> train/val/test SliceSets, split by subject, cached as memory-mapped arrays.
 
-`load_dataset(config.data, workdir)` is the only entry point. Cold, it checks every case's
+`load_dataset(config.data, folder)` is the only entry point. Cold, it checks every case's
 headers (all problems reported at once), draws the subject split, then reads, checks and slices
-the cases one by one straight into a new cache; warm, it only
-stats the source files and memory-maps the cache.
+the cases one by one straight into a new cache; warm, it only stats the source files and
+memory-maps the cache (and writes nothing, unless a file was touched since: its digest index).
 
 The checks of config.data and the preprocessing Settings it gives: config_fields.py.
 """
@@ -18,9 +18,9 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import workdir as workdir_lib
-from selal_jax.base.errors import ConfigError
+from selal_jax.base.errors import ConfigError, DataError
 from selal_jax.data import cache, checks, digests, layouts, preprocess, synthetic
+from selal_jax.data.cases import CaseFiles, Settings
 from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers use loading.X)
     REORIENT,
     group_pattern,
@@ -30,7 +30,6 @@ from selal_jax.data.config_fields import (  # noqa: F401  (re-exported: callers 
     validate_data_config,
     validate_split_fields,
 )
-from selal_jax.data.preprocess import CaseFiles, DataError  # noqa: F401  (re-exported)
 from selal_jax.data.slices import SliceSet, Splits
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -189,11 +188,13 @@ def split_cases(source: layouts.Source, data_config) -> tuple[np.ndarray, np.nda
     return split_subjects(len(case_ids), fractions, seed, labelled)
 
 
-def resolve_root(data_config, workdir: str) -> str:
+def resolve_root(data_config, folder: str) -> str:
+    """The dataset's folder: data.root, or for the synthetic layout the cohort it writes (once)
+    there or, without data.root, under `folder`."""
     if data_config.layout == "synthetic":
         syn = data_config.synthetic
         kind = syn.get("kind", "binary")
-        root = data_config.root or os.path.join(workdir, synthetic.FOLDERS[kind])
+        root = data_config.root or os.path.join(folder, synthetic.FOLDERS[kind])
         return synthetic.write_cohort(
             root,
             int(syn.n_subjects),
@@ -228,7 +229,7 @@ def check_headers(cases: list[CaseFiles]) -> list[tuple[int, int, int]]:
 
 def build_cache(
     source: layouts.Source,
-    settings: preprocess.Settings,
+    settings: Settings,
     data_config,
     cache_dir: str,
     key: str,
@@ -309,22 +310,28 @@ def build_cache(
     )
 
 
-def load_dataset(data_config, workdir: str) -> Splits:
+def load_dataset(data_config, folder: str) -> Splits:
     """Reads the configured dataset and returns its train/val/test slice sets.
 
-    Arrays are read-only memory maps of the cache <data.cache_dir or workdir/cache>/<fingerprint>.
-    Raises DataError (a ValueError) naming the file and the problem for bad input, before any
-    training starts.
+    Args:
+      data_config: config.data.
+      folder: where the loader keeps what it derives from the data unless the config says
+        otherwise: the slice cache (<folder>/cache, `cache.cache_dir`) and a synthetic cohort
+        (`resolve_root`). A run passes its workdir.
+
+    Arrays are read-only memory maps of the cache <cache_dir>/<fingerprint>; the preprocessing
+    Settings come with them (`Splits.settings`). Raises DataError (a ValueError) naming the file
+    and the problem for bad input, before any training starts.
     """
     validate_data_config(data_config)
-    root = resolve_root(data_config, workdir)
+    root = resolve_root(data_config, folder)
     source = layouts.find_cases(data_config, root)
     settings = make_settings(data_config, source)
     # Image files after the first (BraTS modalities) come between image and label: with one
     # file per case the list, and so the cache key, is what it always was.
     files = [p for c in source.cases for p in (*c.image_files, c.label) if p is not None]
     files += list(source.extra_files)
-    cache_dir = data_config.cache_dir or os.path.join(workdir, workdir_lib.CACHE_DIR)
+    cache_dir = cache.cache_dir(data_config, folder)
     source_digests = digests.SourceDigests(cache_dir)
     key = cache.fingerprint(files, root, data_config, source_digests)
     legacy_key = cache.legacy_fingerprint(files, root, data_config)
@@ -385,6 +392,7 @@ def load_dataset(data_config, workdir: str) -> Splits:
         meta.get("split"),
         target_slices,
         legacy_key,
+        settings,
     )
     source_digests.save()  # once the data has loaded: a failed build leaves the folder as it was
     logging.info(

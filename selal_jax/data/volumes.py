@@ -26,7 +26,7 @@ import re
 import nibabel as nib
 import numpy as np
 
-from selal_jax.base.errors import DataError  # noqa: F401  (re-exported: callers use volumes.X)
+from selal_jax.base.errors import DataError
 from selal_jax.data.file_checks import (
     bad_nrrd_header_line,
     check_declared_size,

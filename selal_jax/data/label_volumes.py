@@ -1,24 +1,20 @@
 """Label volumes in a case's own geometry: how the loader's slices map onto the file's voxel
 grid (`Geometry`, built from the case and the run's settings), the inverse of the loader's
 slicing and fitting (`prefill_volume`), the case's label file as class indices in its own voxel
-order, the model's masks (`predict_batch`) and writing them beside the source image. The
-annotator's export and import, the nnU-Net export and the per-case evaluation all map slices
-through here.
+order, and writing masks beside the source image. The annotator's export and import, the
+nnU-Net export and the per-case evaluation all map slices through here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
-import jax
-import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from selal_jax.data import preprocess
-from selal_jax.data.preprocess import CaseFiles
+from selal_jax.data import cases, fitting, label_maps, preprocess, reading
+from selal_jax.data.cases import CaseFiles
 
 PLANES = ("sagittal", "coronal", "axial")  # slicing along canonical (RAS) axis 0, 1, 2
 RAS = orientations.axcodes2ornt("RAS")
@@ -44,14 +40,14 @@ class Geometry:
     shape: tuple[int, int, int]
     affine: np.ndarray
     ornt: np.ndarray
-    settings: preprocess.Settings
+    settings: cases.Settings
 
     @classmethod
-    def of(cls, case: CaseFiles, settings: preprocess.Settings) -> Geometry:
-        """From the image file's header and the run's settings (`loading.make_settings`; its
+    def of(cls, case: CaseFiles, settings: cases.Settings) -> Geometry:
+        """From the image file's header and the run's settings (`Splits.settings`; its
         `reorient` decides the orientation, so no caller can leave it out)."""
         shape = preprocess.check_header(dataclasses.replace(case, label=None))
-        affine = np.asarray(preprocess.load_nifti(case.image, header_only=True).affine, np.float64)
+        affine = np.asarray(reading.load_nifti(case.image, header_only=True).affine, np.float64)
         ornt = nib.io_orientation(affine) if settings.canonical else IDENTITY.copy()
         return cls(shape, affine, ornt, settings)
 
@@ -108,14 +104,14 @@ def prefill_volume(
     label_values: np.ndarray,
 ) -> np.ndarray:
     """Masks at data.size back on the source grid, in the file's voxel order: the inverse of the
-    loader's slicing and in-plane fit (`preprocess.unfit_case_slices`) and orientation.
+    loader's slicing and in-plane fit (`fitting.unfit_case_slices`) and orientation.
 
     Args:
       geometry: the case's geometry (its settings: axis, size, resample, spacing).
       canonical_index: [n] indices of the slices along settings.axis (canonical).
       masks: [n, H, W] class indices of those slices at data.size ({0, 1} for one class).
       label_values: [C + 1] label value written for each class index
-        (`preprocess.label_value_table`), or one int: the value of a binary mask's 1.
+        (`label_maps.label_value_table`), or one int: the value of a binary mask's 1.
 
     Returns:
       uint8 (uint16 for label values above 255) array of geometry.shape: each class's label
@@ -128,7 +124,7 @@ def prefill_volume(
     dtype = np.uint8 if label_values.max() <= 255 else np.uint16
     canonical = np.zeros(geometry.canonical_shape(), dtype)
     stack = np.moveaxis(canonical, settings.axis, 0)  # a view, as preprocess.to_slices cuts it
-    planes = preprocess.unfit_case_slices(
+    planes = fitting.unfit_case_slices(
         np.asarray(masks, np.uint8), stack.shape[1:], settings, geometry.canonical_spacing()
     )
     stack[np.asarray(canonical_index)] = label_values.astype(dtype)[planes]
@@ -136,9 +132,9 @@ def prefill_volume(
 
 
 def label_file_classes(
-    case: CaseFiles, settings: preprocess.Settings
+    case: CaseFiles, settings: cases.Settings
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The case's label file as the loader maps it (`preprocess.label_indices`: the binary
+    """The case's label file as the loader maps it (`label_maps.label_indices`: the binary
     target or the classes, with its value checks), in the file's own voxel order. (The loader
     reads the same voxels reoriented; the map is per voxel, so the two agree voxel for voxel.)
 
@@ -146,15 +142,15 @@ def label_file_classes(
       (uint8 class indices of the file's shape, bool mask of its unlabelled voxels: those of
       `settings.ignore_value`, which read as 0; None when the file has none).
     """
-    label, _ = preprocess.read_canonical(case.label, "label", None, as_float=False, reorient=False)
+    label, _ = reading.read_canonical(case.label, "label", None, as_float=False, reorient=False)
     unknown = None if settings.ignore_value is None else label == settings.ignore_value
-    classes = preprocess.label_indices(label, case.label, settings)
+    classes = label_maps.label_indices(label, case.label, settings)
     return classes, (unknown if unknown is not None and unknown.any() else None)
 
 
 def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
     """Saves `data` as NIfTI with the source image's affine, qform/sform codes and units."""
-    source = preprocess.load_nifti(case.image, header_only=True)
+    source = reading.load_nifti(case.image, header_only=True)
     image = nib.Nifti1Image(np.ascontiguousarray(data), source.affine)
     header = source.header
     if hasattr(header, "get_sform"):  # NIfTI sources: viewers read the codes, keep them
@@ -162,13 +158,3 @@ def write_label_volume(path: str, data: np.ndarray, case: CaseFiles) -> None:
         image.set_qform(*header.get_qform(coded=True))
         image.header.set_xyzt_units(*header.get_xyzt_units())
     nib.save(image, path)
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def predict_batch(variables, images: jax.Array, *, model) -> jax.Array:
-    """Images [batch, H, W(, K)] -> [batch, H, W] uint8 class indices of the deterministic
-    model: P > 0.5 for the binary head, the argmax class for several classes."""
-    logits = model.apply(variables, images, False)
-    if logits.ndim == 4:
-        return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
-    return (logits > 0).astype(jnp.uint8)
