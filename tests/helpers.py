@@ -108,8 +108,8 @@ def comparable(history: list[dict]) -> list[dict]:
 
 def read_records(workdir: str) -> list[dict]:
     """The records (one dict per round) of the run folder `workdir`."""
-    from selal_jax import report
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
+    from selal_jax.verbs import report
 
     return report.read_records(os.path.join(workdir, workdir_lib.RECORDS_FILE))
 
@@ -119,10 +119,10 @@ def restore_final(config, workdir: str):
     into the structure of `config`'s model (arrays fetched to the host)."""
     import jax
 
-    from selal_jax import checkpointing
-    from selal_jax import workdir as workdir_lib
     from selal_jax.core.models import build_model, init_variables
     from selal_jax.core.train import create_train_state, make_optimizer
+    from selal_jax.run import checkpointing
+    from selal_jax.run import workdir as workdir_lib
 
     state = create_train_state(
         init_variables(build_model(config.model), jax.random.key(0), *config.data.size),

@@ -14,10 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, checkpointing, label_store, loop
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import schema
 from selal_jax.data import cases, fitting, label_volumes, loading
+from selal_jax.run import checkpointing, label_store, loop
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.verbs import annotate
 from tests import helpers
 from tests.helpers import REPO, comparable, restore_final, smoke_config
 

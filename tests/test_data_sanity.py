@@ -206,7 +206,7 @@ def test_split_fractions_that_sum_to_one_up_to_rounding_pass():
 
 
 def _stop_before_training(monkeypatch):
-    from selal_jax import loop
+    from selal_jax.run import loop
 
     class Stop(Exception):
         pass
@@ -221,8 +221,8 @@ def _stop_before_training(monkeypatch):
 def test_an_eval_batch_beyond_the_largest_split_is_capped_once(
     tmp_path, cohort_root, monkeypatch, caplog
 ):
-    from selal_jax import loop
     from selal_jax.core import parallel
+    from selal_jax.run import loop
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.eval_batch_size": 10**6})
@@ -246,7 +246,7 @@ def test_an_eval_batch_beyond_the_largest_split_is_capped_once(
 
 
 def test_a_training_batch_beyond_the_labelled_set_warns(tmp_path, cohort_root, monkeypatch, caplog):
-    from selal_jax import loop
+    from selal_jax.run import loop
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.batch_size": 5000})
@@ -265,7 +265,7 @@ def test_a_training_batch_beyond_the_labelled_set_warns(tmp_path, cohort_root, m
 def test_a_class_head_with_the_official_convention_is_refused_before_training(
     tmp_path, monkeypatch
 ):
-    from selal_jax import loop
+    from selal_jax.run import loop
     from tests.helpers import smoke_config
 
     config = smoke_config(

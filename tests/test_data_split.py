@@ -337,8 +337,8 @@ def test_reorient_none_reads_every_channel_the_same_way(tmp_path):
 def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis, size, resample):
     """The export's geometry with reorient=none: the prefill lands on the stored slice the loader
     cut, and the true masks written there import as the loader's slices."""
-    from selal_jax import annotate
     from selal_jax.data import label_volumes
+    from selal_jax.verbs import annotate
     from tests.test_annotate import SHAPE as ANNOTATE_SHAPE
     from tests.test_annotate import _affines
 

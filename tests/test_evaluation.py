@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import evaluation, loop
 from selal_jax.core import metrics
 from selal_jax.core import train as train_lib
 from selal_jax.data import label_maps, loading
+from selal_jax.run import evaluation, loop
 from tests.helpers import smoke_config
 
 KINDS = {

@@ -12,8 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, export, loop
 from selal_jax.data import fitting, loading, preprocess, reading
+from selal_jax.run import loop
+from selal_jax.verbs import annotate, export
 from tests.helpers import REPO, smoke_config
 
 TRAIN = {"train.max_epochs": 1, "train.min_steps_per_epoch": 2, "al.rounds": 1}
@@ -144,7 +145,7 @@ def test_the_export_inspects_and_loads_with_ignore_as_unlabelled(binary_run, tmp
     """Issue 24: `inspect` and the loader read the product's own export. Its ignore voxels are
     unlabelled, never target: a slice of ignore alone is an unlabelled slice (has_label False,
     mask 0); the labelled slices hold the run's labels."""
-    from selal_jax import inspect_data
+    from selal_jax.verbs import inspect_data
 
     config, workdir = binary_run
     out = export.export_nnunet(config, workdir, str(tmp_path / "Dataset501_Run"))

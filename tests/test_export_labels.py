@@ -14,8 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, export, label_store, loop
-from selal_jax import workdir as workdir_lib
+from selal_jax.run import label_store, loop
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.verbs import annotate, export
 from tests import helpers
 from tests.helpers import smoke_config
 from tests.test_export import check_export

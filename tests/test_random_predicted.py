@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, label_store
 from selal_jax.core import scoring, selection
 from selal_jax.core.models import UNet, init_variables
+from selal_jax.run import diagnostics, label_store
 
 T = 0.3
 

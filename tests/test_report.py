@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, report, report_plots, report_tables
 from selal_jax.base import schema
+from selal_jax.run import diagnostics
+from selal_jax.verbs import report, report_plots, report_tables
 from tests.helpers import REPO
 
 
@@ -107,7 +108,7 @@ def test_redundancy_is_mean_off_diagonal_cosine_similarity():
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, cohort_root):
-    from selal_jax import sweep
+    from selal_jax.verbs import sweep
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1, "train.max_epochs": 1})
@@ -143,7 +144,7 @@ def test_sweep_shares_round0_and_renders_both_plots(tiny_sweep):
 
 
 def test_rerunning_a_finished_sweep_recomputes_nothing(tiny_sweep):
-    from selal_jax import sweep
+    from selal_jax.verbs import sweep
 
     config, workdir, paths = tiny_sweep
     before = {
@@ -162,8 +163,8 @@ def test_a_sweep_continues_with_its_workdir_alone_and_refuses_a_changed_config(t
     import subprocess
     import sys
 
-    from selal_jax import sweep
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
+    from selal_jax.verbs import sweep
 
     config, workdir, paths = tiny_sweep
     records = os.path.join(workdir, "seed-0", "random-all", "records.jsonl")

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from selal_jax import checkpointing, loop
 from selal_jax.base import schema
+from selal_jax.run import checkpointing, loop
 from tests.helpers import REPO, comparable
 from tests.helpers import restore_final as final_state
 
@@ -199,7 +199,7 @@ def test_extending_a_finished_run_equals_the_longer_run(reference, tmp_path, coh
 
 
 def test_restore_loop_of_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
-    from selal_jax import checkpointing
+    from selal_jax.run import checkpointing
 
     ckpt = checkpointing.Checkpointer(str(tmp_path / "c"))
     ckpt.save(0, {"w": np.zeros(3)}, {"round": 0})

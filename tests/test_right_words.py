@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import loop
 from selal_jax.base.errors import DataError
 from selal_jax.data import cases, preprocess
+from selal_jax.run import loop
 from tests import helpers
 from tests.test_data import data_config, load, volumes
 
@@ -152,7 +152,7 @@ def test_a_copy_with_new_mtimes_resumes_and_a_changed_file_is_refused(
 def test_runs_and_caches_keyed_by_mtimes_are_still_found(tmp_path, monkeypatch):
     """Caches and runs written before contents were hashed keep working: the cache under the
     old key is adopted, the old fingerprint accepted."""
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
 
     root = helpers.write_msd(str(tmp_path / "msd"), volumes(3))
     config = data_config("msd", root, split=THIRDS)

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from selal_jax import checkpointing, lock, loop, sweep
+from selal_jax.run import checkpointing, lock, loop
+from selal_jax.verbs import report, sweep
 from tests.helpers import REPO, comparable, failing_mkdir, launch, read_records
 
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
@@ -24,7 +25,7 @@ def held_workdir(tmp_path):
     code = (
         "import sys, time\n"
         f"sys.path.insert(0, {REPO!r})\n"
-        "from selal_jax import lock\n"
+        "from selal_jax.run import lock\n"
         f"with lock.hold({workdir!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n"
@@ -49,7 +50,7 @@ def test_a_second_process_is_refused_naming_the_workdir_and_holder(held_workdir,
     assert socket.gethostname() in str(e.value)
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing touched
     # every verb that writes the workdir takes the lock
-    from selal_jax import annotate
+    from selal_jax.verbs import annotate
 
     for call in (
         lambda: sweep.run(config, workdir),
@@ -210,12 +211,12 @@ def test_an_error_of_close_does_not_mask_the_error_that_ended_the_run(
 
 
 def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, cohort_root):
-    from selal_jax.core import train
+    from selal_jax.run import fit
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.learning_rate": 1e3})
     with pytest.raises(
-        train.TrainingDivergedError,
+        fit.TrainingDivergedError,
         match=r"round 0: training diverged: best validation loss \S+ exceeds 10 x the untrained "
         r"model's validation loss \S+; lower train.learning_rate",
     ):
@@ -223,7 +224,7 @@ def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, coho
 
 
 def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, cohort_root):
-    from selal_jax.core import train
+    from selal_jax.run import fit
     from tests.helpers import smoke_config
 
     workdir = str(tmp_path / "run")
@@ -239,7 +240,7 @@ def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, coh
             "allow_config_change": True,
         }
     )
-    with pytest.raises(train.TrainingDivergedError, match=f"round 1: .*{untrained:.6g}"):
+    with pytest.raises(fit.TrainingDivergedError, match=f"round 1: .*{untrained:.6g}"):
         loop.run(config, workdir)
 
 
@@ -453,7 +454,7 @@ def test_a_moved_dataset_with_the_same_files_resumes(finished, tmp_path):
 
 
 def test_report_names_the_file_and_line_of_a_bad_record(tmp_path):
-    from selal_jax import report
+    from selal_jax.verbs import report
 
     path = tmp_path / "records.jsonl"
     path.write_text('{"round": 0}\n{"round": 1, oops\n')
@@ -590,7 +591,7 @@ def test_no_target_in_the_test_or_validation_split_is_flagged(tmp_path, caplog):
     history = loop.run(config, str(tmp_path / "run"))
     assert history[0]["test_slices_with_target"] == 0
     assert history[0]["val_slices_with_target"] == 0
-    table = loop.summary_text(history, str(tmp_path / "run")).splitlines()
+    table = report.summary_text(history, str(tmp_path / "run")).splitlines()
     assert table[-2:] == [
         "warning: no target in the test split: Dice is not meaningful",
         "warning: no target in the validation split: early stopping sees background alone",

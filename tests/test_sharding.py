@@ -37,8 +37,8 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import loop
 from selal_jax.core import parallel
+from selal_jax.run import loop
 from tests import sharding_worker as worker
 from tests.helpers import REPO, TIMING_FIELDS, read_records, restore_final, smoke_config
 

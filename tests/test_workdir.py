@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from selal_jax import checkpointing
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import schema
+from selal_jax.run import checkpointing
+from selal_jax.run import workdir as workdir_lib
 from tests.helpers import smoke_config
 
 

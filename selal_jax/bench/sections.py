@@ -116,7 +116,7 @@ def train_section(bench: Bench) -> list[dict]:
 
 
 def measure_train(bench: Bench, dtype: str, batch: int, tx) -> dict:
-    """Steady-state throughput of `train.train_step`, fed host batches as `train.fit` does
+    """Steady-state throughput of `train.train_step`, fed host batches as `run.fit.fit` does
     (labels: class indices 0..num_classes; the loss is BCE or softmax CE by the model's head)."""
     c, pool = bench.config, bench.pool
     model = bench.model(dtype)

@@ -30,6 +30,7 @@ under vmap, which shards along the batch like any other input.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -270,3 +271,28 @@ def map_batches(fn, ids, *arrays, batch_size: int, mesh: Mesh | None = None, on_
     return jax.tree_util.tree_map(
         lambda *xs: np.concatenate([x[:n] for x, (_, n) in zip(xs, outs, strict=True)]), *host
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Batcher:
+    """`map_batches` with a run's batch size and mesh bound: every batched call of a run (the
+    evaluation of a split, scoring, diagnostics, predictions) takes its batches from here, so
+    that none can leave the mesh out.
+
+    Attributes:
+      batch_size: rows per call, global (over all devices of `mesh`): train.eval_batch_size.
+      mesh: the run's mesh, or None (one device: the single-device path).
+    """
+
+    batch_size: int
+    mesh: Mesh | None = None
+
+    def map(self, fn, ids, *arrays, on_batch=None):
+        """`map_batches(fn, ids, *arrays)` in this batcher's batches over its mesh."""
+        return map_batches(
+            fn, ids, *arrays, batch_size=self.batch_size, mesh=self.mesh, on_batch=on_batch
+        )
+
+    def replicate(self, tree):
+        """`tree` placed on every device of the mesh (`put_replicated`); as it is without one."""
+        return tree if self.mesh is None else put_replicated(self.mesh, tree)

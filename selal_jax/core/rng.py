@@ -10,7 +10,7 @@ numbers as an uninterrupted one, and scores do not depend on batch size or order
     │                                                    al.initial_from_positive split in two
     │                                                    (positive, negative permutations)
     └── round_key(root, r)           [r]                 round r = 0, 1, ... (< 2**31 - 2)
-        ├── fit_key(round)           [0]                 train.fit
+        ├── fit_key(round)           [0]                 run.fit.fit
         │   └── epoch_key(fit, e)    [e]                 epoch e; itself: the epoch's order
         │       └── step_key(epoch, s)   [1 + s]         train_step s of the epoch; split in
         │                                                two there: (dropout, augmentation),
@@ -93,7 +93,7 @@ def round_key(root: Array, round_index: int) -> Array:
 
 
 def fit_key(round_key: Array) -> Array:
-    """The round's training (`train.fit`)."""
+    """The round's training (`run.fit.fit`)."""
     return jax.random.fold_in(round_key, FIT_TAG)
 
 
@@ -132,7 +132,7 @@ def noise_key(stream_key: Array, slice_id) -> Array:
 
 
 def epoch_key(fit_key: Array, epoch: int) -> Array:
-    """Epoch `epoch` of a fit; itself the key of the epoch's order (`train.epoch_order`)."""
+    """Epoch `epoch` of a fit; itself the key of the epoch's order (`run.fit.epoch_order`)."""
     return jax.random.fold_in(fit_key, epoch)
 
 

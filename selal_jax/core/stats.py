@@ -1,6 +1,6 @@
 """Statistics over seeds: percentile bootstrap intervals and the paired Wilcoxon comparison.
 
-Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_jax.report`.
+Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_jax.verbs.report`.
 
 * Interval: 95 % percentile bootstrap of the mean over seeds: BOOTSTRAP_RESAMPLES resamples of the
   seeds with replacement drawn by `numpy.random.default_rng(BOOTSTRAP_SEED)` (a fresh generator

@@ -15,10 +15,10 @@ import os
 import nibabel as nib
 import numpy as np
 
-from selal_jax import validation
 from selal_jax.core import parallel
 from selal_jax.data import cache, loading, preprocess, reading
 from selal_jax.data.cases import CaseFiles
+from selal_jax.run import validation
 
 CHUNK = 256  # slices per pass when counting labels of a memory-mapped split
 

@@ -6,7 +6,7 @@ A run folder (`loop.run`, `launch.py run`):
   discarded/<time>-rounds-<a>[-<b>]/<r>/  resume_from: the later rounds' checkpoints, moved
                             aside and deleted once the first of them is saved again
   records.jsonl             one JSON record per round (rebuilt from the checkpoint if missing)
-  metrics.jsonl             per round and epoch: train and validation loss (`train.fit`)
+  metrics.jsonl             per round and epoch: train and validation loss (`run.fit.fit`)
   evaluation/round_<r>.csv  per-case metrics of round r's model (eval.cases)
   annotations/round_<r>.npz al.annotator = human: the imported labels, at data.size and at the
                             source resolution (`label_store`)
@@ -14,7 +14,7 @@ A run folder (`loop.run`, `launch.py run`):
                             labels/<case>.nii.gz)
   cache/<fingerprint>/      the slice cache (unless data.cache_dir)
   report/                   `launch.py report`
-  .lock                     held while a verb uses the folder (`selal_jax.lock`)
+  .lock                     held while a verb uses the folder (`selal_jax.run.lock`)
 
 A sweep folder (`sweep.run`):
   supervised/supervised.json            the supervised baseline
@@ -39,10 +39,10 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from selal_jax import checkpointing, lock
 from selal_jax.base import schema
 from selal_jax.base.errors import UserError
 from selal_jax.data import cache
+from selal_jax.run import checkpointing, lock
 
 CHECKPOINTS_DIR = "checkpoints"
 DISCARDED_DIR = "discarded"  # resume_from: later rounds' checkpoints, until they are redone

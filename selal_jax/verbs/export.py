@@ -34,12 +34,12 @@ import nibabel as nib
 import numpy as np
 from absl import logging
 
-from selal_jax import loop
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
 from selal_jax.base.errors import UserError
 from selal_jax.core import rng
 from selal_jax.data import cases, label_maps, label_volumes, reading
+from selal_jax.run import loop
+from selal_jax.run import workdir as workdir_lib
 
 IGNORE = "ignore"
 

@@ -23,12 +23,13 @@ import os
 import numpy as np
 from absl import logging
 
-from selal_jax import checkpointing, diagnostics, lock, loop, report, validation
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic, schema
 from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.core import parallel, rng
 from selal_jax.data import synthetic
+from selal_jax.run import checkpointing, diagnostics, lock, loop, validation
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.verbs import report
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:

@@ -12,9 +12,9 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from selal_jax import diagnostics, label_store
 from selal_jax.base.errors import UserError
 from selal_jax.data.slices import SliceSet
+from selal_jax.run import diagnostics, label_store
 
 
 class LabelledPool:

@@ -14,7 +14,7 @@ last round's per-case Dice and HD95 follow when the records have them ("-" other
 several foreground classes the Dice is the mean over classes, and per_class.md/.csv give each
 class. comparison.md/.csv give bootstrap intervals over seeds and the paired comparison against a
 reference run (see `comparison_rows` and selal_jax.core.stats). The figures are drawn by
-`selal_jax.report_plots`, the markdown and CSV text of the rows by `selal_jax.report_tables`.
+`selal_jax.verbs.report_plots`, the markdown and CSV text of the rows by `selal_jax.verbs.report_tables`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,18 @@ import os
 
 import numpy as np
 
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
 from selal_jax.base.errors import UserError
 from selal_jax.core import stats
-from selal_jax.report_plots import plot_learning_curves, plot_learning_curves_pixels, plot_tsne
-from selal_jax.report_tables import (
+from selal_jax.run import loop, rounds
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.run.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
+from selal_jax.verbs.report_plots import (
+    plot_learning_curves,
+    plot_learning_curves_pixels,
+    plot_tsne,
+)
+from selal_jax.verbs.report_tables import (
     class_markdown_table,
     csv_table,
     last_queries_markdown,
@@ -39,16 +45,17 @@ from selal_jax.report_tables import (
     markdown_table,
     queried_slices_text,
 )
-from selal_jax.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
 
 PCTS = (10, 15, 20, 25, 30, 35)
 # Per-case evaluation fields of the records (when present) and their columns in the tables.
 CASE_FIELDS = {"case_dice": "case Dice", "case_hd95": "case HD95"}
 DEFAULT_REFERENCE = "random all"
-# Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
-NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
-# Without target, the validation loss that picks each round's model rewards predicting none.
-NO_VAL_TARGET_NOTE = "no target in the validation split: early stopping sees background alone"
+
+
+def summary_text(history: list[dict], workdir: str) -> str:
+    """What `launch.py run` prints at the end: the round table and any awaited next step."""
+    message = loop.awaiting_message(history, workdir)
+    return round_table(history) + (f"\n{message}" if message else "")
 
 
 def round_table(history: list[dict]) -> str:
@@ -76,9 +83,9 @@ def round_table(history: list[dict]) -> str:
         f"({best['n_labelled']} labelled slices)"
     )
     if any(rec.get("test_slices_with_target") == 0 for rec in history):
-        lines.append(f"warning: {NO_TARGET_NOTE}")
+        lines.append(f"warning: {rounds.NO_TARGET_NOTE}")
     if any(rec.get("val_slices_with_target") == 0 for rec in history):
-        lines.append(f"warning: {NO_VAL_TARGET_NOTE}")
+        lines.append(f"warning: {rounds.NO_VAL_TARGET_NOTE}")
     last = last_query(history)
     if last is not None:
         lines.append(queried_slices_text(*last))

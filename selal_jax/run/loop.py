@@ -16,8 +16,6 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import checkpointing, labelled_pool, lock, report, rounds, validation
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import schema
 from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.core import parallel, rng, selection
@@ -25,6 +23,9 @@ from selal_jax.core import train as train_lib
 from selal_jax.core.models import build_model, init_variables
 from selal_jax.data import loading
 from selal_jax.data.slices import SliceSet
+from selal_jax.run import checkpointing, labelled_pool, lock, rounds, validation
+from selal_jax.run import fit as fit_lib
+from selal_jax.run import workdir as workdir_lib
 
 
 def log_round(record: dict) -> None:
@@ -72,12 +73,6 @@ def awaiting_message(history: list[dict], workdir: str) -> str | None:
         f"import them with `python launch.py import-labels --workdir={w} --labels=DIR`, "
         "then run again to continue with the next round."
     )
-
-
-def summary_text(history: list[dict], workdir: str) -> str:
-    """What `launch.py run` prints at the end: the round table and any awaited next step."""
-    message = awaiting_message(history, workdir)
-    return report.round_table(history) + (f"\n{message}" if message else "")
 
 
 class Experiment:
@@ -155,7 +150,7 @@ class Experiment:
             )
             self.labelled[initial] = True
             if round0_dir is not None:
-                from selal_jax import sweep  # sweep runs this module's `run`
+                from selal_jax.verbs import sweep  # sweep runs this module's `run`
 
                 self.state, self.round0_record = sweep.take_round0(round0_dir, self)
 
@@ -245,18 +240,21 @@ class Experiment:
         if not self.batch_warned:
             self.batch_warned = validation.warn_batch_beyond_labelled(config, len(labelled_ids), r)
         if r == 0:  # the yardstick of check_divergence, kept in round 0's record
-            untrained = train_lib.validation_loss(
-                self.model, self.state.variables, self.splits.val, batch_size=batch, mesh=self.mesh
+            untrained = fit_lib.validation_loss(
+                self.model,
+                self.state.variables,
+                self.splits.val,
+                parallel.Batcher(batch, self.mesh),
             )
         else:  # None for runs recorded without it
             untrained = self.history[0].get("untrained_val_loss") if self.history else None
         key = rng.fit_key(rng.round_key(self.root, r))
-        self.state, fit = train_lib.fit(
+        self.state, fit = fit_lib.fit(
             self.model, self.state, self.tx, self.pool, labelled_ids, self.splits.val, key,
             config.train, round_index=r, mesh=self.mesh,
         )  # fmt: skip
         if untrained is not None:
-            train_lib.check_divergence(r, fit["best_val_loss"], untrained)
+            fit_lib.check_divergence(r, fit["best_val_loss"], untrained)
         workdir_lib.write_epoch_metrics(self.workdir, r, fit["history"])
         variables = self.state.variables
         return rounds.round_record(

@@ -9,15 +9,20 @@ import jax
 import numpy as np
 from absl import logging
 
-from selal_jax import diagnostics, evaluation, report
 from selal_jax.base import faults
 from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.base.progress import Progress
-from selal_jax.core import rng, scoring, selection
+from selal_jax.core import parallel, rng, scoring, selection
 from selal_jax.core import train as train_lib
 from selal_jax.core.spread import Spread
 from selal_jax.data.slices import SliceSet
+from selal_jax.run import diagnostics, evaluation
+from selal_jax.run import fit as fit_lib
 
+# Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
+NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
+# Without target, the validation loss that picks each round's model rewards predicting none.
+NO_VAL_TARGET_NOTE = "no target in the validation split: early stopping sees background alone"
 # Record fields that commit_round adds after training (the query and its diagnostics).
 QUERY_FIELDS = (
     "score_seconds",
@@ -161,12 +166,12 @@ def query(
 
 def test_metrics(model, variables, test: SliceSet, batch_size: int, mesh, r: int) -> dict:
     """Round r's Dice on the test split: mean per slice and global, overall and per class."""
-    terms = train_lib.evaluate(model, variables, test, batch_size=batch_size, mesh=mesh)
+    terms = fit_lib.evaluate(model, variables, test, parallel.Batcher(batch_size, mesh))
     dice, dice_global = train_lib.dice_scores(terms)
     label_sum = np.asarray(terms["label_sum"]).reshape(len(terms["label_sum"]), -1)
     test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))
     if test_with_target == 0:
-        logging.warning("round %d: %s", r, report.NO_TARGET_NOTE)
+        logging.warning("round %d: %s", r, NO_TARGET_NOTE)
     names = list(test.class_names)
     if len(names) == 1:  # binary: the class's Dice is the run's, to the bit
         per_class, global_per_class = [dice], [dice_global]

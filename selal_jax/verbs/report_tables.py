@@ -1,6 +1,6 @@
 """Markdown and CSV text of report rows (one dict of string cells per row).
 
-Used by `selal_jax.report`, which builds the rows from a run's records.
+Used by `selal_jax.verbs.report`, which builds the rows from a run's records.
 """
 
 from __future__ import annotations

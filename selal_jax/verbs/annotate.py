@@ -37,8 +37,6 @@ import time
 import numpy as np
 from absl import logging
 
-from selal_jax import label_store, lock, loop
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
 from selal_jax.base.errors import DataError, UserError
 from selal_jax.core import parallel, rng
@@ -53,6 +51,8 @@ from selal_jax.data import (
     volumes,
 )
 from selal_jax.data.cases import CaseFiles
+from selal_jax.run import label_store, lock, loop
+from selal_jax.run import workdir as workdir_lib
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
 CSV_FIELDS = (

@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from selal_jax import workdir as workdir_lib
 from selal_jax.base import atomic
 from selal_jax.core import metrics, parallel
 from selal_jax.core import train as train_lib
 from selal_jax.data import cases, label_maps, label_volumes
+from selal_jax.run import workdir as workdir_lib
 
 CSV_FIELDS = ("case", "class", "dice", "hd95", "nsd", "volume_pred", "volume_ref")
 

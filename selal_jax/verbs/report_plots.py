@@ -1,7 +1,7 @@
 """Figures of a report: learning curves (Dice vs % labelled, vs labelled target pixels) and the
 t-SNE of the pool embeddings.
 
-`runs` is `selal_jax.report.load_runs`'s {run name: {seed: history}}. matplotlib and sklearn are
+`runs` is `selal_jax.verbs.report.load_runs`'s {run name: {seed: history}}. matplotlib and sklearn are
 imported only when a figure is drawn.
 """
 
