@@ -16,7 +16,7 @@ import pytest
 
 from selal_jax.base import schema
 from selal_jax.data import cases, fitting, label_volumes, loading
-from selal_jax.run import checkpointing, label_store, loop
+from selal_jax.run import checkpointing, label_store, loop, parts, state
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.verbs import annotate
 from tests import helpers
@@ -44,11 +44,8 @@ def correct(export_dir: str, truth) -> None:
 
 
 def labelled_ids(config, workdir) -> set[int]:
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        return set(np.flatnonzero(experiment.labelled).tolist())
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    return set(np.flatnonzero(experiment.labelled).tolist())
 
 
 # ------------------------------------------------------------------ the clinician round trip
@@ -237,7 +234,7 @@ def test_simulated_annotator_refuses_an_unlabelled_pool(oriented, tmp_path):
     simulated = config.copy_and_resolve_references()
     simulated.al.annotator = "simulated"
     with pytest.raises(ValueError, match="3 training cases have no labels.*al.annotator=human"):
-        loop.Experiment.open(simulated, str(tmp_path))
+        parts.build(simulated, str(tmp_path))
 
 
 def test_export_is_in_each_files_own_geometry(oriented):
@@ -296,26 +293,21 @@ def test_clinician_on_an_unlabelled_pool_with_reoriented_files(oriented, tmp_pat
     correct(labels, truth_of(root))
     summary = annotate.import_labels(config, copy, labels)
     expected = loader_labels(root, tmp_path)
-    experiment = loop.Experiment.open(config, copy)
-    try:
-        ids = np.asarray(experiment.history[-1]["queried"])
-        assert experiment.awaiting is None and experiment.labelled[ids].all()
-        assert (
-            summary["n_slices"] == len(ids) and summary["n_labelled"] == experiment.labelled.sum()
-        )
-        train = experiment.pool
-        got = train.labels[ids]  # what training reads: the imported masks
-        cases = [train.cases[train.subject[i]] for i in ids]
-        for k, pool_id in enumerate(ids):
-            want = expected[(cases[k], int(train.slice_index[pool_id]))]
-            np.testing.assert_array_equal(got[k], want, err_msg=f"{cases[k]}")
-        assert set(cases) & set(UNLABELLED)
-        assert got[[c in UNLABELLED for c in cases]].any()  # not vacuous: target was imported
-        labelled = np.flatnonzero(experiment.labelled)
-        drawn = (np.asarray(train.labels[labelled]) > 0).reshape(len(labelled), -1).sum(1)
-        dataset = (np.asarray(experiment.splits.train.labels[labelled]) > 0).sum()
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, copy)
+    ids = np.asarray(experiment.history[-1]["queried"])
+    assert experiment.awaiting is None and experiment.labelled[ids].all()
+    assert summary["n_slices"] == len(ids) and summary["n_labelled"] == experiment.labelled.sum()
+    train = experiment.pool
+    got = train.labels[ids]  # what training reads: the imported masks
+    cases = [train.cases[train.subject[i]] for i in ids]
+    for k, pool_id in enumerate(ids):
+        want = expected[(cases[k], int(train.slice_index[pool_id]))]
+        np.testing.assert_array_equal(got[k], want, err_msg=f"{cases[k]}")
+    assert set(cases) & set(UNLABELLED)
+    assert got[[c in UNLABELLED for c in cases]].any()  # not vacuous: target was imported
+    labelled = np.flatnonzero(experiment.labelled)
+    drawn = (np.asarray(train.labels[labelled]) > 0).reshape(len(labelled), -1).sum(1)
+    dataset = (np.asarray(experiment.splits.train.labels[labelled]) > 0).sum()
     history = loop.run(config, copy)  # the next round
     assert [r["round"] for r in history] == [0, 1]
     assert history[0]["queried_with_target"] == int(got.reshape(len(ids), -1).any(1).sum())
@@ -329,18 +321,15 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
     config, workdir, export, _ = oriented
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
-    experiment = loop.Experiment.open(config, copy)
-    try:
-        ids = np.asarray(experiment.history[-1]["queried"])
-        predicted = annotate.predicted_masks(experiment, ids)
-        source = experiment.splits.source
-        settings = loading.make_settings(config.data, source)
-        canonical = [
-            label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
-            for s in experiment.pool.subject[ids]
-        ]
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, copy)
+    ids = np.asarray(experiment.history[-1]["queried"])
+    predicted = annotate.predicted_masks(experiment, ids)
+    source = experiment.splits.source
+    settings = loading.make_settings(config.data, source)
+    canonical = [
+        label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
+        for s in experiment.pool.subject[ids]
+    ]
     annotate.import_labels(config, copy, export)  # the export folder itself works too
     stored_ids, masks = label_store.LabelStore(
         os.path.join(copy, workdir_lib.ANNOTATIONS_DIR)
@@ -625,13 +614,10 @@ def test_an_import_interrupted_after_its_commit_point_is_applied_on_resume(
     with pytest.raises(KeyboardInterrupt):
         annotate.import_labels(config, copy, export)
     monkeypatch.undo()
-    experiment = loop.Experiment.open(config, copy)
-    try:
-        ids = experiment.history[-1]["queried"]
-        assert experiment.awaiting is None and experiment.labelled[ids].all()
-        assert experiment.history[-1]["queried_with_target"] is not None
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, copy)
+    ids = experiment.history[-1]["queried"]
+    assert experiment.awaiting is None and experiment.labelled[ids].all()
+    assert experiment.history[-1]["queried_with_target"] is not None
 
 
 def test_runs_started_before_the_annotator_fields_existed_stay_resumable():

@@ -214,7 +214,7 @@ def _stop_before_training(monkeypatch):
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(loop.train_lib, "fit", stop)
+    monkeypatch.setattr(loop.fit_lib, "fit", stop)
     return Stop
 
 

@@ -12,7 +12,7 @@ import pytest
 from selal_jax.core import metrics
 from selal_jax.core import train as train_lib
 from selal_jax.data import label_maps, loading
-from selal_jax.run import evaluation, loop
+from selal_jax.run import evaluation, loop, state
 from tests.helpers import smoke_config
 
 KINDS = {
@@ -83,23 +83,20 @@ def loading_values(settings):
 
 def test_written_prediction_holds_the_models_slices(evaluated_run):
     config, workdir, history = evaluated_run
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        test, source = experiment.splits.test, experiment.splits.source
-        settings = loading.make_settings(config.data, source)
-        values = np.asarray([0, *loading_values(settings)])
-        subject = int(np.unique(test.subject)[0])
-        ids = np.flatnonzero(test.subject == subject)
-        case = source.cases[subject]
-        predicted = np.asarray(
-            jax.device_get(
-                train_lib.predict_batch(
-                    experiment.state.variables, test.images[ids], model=experiment.model
-                )
+    experiment = state.open_finished(config, workdir)
+    test, source = experiment.splits.test, experiment.splits.source
+    settings = loading.make_settings(config.data, source)
+    values = np.asarray([0, *loading_values(settings)])
+    subject = int(np.unique(test.subject)[0])
+    ids = np.flatnonzero(test.subject == subject)
+    case = source.cases[subject]
+    predicted = np.asarray(
+        jax.device_get(
+            train_lib.predict_batch(
+                experiment.variables(), test.images[ids], model=experiment.parts.model
             )
         )
-    finally:
-        experiment.close()
+    )
     last = history[-1]["round"]
     path = os.path.join(workdir, "evaluation", f"round_{last:03d}", f"{case.case_id}.nii.gz")
     canonical = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from selal_jax.data import fitting, loading, preprocess, reading
-from selal_jax.run import loop
+from selal_jax.run import loop, state
 from selal_jax.verbs import annotate, export
 from tests.helpers import REPO, smoke_config
 
@@ -24,15 +24,12 @@ def check_export(config, workdir: str, out: str) -> dict:
     """Reading each exported label file with the loader's forward path at the labelled slices
     gives the run's training labels; every other voxel is the ignore value; images are the
     source channels in the source geometry."""
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        train, source = experiment.pool, experiment.splits.source
-        ids = np.flatnonzero(experiment.labelled)
-        expected = np.asarray(train.labels[ids])
-        subjects = np.asarray(train.subject[ids])
-        index = np.asarray(train.slice_index[ids])
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    train, source = experiment.pool, experiment.splits.source
+    ids = np.flatnonzero(experiment.labelled)
+    expected = np.asarray(train.labels[ids])
+    subjects = np.asarray(train.subject[ids])
+    index = np.asarray(train.slice_index[ids])
     settings = loading.make_settings(config.data, source)
     with open(os.path.join(out, "dataset.json")) as f:
         meta = json.load(f)
@@ -149,16 +146,13 @@ def test_the_export_inspects_and_loads_with_ignore_as_unlabelled(binary_run, tmp
 
     config, workdir = binary_run
     out = export.export_nnunet(config, workdir, str(tmp_path / "Dataset501_Run"))
-    experiment = loop.Experiment.open(config, workdir, with_model=False)
-    try:
-        train = experiment.pool
-        ids = np.flatnonzero(experiment.labelled)
-        labelled = {
-            (train.cases[train.subject[i]], int(train.slice_index[i])): np.asarray(train.labels[i])
-            for i in ids
-        }
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    train = experiment.pool
+    ids = np.flatnonzero(experiment.labelled)
+    labelled = {
+        (train.cases[train.subject[i]], int(train.slice_index[i])): np.asarray(train.labels[i])
+        for i in ids
+    }
     data = smoke_config(
         **{
             "data.layout": "nnunetv2",

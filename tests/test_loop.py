@@ -1,12 +1,13 @@
 """A 2-round end-to-end run of the loop on a tiny synthetic cohort."""
 
+import functools
 import json
 import os
 
 import numpy as np
 import pytest
 
-from selal_jax.run import loop
+from selal_jax.run import loop, parts
 from selal_jax.verbs import report, sweep
 
 
@@ -198,9 +199,9 @@ def test_shared_round0_that_exists_loads_no_data(finished_run, tmp_path, monkeyp
     first = sweep.train_shared_round0(config, round0)
 
     def refuse(*args, **kwargs):
-        raise AssertionError("an existing round 0 must not build an Experiment")
+        raise AssertionError("an existing round 0 must not build a run's parts")
 
-    monkeypatch.setattr(loop, "Experiment", refuse)
+    monkeypatch.setattr(parts, "build", refuse)
     assert sweep.train_shared_round0(config, round0) == first
 
 
@@ -245,5 +246,7 @@ def test_a_sweep_written_with_the_nested_round0_folder_is_still_read(finished_ru
     assert os.path.isdir(os.path.join(round0, "model"))
     os.rename(os.path.join(round0, "model"), os.path.join(round0, "round0"))
     assert sweep.train_shared_round0(config, round0) == first  # found, not retrained
-    history = loop.run(config, str(tmp_path / "run"), round0_dir=round0)
+    history = loop.run(
+        config, str(tmp_path / "run"), round0=functools.partial(sweep.take_round0, round0)
+    )
     assert {k: v for k, v in history[0].items() if k in first} == first

@@ -143,7 +143,7 @@ def test_report_on_a_bad_records_file_is_one_line_naming_it(tmp_path, content, m
 
 BUG = """
 from selal_jax.run import loop
-def run(config, workdir, round0_dir=None):
+def run(config, workdir, round0=None):
     raise ValueError("an internal bug")
 loop.run = run
 """

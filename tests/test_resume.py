@@ -106,7 +106,7 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a neutral change trained again")
 
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     assert loop.run(neutral, workdir) == history
 
 

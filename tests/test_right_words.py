@@ -140,7 +140,7 @@ def test_a_copy_with_new_mtimes_resumes_and_a_changed_file_is_refused(
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     assert loop.run(moved, workdir) == history  # before: refused, "data.root" changed
     image = os.path.join(copy, "imagesTr", sorted(os.listdir(os.path.join(copy, "imagesTr")))[0])
     with open(image, "ab") as f:  # another file (gzip skips the padding: still readable)

@@ -182,7 +182,7 @@ def test_resume_checks_that_the_checkpoints_folder_is_writable_before_training(
         raise AssertionError("trained before finding out it cannot save")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     with pytest.raises(
         checkpointing.CheckpointError,
         match=rf"{workdir}/checkpoints: the checkpoint folder is not writable .*No space left",
@@ -195,14 +195,14 @@ def test_an_error_of_close_does_not_mask_the_error_that_ended_the_run(
 ):
     from tests.helpers import smoke_config
 
-    def disk_full(self):
+    def disk_full(*args):
         raise checkpointing.CheckpointError("disk full while saving")
 
     def close_fails(self):
         raise RuntimeError("close failed too")
 
-    monkeypatch.setattr(loop.Experiment, "run", disk_full)
-    monkeypatch.setattr(loop.Experiment, "close", close_fails)
+    monkeypatch.setattr(loop, "run_rounds", disk_full)
+    monkeypatch.setattr(checkpointing.Checkpointer, "close", close_fails)
     with pytest.raises(checkpointing.CheckpointError, match="disk full while saving"):
         loop.run(smoke_config(**{"data.root": cohort_root}), str(tmp_path / "run"))
 
@@ -530,7 +530,7 @@ def test_a_refused_resume_from_destroys_nothing(finished, tmp_path, monkeypatch)
     def no_training(*args, **kwargs):
         raise AssertionError("the finished run's round 2 was lost and is trained again")
 
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     assert loop.run(config, workdir) == history
 
 

@@ -173,6 +173,14 @@ def host_batch(mesh: Mesh | None, ids: np.ndarray, *arrays) -> tuple:
     return tuple(global_batch(mesh, np.asarray(a[local_ids])) for a in arrays)
 
 
+def state_sharding(mesh: Mesh | None) -> jax.sharding.Sharding:
+    """Where a run's model state lives: replicated over the mesh, or on the default device with
+    `mesh=None` (where `put_replicated` puts it)."""
+    if mesh is None:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return replicated(mesh)
+
+
 def put_replicated(mesh: Mesh | None, tree):
     """Places a pytree on every device of the mesh (identical on every process), or on the
     default device with `mesh=None` (as `jax.device_put(tree)`)."""

@@ -8,7 +8,9 @@ Each completed round r is one orbax step holding two items:
   fingerprint.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a crash mid-save
-leaves the previous step intact; `latest_round` only sees finished steps.
+leaves the previous step intact; `latest_round` only sees finished steps. A `read_only`
+Checkpointer creates, probes and writes nothing (a finished run on a read-only mount), and state
+is restored into abstract targets (`abstract_target`: jax.eval_shape, nothing allocated).
 """
 
 from __future__ import annotations
@@ -80,14 +82,19 @@ def _quiet_orbax():
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 2):
+    """The round checkpoints in `directory` (created unless `read_only`: then nothing there is
+    created or written, and `save` is refused by orbax)."""
+
+    def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         if keep < 1:
             raise ConfigError(f"config field checkpoint.keep: must be >= 1, got {keep}")
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=keep, create=not read_only, read_only=read_only
+                ),
             )
         except OSError as e:
             raise CheckpointError(
@@ -248,23 +255,18 @@ def close_quietly(closeable, error: BaseException) -> None:
         )
 
 
-def abstract_like(state):
-    """ShapeDtypeStructs of a pytree, the restore target orbax needs.
+def abstract_target(make, sharding: jax.sharding.Sharding):
+    """The restore target orbax needs: ShapeDtypeStructs of the pytree `make()` returns, from
+    `jax.eval_shape` (nothing is computed or allocated), each leaf placed with `sharding`.
 
-    Each leaf carries the sharding of `state`'s array: one device, or replicated over a mesh
-    (see selal_jax.core.parallel). Orbax then restores onto those devices whatever devices wrote the
-    checkpoint (without it, a checkpoint written by a multi-device or multi-host run would only
-    restore onto the same devices).
+    The sharding is the run's (one device, or replicated over its mesh: see
+    `core.parallel.state_sharding`), so orbax restores onto the run's devices whatever devices
+    wrote the checkpoint (a run saved on 8 devices or several hosts resumes on 1).
     """
-    abstract = jax.eval_shape(lambda: state)
-
-    def with_sharding(a, x):
-        sharding = getattr(x, "sharding", None)
-        if isinstance(sharding, jax.sharding.Sharding):
-            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
-        return a
-
-    return jax.tree_util.tree_map(with_sharding, abstract, state)
+    return jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+        jax.eval_shape(make),
+    )
 
 
 def write_json_atomic(path: str, obj, lines: bool = False) -> None:

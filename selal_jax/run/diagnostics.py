@@ -42,15 +42,23 @@ def _embed_batch(variables, images, target_threshold, boundary_width, *, model: 
 
 
 def embed(
-    model: UNet, variables, images, ids, batch_size: int, target_threshold=0.1, boundary_width=0.1
+    model: UNet,
+    variables,
+    images,
+    ids,
+    batches: parallel.Batcher,
+    target_threshold=0.1,
+    boundary_width=0.1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features [n, C] float32, predicted target pixels [n], boundary pixels [n]) of `ids`."""
+    """(features [n, C] float32, predicted target pixels [n], boundary pixels [n]) of `ids`, in
+    the batcher's batches over its mesh."""
     t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
+    variables = batches.replicate(variables)
 
     def embed_batch(_, images):
         return _embed_batch(variables, images, t_arr, b_arr, model=model)
 
-    return parallel.map_batches(embed_batch, ids, images, batch_size=batch_size)
+    return batches.map(embed_batch, ids, images)
 
 
 def predicted_target_mask(logits, target_threshold):
@@ -78,20 +86,21 @@ def _predicted_target_batch(variables, images, target_threshold, *, model: UNet)
 
 
 def predicted_target_counts(
-    model: UNet, variables, images, ids, batch_size: int, target_threshold: float
+    model: UNet, variables, images, ids, batches: parallel.Batcher, target_threshold: float
 ) -> np.ndarray:
     """Per-slice predicted target pixels [n] int64 of `ids` (see `predicted_target_mask`).
 
-    One jitted program per fixed-shape batch (the last padded), the deterministic model; only the
-    counts leave the device, in one transfer.
+    One jitted program per fixed-shape batch of the batcher (the last padded, split over its
+    mesh), the deterministic model; only the counts leave the device, in one transfer.
     """
     threshold = np.float32(target_threshold)
+    variables = batches.replicate(variables)
 
     def count(_, images):
         return _predicted_target_batch(variables, images, threshold, model=model)
 
     ids = np.asarray(ids, np.int64)
-    return parallel.map_batches(count, ids, images, batch_size=batch_size).astype(np.int64)
+    return batches.map(count, ids, images).astype(np.int64)
 
 
 LABEL_CHUNK = 256  # slices of labels read at a time (a pool can be 50k slices of 240 x 240)
@@ -145,7 +154,13 @@ def label_diagnostics(train: SliceSet, ids) -> dict:
 
 
 def model_diagnostics(
-    model: UNet, variables, train: SliceSet, ids, batch_size: int, target_threshold, boundary_width
+    model: UNet,
+    variables,
+    train: SliceSet,
+    ids,
+    batches: parallel.Batcher,
+    target_threshold,
+    boundary_width,
 ) -> dict:
     """Predicted target and boundary pixel counts of the queried slices, and their redundancy
     (mean pairwise cosine similarity of embeddings)."""
@@ -157,7 +172,7 @@ def model_diagnostics(
             "queried_redundancy": None,
         }
     features, pred_target, pred_boundary = embed(
-        model, variables, train.images, ids, batch_size, target_threshold, boundary_width
+        model, variables, train.images, ids, batches, target_threshold, boundary_width
     )
     return {
         "queried_mean_pred_target_pixels": float(pred_target.mean()),

@@ -45,7 +45,7 @@ def evaluate_cases(
     test,
     source,
     settings: cases.Settings,
-    batch_size: int,
+    batches: parallel.Batcher,
     workdir: str,
     round_index: int,
     *,
@@ -59,7 +59,7 @@ def evaluate_cases(
       test: the test SliceSet (all its cases are labelled).
       source: the layouts.Source the slices came from (case files).
       settings: the loader's cases.Settings (slicing axis, fit, label mapping).
-      batch_size: slices per prediction call.
+      batches: the run's batcher (slices per prediction call, over its mesh).
       workdir, round_index: where the CSV (and predictions) go.
 
     Returns:
@@ -72,14 +72,14 @@ def evaluate_cases(
     index_table = np.arange(len(class_names) + 1)  # write class indices, compare indices
     rows = []
     pred_dir = os.path.join(workdir, workdir_lib.EVALUATION_DIR, f"round_{round_index:03d}")
+    variables = batches.replicate(variables)
     for subject in np.unique(test.subject):
         case = source.cases[int(subject)]
         ids = np.flatnonzero(test.subject == subject)
-        predicted = parallel.map_batches(
+        predicted = batches.map(
             lambda _, images: train_lib.predict_batch(variables, images, model=model),
             ids,
             test.images,
-            batch_size=batch_size,
         )
         geometry = label_volumes.Geometry.of(case, settings)
         prediction = label_volumes.prefill_volume(

@@ -7,7 +7,7 @@ The kernel releases a flock when its holder dies, however it dies, so a stale lo
 a killed run) never blocks: the next process simply takes the lock.
 
 Re-entrant within a process: a verb that calls another verb on the same workdir (an import that
-opens the run's Experiment) counts up instead of locking twice (two flocks of one process on two
+opens the run) counts up instead of locking twice (two flocks of one process on two
 open descriptions of one file would refuse each other). Nested workdirs (a sweep's runs) are
 other folders with their own lock: the sweep holds its folder's lock, each run its own.
 
@@ -19,9 +19,12 @@ shared file system's support for it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
+
+from absl import logging
 
 from selal_jax.base import atomic
 from selal_jax.base.errors import UserError, write_error
@@ -54,11 +57,19 @@ def check_workdir(workdir: str, create: bool) -> None:
         raise WorkdirError(f"{workdir}: no such run folder (--workdir); nothing was created")
 
 
-def _acquire(workdir: str):
+# What opening the lock file of a folder that cannot be written raises.
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _acquire(workdir: str, read_only: bool = False):
+    """The open, locked lock file; None for a `read_only` verb in a folder it cannot write."""
     path = os.path.join(workdir, LOCK_FILE)
     try:
         f = open(path, "a+")  # never truncate: the holder's pid/host stay readable
     except OSError as e:  # a read-only mount, permissions, a full disk
+        if read_only and e.errno in _NOT_WRITABLE:
+            logging.info("%s: not writable (%s); read without its lock", workdir, e.strerror)
+            return None
         raise write_error(e, workdir, f"its lock file {LOCK_FILE}") from e
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -81,22 +92,28 @@ def _acquire(workdir: str):
 
 
 @contextlib.contextmanager
-def hold(workdir: str, create: bool = True):
+def hold(workdir: str, create: bool = True, read_only: bool = False):
     """Holds the workdir's lock for the `with` block (creating the folder if `create`; else a
-    missing folder is left missing and not locked)."""
+    missing folder is left missing and not locked). A `read_only` verb (it writes nothing
+    there: `query`) reads a folder it cannot write, a read-only mount, without the lock."""
     check_workdir(workdir, create=True)  # a file is refused here; a missing folder ...
     if not _is_primary() or not (create or os.path.isdir(workdir)):
         yield  # ... is not created: the verb finds no run there and says so
         return
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise write_error(e, os.path.dirname(os.path.abspath(workdir)), "the workdir") from e
+    if create:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:
+            raise write_error(e, os.path.dirname(os.path.abspath(workdir)), "the workdir") from e
     key = os.path.realpath(workdir)
     if key in _held:
         _held[key][1] += 1
     else:
-        _held[key] = [_acquire(workdir), 1]
+        f = _acquire(workdir, read_only)
+        if f is None:
+            yield
+            return
+        _held[key] = [f, 1]
         atomic.remove_stale(workdir)  # the holder owns the folder: a killed write's leftovers
     try:
         yield

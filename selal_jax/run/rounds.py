@@ -1,6 +1,7 @@
-"""One round's steps as functions of the config, the model and the pool: the initial labelled
-set, the query (scoring + selection), the test metrics and the record's query fields.
-`loop.Experiment` strings them together and checkpoints the result.
+"""One round's steps as functions of the run's parts, the model's variables and the pool: the
+initial labelled set, the query (scoring + selection), the test metrics and the record's query
+fields. `loop.run_round` strings them together and checkpoints the result. Every batched call
+takes its batches from `parts.batches` (the run's mesh with them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from absl import logging
 from selal_jax.base import faults
 from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.base.progress import Progress
-from selal_jax.core import parallel, rng, scoring, selection
+from selal_jax.core import rng, scoring, selection
 from selal_jax.core import train as train_lib
 from selal_jax.core.spread import Spread
 from selal_jax.data.slices import SliceSet
@@ -94,18 +95,11 @@ class _ScoringProgress(Progress):
 
 
 def query(
-    config,
-    model,
-    variables,
-    train: SliceSet,
-    labelled: np.ndarray,
-    round_key,
-    k: int,
-    round_index: int = 0,
-    mesh=None,
+    parts, variables, train: SliceSet, labelled: np.ndarray, round_key, round_index: int
 ) -> selection.Query:
-    """Scores the unlabelled pool and returns the round's query."""
-    al = config.al
+    """Scores the unlabelled pool and returns round `round_index`'s query of al.query_size."""
+    al, model, batches = parts.config.al, parts.model, parts.batches
+    k = int(al.query_size)
     candidates = np.flatnonzero(~labelled)
     spread = Spread.of(
         train.subject, train.slice_index, candidates, int(al.max_per_case), int(al.min_slice_gap)
@@ -114,12 +108,7 @@ def query(
         return selection.select_random(candidates, k, rng.random_key(round_key), spread)
     if al.strategy == "random_predicted":
         predicted = diagnostics.predicted_target_counts(
-            model,
-            variables,
-            train.images,
-            candidates,
-            int(config.train.eval_batch_size),
-            float(al.target_threshold),
+            model, variables, train.images, candidates, batches, float(al.target_threshold)
         )
         return selection.select_random_predicted(
             candidates, predicted, k, rng.random_key(round_key), spread
@@ -142,10 +131,10 @@ def query(
         target_threshold=float(al.target_threshold),
         boundary_width=float(al.boundary_width),
         passes=passes,
-        batch_size=int(config.train.eval_batch_size),
+        batch_size=batches.batch_size,
         reuse_encoder=bool(al.reuse_encoder),
         progress=progress,
-        mesh=mesh,
+        mesh=batches.mesh,
     )
     progress.close()
     return selection.select(
@@ -164,9 +153,10 @@ def query(
     )
 
 
-def test_metrics(model, variables, test: SliceSet, batch_size: int, mesh, r: int) -> dict:
+def test_metrics(parts, variables, r: int) -> dict:
     """Round r's Dice on the test split: mean per slice and global, overall and per class."""
-    terms = fit_lib.evaluate(model, variables, test, parallel.Batcher(batch_size, mesh))
+    test = parts.splits.test
+    terms = fit_lib.evaluate(parts.model, variables, test, parts.batches)
     dice, dice_global = train_lib.dice_scores(terms)
     label_sum = np.asarray(terms["label_sum"]).reshape(len(terms["label_sum"]), -1)
     test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))
@@ -186,10 +176,11 @@ def test_metrics(model, variables, test: SliceSet, batch_size: int, mesh, r: int
     }
 
 
-def query_fields(config, model, variables, pool: SliceSet, q: selection.Query | None) -> dict:
+def query_fields(parts, variables, pool: SliceSet, q: selection.Query | None) -> dict:
     """A round's query as record fields, with the model's diagnostics of the queried slices
     (the label diagnostics come with the labels)."""
     ids = [] if q is None else q.ids
+    config = parts.config
     al = config.al
     return {
         "strategy": al.strategy,
@@ -208,29 +199,30 @@ def query_fields(config, model, variables, pool: SliceSet, q: selection.Query | 
         if q is None
         else [None if np.isnan(s) else float(s) for s in q.scores],
         **diagnostics.model_diagnostics(
-            model,
+            parts.model,
             variables,
             pool,
             ids,
-            int(config.train.eval_batch_size),
-            float(config.al.target_threshold),
-            float(config.al.boundary_width),
+            parts.batches,
+            float(al.target_threshold),
+            float(al.boundary_width),
         ),
     }
 
 
-def case_metrics(config, model, variables, splits, workdir: str, r: int) -> dict:
+def case_metrics(parts, variables, r: int) -> dict:
     """Per-case metrics of round r's model on the test split (`eval.cases`), else {}."""
+    config, splits = parts.config, parts.splits
     if not config.eval.cases:
         return {}
     return evaluation.evaluate_cases(
-        model,
+        parts.model,
         variables,
         splits.test,
         splits.source,
         splits.settings,
-        int(config.train.eval_batch_size),
-        workdir,
+        parts.batches,
+        parts.workdir,
         r,
         tolerance_mm=float(config.eval.tolerance_mm),
         save_predictions=bool(config.eval.save_predictions),

@@ -114,7 +114,8 @@ def fit_to_data(config, splits):
 
     A class head (C >= 2 classes) with al.convention='official' is a ConfigError (the
     published code's scoring is binary; it used to fail in the first scoring trace, after
-    round 0 had trained). train.eval_batch_size above the largest split (rounded up to a
+    round 0 had trained), and so is a training split with unlabelled cases or slices under
+    al.annotator='simulated' (which reveals the dataset's labels). train.eval_batch_size above the largest split (rounded up to a
     multiple of the devices) is capped to it, said once: a larger batch only pads (10^6 slices
     of padding allocate gigabytes); the cap changes no result (eval_batch_size is free to change
     on resume).
@@ -136,6 +137,15 @@ def fit_to_data(config, splits):
             f"config field al.convention: 'official' is the published code's binary scoring, "
             f"and the dataset has {n_classes} classes ({', '.join(splits.train.class_names)}); "
             "use al.convention='paper'"
+        )
+    train = splits.train
+    if al.annotator != "human" and not train.has_label.all():
+        unlabelled = sorted({train.cases[s] for s in train.subject[~train.has_label]})
+        raise ConfigError(
+            f"{len(unlabelled)} training cases have no labels, or slices without (e.g. "
+            f"{unlabelled[0]}), and "
+            "config field al.annotator is 'simulated', which reveals the dataset's labels; "
+            "use --config.al.annotator=human"
         )
     largest = max(len(splits.train), len(splits.val), len(splits.test))
     devices = jax.device_count()

@@ -176,7 +176,7 @@ def has_checkpoint(workdir: str) -> bool:
     directory = os.path.join(workdir, CHECKPOINTS_DIR)
     if not os.path.isdir(directory):
         return False
-    ckpt = checkpointing.Checkpointer(directory)
+    ckpt = checkpointing.Checkpointer(directory, read_only=True)
     try:
         return ckpt.latest_round() is not None
     finally:
@@ -196,7 +196,7 @@ def stored_config(workdir: str, required: bool = True) -> config_dict.ConfigDict
     lock.check_workdir(workdir, create=False)
     sweep_file = os.path.join(workdir, SWEEP_CONFIG_FILE)
     if has_checkpoint(workdir):
-        ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR))
+        ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), read_only=True)
         try:
             flat = ckpt.restore_loop(ckpt.latest_round())["config"]
         finally:

@@ -39,7 +39,7 @@ from absl import logging
 
 from selal_jax.base import atomic
 from selal_jax.base.errors import DataError, UserError
-from selal_jax.core import parallel, rng
+from selal_jax.core import rng
 from selal_jax.core import train as train_lib
 from selal_jax.data import (
     cases,
@@ -51,7 +51,7 @@ from selal_jax.data import (
     volumes,
 )
 from selal_jax.data.cases import CaseFiles
-from selal_jax.run import label_store, lock, loop
+from selal_jax.run import label_store, lock, state
 from selal_jax.run import workdir as workdir_lib
 
 QUERY_CSV, QUERY_JSON, LABELS_DIR = "query.csv", "query.json", "labels"
@@ -80,20 +80,16 @@ class AnnotationError(UserError):
     """An export or import was refused; the message names each file and the reason."""
 
 
-def predicted_masks(experiment: loop.Experiment, ids: np.ndarray) -> np.ndarray:
-    """[n, H, W] uint8 predicted class indices (binary: masks) of pool ids."""
-    variables, model = experiment.state.variables, experiment.model
+def predicted_masks(run: state.FinishedRun, ids: np.ndarray) -> np.ndarray:
+    """[n, H, W] uint8 predicted class indices (binary: masks) of pool ids, by the model of the
+    run's latest round (restored read-only), in the run's batches over its mesh."""
+    batches, model = run.parts.batches, run.parts.model
+    variables = batches.replicate(run.variables())
 
     def predict(_, images):
         return train_lib.predict_batch(variables, images, model=model)
 
-    masks = parallel.map_batches(
-        predict,
-        ids,
-        experiment.pool.images,
-        batch_size=int(experiment.config.train.eval_batch_size),
-    )
-    return masks
+    return batches.map(predict, ids, run.pool.images)
 
 
 @dataclasses.dataclass
@@ -109,12 +105,12 @@ class QueriedCase:
 
 
 def queried_cases(
-    experiment: loop.Experiment, ids: np.ndarray, settings: cases.Settings
+    run: state.FinishedRun, ids: np.ndarray, settings: cases.Settings
 ) -> dict[str, QueriedCase]:
     """The query grouped by case (in order of first appearance), with each case's geometry
     under the run's `settings` (`Splits.settings`)."""
-    train = experiment.pool
-    source: layouts.Source = experiment.splits.source
+    train = run.pool
+    source: layouts.Source = run.parts.splits.source
     groups: dict[int, list[int]] = collections.OrderedDict()
     for position, pool_id in enumerate(ids):
         groups.setdefault(int(train.subject[pool_id]), []).append(position)
@@ -136,9 +132,8 @@ def queried_cases(
     return out
 
 
-def _open(config, workdir: str, with_model: bool) -> loop.Experiment:
-    """The run in `workdir`, which must be a human-annotator run with a checkpoint (its model
-    only `with_model`: the export predicts masks, the import does not)."""
+def _open(config, workdir: str) -> state.FinishedRun:
+    """The run in `workdir`, read-only, which must be a human-annotator run with a checkpoint."""
     if not workdir_lib.has_checkpoint(workdir):
         raise AnnotationError(f"{workdir}: no checkpoint; start the run with `launch.py run`")
     if config.al.annotator != "human":
@@ -146,18 +141,18 @@ def _open(config, workdir: str, with_model: bool) -> loop.Experiment:
             f"{workdir}: config field al.annotator is {config.al.annotator!r}; export and import "
             "need a run started with --config.al.annotator=human"
         )
-    return loop.Experiment.open(config, workdir, with_model=with_model)
+    return state.open_finished(config, workdir)
 
 
-def _awaited(experiment: loop.Experiment) -> tuple[int, np.ndarray]:
+def _awaited(run: state.FinishedRun) -> tuple[int, np.ndarray]:
     """(round, query ids in selection order) awaiting labels; raises if none is."""
-    if experiment.awaiting is None:
-        last = experiment.history[-1]["round"] if experiment.history else None
+    if run.awaiting is None:
+        last = run.history[-1]["round"] if run.history else None
         raise AnnotationError(
-            f"{experiment.workdir}: no query awaits labels (last round {last}: its labels are "
+            f"{run.parts.workdir}: no query awaits labels (last round {last}: its labels are "
             "imported or it queried nothing); `launch.py run` continues the run"
         )
-    return experiment.awaiting, np.asarray(experiment.history[-1]["queried"], np.int64)
+    return run.awaiting, np.asarray(run.history[-1]["queried"], np.int64)
 
 
 @rng.with_classic_threefry
@@ -167,18 +162,15 @@ def export_query(config, workdir: str, out: str | None = None) -> str:
     `out` defaults to <workdir>/queries/round_<r>; it must not exist yet or be empty (an earlier
     export there may hold corrections). It is written in a temporary sibling and renamed.
     """
-    with lock.hold(workdir, create=False):
-        experiment = _open(config, workdir, with_model=True)
-        try:
-            r, ids = _awaited(experiment)
-            record = experiment.history[-1]
-            masks = predicted_masks(experiment, ids)
-            settings = experiment.splits.settings
-            cases = queried_cases(experiment, ids, settings)
-        finally:
-            experiment.close()
+    with lock.hold(workdir, create=False, read_only=True):
+        run = _open(config, workdir)
+        r, ids = _awaited(run)
+        record = run.history[-1]
+        masks = predicted_masks(run, ids)
+        settings = run.parts.settings
+        cases = queried_cases(run, ids, settings)
     label_values = label_maps.label_value_table(settings)
-    class_names = ("background", *experiment.pool.class_names)
+    class_names = ("background", *run.pool.class_names)
     out = os.path.abspath(out or os.path.join(workdir, workdir_lib.QUERIES_DIR, f"round_{r:03d}"))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise AnnotationError(
@@ -336,62 +328,60 @@ def import_labels(
     if not os.path.isdir(labels_dir):
         raise AnnotationError(f"{labels_dir}: labels folder not found")
     with lock.hold(workdir, create=False):
-        experiment = _open(config, workdir, with_model=False)
-        try:
-            r, ids = _awaited(experiment)
-            settings = experiment.splits.settings
-            cases = queried_cases(experiment, ids, settings)
-            found, problems, ignored = _find_files(labels_dir, list(cases))
-            masks = np.zeros((len(ids), *settings.size), np.uint8)
-            native = label_store.NativeLabels(
-                np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64), [None] * len(ids)
-            )
-            digests = {}
-            for case_id, qc in cases.items():
-                if case_id in found and found[case_id] is None:
-                    continue  # two files: reported
-                if case_id not in found:
-                    expected = os.path.join(labels_dir, f"{case_id}.nii.gz")
-                    problems.append(
-                        f"{expected}: missing; case {case_id} was queried (axis {qc.file_axis}, "
-                        f"slices {sorted(int(i) for i in qc.file_index)})"
-                    )
-                    continue
-                labels, reasons = read_correction(found[case_id], qc, allow_changes_outside_query)
-                problems += reasons
-                if labels is not None:
-                    digests[case_id] = label_store.file_sha256(found[case_id])
-                    masks[qc.positions] = labels[0]
-                    native.axis[qc.positions] = qc.file_axis
-                    native.index[qc.positions] = qc.file_index
-                    for k, position in enumerate(qc.positions):
-                        native.planes[position] = labels[1][k]
-            if problems:
-                raise AnnotationError(
-                    f"import of round {r}'s labels from {labels_dir} rejected, nothing changed "
-                    f"({len(problems)} problems):\n" + "\n".join(problems)
+        run = _open(config, workdir)
+        r, ids = _awaited(run)
+        settings = run.parts.settings
+        cases = queried_cases(run, ids, settings)
+        found, problems, ignored = _find_files(labels_dir, list(cases))
+        masks = np.zeros((len(ids), *settings.size), np.uint8)
+        native = label_store.NativeLabels(
+            np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64), [None] * len(ids)
+        )
+        digests = {}
+        for case_id, qc in cases.items():
+            if case_id in found and found[case_id] is None:
+                continue  # two files: reported
+            if case_id not in found:
+                expected = os.path.join(labels_dir, f"{case_id}.nii.gz")
+                problems.append(
+                    f"{expected}: missing; case {case_id} was queried (axis {qc.file_axis}, "
+                    f"slices {sorted(int(i) for i in qc.file_index)})"
                 )
-            if ignored:
-                logging.warning("ignored files of cases not in round %d's query: %s", r, ignored)
-            note = {
-                "round": r,
-                "labels_dir": labels_dir,
-                "files": found,
-                "sha256": digests,  # of each file, as read
-                "allow_changes_outside_query": bool(allow_changes_outside_query),
-                "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            experiment.accept_labels(r, ids, masks, native, note)
-            record = experiment.history[-1]
-        finally:
-            experiment.close()
+                continue
+            labels, reasons = read_correction(found[case_id], qc, allow_changes_outside_query)
+            problems += reasons
+            if labels is not None:
+                digests[case_id] = label_store.file_sha256(found[case_id])
+                masks[qc.positions] = labels[0]
+                native.axis[qc.positions] = qc.file_axis
+                native.index[qc.positions] = qc.file_index
+                for k, position in enumerate(qc.positions):
+                    native.planes[position] = labels[1][k]
+        if problems:
+            raise AnnotationError(
+                f"import of round {r}'s labels from {labels_dir} rejected, nothing changed "
+                f"({len(problems)} problems):\n" + "\n".join(problems)
+            )
+        if ignored:
+            logging.warning("ignored files of cases not in round %d's query: %s", r, ignored)
+        note = {
+            "round": r,
+            "labels_dir": labels_dir,
+            "files": found,
+            "sha256": digests,  # of each file, as read
+            "allow_changes_outside_query": bool(allow_changes_outside_query),
+            "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        run.labels.accept(r, ids, masks, native, note, run.history[-1], workdir)
+        workdir_lib.write_records(workdir, run.history)
+        record = run.history[-1]
     summary = {
         "round": r,
         "n_slices": len(ids),
         "n_cases": len(cases),
         "queried_with_target": record["queried_with_target"],
-        "store": experiment.labels.annotator.store.path(r),
-        "n_labelled": int(experiment.labelled.sum()),
+        "store": run.labels.annotator.store.path(r),
+        "n_labelled": int(run.labelled.sum()),
     }
     logging.info("imported round %d's labels: %s", r, summary)
     return summary

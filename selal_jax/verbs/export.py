@@ -38,7 +38,7 @@ from selal_jax.base import atomic
 from selal_jax.base.errors import UserError
 from selal_jax.core import rng
 from selal_jax.data import cases, label_maps, label_volumes, reading
-from selal_jax.run import loop
+from selal_jax.run import state
 from selal_jax.run import workdir as workdir_lib
 
 IGNORE = "ignore"
@@ -100,11 +100,11 @@ def nnunet_labels(class_names, settings: cases.Settings) -> tuple[dict, dict]:
     return labels, mapping
 
 
-def _labelled_slices(experiment: loop.Experiment) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _labelled_slices(run: state.FinishedRun) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{subject: (pool ids, canonical slice indices)} of the labelled set."""
-    train = experiment.pool
+    train = run.pool
     by_subject: dict[int, list[int]] = collections.OrderedDict()
-    for pool_id in np.flatnonzero(experiment.labelled).tolist():
+    for pool_id in np.flatnonzero(run.labelled).tolist():
         by_subject.setdefault(int(train.subject[pool_id]), []).append(pool_id)
     return {
         s: (np.asarray(ids, np.int64), np.asarray(train.slice_index[ids], np.int64))
@@ -192,29 +192,25 @@ def export_nnunet(config, workdir: str, out: str) -> str:
         raise ExportError(f"{out}: already exists and is not empty; choose another --out")
     if not workdir_lib.has_checkpoint(workdir):
         raise ExportError(f"{workdir}: no checkpoint; run the experiment first (`launch.py run`)")
-    experiment = loop.Experiment.open(config, workdir, with_model=False)
-    try:
-        slices = _labelled_slices(experiment)
-        native, resampled = {}, {}
-        annotator = experiment.labels.annotator
-        if annotator is not None:
-            native, older = annotator.native_labels()
-            for r in older:
-                ids, masks = annotator.store.read(r)
-                resampled.update(zip(ids.tolist(), masks, strict=True))
-                logging.warning(
-                    "%s: written before imports kept the source resolution; its %d slices are "
-                    "exported as their %s training masks mapped back to the source grid",
-                    annotator.store.path(r),
-                    len(ids),
-                    "x".join(str(s) for s in masks.shape[1:]),
-                )
-        source, settings = experiment.splits.source, experiment.splits.settings
-        channel_names = experiment.pool.channel_names
-        class_names = experiment.pool.class_names
-        last_round = experiment.history[-1]["round"] if experiment.history else None
-    finally:
-        experiment.close()
+    run = state.open_finished(config, workdir)  # read-only: the workdir may be mounted so
+    slices = _labelled_slices(run)
+    native, resampled = {}, {}
+    annotator = run.labels.annotator
+    if annotator is not None:
+        native, older = annotator.native_labels()
+        for r in older:
+            ids, masks = annotator.store.read(r)
+            resampled.update(zip(ids.tolist(), masks, strict=True))
+            logging.warning(
+                "%s: written before imports kept the source resolution; its %d slices are "
+                "exported as their %s training masks mapped back to the source grid",
+                annotator.store.path(r),
+                len(ids),
+                "x".join(str(s) for s in masks.shape[1:]),
+            )
+    source, settings = run.parts.splits.source, run.parts.settings
+    channel_names, class_names = run.pool.channel_names, run.pool.class_names
+    last_round = run.history[-1]["round"] if run.history else None
     labels, mapping = nnunet_labels(class_names, settings)
     ignore = labels[IGNORE]
     with atomic.atomic_folder(out, prefix=".tmp-nnunet-") as tmp:

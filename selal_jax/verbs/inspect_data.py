@@ -1,7 +1,7 @@
 """A dry run of the data: what a run would load, without training (`launch.py inspect`).
 
 `describe(config, workdir)` validates the config and loads (and caches) the dataset exactly as
-`loop.Experiment` does, then returns a JSON-able summary: the cases of each split, slices per
+`run.parts.build` does, then returns a JSON-able summary: the cases of each split, slices per
 split, channels, classes with their voxel counts, the fraction of slices with target, and per
 case its header geometry (orientation code, in-plane size and spacing before resampling).
 `format_text` renders that summary for a terminal. Named inspect_data, not inspect, so that it

@@ -17,6 +17,8 @@ All runs read one dataset copy and one slice cache (under the sweep folder unles
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
 import os
 
@@ -28,7 +30,11 @@ from selal_jax.base.errors import ConfigError, UserError
 from selal_jax.core import parallel, rng
 from selal_jax.data import synthetic
 from selal_jax.run import checkpointing, diagnostics, lock, loop, validation
+from selal_jax.run import parts as parts_lib
+from selal_jax.run import state as state_lib
 from selal_jax.run import workdir as workdir_lib
+from selal_jax.run.parts import Parts
+from selal_jax.run.state import LoopState
 from selal_jax.verbs import report
 
 
@@ -118,39 +124,34 @@ def _run(config, workdir: str, runs, seeds) -> dict:
             loop.run(
                 run_config(config, workdir, seed, strategy, mode),
                 os.path.join(seed_dir, f"{strategy}-{mode}"),
-                round0_dir=round0,
+                round0=functools.partial(take_round0, round0),
             )
     return report.write_report(workdir)
 
 
-def load_round0(round0_dir: str, state_like):
-    """(state, stored) of a sweep seed's shared round 0, restored into `state_like`'s structure."""
-    ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
+def take_round0(round0_dir: str, parts: Parts, state: LoopState) -> LoopState:
+    """A fresh run's `state` (its initial labelled set drawn) with the shared round 0's model
+    and record (`loop.run`'s `round0`), after checking that round 0 was trained with the same
+    config (but for ROUND0_NEUTRAL_KEYS), dataset and initial labelled set."""
+    ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1, read_only=True)
     try:
         if ckpt.latest_round() is None:
             raise UserError(f"{round0_dir}: no shared round-0 checkpoint found")
-        return ckpt.restore(0, checkpointing.abstract_like(state_like))
+        model, stored = ckpt.restore(0, parts_lib.abstract_state(parts))
     finally:
         ckpt.close()
-
-
-def take_round0(round0_dir: str, experiment) -> tuple[object, dict]:
-    """(state, record) of the shared round 0 for a fresh `experiment` (a loop.Experiment at
-    round 0), after checking it was trained with the same config (but for ROUND0_NEUTRAL_KEYS),
-    dataset and initial labelled set."""
-    state, stored = load_round0(round0_dir, experiment.state)
     workdir_lib.check_compatible(
         stored["config"],
         stored["fingerprint"],
-        experiment.flat_config,
-        experiment.splits.fingerprint,
-        where=f"{round0_dir} (the shared round 0 of {experiment.workdir})",
+        parts.flat_config,
+        parts.splits.fingerprint,
+        where=f"{round0_dir} (the shared round 0 of {parts.workdir})",
         neutral=schema.ROUND0_NEUTRAL_KEYS,
-        legacy_fingerprint=experiment.splits.legacy_fingerprint,
+        legacy_fingerprint=parts.splits.legacy_fingerprint,
     )
-    if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(experiment.labelled)]:
+    if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(state.labelled)]:
         raise UserError(f"{round0_dir}: its initial labelled set differs from this run's")
-    return state, dict(stored["record"])
+    return dataclasses.replace(state, model=model, round0_record=dict(stored["record"]))
 
 
 @rng.with_classic_threefry
@@ -163,35 +164,29 @@ def train_shared_round0(config, round0_dir: str) -> dict:
         try:
             if ckpt.latest_round() is not None:
                 return ckpt.restore_loop(0)["record"]
-            experiment = loop.Experiment.open(config, round0_dir)
-            try:
-                record = experiment.train_round(0)
-                pool = experiment.pool
-                features, _, _ = diagnostics.embed(
-                    experiment.model,
-                    experiment.state.variables,
-                    pool.images,
-                    np.arange(len(pool)),
-                    int(experiment.config.train.eval_batch_size),  # capped to the data
-                )
-                target_pixels = diagnostics.target_pixel_counts(pool.labels, np.arange(len(pool)))
-                path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)
-                if parallel.is_primary():
-                    with atomic.atomic_open(path, "wb") as f:
-                        np.savez(f, features=features, target_pixels=target_pixels)
-                ckpt.save(
-                    0,
-                    experiment.state,
-                    {
-                        "record": record,
-                        "labelled_ids": [int(i) for i in np.flatnonzero(experiment.labelled)],
-                        "config": experiment.flat_config,
-                        "fingerprint": experiment.splits.fingerprint,
-                    },
-                )
-                return record
-            finally:
-                experiment.close()
+            parts = parts_lib.build(config, round0_dir)
+            state = state_lib.fresh_state(parts)
+            record = loop.train_round(parts, state, 0)
+            pool = state.pool
+            features, _, _ = diagnostics.embed(
+                parts.model, state.model.variables, pool.images, np.arange(len(pool)), parts.batches
+            )
+            target_pixels = diagnostics.target_pixel_counts(pool.labels, np.arange(len(pool)))
+            path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)
+            if parallel.is_primary():
+                with atomic.atomic_open(path, "wb") as f:
+                    np.savez(f, features=features, target_pixels=target_pixels)
+            ckpt.save(
+                0,
+                state.model,
+                {
+                    "record": record,
+                    "labelled_ids": [int(i) for i in np.flatnonzero(state.labelled)],
+                    "config": parts.flat_config,
+                    "fingerprint": parts.splits.fingerprint,
+                },
+            )
+            return record
         finally:
             ckpt.close()
 
@@ -205,12 +200,10 @@ def train_supervised(config, workdir: str) -> dict:
         with open(path) as f:
             return json.load(f)
     with lock.hold(workdir):
-        experiment = loop.Experiment.open(config, workdir)
-        try:
-            experiment.labelled[:] = True
-            record = experiment.train_round(0)
-        finally:
-            experiment.close()
+        parts = parts_lib.build(config, workdir)
+        state = state_lib.fresh_state(parts)
+        state.labelled[:] = True
+        record = loop.train_round(parts, state, 0)
         record = {**record, "supervised": True, "seed": int(config.seed)}
         checkpointing.write_json_atomic(path, record)
     logging.info(
