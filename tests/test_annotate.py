@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from selal_jax.base import schema
-from selal_jax.data import cases, fitting, label_volumes, loading
+from selal_jax.data import cases, config_fields, fitting, label_volumes, loading
 from selal_jax.run import checkpointing, label_store, loop, parts, state
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.verbs import annotate
@@ -325,7 +325,7 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
     ids = np.asarray(experiment.history[-1]["queried"])
     predicted = annotate.predicted_masks(experiment, ids)
     source = experiment.splits.source
-    settings = loading.make_settings(config.data, source)
+    settings = config_fields.make_settings(config.data, source)
     canonical = [
         label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
         for s in experiment.pool.subject[ids]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from selal_jax.base.errors import DataError
-from selal_jax.data import cases, loading, preprocess
+from selal_jax.data import cases, config_fields, loading, preprocess
 from tests import helpers
 from tests.test_data import data_config, load, replace_file, volumes
 
@@ -197,12 +197,12 @@ def test_a_declared_nrrd_size_beyond_the_file_is_refused(tmp_path):
 def test_split_fractions_must_sum_to_one(split):
     config = data_config("msd", "/nowhere", split=split)
     with pytest.raises(ValueError, match=r"config field data.split: .*sum to 1"):
-        loading.validate_data_config(config)
+        config_fields.validate_data_config(config)
 
 
 def test_split_fractions_that_sum_to_one_up_to_rounding_pass():
     for split in ((0.7, 0.15, 0.15), THIRDS, (0.6, 0.2, 0.2), (0.8, 0.1, 0.1)):
-        loading.validate_data_config(data_config("msd", "/nowhere", split=split))
+        config_fields.validate_data_config(data_config("msd", "/nowhere", split=split))
 
 
 def _stop_before_training(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 
 from selal_jax.core import metrics
 from selal_jax.core import train as train_lib
-from selal_jax.data import label_maps, loading
+from selal_jax.data import config_fields, label_maps, loading
 from selal_jax.run import evaluation, loop, state
 from tests.helpers import smoke_config
 
@@ -44,7 +44,7 @@ def test_csv_rows_match_metrics_of_the_written_predictions(evaluated_run):
     splits = loading.load_dataset(config.data, workdir)
     test, source = splits.test, splits.source
     names = test.class_names
-    settings = loading.make_settings(config.data, source)
+    settings = config_fields.make_settings(config.data, source)
     values = {name: v for name, v in zip(names, loading_values(settings), strict=True)}
     for rec in history:
         r = rec["round"]
@@ -85,7 +85,7 @@ def test_written_prediction_holds_the_models_slices(evaluated_run):
     config, workdir, history = evaluated_run
     experiment = state.open_finished(config, workdir)
     test, source = experiment.splits.test, experiment.splits.source
-    settings = loading.make_settings(config.data, source)
+    settings = config_fields.make_settings(config.data, source)
     values = np.asarray([0, *loading_values(settings)])
     subject = int(np.unique(test.subject)[0])
     ids = np.flatnonzero(test.subject == subject)

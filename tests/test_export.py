@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import fitting, loading, preprocess, reading
+from selal_jax.data import config_fields, fitting, loading, preprocess, reading
 from selal_jax.run import loop, state
 from selal_jax.verbs import annotate, export
 from tests.helpers import REPO, smoke_config
@@ -30,7 +30,7 @@ def check_export(config, workdir: str, out: str) -> dict:
     expected = np.asarray(train.labels[ids])
     subjects = np.asarray(train.subject[ids])
     index = np.asarray(train.slice_index[ids])
-    settings = loading.make_settings(config.data, source)
+    settings = config_fields.make_settings(config.data, source)
     with open(os.path.join(out, "dataset.json")) as f:
         meta = json.load(f)
     assert set(meta) >= {"channel_names", "labels", "numTraining", "file_ending"}

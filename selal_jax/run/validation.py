@@ -13,7 +13,7 @@ from selal_jax.base.errors import ConfigError
 from selal_jax.core import parallel, scoring, selection
 from selal_jax.core import train as train_lib
 from selal_jax.core.models import DTYPES
-from selal_jax.data import loading
+from selal_jax.data import config_fields
 
 ANNOTATORS = ("simulated", "human")
 
@@ -22,7 +22,7 @@ def validate_config(config) -> None:
     """The one config check every verb runs before any work: data fields first, then training,
     model, checkpoint and active-learning fields. Raises ValueError naming the field, the value
     and what is allowed."""
-    loading.validate_data_config(config.data)
+    config_fields.validate_data_config(config.data)
     train, model = config.train, config.model
     for field, value in (
         ("train.max_epochs", train.max_epochs),

@@ -110,7 +110,7 @@ def queried_cases(
     """The query grouped by case (in order of first appearance), with each case's geometry
     under the run's `settings` (`Splits.settings`)."""
     train = run.pool
-    source: layouts.Source = run.parts.splits.source
+    source: layouts.Source = run.splits.source
     groups: dict[int, list[int]] = collections.OrderedDict()
     for position, pool_id in enumerate(ids):
         groups.setdefault(int(train.subject[pool_id]), []).append(position)

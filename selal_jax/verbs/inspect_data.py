@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from selal_jax.core import parallel
-from selal_jax.data import cache, loading, preprocess, reading
+from selal_jax.data import cache, loading, preprocess, reading, splitting
 from selal_jax.data.cases import CaseFiles
 from selal_jax.run import validation
 
@@ -89,7 +89,7 @@ def describe(config, workdir: str) -> dict:
     splits = parallel.primary_first(lambda: loading.load_dataset(config.data, workdir))
     data, source = config.data, splits.source
     axis, reorient = int(data.axis), str(data.get("reorient", "canonical"))
-    parts = dict(zip(loading.SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True))
+    parts = dict(zip(splitting.SPLIT_NAMES, (splits.train, splits.val, splits.test), strict=True))
     split_cases = splits.split_cases or {  # caches written before the split was recorded
         name: sorted({part.cases[s] for s in np.unique(part.subject)})
         for name, part in parts.items()
