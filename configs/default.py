@@ -6,7 +6,7 @@ Run lines:
   python launch.py --config=configs/default.py:smoke --workdir=/tmp/smoke   # tiny, < 1 minute
   python launch.py --config=configs/default.py:multiclass --workdir=runs/multiclass  # 2 classes
   python launch.py --config=configs/default.py:clasp --workdir=runs/clasp  # ClaSP-like, 2 classes
-  python launch.py sweep --config=configs/default.py:sweep --workdir=runs/sweep  # README table
+  python launch.py sweep --config=configs/default.py:sweep --workdir=runs/sweep  # docs/sweeps.md
   python launch.py --config=configs/default.py --config.al.annotator=human --workdir=runs/mine
   python launch.py query --workdir=runs/mine        # then: import-labels --labels=DIR, run
 """
@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             al.class_balanced = True
             al.sampling = "power"
             al.sampling_beta = 1.0
-    elif arg == "sweep":  # the README's CPU sweep: fewer, larger rounds and shorter training
+    elif arg == "sweep":  # the CPU sweep of docs/sweeps.md: fewer, larger rounds and shorter training
         al.query_size = 40
         al.rounds = 4
         train.max_epochs = 12

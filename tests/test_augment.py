@@ -161,7 +161,7 @@ def test_channels_share_the_draw_and_one_channel_is_unchanged():
     base = "11706038e9027739bf47ebf4c33f709625249bc5"  # before channels
     try:
         text = subprocess.run(
-            ["git", "-C", REPO, "show", f"{base}:selal_jax/core/augment.py"],
+            ["git", "-C", REPO, "show", f"{base}:selal_jax/augment.py"],
             capture_output=True,
             check=True,
             text=True,

@@ -4,7 +4,7 @@ The definitions that `scoring` fuses with the forward passes into one program pe
 `stats_from_probs` applies to probability maps computed elsewhere (`select_from_probs`). All
 of it is traceable and works per slice; callers vmap it over slices.
 
-Two conventions (see README, "Query strategies"):
+Two conventions (see docs/strategies.md):
 
 * ``paper`` (default): the binary formulas, computed stably from logits (log-sigmoid, no clipping),
   "higher = more uncertain"; target pixels P > T, boundary pixels |P - 0.5| < B.
