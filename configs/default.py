@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             al.class_balanced = True
             al.sampling = "power"
             al.sampling_beta = 1.0
-    elif arg == "sweep":  # the CPU sweep of docs/sweeps.md: fewer, larger rounds and shorter training
+    elif arg == "sweep":  # docs/sweeps.md's CPU sweep: fewer, larger rounds, shorter training
         al.query_size = 40
         al.rounds = 4
         train.max_epochs = 12
