@@ -81,6 +81,25 @@ def _quiet_orbax():
             logging.warning("orbax reported: %s", message)
 
 
+# What orbax logs as a warning whenever it opens a folder read-only.
+READ_ONLY_NOTICE = "Given directory is read only"
+
+
+@contextlib.contextmanager
+def _without(prefix: str):
+    """Drops the log records that start with `prefix` for the `with` block."""
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    absl_logger = std_logging.getLogger("absl")
+    absl_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(keep)
+
+
 class Checkpointer:
     """The round checkpoints in `directory` (created unless `read_only`: then nothing there is
     created or written, and `save` is refused by orbax)."""
@@ -89,13 +108,15 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         if keep < 1:
             raise ConfigError(f"config field checkpoint.keep: must be >= 1, got {keep}")
-        try:
-            self.manager = ocp.CheckpointManager(
-                self.directory,
-                options=ocp.CheckpointManagerOptions(
-                    max_to_keep=keep, create=not read_only, read_only=read_only
-                ),
+        if read_only:  # (orbax warns about any other max_to_keep and save interval)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=None, save_interval_steps=0, create=False, read_only=True
             )
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        try:
+            with _without(READ_ONLY_NOTICE):
+                self.manager = ocp.CheckpointManager(self.directory, options=options)
         except OSError as e:
             raise CheckpointError(
                 f"{self.directory}: cannot create the checkpoint directory ({e})"
