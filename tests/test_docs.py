@@ -16,6 +16,7 @@ import shlex
 
 import pytest
 
+from selal_jax.base import schema
 from tests.helpers import REPO
 
 DOCS = [os.path.join(REPO, "README.md"), *sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))]
@@ -89,19 +90,6 @@ def launch_names() -> tuple[tuple[str, ...], set[str]]:
     return verbs, flags
 
 
-def config_fields(config) -> set[str]:
-    out = set()
-
-    def walk(prefix, node):
-        for key, value in node.items():
-            out.add(prefix + key)
-            if hasattr(value, "items"):
-                walk(f"{prefix}{key}.", value)
-
-    walk("", config)
-    return out
-
-
 def check_launch(args: list[str]) -> None:
     """Raises AssertionError naming what of `python launch.py <args>` is not real."""
     verbs, flags = launch_names()
@@ -113,7 +101,7 @@ def check_launch(args: list[str]) -> None:
     path, _, variant = options.get("config", DEFAULT_CONFIG).partition(":")
     assert os.path.isfile(os.path.join(REPO, path)), f"no config file {path}"
     config = runpy.run_path(os.path.join(REPO, path))["get_config"](variant or None)
-    fields = config_fields(config)
+    fields = set(schema.flatten(config))  # the fields --config.X=... can set
     for name in options:
         if name.startswith("config."):
             assert name[len("config.") :] in fields, f"{path} has no field {name[7:]}"
