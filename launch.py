@@ -124,7 +124,7 @@ def main(argv):
     try:
         _main(argv)
     except Exception as e:
-        from selal_jax import errors
+        from selal_jax.base import errors
 
         if not isinstance(e, errors.UserError):
             raise  # a bug: keep its traceback
@@ -167,7 +167,7 @@ def _parse_flags(argv):
 def _usage(message: str):
     """A wrong verb or a missing flag: one `error:` line (absl's UsageError prints every flag's
     help first)."""
-    from selal_jax import errors
+    from selal_jax.base import errors
 
     return errors.UserError(f"{message} (--help lists the flags)")
 
@@ -189,8 +189,11 @@ def _main(argv):
             f"--workdir not given; writing to {workdir}", file=sys.stderr if _JSON.value else None
         )
     # Imported after flag parsing: keeps --help fast.
-    from selal_jax import annotate, inspect_data, loop, parallel, report, sweep
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.base import schema
+    from selal_jax.core import parallel
+    from selal_jax.run import loop
+    from selal_jax.run import workdir as workdir_lib
+    from selal_jax.verbs import annotate, inspect_data, report, sweep
 
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -200,11 +203,11 @@ def _main(argv):
         # (ml_collections applied them to the default config); a new one takes the default.
         stored = workdir_lib.stored_config(workdir, required=verb in NEEDS_WORKDIR)
         if stored is not None:
-            config = workdir_lib.with_overrides(stored, flags.FLAGS["config"].override_values)
+            config = schema.with_overrides(stored, flags.FLAGS["config"].override_values)
     # The library returns; only process 0 prints (the others hold the same results).
     show = print if parallel.is_primary() else (lambda *_: None)
     if verb == "run":
-        show(loop.summary_text(loop.run(config, workdir), workdir))
+        show(report.summary_text(loop.run(config, workdir), workdir))
     elif verb in ("sweep", "report"):
         if verb == "sweep":
             paths = sweep.run(config, workdir)
@@ -225,7 +228,7 @@ def _main(argv):
     elif verb == "export-nnunet":
         if _OUT.value is None:
             raise _usage("export-nnunet needs --out=DIR")
-        from selal_jax import export
+        from selal_jax.verbs import export
 
         print(f"wrote {export.export_nnunet(config, workdir, _OUT.value)}")
     elif _LABELS.value is None:

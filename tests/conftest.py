@@ -21,7 +21,7 @@ def cohort_root(tmp_path_factory):
 @pytest.fixture(autouse=True, scope="session")
 def _classic_threefry():
     """Tests run under the same random-number setting as selal_jax's entry points."""
-    from selal_jax import rng
+    from selal_jax.core import rng
 
     with rng.classic_threefry():
         yield

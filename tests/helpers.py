@@ -108,8 +108,8 @@ def comparable(history: list[dict]) -> list[dict]:
 
 def read_records(workdir: str) -> list[dict]:
     """The records (one dict per round) of the run folder `workdir`."""
-    from selal_jax import report
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
+    from selal_jax.verbs import report
 
     return report.read_records(os.path.join(workdir, workdir_lib.RECORDS_FILE))
 
@@ -119,20 +119,23 @@ def restore_final(config, workdir: str):
     into the structure of `config`'s model (arrays fetched to the host)."""
     import jax
 
-    from selal_jax import checkpointing
-    from selal_jax import workdir as workdir_lib
-    from selal_jax.models import build_model, init_variables
-    from selal_jax.train import create_train_state, make_optimizer
+    from selal_jax.core import parallel
+    from selal_jax.core.models import build_model, init_variables
+    from selal_jax.core.train import create_train_state, make_optimizer
+    from selal_jax.run import checkpointing
+    from selal_jax.run import workdir as workdir_lib
 
-    state = create_train_state(
-        init_variables(build_model(config.model), jax.random.key(0), *config.data.size),
-        make_optimizer(1e-3),  # the optimizer state's structure does not depend on the rate
-    )
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), 2)
-    try:
-        restored, loop_record = ckpt.restore(
-            ckpt.latest_round(), checkpointing.abstract_like(state)
+    def state():
+        return create_train_state(
+            init_variables(build_model(config.model), jax.random.key(0), *config.data.size),
+            make_optimizer(1e-3),  # the optimizer state's structure does not depend on the rate
         )
+
+    directory = os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR)
+    ckpt = checkpointing.Checkpointer(directory, read_only=True)
+    try:
+        target = checkpointing.abstract_target(state, parallel.state_sharding(None))
+        restored, loop_record = ckpt.restore(ckpt.latest_round(), target)
     finally:
         ckpt.close()
     return jax.device_get(restored), loop_record

@@ -14,9 +14,10 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from selal_jax import parallel, rng, scoring, selection, train, validation
+from selal_jax.core import parallel, rng, scoring, selection, train
+from selal_jax.core.models import UNet, init_variables
 from selal_jax.data.slices import SliceSet
-from selal_jax.models import UNet, init_variables
+from selal_jax.run import fit, validation
 from tests.helpers import smoke_config
 
 N_DEVICES = 4
@@ -104,7 +105,7 @@ def main(out_path: str) -> None:
     out.update(flat("init", variables["params"]))
     for name, m in (("one", None), ("mesh", mesh)):
         state = train.create_train_state(jax.device_get(variables), tx)  # donated by fit
-        state, summary = train.fit(
+        state, summary = fit.fit(
             model, state, tx, pool, labelled, val, jax.random.key(3), train_config, mesh=m
         )
         out.update(flat(f"adam/{name}/params", state.params))
@@ -155,7 +156,7 @@ def main(out_path: str) -> None:
     bad = config_dict.ConfigDict(train_config.to_dict())
     bad.batch_size = 10
     messages["fit"] = refusal(
-        lambda: train.fit(
+        lambda: fit.fit(
             model,
             train.create_train_state(jax.device_get(variables), tx),
             tx,

@@ -14,9 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, checkpointing, label_store, label_volumes, loop
-from selal_jax import workdir as workdir_lib
-from selal_jax.data import loading, preprocess
+from selal_jax.base import schema
+from selal_jax.data import cases, config_fields, fitting, label_volumes, loading
+from selal_jax.run import checkpointing, label_store, loop, parts, state
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.verbs import annotate
 from tests import helpers
 from tests.helpers import REPO, comparable, restore_final, smoke_config
 
@@ -42,11 +44,8 @@ def correct(export_dir: str, truth) -> None:
 
 
 def labelled_ids(config, workdir) -> set[int]:
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        return set(np.flatnonzero(experiment.labelled).tolist())
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    return set(np.flatnonzero(experiment.labelled).tolist())
 
 
 # ------------------------------------------------------------------ the clinician round trip
@@ -235,7 +234,7 @@ def test_simulated_annotator_refuses_an_unlabelled_pool(oriented, tmp_path):
     simulated = config.copy_and_resolve_references()
     simulated.al.annotator = "simulated"
     with pytest.raises(ValueError, match="3 training cases have no labels.*al.annotator=human"):
-        loop.Experiment.open(simulated, str(tmp_path))
+        parts.build(simulated, str(tmp_path))
 
 
 def test_export_is_in_each_files_own_geometry(oriented):
@@ -294,26 +293,21 @@ def test_clinician_on_an_unlabelled_pool_with_reoriented_files(oriented, tmp_pat
     correct(labels, truth_of(root))
     summary = annotate.import_labels(config, copy, labels)
     expected = loader_labels(root, tmp_path)
-    experiment = loop.Experiment.open(config, copy)
-    try:
-        ids = np.asarray(experiment.history[-1]["queried"])
-        assert experiment.awaiting is None and experiment.labelled[ids].all()
-        assert (
-            summary["n_slices"] == len(ids) and summary["n_labelled"] == experiment.labelled.sum()
-        )
-        train = experiment.pool
-        got = train.labels[ids]  # what training reads: the imported masks
-        cases = [train.cases[train.subject[i]] for i in ids]
-        for k, pool_id in enumerate(ids):
-            want = expected[(cases[k], int(train.slice_index[pool_id]))]
-            np.testing.assert_array_equal(got[k], want, err_msg=f"{cases[k]}")
-        assert set(cases) & set(UNLABELLED)
-        assert got[[c in UNLABELLED for c in cases]].any()  # not vacuous: target was imported
-        labelled = np.flatnonzero(experiment.labelled)
-        drawn = (np.asarray(train.labels[labelled]) > 0).reshape(len(labelled), -1).sum(1)
-        dataset = (np.asarray(experiment.splits.train.labels[labelled]) > 0).sum()
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, copy)
+    ids = np.asarray(experiment.history[-1]["queried"])
+    assert experiment.awaiting is None and experiment.labelled[ids].all()
+    assert summary["n_slices"] == len(ids) and summary["n_labelled"] == experiment.labelled.sum()
+    train = experiment.pool
+    got = train.labels[ids]  # what training reads: the imported masks
+    cases = [train.cases[train.subject[i]] for i in ids]
+    for k, pool_id in enumerate(ids):
+        want = expected[(cases[k], int(train.slice_index[pool_id]))]
+        np.testing.assert_array_equal(got[k], want, err_msg=f"{cases[k]}")
+    assert set(cases) & set(UNLABELLED)
+    assert got[[c in UNLABELLED for c in cases]].any()  # not vacuous: target was imported
+    labelled = np.flatnonzero(experiment.labelled)
+    drawn = (np.asarray(train.labels[labelled]) > 0).reshape(len(labelled), -1).sum(1)
+    dataset = (np.asarray(experiment.splits.train.labels[labelled]) > 0).sum()
     history = loop.run(config, copy)  # the next round
     assert [r["round"] for r in history] == [0, 1]
     assert history[0]["queried_with_target"] == int(got.reshape(len(ids), -1).any(1).sum())
@@ -327,18 +321,15 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
     config, workdir, export, _ = oriented
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
-    experiment = loop.Experiment.open(config, copy)
-    try:
-        ids = np.asarray(experiment.history[-1]["queried"])
-        predicted = annotate.predicted_masks(experiment, ids)
-        source = experiment.splits.source
-        settings = loading.make_settings(config.data, source)
-        canonical = [
-            label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
-            for s in experiment.pool.subject[ids]
-        ]
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, copy)
+    ids = np.asarray(experiment.history[-1]["queried"])
+    predicted = annotate.predicted_masks(experiment, ids)
+    source = experiment.splits.source
+    settings = config_fields.make_settings(config.data, source)
+    canonical = [
+        label_volumes.Geometry.of(source.cases[s], settings).canonical_shape()
+        for s in experiment.pool.subject[ids]
+    ]
     annotate.import_labels(config, copy, export)  # the export folder itself works too
     stored_ids, masks = label_store.LabelStore(
         os.path.join(copy, workdir_lib.ANNOTATIONS_DIR)
@@ -352,7 +343,7 @@ def test_importing_the_unchanged_prefill_gives_back_the_predicted_masks(oriented
 
 @pytest.mark.parametrize("resample", ["crop", "resize"])
 def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resample):
-    settings = preprocess.Settings(
+    settings = cases.Settings(
         axis=2,
         size=(32, 32),
         resample=resample,
@@ -367,18 +358,18 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
     for k, affine in enumerate(_affines()):
         path = str(tmp_path / f"c{k}.nii.gz")
         nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), affine), path)
-        geometry = label_volumes.Geometry.of(preprocess.CaseFiles(f"c{k}", path, None), settings)
+        geometry = label_volumes.Geometry.of(cases.CaseFiles(f"c{k}", path, None), settings)
         canonical_index = np.array([1, 4])
         masks = (rng.random((2, 32, 32)) < 0.3).astype(np.uint8)
         volume = label_volumes.prefill_volume(geometry, canonical_index, masks, 2)
         assert volume.shape == SHAPE and volume.dtype == np.uint8
         canonical = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
         stack = np.moveaxis(np.asarray(canonical.dataobj), 2, 0)  # preprocess.to_slices
-        expected = preprocess.unfit_slices(masks, stack.shape[1:], resample)
+        expected = fitting.unfit_slices(masks, stack.shape[1:], resample)
         np.testing.assert_array_equal(stack[canonical_index], 2 * expected)
         assert not np.delete(stack, canonical_index, axis=0).any()
         if stack.shape[1:] == (32, 32):  # no fitting: the loader gets the masks back exactly
-            back = preprocess.fit_slices(stack[canonical_index] // 2, (32, 32), resample, True)
+            back = fitting.fit_slices(stack[canonical_index] // 2, (32, 32), resample, True)
             np.testing.assert_array_equal(back, masks)
         for c, index in zip(canonical_index, geometry.file_index(canonical_index), strict=True):
             plane = np.take(volume, index, axis=geometry.file_axis)
@@ -388,11 +379,11 @@ def test_prefill_lands_on_the_canonical_slices_the_loader_cuts(tmp_path, resampl
 def test_unfit_inverts_fit_where_fit_loses_nothing():
     rng = np.random.default_rng(1)
     small = (rng.random((3, 10, 12)) < 0.4).astype(np.uint8)
-    padded = preprocess.fit_slices(small, (16, 16), "crop", is_label=True)
-    np.testing.assert_array_equal(preprocess.unfit_slices(padded, (10, 12), "crop"), small)
-    upsampled = preprocess.fit_slices(small, (20, 24), "resize", is_label=True)
-    np.testing.assert_array_equal(preprocess.unfit_slices(upsampled, (10, 12), "resize"), small)
-    odd = preprocess.unfit_slices(upsampled, (13, 7), "resize")
+    padded = fitting.fit_slices(small, (16, 16), "crop", is_label=True)
+    np.testing.assert_array_equal(fitting.unfit_slices(padded, (10, 12), "crop"), small)
+    upsampled = fitting.fit_slices(small, (20, 24), "resize", is_label=True)
+    np.testing.assert_array_equal(fitting.unfit_slices(upsampled, (10, 12), "resize"), small)
+    odd = fitting.unfit_slices(upsampled, (13, 7), "resize")
     assert odd.shape == (3, 13, 7)
 
 
@@ -441,8 +432,8 @@ def test_the_human_loop_continues_with_the_workdir_alone(oriented, tmp_path):
     assert "round 1: the query of" in proc.stdout  # the next round ran and awaits its labels
     records = helpers.read_records(copy)
     assert [r["round"] for r in records] == [0, 1] and records[1]["queried_with_target"] is None
-    stored = workdir_lib.flatten_config(workdir_lib.stored_config(copy))
-    assert stored == workdir_lib.flatten_config(config)
+    stored = schema.flatten(workdir_lib.stored_config(copy))
+    assert stored == schema.flatten(config)
     for verb in ([], ["query"]):
         proc = subprocess.run(
             launch + verb + [f"--workdir={copy}", "--config.train.patience=9"],
@@ -623,21 +614,18 @@ def test_an_import_interrupted_after_its_commit_point_is_applied_on_resume(
     with pytest.raises(KeyboardInterrupt):
         annotate.import_labels(config, copy, export)
     monkeypatch.undo()
-    experiment = loop.Experiment.open(config, copy)
-    try:
-        ids = experiment.history[-1]["queried"]
-        assert experiment.awaiting is None and experiment.labelled[ids].all()
-        assert experiment.history[-1]["queried_with_target"] is not None
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, copy)
+    ids = experiment.history[-1]["queried"]
+    assert experiment.awaiting is None and experiment.labelled[ids].all()
+    assert experiment.history[-1]["queried_with_target"] is not None
 
 
 def test_runs_started_before_the_annotator_fields_existed_stay_resumable():
-    current = workdir_lib.flatten_config(smoke_config())
-    stored = {k: v for k, v in current.items() if k not in workdir_lib.ADDED_KEYS}
-    assert workdir_lib.config_differences(stored, current) == []
-    human = workdir_lib.flatten_config(smoke_config(**{"al.annotator": "human"}))
-    assert workdir_lib.config_differences(stored, human) == ["al.annotator"]
+    current = schema.flatten(smoke_config())
+    stored = {k: v for k, v in current.items() if k not in schema.ADDED_KEYS}
+    assert schema.differences(stored, current) == []
+    human = schema.flatten(smoke_config(**{"al.annotator": "human"}))
+    assert schema.differences(stored, human) == ["al.annotator"]
 
 
 def test_finished_human_run_with_more_rounds_is_refused(clinician, tmp_path):

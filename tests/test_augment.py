@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from selal_jax import augment
+from selal_jax.core import augment
 from tests.helpers import REPO
 
 # Jitted once per shape: op-by-op dispatch of the eager functions is slow on CPU.

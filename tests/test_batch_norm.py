@@ -1,4 +1,4 @@
-"""selal_jax.batch_norm: Flax's BatchNorm to float32 rounding, with a hand-written backward."""
+"""selal_jax.core.batch_norm: Flax's BatchNorm to float32 rounding, with a hand-written backward."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import batch_norm
+from selal_jax.core import batch_norm
 
 EPS = 1e-5
 

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from selal_jax import bench, scoring
+from selal_jax import bench
+from selal_jax.core import scoring
 from tests.helpers import REPO
 
 RATE_FIELDS = ("seconds", "slices_per_s", "pixels_per_s")

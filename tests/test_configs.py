@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import brats_lgg_flair, default, msd_spleen
-from selal_jax import validation
+from selal_jax.run import validation
 from tests.helpers import REPO, config_from_flags, smoke_config
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from selal_jax.data import cache, layouts, loading, preprocess
-from selal_jax.data.preprocess import DataError
+from selal_jax.base.errors import DataError
+from selal_jax.data import cache, layouts, loading, preprocess, splitting
 from tests import helpers
 from tests.helpers import REPO, config_from_flags, set_fields
 
@@ -255,23 +255,25 @@ def test_flipped_and_permuted_affines_give_the_same_canonical_slices(tmp_path):
 
 
 def test_split_with_unlabelled_subjects_holds_out_only_labelled_ones():
-    plain = loading.split_subjects(20, (0.7, 0.15, 0.15), 3)
-    same = loading.split_subjects(20, (0.7, 0.15, 0.15), 3, np.ones(20, bool))
+    plain = splitting.split_subjects(20, (0.7, 0.15, 0.15), 3)
+    same = splitting.split_subjects(20, (0.7, 0.15, 0.15), 3, np.ones(20, bool))
     for a, b in zip(plain, same, strict=True):
         np.testing.assert_array_equal(a, b)
     # val/test sizes follow the labelled count (17 labelled: still 3 and 3), so unlabelling
     # three training subjects of the plain split changes nothing.
     labelled = np.ones(20, bool)
     labelled[plain[0][:3]] = False
-    for a, b in zip(plain, loading.split_subjects(20, (0.7, 0.15, 0.15), 3, labelled), strict=True):
+    for a, b in zip(
+        plain, splitting.split_subjects(20, (0.7, 0.15, 0.15), 3, labelled), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     labelled = np.arange(20) % 2 == 0
-    train, val, test = loading.split_subjects(20, (0.7, 0.15, 0.15), 3, labelled)
+    train, val, test = splitting.split_subjects(20, (0.7, 0.15, 0.15), 3, labelled)
     assert (len(val), len(test)) == (2, 2) and labelled[val].all() and labelled[test].all()
     assert set(np.flatnonzero(~labelled)) <= set(train.tolist())
     assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(20))
     with pytest.raises(DataError, match="of 2 labelled subjects leaves"):
-        loading.split_subjects(20, (0.7, 0.15, 0.15), 3, np.arange(20) < 2)
+        splitting.split_subjects(20, (0.7, 0.15, 0.15), 3, np.arange(20) < 2)
 
 
 def test_unlabelled_cases_join_the_training_pool_in_each_layout(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import brats_lgg_flair, default, msd_spleen
+from selal_jax.base import schema
 from selal_jax.data import cache, loading, writers
 from tests.helpers import set_fields
 
@@ -69,10 +70,10 @@ def test_a_field_the_layout_reads_changes_the_key(layout, field, value):
 
 def test_layout_fields_are_the_default_configs_fields_at_their_values():
     data = default.get_config().data
-    listed = set(cache.LAYOUT_FIELDS)
+    listed = set(schema.LAYOUT_FIELDS)
     for section in SECTIONS:  # a new field of a layout's sub-config is listed too
         assert {f"{section}.{k}" for k in data[section]} <= listed
-    for name, (value, readers) in cache.LAYOUT_FIELDS.items():
+    for name, (value, readers) in schema.LAYOUT_FIELDS.items():
         node = data
         for part in name.split("."):
             node = node[part]

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from configs import default
+from selal_jax.base import schema
+from selal_jax.base.errors import DataError
 from selal_jax.data import cache, config_fields, layouts, synthetic
-from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.helpers import REPO
 from tests.test_data import axial, case_slices, data_config, load, zscore
@@ -445,7 +446,7 @@ def test_binary_configs_keep_their_cache_key(tmp_path, arg):
                     config[node] = value
         # The key covers what the layout reads: the old formula with the fields only other
         # layouts read at their defaults (smoke's synthetic sizes on an MSD run are not read).
-        for name, (value, readers) in cache.LAYOUT_FIELDS.items():
+        for name, (value, readers) in schema.LAYOUT_FIELDS.items():
             node, *leaf = name.split(".")
             if old.layout not in readers and leaf and leaf[0] in old[node]:
                 old[node][leaf[0]] = value

@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import loading, preprocess
-from selal_jax.data.preprocess import DataError
+from selal_jax.base.errors import DataError
+from selal_jax.data import cases, config_fields, loading, preprocess
 from tests import helpers
 from tests.test_data import data_config, load, replace_file, volumes
 
@@ -169,7 +169,7 @@ def _bomb(path: str, dims=(4096, 4096, 4096)) -> str:
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_a_declared_size_beyond_the_file_is_refused_before_reading_voxels(tmp_path, suffix):
     path = _bomb(str(tmp_path / f"bomb{suffix}"))
-    case = preprocess.CaseFiles("bomb", path, None)
+    case = cases.CaseFiles("bomb", path, None)
     # the header pass: before, it returned the shape and the voxel pass allocated 128 GiB
     with pytest.raises(
         DataError, match=rf"{path}: truncated or corrupt: the header declares 4096x4096x4096 int16"
@@ -187,7 +187,7 @@ def test_a_declared_nrrd_size_beyond_the_file_is_refused(tmp_path):
     with pytest.raises(
         DataError, match=rf"{path}: truncated or corrupt: the header declares 4096x4096x4096 int16"
     ):
-        preprocess.check_header(preprocess.CaseFiles("bomb", path, None))
+        preprocess.check_header(cases.CaseFiles("bomb", path, None))
 
 
 # --------------------------------------------------------------------- sizes that make sense
@@ -197,16 +197,16 @@ def test_a_declared_nrrd_size_beyond_the_file_is_refused(tmp_path):
 def test_split_fractions_must_sum_to_one(split):
     config = data_config("msd", "/nowhere", split=split)
     with pytest.raises(ValueError, match=r"config field data.split: .*sum to 1"):
-        loading.validate_data_config(config)
+        config_fields.validate_data_config(config)
 
 
 def test_split_fractions_that_sum_to_one_up_to_rounding_pass():
     for split in ((0.7, 0.15, 0.15), THIRDS, (0.6, 0.2, 0.2), (0.8, 0.1, 0.1)):
-        loading.validate_data_config(data_config("msd", "/nowhere", split=split))
+        config_fields.validate_data_config(data_config("msd", "/nowhere", split=split))
 
 
 def _stop_before_training(monkeypatch):
-    from selal_jax import loop
+    from selal_jax.run import loop
 
     class Stop(Exception):
         pass
@@ -214,14 +214,15 @@ def _stop_before_training(monkeypatch):
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(loop.train_lib, "fit", stop)
+    monkeypatch.setattr(loop.fit_lib, "fit", stop)
     return Stop
 
 
 def test_an_eval_batch_beyond_the_largest_split_is_capped_once(
     tmp_path, cohort_root, monkeypatch, caplog
 ):
-    from selal_jax import loop, parallel
+    from selal_jax.core import parallel
+    from selal_jax.run import loop
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.eval_batch_size": 10**6})
@@ -245,7 +246,7 @@ def test_an_eval_batch_beyond_the_largest_split_is_capped_once(
 
 
 def test_a_training_batch_beyond_the_labelled_set_warns(tmp_path, cohort_root, monkeypatch, caplog):
-    from selal_jax import loop
+    from selal_jax.run import loop
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.batch_size": 5000})
@@ -264,7 +265,7 @@ def test_a_training_batch_beyond_the_labelled_set_warns(tmp_path, cohort_root, m
 def test_a_class_head_with_the_official_convention_is_refused_before_training(
     tmp_path, monkeypatch
 ):
-    from selal_jax import loop
+    from selal_jax.run import loop
     from tests.helpers import smoke_config
 
     config = smoke_config(

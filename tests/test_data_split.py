@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import types
 
@@ -12,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import cache, config_fields, fitting, label_maps, loading
-from selal_jax.data.preprocess import DataError
+from selal_jax.base.errors import DataError
+from selal_jax.data import cache, config_fields, fitting, label_maps, splitting
 from tests import helpers
 from tests.test_data import case_slices, data_config, load, volumes, zscore
 
@@ -56,10 +57,10 @@ def write_split(path, train, val, test) -> str:
 def test_without_split_fields_the_split_is_the_seeded_one(root, tmp_path):
     config = data_config("msd", root, size=SHAPE[:2], split_seed=3)
     splits = load(config, tmp_path)
-    parts = loading.split_subjects(len(NAMES), tuple(config.split), 3)
+    parts = splitting.split_subjects(len(NAMES), tuple(config.split), 3)
     expected = {
         name: sorted(NAMES[i] for i in part)
-        for name, part in zip(loading.SPLIT_NAMES, parts, strict=True)
+        for name, part in zip(splitting.SPLIT_NAMES, parts, strict=True)
     }
     assert cases_of(splits) == expected == splits.split_cases
 
@@ -171,8 +172,8 @@ def test_group_regex_keeps_each_patient_in_one_part(root, tmp_path, seed):
     assert sorted(n for names in got.values() for n in names) == sorted(NAMES)
     # The seeded split of the five patients (sorted by name), expanded to their cases.
     patients = sorted(set(patient.values()))
-    parts = loading.split_subjects(5, (0.6, 0.2, 0.2), seed)
-    for name, part in zip(loading.SPLIT_NAMES, parts, strict=True):
+    parts = splitting.split_subjects(5, (0.6, 0.2, 0.2), seed)
+    for name, part in zip(splitting.SPLIT_NAMES, parts, strict=True):
         chosen = {patients[i] for i in part}
         assert got[name] == sorted(n for n in NAMES if patient[n] in chosen)
 
@@ -181,9 +182,9 @@ def test_group_regex_holds_out_only_fully_labelled_patients():
     case_ids = NAMES
     labelled = np.ones(len(NAMES), bool)
     labelled[[0, 5]] = False  # one scan of sub-01 and one of sub-03
-    pattern = loading.re.compile(r"^(sub-\d+)_")
+    pattern = re.compile(r"^(sub-\d+)_")
     for seed in range(6):
-        train, val, test = loading.split_groups(
+        train, val, test = splitting.split_groups(
             case_ids, (1 / 3, 1 / 3, 1 / 3), seed, labelled, pattern
         )
         assert {0, 1, 5, 6} <= set(train.tolist())  # the patients with an unlabelled scan
@@ -337,7 +338,8 @@ def test_reorient_none_reads_every_channel_the_same_way(tmp_path):
 def test_reorient_none_round_trips_through_the_annotation_export(tmp_path, axis, size, resample):
     """The export's geometry with reorient=none: the prefill lands on the stored slice the loader
     cut, and the true masks written there import as the loader's slices."""
-    from selal_jax import annotate, label_volumes
+    from selal_jax.data import label_volumes
+    from selal_jax.verbs import annotate
     from tests.test_annotate import SHAPE as ANNOTATE_SHAPE
     from tests.test_annotate import _affines
 

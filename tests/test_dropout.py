@@ -1,4 +1,4 @@
-"""selal_jax.dropout: flax's dropout masks, bit for bit, from the unrolled threefry."""
+"""selal_jax.core.dropout: flax's dropout masks, bit for bit, from the unrolled threefry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import dropout, rng
+from selal_jax.core import dropout, rng
 from tests.helpers import all_eqns
 
 SHAPES = [(1,), (7,), (3, 5), (2, 8, 8, 3), (1, 4, 4, 512), (2, 5, 7, 3)]

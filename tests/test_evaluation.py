@@ -9,8 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import evaluation, label_volumes, loop, metrics
-from selal_jax.data import loading
+from selal_jax.core import metrics
+from selal_jax.core import train as train_lib
+from selal_jax.data import config_fields, label_maps, loading
+from selal_jax.run import evaluation, loop, state
 from tests.helpers import smoke_config
 
 KINDS = {
@@ -42,7 +44,7 @@ def test_csv_rows_match_metrics_of_the_written_predictions(evaluated_run):
     splits = loading.load_dataset(config.data, workdir)
     test, source = splits.test, splits.source
     names = test.class_names
-    settings = loading.make_settings(config.data, source)
+    settings = config_fields.make_settings(config.data, source)
     values = {name: v for name, v in zip(names, loading_values(settings), strict=True)}
     for rec in history:
         r = rec["round"]
@@ -75,30 +77,26 @@ def test_csv_rows_match_metrics_of_the_written_predictions(evaluated_run):
 
 
 def loading_values(settings):
-    from selal_jax.data import preprocess
 
-    return preprocess.label_value_table(settings)[1:].tolist()
+    return label_maps.label_value_table(settings)[1:].tolist()
 
 
 def test_written_prediction_holds_the_models_slices(evaluated_run):
     config, workdir, history = evaluated_run
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        test, source = experiment.splits.test, experiment.splits.source
-        settings = loading.make_settings(config.data, source)
-        values = np.asarray([0, *loading_values(settings)])
-        subject = int(np.unique(test.subject)[0])
-        ids = np.flatnonzero(test.subject == subject)
-        case = source.cases[subject]
-        predicted = np.asarray(
-            jax.device_get(
-                label_volumes.predict_batch(
-                    experiment.state.variables, test.images[ids], model=experiment.model
-                )
+    experiment = state.open_finished(config, workdir)
+    test, source = experiment.splits.test, experiment.splits.source
+    settings = config_fields.make_settings(config.data, source)
+    values = np.asarray([0, *loading_values(settings)])
+    subject = int(np.unique(test.subject)[0])
+    ids = np.flatnonzero(test.subject == subject)
+    case = source.cases[subject]
+    predicted = np.asarray(
+        jax.device_get(
+            train_lib.predict_batch(
+                experiment.variables(), test.images[ids], model=experiment.parts.model
             )
         )
-    finally:
-        experiment.close()
+    )
     last = history[-1]["round"]
     path = os.path.join(workdir, "evaluation", f"round_{last:03d}", f"{case.case_id}.nii.gz")
     canonical = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj)

@@ -12,8 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, export, loop
-from selal_jax.data import loading, preprocess
+from selal_jax.data import config_fields, fitting, loading, preprocess, reading
+from selal_jax.run import loop, state
+from selal_jax.verbs import annotate, export
 from tests.helpers import REPO, smoke_config
 
 TRAIN = {"train.max_epochs": 1, "train.min_steps_per_epoch": 2, "al.rounds": 1}
@@ -23,16 +24,13 @@ def check_export(config, workdir: str, out: str) -> dict:
     """Reading each exported label file with the loader's forward path at the labelled slices
     gives the run's training labels; every other voxel is the ignore value; images are the
     source channels in the source geometry."""
-    experiment = loop.Experiment.open(config, workdir)
-    try:
-        train, source = experiment.pool, experiment.splits.source
-        ids = np.flatnonzero(experiment.labelled)
-        expected = np.asarray(train.labels[ids])
-        subjects = np.asarray(train.subject[ids])
-        index = np.asarray(train.slice_index[ids])
-    finally:
-        experiment.close()
-    settings = loading.make_settings(config.data, source)
+    experiment = state.open_finished(config, workdir)
+    train, source = experiment.pool, experiment.splits.source
+    ids = np.flatnonzero(experiment.labelled)
+    expected = np.asarray(train.labels[ids])
+    subjects = np.asarray(train.subject[ids])
+    index = np.asarray(train.slice_index[ids])
+    settings = config_fields.make_settings(config.data, source)
     with open(os.path.join(out, "dataset.json")) as f:
         meta = json.load(f)
     assert set(meta) >= {"channel_names", "labels", "numTraining", "file_ending"}
@@ -53,7 +51,7 @@ def check_export(config, workdir: str, out: str) -> dict:
         exported = nib.load(path)
         np.testing.assert_allclose(exported.affine, nib.load(case.image).affine)
         rows = np.flatnonzero(subjects == subject)
-        label, img = preprocess.read_canonical(
+        label, img = reading.read_canonical(
             path, "label", None, as_float=False, reorient=settings.canonical
         )
         stack = preprocess.to_slices(label, settings.axis)
@@ -62,7 +60,7 @@ def check_export(config, workdir: str, out: str) -> dict:
         assert not np.any(planes == ignore)  # the labelled slices are labelled throughout
         spacing = np.sqrt(np.sum(img.affine[:3, :3] ** 2, axis=0)).astype(np.float32)
         # exported values are the class indices: the loader's fit of them is what it trained on
-        fitted = preprocess.fit_case_slices(planes, settings, spacing, is_label=True)
+        fitted = fitting.fit_case_slices(planes, settings, spacing, is_label=True)
         np.testing.assert_array_equal(fitted, expected[rows])
         for c, (image_path, channel) in enumerate(case.channel_sources):
             written = nib.load(os.path.join(out, "imagesTr", f"{case.case_id}_{c:04d}.nii.gz"))
@@ -144,20 +142,17 @@ def test_the_export_inspects_and_loads_with_ignore_as_unlabelled(binary_run, tmp
     """Issue 24: `inspect` and the loader read the product's own export. Its ignore voxels are
     unlabelled, never target: a slice of ignore alone is an unlabelled slice (has_label False,
     mask 0); the labelled slices hold the run's labels."""
-    from selal_jax import inspect_data
+    from selal_jax.verbs import inspect_data
 
     config, workdir = binary_run
     out = export.export_nnunet(config, workdir, str(tmp_path / "Dataset501_Run"))
-    experiment = loop.Experiment.open(config, workdir, with_model=False)
-    try:
-        train = experiment.pool
-        ids = np.flatnonzero(experiment.labelled)
-        labelled = {
-            (train.cases[train.subject[i]], int(train.slice_index[i])): np.asarray(train.labels[i])
-            for i in ids
-        }
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    train = experiment.pool
+    ids = np.flatnonzero(experiment.labelled)
+    labelled = {
+        (train.cases[train.subject[i]], int(train.slice_index[i])): np.asarray(train.labels[i])
+        for i in ids
+    }
     data = smoke_config(
         **{
             "data.layout": "nnunetv2",

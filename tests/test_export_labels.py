@@ -14,8 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import annotate, export, label_store, loop
-from selal_jax import workdir as workdir_lib
+from selal_jax.run import label_store, loop, state
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.verbs import annotate, export
 from tests import helpers
 from tests.helpers import smoke_config
 from tests.test_export import check_export
@@ -66,14 +67,11 @@ def check_nnunet_rules(out: str) -> dict:
 
 def labelled_slices(config, workdir):
     """[(case files, canonical slice index)] of the run's labelled set, and the class names."""
-    experiment = loop.Experiment.open(config, workdir, with_model=False)
-    try:
-        pool, source = experiment.pool, experiment.splits.source
-        ids = np.flatnonzero(experiment.labelled)
-        out = [(source.cases[pool.subject[i]], int(pool.slice_index[i])) for i in ids]
-        return out, tuple(pool.class_names)
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    pool, source = experiment.pool, experiment.splits.source
+    ids = np.flatnonzero(experiment.labelled)
+    out = [(source.cases[pool.subject[i]], int(pool.slice_index[i])) for i in ids]
+    return out, tuple(pool.class_names)
 
 
 def expected_export(config, slices, source_value, ignore) -> dict[str, np.ndarray]:
@@ -255,12 +253,9 @@ def exported_round(config, workdir: str, out: str) -> tuple[list[np.ndarray], np
     """([n] exported planes of round 0's imported slices, read as the loader reads them, and
     [n, H, W] their training masks in the annotation file)."""
     ids, masks = label_store.LabelStore(os.path.join(workdir, workdir_lib.ANNOTATIONS_DIR)).read(0)
-    experiment = loop.Experiment.open(config, workdir, with_model=False)
-    try:
-        pool = experiment.pool
-        rows = [(pool.cases[pool.subject[i]], int(pool.slice_index[i])) for i in ids]
-    finally:
-        experiment.close()
+    experiment = state.open_finished(config, workdir)
+    pool = experiment.pool
+    rows = [(pool.cases[pool.subject[i]], int(pool.slice_index[i])) for i in ids]
     planes = []
     for case_id, index in rows:
         path = os.path.join(out, "labelsTr", f"{case_id}.nii.gz")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from selal_jax import faults
+from selal_jax.base import faults
 
-# Imports only selal_jax.faults (os and signal), so a child starts in well under a second.
-CHILD = "from selal_jax import faults; faults.maybe_kill('score', 2); print('alive')"
+# Imports only selal_jax.base.faults (os and signal), so a child starts in well under a second.
+CHILD = "from selal_jax.base import faults; faults.maybe_kill('score', 2); print('alive')"
 
 
 def run_child(kill_at: str | None) -> subprocess.CompletedProcess:

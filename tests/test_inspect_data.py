@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from selal_jax import inspect_data
+from selal_jax.base.errors import DataError
 from selal_jax.data import loading
-from selal_jax.data.preprocess import DataError
+from selal_jax.verbs import inspect_data
 from tests import helpers
 from tests.helpers import REPO
 

@@ -1,12 +1,14 @@
 """A 2-round end-to-end run of the loop on a tiny synthetic cohort."""
 
+import functools
 import json
 import os
 
 import numpy as np
 import pytest
 
-from selal_jax import loop, sweep
+from selal_jax.run import loop, parts
+from selal_jax.verbs import report, sweep
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,8 @@ def test_labelled_set_grows_by_exactly_k_new_distinct_slices(finished_run):
     config, workdir, history = finished_run
     k = config.al.query_size
     assert [r["round"] for r in history] == [0, 1, 2]
-    from selal_jax import checkpointing
     from selal_jax.data import loading
+    from selal_jax.run import checkpointing
 
     train_set = loading.load_dataset(config.data, workdir).train
     positive = set(np.flatnonzero(train_set.labels.reshape(len(train_set), -1).any(1)).tolist())
@@ -59,7 +61,7 @@ def test_labelled_set_grows_by_exactly_k_new_distinct_slices(finished_run):
 
 def test_checkpoints_and_records_exist_for_each_round(finished_run):
     config, workdir, history = finished_run
-    from selal_jax import checkpointing
+    from selal_jax.run import checkpointing
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
     # the last `keep` model checkpoints are kept; each holds every round's record
@@ -188,7 +190,7 @@ def test_run_returns_and_prints_nothing(capsys, finished_run, cohort_root):
     again = loop.run(config, workdir)  # resumes the finished run: nothing to do
     assert capsys.readouterr().out == ""
     assert again == history
-    assert loop.summary_text(history, workdir).startswith("| round | labelled |")
+    assert report.summary_text(history, workdir).startswith("| round | labelled |")
 
 
 def test_shared_round0_that_exists_loads_no_data(finished_run, tmp_path, monkeypatch):
@@ -197,9 +199,9 @@ def test_shared_round0_that_exists_loads_no_data(finished_run, tmp_path, monkeyp
     first = sweep.train_shared_round0(config, round0)
 
     def refuse(*args, **kwargs):
-        raise AssertionError("an existing round 0 must not build an Experiment")
+        raise AssertionError("an existing round 0 must not build a run's parts")
 
-    monkeypatch.setattr(loop, "Experiment", refuse)
+    monkeypatch.setattr(parts, "build", refuse)
     assert sweep.train_shared_round0(config, round0) == first
 
 
@@ -219,7 +221,7 @@ def test_metrics_jsonl_holds_each_rounds_epochs(finished_run):
 
 
 def test_epoch_metrics_of_a_redone_round_replace_its_lines(tmp_path):
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
 
     w = str(tmp_path)
     epoch = {"epoch": 0, "train_loss": 1.0, "val_loss": 2.0}
@@ -244,5 +246,7 @@ def test_a_sweep_written_with_the_nested_round0_folder_is_still_read(finished_ru
     assert os.path.isdir(os.path.join(round0, "model"))
     os.rename(os.path.join(round0, "model"), os.path.join(round0, "round0"))
     assert sweep.train_shared_round0(config, round0) == first  # found, not retrained
-    history = loop.run(config, str(tmp_path / "run"), round0_dir=round0)
+    history = loop.run(
+        config, str(tmp_path / "run"), round0=functools.partial(sweep.take_round0, round0)
+    )
     assert {k: v for k, v in history[0].items() if k in first} == first

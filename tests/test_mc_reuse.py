@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from selal_jax import rng, scoring
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import rng, scoring
+from selal_jax.core.models import UNet, init_variables
 from tests.helpers import all_eqns
 
 BATCH, PASSES, SIZE = 3, 4, 16

@@ -1,4 +1,4 @@
-"""selal_jax.metrics against hand-worked cases and a brute-force reference (no distance transform)."""
+"""selal_jax.core.metrics against hand-worked cases and a brute-force reference (no distance transform)."""
 
 import math
 import os
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from selal_jax import metrics
+from selal_jax.core import metrics
 from tests.helpers import REPO
 
-# ---- brute-force reference, written independently of selal_jax.metrics ----
+# ---- brute-force reference, written independently of selal_jax.core.metrics ----
 
 
 def brute_boundary(mask):
@@ -356,7 +356,7 @@ def _python(code):
 
 def test_import_does_not_import_jax():
     result = _python(
-        "import sys, selal_jax.metrics; assert 'jax' not in sys.modules, 'jax imported'"
+        "import sys, selal_jax.core.metrics; assert 'jax' not in sys.modules, 'jax imported'"
     )
     assert result.returncode == 0, result.stderr
 
@@ -365,7 +365,7 @@ def test_package_attribute_stays_available_lazily():
     # selal_jax/__init__.py resolves select_from_probs on first use (it needs JAX).
     result = _python(
         "import sys, selal_jax; assert 'jax' not in sys.modules; "
-        "from selal_jax import select_from_probs; from selal_jax.selection import select_from_probs as f; "
+        "from selal_jax import select_from_probs; from selal_jax.core.selection import select_from_probs as f; "
         "assert select_from_probs is f; assert 'jax' in sys.modules"
     )
     assert result.returncode == 0, result.stderr

@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from selal_jax import models, xla_options
-from selal_jax.models import UNet, count_params, init_variables
+from selal_jax.core import models, xla_options
+from selal_jax.core.models import UNet, count_params, init_variables
 
 
 def expected_params(in_ch, base, depth):
@@ -235,7 +235,7 @@ def test_conv3x3_in_parts_is_the_convolution_of_the_concatenation():
 def test_custom_mc_passes_match_xla_s():
     """The custom path's Monte-Carlo passes (skip convolved apart, the unrolled-threefry
     dropout) give XLA's path's logits: the same masks, convolutions equal to rounding."""
-    from selal_jax import rng, scoring
+    from selal_jax.core import rng, scoring
 
     xla, custom = UNet(base_width=4, depth=2, conv_impl="xla"), UNet(4, 2, conv_impl="custom")
     variables = init_variables(xla, jax.random.key(0), 32, 32)

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from selal_jax.base.errors import DataError
 from selal_jax.data import loading
-from selal_jax.data.preprocess import DataError
 from tests import helpers
 from tests.test_data import case_slices, data_config
 from tests.test_data_multiclass import MSD_LABELS, SHAPE, classes_volumes, write_quirky_msd

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import parallel
+from selal_jax.core import parallel
 
 
 @jax.jit

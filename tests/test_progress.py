@@ -4,7 +4,7 @@ import io
 
 import jax
 
-from selal_jax.progress import Progress
+from selal_jax.base.progress import Progress
 
 
 def test_bar_shows_count_rate_and_info():

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, scoring, selection, validation
+from selal_jax.core import scoring, selection
+from selal_jax.run import diagnostics, validation
 from tests.helpers import smoke_config
 
 

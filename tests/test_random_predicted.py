@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, label_store, scoring, selection
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import scoring, selection
+from selal_jax.core.models import UNet, init_variables
+from selal_jax.core.parallel import Batcher
+from selal_jax.run import diagnostics, label_store
 
 T = 0.3
 
@@ -115,7 +117,7 @@ def test_predicted_target_counts_match_numpy_on_the_unet_logits(num_logits):
     variables = {**variables, "params": params}
     images = np.random.default_rng(4).standard_normal((7, 16, 16)).astype(np.float32)
     ids = np.array([6, 0, 3, 5, 1])
-    got = diagnostics.predicted_target_counts(model, variables, images, ids, 2, T)
+    got = diagnostics.predicted_target_counts(model, variables, images, ids, Batcher(2), T)
     logits = np.asarray(model.apply(variables, images[ids], False), np.float64)
     if num_logits == 1:
         want = (1 / (1 + np.exp(-logits)) > T).sum(axis=(1, 2))
@@ -123,7 +125,9 @@ def test_predicted_target_counts_match_numpy_on_the_unet_logits(num_logits):
         want = (np.argmax(logits, axis=-1) != 0).sum(axis=(1, 2))
     assert got.dtype == np.int64 and got.tolist() == want.tolist()
     assert 0 < want.sum() < want.size * 16 * 16  # neither empty nor full: a real check
-    assert diagnostics.predicted_target_counts(model, variables, images, [], 2, T).shape == (0,)
+    assert diagnostics.predicted_target_counts(
+        model, variables, images, [], Batcher(2), T
+    ).shape == (0,)
 
 
 def test_labelled_target_pixels_reads_the_overlaid_labels():

@@ -142,8 +142,8 @@ def test_report_on_a_bad_records_file_is_one_line_naming_it(tmp_path, content, m
 
 
 BUG = """
-from selal_jax import loop
-def run(config, workdir, round0_dir=None):
+from selal_jax.run import loop
+def run(config, workdir, round0=None):
     raise ValueError("an internal bug")
 loop.run = run
 """
@@ -189,7 +189,8 @@ def test_a_bad_benchmark_flag_is_one_line_naming_it(flag, field, message):
 def test_a_full_disk_while_writing_records_names_the_folder_and_keeps_the_old_file(
     tmp_path, monkeypatch
 ):
-    from selal_jax import checkpointing, errors
+    from selal_jax.base import errors
+    from selal_jax.run import checkpointing
 
     path = tmp_path / "records.jsonl"
     path.write_text('{"round": 0}\n')

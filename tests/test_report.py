@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from selal_jax import diagnostics, report, report_plots, report_tables
+from selal_jax.base import schema
+from selal_jax.run import diagnostics
+from selal_jax.verbs import report, report_plots, report_tables
 from tests.helpers import REPO
 
 
@@ -106,7 +108,7 @@ def test_redundancy_is_mean_off_diagonal_cosine_similarity():
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, cohort_root):
-    from selal_jax import sweep
+    from selal_jax.verbs import sweep
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1, "train.max_epochs": 1})
@@ -142,7 +144,7 @@ def test_sweep_shares_round0_and_renders_both_plots(tiny_sweep):
 
 
 def test_rerunning_a_finished_sweep_recomputes_nothing(tiny_sweep):
-    from selal_jax import sweep
+    from selal_jax.verbs import sweep
 
     config, workdir, paths = tiny_sweep
     before = {
@@ -161,8 +163,8 @@ def test_a_sweep_continues_with_its_workdir_alone_and_refuses_a_changed_config(t
     import subprocess
     import sys
 
-    from selal_jax import sweep
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
+    from selal_jax.verbs import sweep
 
     config, workdir, paths = tiny_sweep
     records = os.path.join(workdir, "seed-0", "random-all", "records.jsonl")
@@ -178,7 +180,7 @@ def test_a_sweep_continues_with_its_workdir_alone_and_refuses_a_changed_config(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "random all" in proc.stdout and os.path.getmtime(records) == before
     with open(stored) as f:
-        assert json.load(f) == workdir_lib.flatten_config(config)
+        assert json.load(f) == schema.flatten(config)
     changed = config.copy_and_resolve_references()
     changed.al.query_size = 3
     with pytest.raises(ValueError, match=r"al.query_size: 6 -> 3"):
@@ -283,7 +285,7 @@ def np_bootstrap(values, resamples=10_000, seed=0):
 def test_stats_bootstrap_wilcoxon_and_the_minimum_attainable_p():
     from scipy import stats as sp
 
-    from selal_jax import stats
+    from selal_jax.core import stats
 
     x = [0.71, 0.74, 0.69, 0.77, 0.72]
     np.testing.assert_allclose(stats.bootstrap_interval(x), np_bootstrap(x), rtol=0, atol=0)

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from selal_jax import label_volumes
-from selal_jax import workdir as workdir_lib
-from selal_jax.data import config_fields, fitting, loading, preprocess
+from selal_jax.base import schema
+from selal_jax.data import cases, config_fields, fitting, label_volumes, loading
 from tests import helpers
 from tests.test_data import axial, case_slices, data_config, zscore
 
@@ -68,7 +67,7 @@ def test_default_resize_is_unchanged():
     np.testing.assert_array_equal(got, ref[:, :16, :16])
 
 
-def settings(**fields) -> preprocess.Settings:
+def settings(**fields) -> cases.Settings:
     base = {
         "axis": 2,
         "size": (16, 24),
@@ -80,7 +79,7 @@ def settings(**fields) -> preprocess.Settings:
         "allowed_labels": None,
         "reorient": "canonical",
     }
-    return preprocess.Settings(**{**base, **fields})
+    return cases.Settings(**{**base, **fields})
 
 
 def test_spacing_resamples_to_mm_then_crops_or_pads(tmp_path):
@@ -129,7 +128,7 @@ def test_prefill_inverts_the_fit_and_import_gets_the_masks_back(tmp_path, fields
     rng = np.random.default_rng(4)
     path = str(tmp_path / "c.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), path)
-    geometry = label_volumes.Geometry.of(preprocess.CaseFiles("c", path, None), s)
+    geometry = label_volumes.Geometry.of(cases.CaseFiles("c", path, None), s)
     np.testing.assert_allclose(geometry.canonical_spacing(), [0.5, 0.5, 2.0])
     blocks = ndimage.zoom(rng.integers(0, 3, (2, 16, 24)), (1, 2, 2), order=0).astype(np.uint8)
     spacing = geometry.canonical_spacing()
@@ -154,11 +153,6 @@ def test_spacing_off_keeps_the_cache_key_and_the_stored_config_resumes(tmp_path)
     assert cache.fingerprint([], str(tmp_path), config.data) == key
     config.data.spacing = []  # as a config read back from a run's JSON holds it
     assert cache.fingerprint([], str(tmp_path), config.data) == key
-    stored = workdir_lib.flatten_config(config)
+    stored = schema.flatten(config)
     del stored["data.spacing"]
-    assert (
-        workdir_lib.config_differences(
-            stored, workdir_lib.flatten_config(default.get_config("smoke"))
-        )
-        == []
-    )
+    assert schema.differences(stored, schema.flatten(default.get_config("smoke"))) == []

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from selal_jax import checkpointing, loop
-from selal_jax import workdir as workdir_lib
+from selal_jax.base import schema
+from selal_jax.run import checkpointing, loop
 from tests.helpers import REPO, comparable
 from tests.helpers import restore_final as final_state
 
@@ -101,12 +101,12 @@ def test_changed_config_is_refused_naming_the_keys(reference, cohort_root, monke
     neutral = smoke_config(
         **overrides(cohort_root), **{"checkpoint.keep": 3, "train.eval_batch_size": 16}
     )
-    assert {"checkpoint.keep", "train.eval_batch_size"} <= set(workdir_lib.RESUME_NEUTRAL_KEYS)
+    assert {"checkpoint.keep", "train.eval_batch_size"} <= set(schema.RESUME_NEUTRAL_KEYS)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a neutral change trained again")
 
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     assert loop.run(neutral, workdir) == history
 
 
@@ -199,7 +199,7 @@ def test_extending_a_finished_run_equals_the_longer_run(reference, tmp_path, coh
 
 
 def test_restore_loop_of_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path):
-    from selal_jax import checkpointing
+    from selal_jax.run import checkpointing
 
     ckpt = checkpointing.Checkpointer(str(tmp_path / "c"))
     ckpt.save(0, {"w": np.zeros(3)}, {"round": 0})

@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax import loop
-from selal_jax.data import preprocess
-from selal_jax.data.preprocess import DataError
+from selal_jax.base.errors import DataError
+from selal_jax.data import cases, preprocess
+from selal_jax.run import loop
 from tests import helpers
 from tests.test_data import data_config, load, volumes
 
@@ -34,7 +34,7 @@ def test_an_image_path_that_is_a_folder_is_said_to_be_one(tmp_path):
     for path in (folder, folder + ".nii.gz", folder + ".nrrd"):  # the reader's own words
         os.makedirs(path, exist_ok=True)
         with pytest.raises(DataError, match=rf"^{path}: is a folder, not a image file$"):
-            preprocess.check_header(preprocess.CaseFiles("x", path, None))
+            preprocess.check_header(cases.CaseFiles("x", path, None))
 
 
 def test_a_bad_nrrd_header_line_is_named(tmp_path):
@@ -44,7 +44,7 @@ def test_a_bad_nrrd_header_line_is_named(tmp_path):
     with open(path, "wb") as f:
         f.write(raw.replace(b"\nsizes:", b"\nthis line is bad\nsizes:", 1))
     with pytest.raises(DataError) as e:  # before: "not enough values to unpack"
-        preprocess.check_header(preprocess.CaseFiles("a", path, None))
+        preprocess.check_header(cases.CaseFiles("a", path, None))
     assert str(e.value).startswith(f"{path}: unreadable NRRD image: line ")
     assert "'this line is bad' is not 'field: value'" in str(e.value)
 
@@ -56,7 +56,7 @@ def test_a_detached_header_whose_data_file_is_missing_says_so_once(tmp_path):
     (data_file,) = [n for n in os.listdir(tmp_path) if n != "a.nhdr"]
     os.remove(tmp_path / data_file)
     with pytest.raises(DataError) as e:  # before: found only when reading voxels, wrapped twice
-        preprocess.check_header(preprocess.CaseFiles("a", path, None))
+        preprocess.check_header(cases.CaseFiles("a", path, None))
     assert str(e.value) == (
         f"{path}: NRRD field 'data file' names {tmp_path / data_file}, which is missing: the "
         "image's voxels are not there"
@@ -140,7 +140,7 @@ def test_a_copy_with_new_mtimes_resumes_and_a_changed_file_is_refused(
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     assert loop.run(moved, workdir) == history  # before: refused, "data.root" changed
     image = os.path.join(copy, "imagesTr", sorted(os.listdir(os.path.join(copy, "imagesTr")))[0])
     with open(image, "ab") as f:  # another file (gzip skips the padding: still readable)
@@ -152,7 +152,7 @@ def test_a_copy_with_new_mtimes_resumes_and_a_changed_file_is_refused(
 def test_runs_and_caches_keyed_by_mtimes_are_still_found(tmp_path, monkeypatch):
     """Caches and runs written before contents were hashed keep working: the cache under the
     old key is adopted, the old fingerprint accepted."""
-    from selal_jax import workdir as workdir_lib
+    from selal_jax.run import workdir as workdir_lib
 
     root = helpers.write_msd(str(tmp_path / "msd"), volumes(3))
     config = data_config("msd", root, split=THIRDS)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import rng
+from selal_jax.core import rng
 
 
 def data(key) -> np.ndarray:

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from selal_jax import checkpointing, lock, loop, sweep
+from selal_jax.run import checkpointing, lock, loop
+from selal_jax.verbs import report, sweep
 from tests.helpers import REPO, comparable, failing_mkdir, launch, read_records
 
 SMOKE = os.path.join(REPO, "configs/default.py:smoke")
@@ -24,7 +25,7 @@ def held_workdir(tmp_path):
     code = (
         "import sys, time\n"
         f"sys.path.insert(0, {REPO!r})\n"
-        "from selal_jax import lock\n"
+        "from selal_jax.run import lock\n"
         f"with lock.hold({workdir!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n"
@@ -49,7 +50,7 @@ def test_a_second_process_is_refused_naming_the_workdir_and_holder(held_workdir,
     assert socket.gethostname() in str(e.value)
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing touched
     # every verb that writes the workdir takes the lock
-    from selal_jax import annotate
+    from selal_jax.verbs import annotate
 
     for call in (
         lambda: sweep.run(config, workdir),
@@ -181,7 +182,7 @@ def test_resume_checks_that_the_checkpoints_folder_is_writable_before_training(
         raise AssertionError("trained before finding out it cannot save")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     with pytest.raises(
         checkpointing.CheckpointError,
         match=rf"{workdir}/checkpoints: the checkpoint folder is not writable .*No space left",
@@ -194,14 +195,14 @@ def test_an_error_of_close_does_not_mask_the_error_that_ended_the_run(
 ):
     from tests.helpers import smoke_config
 
-    def disk_full(self):
+    def disk_full(*args):
         raise checkpointing.CheckpointError("disk full while saving")
 
     def close_fails(self):
         raise RuntimeError("close failed too")
 
-    monkeypatch.setattr(loop.Experiment, "run", disk_full)
-    monkeypatch.setattr(loop.Experiment, "close", close_fails)
+    monkeypatch.setattr(loop, "run_rounds", disk_full)
+    monkeypatch.setattr(checkpointing.Checkpointer, "close", close_fails)
     with pytest.raises(checkpointing.CheckpointError, match="disk full while saving"):
         loop.run(smoke_config(**{"data.root": cohort_root}), str(tmp_path / "run"))
 
@@ -210,12 +211,12 @@ def test_an_error_of_close_does_not_mask_the_error_that_ended_the_run(
 
 
 def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, cohort_root):
-    from selal_jax import train
+    from selal_jax.run import fit
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "train.learning_rate": 1e3})
     with pytest.raises(
-        train.TrainingDivergedError,
+        fit.TrainingDivergedError,
         match=r"round 0: training diverged: best validation loss \S+ exceeds 10 x the untrained "
         r"model's validation loss \S+; lower train.learning_rate",
     ):
@@ -223,7 +224,7 @@ def test_a_diverging_round_stops_naming_the_round_and_both_losses(tmp_path, coho
 
 
 def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, cohort_root):
-    from selal_jax import train
+    from selal_jax.run import fit
     from tests.helpers import smoke_config
 
     workdir = str(tmp_path / "run")
@@ -239,7 +240,7 @@ def test_the_untrained_loss_is_recorded_once_and_checked_on_resume(tmp_path, coh
             "allow_config_change": True,
         }
     )
-    with pytest.raises(train.TrainingDivergedError, match=f"round 1: .*{untrained:.6g}"):
+    with pytest.raises(fit.TrainingDivergedError, match=f"round 1: .*{untrained:.6g}"):
         loop.run(config, workdir)
 
 
@@ -278,7 +279,7 @@ def _edit_dataset_json(root, edit):
 def test_a_case_listed_twice_is_refused_naming_both(tmp_path, second):
     import shutil
 
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests.test_data import load
 
     root = _three(tmp_path)
@@ -303,7 +304,7 @@ def test_a_case_listed_twice_is_refused_naming_both(tmp_path, second):
 def test_a_brats_case_in_both_grades_is_refused(tmp_path):
     import shutil
 
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests import helpers
     from tests.test_data import data_config, load, volumes
 
@@ -323,7 +324,7 @@ def test_extreme_finite_voxels_are_refused_naming_the_file_and_range(tmp_path):
     image = volumes(2)[1][0].copy()
     image[3, 4, 5] = 3e38  # finite: passes the NaN/Inf check, then the z-score is NaN
     replace_file(path, image)
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests.test_data import load
 
     with pytest.raises(DataError, match=rf"{path}: voxel values range from 0 to 3e\+38"):
@@ -351,7 +352,7 @@ def test_a_non_finite_slice_after_preprocessing_names_its_case(tmp_path, monkeyp
 
 
 def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
-    from selal_jax.data import preprocess
+    from selal_jax.data import preprocess, reading
     from tests.test_data import load
 
     root = _three(tmp_path)
@@ -369,7 +370,7 @@ def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
     ):
         load(_msd(root), tmp_path)
     with pytest.raises(preprocess.DataError, match="CRC"):
-        preprocess.load_nifti(path)
+        reading.load_nifti(path)
 
 
 @pytest.mark.parametrize(
@@ -386,7 +387,7 @@ def test_a_gzip_stream_whose_crc_does_not_match_is_refused(tmp_path):
     ],
 )
 def test_malformed_dataset_json_is_a_data_error(tmp_path, edit, message):
-    from selal_jax.data.preprocess import DataError
+    from selal_jax.base.errors import DataError
     from tests.test_data import load
 
     root = _three(tmp_path)
@@ -453,7 +454,7 @@ def test_a_moved_dataset_with_the_same_files_resumes(finished, tmp_path):
 
 
 def test_report_names_the_file_and_line_of_a_bad_record(tmp_path):
-    from selal_jax import report
+    from selal_jax.verbs import report
 
     path = tmp_path / "records.jsonl"
     path.write_text('{"round": 0}\n{"round": 1, oops\n')
@@ -529,7 +530,7 @@ def test_a_refused_resume_from_destroys_nothing(finished, tmp_path, monkeypatch)
     def no_training(*args, **kwargs):
         raise AssertionError("the finished run's round 2 was lost and is trained again")
 
-    monkeypatch.setattr(loop.train_lib, "fit", no_training)
+    monkeypatch.setattr(loop.fit_lib, "fit", no_training)
     assert loop.run(config, workdir) == history
 
 
@@ -590,7 +591,7 @@ def test_no_target_in_the_test_or_validation_split_is_flagged(tmp_path, caplog):
     history = loop.run(config, str(tmp_path / "run"))
     assert history[0]["test_slices_with_target"] == 0
     assert history[0]["val_slices_with_target"] == 0
-    table = loop.summary_text(history, str(tmp_path / "run")).splitlines()
+    table = report.summary_text(history, str(tmp_path / "run")).splitlines()
     assert table[-2:] == [
         "warning: no target in the test split: Dice is not meaningful",
         "warning: no target in the validation split: early stopping sees background alone",

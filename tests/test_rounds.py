@@ -2,7 +2,7 @@
 
 import pytest
 
-from selal_jax import rounds
+from selal_jax.run import rounds
 
 
 def history(last_round: int, queried: list[int]) -> list[dict]:

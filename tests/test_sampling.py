@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import rng, sampling, scoring, selection
-from selal_jax.spread import Spread
+from selal_jax.core import rng, sampling, scoring, selection
+from selal_jax.core.spread import Spread
 
 MODES = ("power", "softmax", "softrank")
 ROOT = rng.root_key(7)

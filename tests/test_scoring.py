@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import scoring
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import scoring
+from selal_jax.core.models import UNet, init_variables
 
 
 def np_sigmoid(z):

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax import scoring, selection
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import scoring, selection
+from selal_jax.core.models import UNet, init_variables
 
 STRATEGIES = scoring.UNCERTAINTY_STRATEGIES
 MODES = selection.MODES

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from selal_jax import scoring, selection
-from selal_jax.ranking import merge_interleave, merge_interleave_official, merge_union, rank
+from selal_jax.core import scoring, selection
+from selal_jax.core.ranking import merge_interleave, merge_interleave_official, merge_union, rank
 
 
 def stats_from(target_sum, target_count, boundary_sum, boundary_count, all_sum=None):

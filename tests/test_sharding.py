@@ -13,7 +13,7 @@ Tolerances (float32):
   The selections must be identical.
 * Training with SGD: parameters atol 1e-5. The differences are the order of the sums that the
   compiler all-reduces (loss, gradients, BatchNorm batch statistics) and, on CPU, how XLA's own
-  convolution kernels (the YNNPACK-free programs of selal_jax/xla_options.py) block a 4-slice
+  convolution kernels (the YNNPACK-free programs of selal_jax/core/xla_options.py) block a 4-slice
   and a 16-slice batch differently: up to 6e-6 on weights of magnitude ~0.4 after three steps
   (relative 1.6e-5; within 1e-6 with YNNPACK), deterministic from run to run;
   dropout and augmentation draw the same bits (a different bit would change parameters by far
@@ -37,7 +37,8 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import loop, parallel
+from selal_jax.core import parallel
+from selal_jax.run import loop
 from tests import sharding_worker as worker
 from tests.helpers import REPO, TIMING_FIELDS, read_records, restore_final, smoke_config
 
@@ -247,7 +248,7 @@ def test_two_process_run_matches_a_single_process_run(tmp_path, cohort_root):
 
 def test_the_replicating_identity_is_built_once_per_mesh():
     # A fresh jax.jit per fetch recompiled the all-gather on every evaluation (multi-host).
-    from selal_jax import parallel
+    from selal_jax.core import parallel
 
     mesh = parallel.make_mesh(jax.devices()[:1])
     assert parallel.replicate_fn(mesh) is parallel.replicate_fn(mesh)

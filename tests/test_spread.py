@@ -8,8 +8,9 @@ import logging
 import jax
 import numpy as np
 
-from selal_jax import loop, rng, scoring, selection
-from selal_jax.spread import Spread
+from selal_jax.core import rng, scoring, selection
+from selal_jax.core.spread import Spread
+from selal_jax.run import loop
 
 SPREAD_WARNING = "volume spread"
 

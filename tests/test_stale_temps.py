@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from selal_jax import atomic, lock
+from selal_jax.base import atomic
+from selal_jax.run import lock
 from tests import helpers
 from tests.test_data import data_config, load, volumes
 

@@ -2,8 +2,9 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import train
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import train
+from selal_jax.core.models import UNet, init_variables
+from selal_jax.run import fit
 
 
 def test_a_few_train_steps_lower_the_loss_on_a_fixed_batch():
@@ -57,7 +58,7 @@ def test_eval_batch_counts_pixels_at_threshold_half():
 @pytest.mark.parametrize("n,batch,min_steps", [(5, 4, 1), (40, 16, 8), (32, 8, 2)])
 def test_epoch_order_fills_whole_batches_covering_every_slice(n, batch, min_steps):
     ids = np.arange(100, 100 + n)
-    order = train.epoch_order(jax.random.key(0), ids, batch, min_steps)
+    order = fit.epoch_order(jax.random.key(0), ids, batch, min_steps)
     steps = max(-(-n // batch), min_steps)
     assert order.shape == (steps, batch)
     assert set(order.ravel().tolist()) == set(ids.tolist())

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from selal_jax import train
-from selal_jax.models import UNet, init_variables
+from selal_jax.core import train
+from selal_jax.core.models import UNet, init_variables
 
 
 def _log_softmax(z):

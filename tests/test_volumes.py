@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from selal_jax.data import layouts, loading, preprocess, reading, volumes
-from selal_jax.data.preprocess import DataError
+from selal_jax.base.errors import DataError
+from selal_jax.data import cases, layouts, loading, preprocess, reading, volumes
 from tests import helpers
 from tests.test_data import case_slices, data_config
 
@@ -49,7 +49,7 @@ def test_nrrd_loads_like_its_nifti_twin(tmp_path, space, affine_name, detached):
     lab, _ = reading.read_canonical(lab_path, "label", None, as_float=False)
     np.testing.assert_array_equal(lab, nib.as_closest_canonical(nib.load(nifti)).get_fdata() > 0.5)
     assert lab.dtype == np.uint8
-    case = preprocess.CaseFiles("a", path, lab_path)
+    case = cases.CaseFiles("a", path, lab_path)
     assert preprocess.check_header(case) == SHAPE
 
 
@@ -149,7 +149,7 @@ def test_nrrd_without_anatomical_geometry_is_refused(tmp_path, fields, match):
     with open(path, "wb") as f:
         f.write("\n".join(lines).encode() + sep + body)
     with pytest.raises(DataError, match=match) as e:
-        preprocess.check_header(preprocess.CaseFiles("bad", path, None))
+        preprocess.check_header(cases.CaseFiles("bad", path, None))
     assert path in str(e.value)
 
 

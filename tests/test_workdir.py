@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from configs import default
-from selal_jax import checkpointing
-from selal_jax import workdir as workdir_lib
+from selal_jax.base import schema
+from selal_jax.run import checkpointing
+from selal_jax.run import workdir as workdir_lib
 from tests.helpers import smoke_config
 
 
 def _flat(**fields):
-    return workdir_lib.flatten_config(smoke_config(**fields))
+    return schema.flatten(smoke_config(**fields))
 
 
 def test_unread_layout_fields_are_not_differences():
@@ -21,22 +22,22 @@ def test_unread_layout_fields_are_not_differences():
     stored = _flat(**msd)
     edited = _flat(**msd, **{"data.brats.modality": "t2", "data.synthetic.n_subjects": 5})
     assert stored["data.brats.modality"] != edited["data.brats.modality"]
-    assert workdir_lib.config_differences(stored, edited) == []
+    assert schema.differences(stored, edited) == []
     # Read by the layout: a difference.
     synthetic = _flat(**{"data.synthetic.n_subjects": 5})
-    assert workdir_lib.config_differences(_flat(), synthetic) == ["data.synthetic.n_subjects"]
+    assert schema.differences(_flat(), synthetic) == ["data.synthetic.n_subjects"]
     # A changed layout: everything that differs counts.
-    assert "data.brats.modality" in workdir_lib.config_differences(
+    assert "data.brats.modality" in schema.differences(
         _flat(), _flat(**msd, **{"data.brats.modality": "t2"})
     )
 
 
 def test_stored_config_round_trip_fills_added_keys():
     config = default.get_config("smoke")
-    flat = workdir_lib.flatten_config(config)
-    old = {k: v for k, v in flat.items() if k not in workdir_lib.ADDED_KEYS}
-    restored = workdir_lib.flatten_config(workdir_lib.unflatten_config(old))
-    assert workdir_lib.config_differences(restored, flat) == []
+    flat = schema.flatten(config)
+    old = {k: v for k, v in flat.items() if k not in schema.ADDED_KEYS}
+    restored = schema.flatten(schema.unflatten(old))
+    assert schema.differences(restored, flat) == []
     assert restored["train.loss"] == "ce" and restored["al.annotator"] == "simulated"
 
 
@@ -82,7 +83,7 @@ def test_check_compatible_names_the_field_and_accepts_a_moved_dataset():
     with pytest.raises(ValueError, match="al.strategy"):
         workdir_lib.check_compatible(stored, "f1", shared, "f1", where="w")
     workdir_lib.check_compatible(
-        stored, "f1", shared, "f1", where="w", neutral=workdir_lib.ROUND0_NEUTRAL_KEYS
+        stored, "f1", shared, "f1", where="w", neutral=schema.ROUND0_NEUTRAL_KEYS
     )
 
 
@@ -111,13 +112,14 @@ def test_a_continued_config_is_the_stored_one_with_the_given_fields_and_no_one_s
     stored = workdir_lib.stored_config(str(tmp_path))
     assert stored.resume_from == -1 and stored.allow_config_change is False
     assert stored.train.patience == 7 and list(stored.data.size) == [16, 24]
-    expected = workdir_lib.flatten_config(config)
+    expected = schema.flatten(config)
     expected.update(resume_from=-1, allow_config_change=False)
-    assert workdir_lib.flatten_config(stored) == expected
-    given = workdir_lib.with_overrides(stored, {"train.patience": 9, "data.spacing": (1.0, 1.0)})
-    assert workdir_lib.config_differences(
-        workdir_lib.flatten_config(stored), workdir_lib.flatten_config(given)
-    ) == ["data.spacing", "train.patience"]
+    assert schema.flatten(stored) == expected
+    given = schema.with_overrides(stored, {"train.patience": 9, "data.spacing": (1.0, 1.0)})
+    assert schema.differences(schema.flatten(stored), schema.flatten(given)) == [
+        "data.spacing",
+        "train.patience",
+    ]
     assert given.train.patience == 9 and stored.train.patience == 7  # a copy
     with pytest.raises(ValueError, match="unknown config field train.patiense"):
-        workdir_lib.with_overrides(stored, {"train.patiense": 1})
+        schema.with_overrides(stored, {"train.patiense": 1})

@@ -24,7 +24,7 @@ What each section times:
   time; its throughput is compared with the fused path on the same pool (float32, selective
   entropy).
 * train: the jitted `train.train_step` (forward, backward, Adam; state donated), fed host batches
-  as `train.fit` does. bfloat16 is mixed precision: float32 parameters, optimizer state and loss.
+  as `run.fit.fit` does. bfloat16 is mixed precision: float32 parameters, optimizer state and loss.
 * mc_reuse: BALD with and without computing the encoder once per batch for all passes.
 * peer (only with --sections=peer; needs torch): the same U-Net in PyTorch eager (and
   torch.compile on CUDA) beside scoring (entropy), BALD and training, alternated in pairs;

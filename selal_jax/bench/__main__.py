@@ -18,6 +18,7 @@ import sys
 import jax
 from absl import app, flags
 
+from selal_jax.base.errors import ConfigError, UserError, exit_with_message
 from selal_jax.bench import (
     BenchConfig,
     default_config,
@@ -26,7 +27,6 @@ from selal_jax.bench import (
     run,
     validate_config,
 )
-from selal_jax.errors import ConfigError, UserError, exit_with_message
 
 _BY_BACKEND = " (default: by backend, see default_config)"
 

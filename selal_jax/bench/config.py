@@ -10,8 +10,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from selal_jax import scoring, selection
-from selal_jax.errors import ConfigError
+from selal_jax.base.errors import ConfigError
+from selal_jax.core import scoring, selection
 
 SECTIONS = ("scoring", "scaling", "reference", "train", "mc_reuse", "peer")
 # `peer` (PyTorch beside the product) runs only when asked for: --sections=peer.

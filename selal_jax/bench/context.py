@@ -8,7 +8,6 @@ import math
 import jax
 import numpy as np
 
-from selal_jax import rng, scoring, selection
 from selal_jax.bench.config import (
     AGGREGATION,
     BOUNDARY_WIDTH,
@@ -19,7 +18,8 @@ from selal_jax.bench.config import (
 )
 from selal_jax.bench.measure import compile_timed, device_memory, median_seconds
 from selal_jax.bench.pool import SyntheticPool
-from selal_jax.models import UNet, init_variables, num_logits_for
+from selal_jax.core import rng, scoring, selection
+from selal_jax.core.models import UNet, init_variables, num_logits_for
 
 
 def head_bias_prior(num_classes: int) -> float:
@@ -32,7 +32,7 @@ class Bench:
 
     Attributes:
       config: the run's BenchConfig.
-      root_key: the run's key (the benchmark's tree in selal_jax.rng: bench_init_key for the
+      root_key: the run's key (the benchmark's tree in selal_jax.core.rng: bench_init_key for the
         parameters, bench_score_key for the scoring round, bench_train_key for train steps).
       round_key: the scoring round's key (`rng.bench_score_key`), as score_pool gets it.
       variables: float32 {'params', 'batch_stats'}; one set serves every compute dtype.

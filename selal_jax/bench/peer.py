@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import rng, train
 from selal_jax.bench.config import BOUNDARY_WIDTH, LEARNING_RATE, TARGET_THRESHOLD
 from selal_jax.bench.context import Bench
+from selal_jax.core import rng, train
 
 PEER_PAIRS = 3  # at least this many alternating product/PyTorch runs per measurement
 

@@ -10,7 +10,6 @@ import time
 import jax
 import numpy as np
 
-from selal_jax import parallel, scoring
 from selal_jax.bench.config import (
     BOUNDARY_WIDTH,
     REFERENCE_MODE,
@@ -20,6 +19,7 @@ from selal_jax.bench.config import (
 )
 from selal_jax.bench.context import Bench
 from selal_jax.bench.measure import compile_timed, median_run
+from selal_jax.core import parallel, scoring
 
 
 def host_entropy_stats(p: np.ndarray, target_threshold: float, boundary_width: float) -> tuple:

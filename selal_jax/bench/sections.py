@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selal_jax import rng, train
 from selal_jax.bench.config import (
     LEARNING_RATE,
     REFERENCE_STRATEGY,
@@ -30,7 +29,8 @@ from selal_jax.bench.measure import (
 )
 from selal_jax.bench.peer import peer_section
 from selal_jax.bench.reference import reference_section
-from selal_jax.models import count_params
+from selal_jax.core import rng, train
+from selal_jax.core.models import count_params
 
 
 def scoring_section(bench: Bench) -> list[dict]:
@@ -116,7 +116,7 @@ def train_section(bench: Bench) -> list[dict]:
 
 
 def measure_train(bench: Bench, dtype: str, batch: int, tx) -> dict:
-    """Steady-state throughput of `train.train_step`, fed host batches as `train.fit` does
+    """Steady-state throughput of `train.train_step`, fed host batches as `run.fit.fit` does
     (labels: class indices 0..num_classes; the loss is BCE or softmax CE by the model's head)."""
     c, pool = bench.config, bench.pool
     model = bench.model(dtype)

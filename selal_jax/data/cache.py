@@ -22,11 +22,9 @@ import tempfile
 import numpy as np
 from absl import logging
 
-from selal_jax import atomic
+from selal_jax.base import atomic, schema
+from selal_jax.base.errors import DataError, write_error
 from selal_jax.data import digests
-from selal_jax.data.volumes import DataError
-from selal_jax.errors import write_error
-from selal_jax.workdir import ADDED_KEYS
 
 # Bump when the cached content or format changes: old caches are then ignored.
 CACHE_VERSION = 1
@@ -34,40 +32,27 @@ CACHE_VERSION = 1
 # and without allow_unlabelled has every case labelled: the same slices either way.)
 NEUTRAL_FIELDS = ("root", "cache_dir", "allow_unlabelled")
 # config.data fields added after caches were written, with their default value (the project's
-# one table, selal_jax.workdir.ADDED_KEYS): at that value they are left out of the hash, so that
-# existing caches (and resumable runs) keep their key; any other value is hashed like every
-# other field. Dotted names reach into sub-sections.
-ADDED_FIELDS = {k[len("data.") :]: v for k, v in ADDED_KEYS.items() if k.startswith("data.")}
-# config.data fields that only some layouts read: (their value in configs/default.py, the layouts
-# that read them). Any other layout hashes such a field at that value, whatever the config holds:
-# editing it (data.brats.* on an MSD run, data.synthetic.* on real data, data.modality on BraTS)
-# then keeps the cache and the run's fingerprint, and a config whose unused fields hold these
-# values keeps the key it had when every field was hashed.
-LAYOUT_FIELDS = {
-    "modality": ("", ("synthetic", "msd", "paired", "nnunetv2")),  # BraTS: data.brats.modality
-    "brats.modality": ("flair", ("brats",)),
-    "brats.grades": ("HGG,LGG", ("brats",)),
-    "brats.target": ("whole", ("brats",)),
-    "paired.images": ("images", ("paired",)),
-    "paired.labels": ("labels", ("paired",)),
-    "paired.image_suffix": ("", ("paired",)),
-    "paired.label_suffix": ("", ("paired",)),
-    "paired.strict_labels": (False, ("paired",)),
-    "synthetic.n_subjects": (32, ("synthetic",)),
-    "synthetic.shape": ((64, 64, 32), ("synthetic",)),
-    "synthetic.spacing": ((1.0, 1.0, 2.0), ("synthetic",)),
-    "synthetic.seed": (0, ("synthetic",)),
-    "synthetic.kind": ("binary", ("synthetic",)),
-}
+# one table, schema.ADDED_KEYS): at that value they are left out of the hash, so that existing
+# caches (and resumable runs) keep their key; any other value is hashed like every other field.
+# Dotted names reach into sub-sections.
+ADDED_FIELDS = {k[len("data.") :]: v for k, v in schema.ADDED_KEYS.items() if k.startswith("data.")}
 ARRAYS = ("images", "labels", "subject", "slice_index", "spacing")
 # Arrays that caches written before them lack: read when present, else None.
 OPTIONAL_ARRAYS = ("slice_labelled",)  # [N] bool, False: an unlabelled slice (ignore label)
 META_FILE = "meta.json"
+CACHE_DIR = "cache"  # the cache's folder under the folder a loader is given, unless data.cache_dir
+
+
+def cache_dir(data_config, folder: str) -> str:
+    """Where the slice cache of `data_config` lives: data.cache_dir, else <folder>/cache (folder:
+    the one `loading.load_dataset` is given, a run's workdir)."""
+    return data_config.cache_dir or os.path.join(folder, CACHE_DIR)
 
 
 def fingerprint(source_files: list[str], root: str, data_config, digest=None) -> str:
     """Hash of the files' paths (relative to root), sizes and contents and of the data config
-    fields the configured layout reads (LAYOUT_FIELDS).
+    fields the configured layout reads (`schema.LAYOUT_FIELDS`: another layout's field is hashed
+    at its default).
 
     Args:
       digest: path -> the file's SHA-256 (`digests.SourceDigests`, which reads a file only when
@@ -98,7 +83,7 @@ def _key(files: list[str], data_config) -> str:
     for entry in files:
         h.update(entry.encode())
     settings = {k: v for k, v in data_config.to_dict().items() if k not in NEUTRAL_FIELDS}
-    for name, (default, readers) in LAYOUT_FIELDS.items():
+    for name, (default, readers) in schema.LAYOUT_FIELDS.items():
         if settings.get("layout") in readers:
             continue
         *parents, leaf = name.split(".")

@@ -7,15 +7,12 @@ without target.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import logging
 
-from selal_jax.data.volumes import DataError
-
-if TYPE_CHECKING:  # preprocess imports this module
-    from selal_jax.data.preprocess import CaseFiles, CaseSlices
+from selal_jax.base.errors import DataError
+from selal_jax.data.cases import CaseFiles, CaseSlices
 
 
 def voxel_digest(image: np.ndarray) -> str:

@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 
-from selal_jax.data import preprocess, sources, synthetic
-from selal_jax.errors import ConfigError
+from selal_jax.base.errors import ConfigError
+from selal_jax.data import cases, sources, synthetic
 
 
 def validate_data_config(data_config) -> None:
@@ -116,12 +116,12 @@ def group_pattern(data_config) -> re.Pattern | None:
     return pattern
 
 
-def make_settings(data_config, source: sources.Source) -> preprocess.Settings:
+def make_settings(data_config, source: sources.Source) -> cases.Settings:
     method = data_config.normalisation
     channel_normalisation = source.channel_normalisation
     if channel_normalisation is not None and method != "auto":
         channel_normalisation = (str(method),) * len(channel_normalisation)
-    return preprocess.Settings(
+    return cases.Settings(
         axis=int(data_config.axis),
         size=tuple(int(s) for s in data_config.size),
         resample=str(data_config.resample),

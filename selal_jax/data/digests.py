@@ -17,7 +17,7 @@ import os
 
 from absl import logging
 
-from selal_jax import atomic
+from selal_jax.base import atomic
 
 INDEX_FILE = ".source_digests.json"
 _CHUNK = 1 << 20

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from selal_jax.errors import DataError
+from selal_jax.base.errors import DataError
 
 # zlib's bound on deflate's compression ratio: a gzip stream of n bytes expands to at most
 # about 1032 n bytes, so a header declaring more cannot be backed by the file.

@@ -3,15 +3,11 @@ to a pixel spacing, and the inverse of each for label masks (back onto a case's 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy import ndimage
 
-from selal_jax.errors import ConfigError
-
-if TYPE_CHECKING:
-    from selal_jax.data.preprocess import Settings
+from selal_jax.base.errors import ConfigError
+from selal_jax.data.cases import Settings
 
 
 def _centre_windows(source_hw, target_hw):

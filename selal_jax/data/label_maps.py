@@ -3,14 +3,10 @@ data.classes, and their inverse for writing label files."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from selal_jax.data.volumes import DataError
-
-if TYPE_CHECKING:
-    from selal_jax.data.preprocess import Settings
+from selal_jax.base.errors import DataError
+from selal_jax.data.cases import Settings
 
 
 def label_target(

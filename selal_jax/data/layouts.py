@@ -18,8 +18,9 @@ import dataclasses
 import json
 import os
 
+from selal_jax.base.errors import ConfigError, DataError
 from selal_jax.data import nnunet, volumes
-from selal_jax.data.preprocess import CaseFiles
+from selal_jax.data.cases import CaseFiles
 from selal_jax.data.reading import NIFTI_EXTENSIONS, load_nifti
 from selal_jax.data.sources import (  # noqa: F401  (re-exported: callers use layouts.X)
     SYNTHETIC_MULTICLASS_DEFAULTS,
@@ -32,8 +33,6 @@ from selal_jax.data.sources import (  # noqa: F401  (re-exported: callers use la
     parse_values,
     resolve_classes,
 )
-from selal_jax.data.volumes import DataError
-from selal_jax.errors import ConfigError
 
 # What a layout's folders may hold: NIfTI, and NRRD (3D Slicer) volumes and label maps.
 VOLUME_EXTENSIONS = (*NIFTI_EXTENSIONS, ".nrrd", ".nhdr")

@@ -21,10 +21,9 @@ import json
 import os
 import re
 
+from selal_jax.base.errors import ConfigError, DataError
 from selal_jax.data import sources
-from selal_jax.data.preprocess import CaseFiles
-from selal_jax.data.volumes import DataError
-from selal_jax.errors import ConfigError
+from selal_jax.data.cases import CaseFiles
 
 IGNORE_LABEL = "ignore"  # nnU-Net v2's name of the label of unannotated voxels
 DATASET_JSON = "dataset.json"

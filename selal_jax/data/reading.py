@@ -15,8 +15,8 @@ import zlib
 import nibabel as nib
 import numpy as np
 
+from selal_jax.base.errors import DataError
 from selal_jax.data import file_checks, volumes
-from selal_jax.data.volumes import DataError
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 

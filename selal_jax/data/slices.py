@@ -83,3 +83,6 @@ class Splits:
     # The fingerprint of the same files before it hashed contents (sizes and mtimes instead):
     # a run that stored it resumes (`workdir.check_compatible`).
     legacy_fingerprint: str | None = None
+    # The preprocessing the slices were made with (`config_fields.make_settings` of the config
+    # and the source, made once per load): slicing axis, fit, label map. None if unknown.
+    settings: Any = None

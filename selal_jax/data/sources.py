@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from selal_jax.data.preprocess import CaseFiles
-from selal_jax.data.volumes import DataError
-from selal_jax.errors import ConfigError
+from selal_jax.base.errors import ConfigError, DataError
+from selal_jax.data.cases import CaseFiles
 
 # data.synthetic.kind = 'multiclass' reads its 2-channel, 2-class cohort with these defaults.
 SYNTHETIC_MULTICLASS_DEFAULTS = {"modality": "all", "classes": "all"}

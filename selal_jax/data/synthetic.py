@@ -23,9 +23,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from selal_jax import atomic
-from selal_jax.data.volumes import DataError
-from selal_jax.errors import ConfigError, write_error
+from selal_jax.base import atomic
+from selal_jax.base.errors import ConfigError, DataError, write_error
 
 DATASET_NAME = "SyntheticLesions"
 MULTICLASS_NAME = "SyntheticHaloCore"

@@ -26,13 +26,13 @@ import re
 import nibabel as nib
 import numpy as np
 
+from selal_jax.base.errors import DataError
 from selal_jax.data.file_checks import (
     bad_nrrd_header_line,
     check_declared_size,
     not_found,
     nrrd_data_file,
 )
-from selal_jax.errors import DataError  # noqa: F401  (re-exported: callers use volumes.X)
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 NRRD_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nhdr")  # .seg.nrrd first: it is stripped whole

@@ -1,0 +1,212 @@
+"""Sweeps: several strategies over several seeds, fairly compared, then a report.
+
+Layout of a sweep folder:
+  supervised/            the supervised baseline (whole training split, first seed)
+  seed-<s>/round0/       round 0 of seed s, trained once: model/ (orbax: model, record),
+                         pool_embeddings.npz
+  seed-<s>/<strategy>-<mode>/   one active-learning run, starting from round0's model
+  report/                summary.md, summary.csv, learning_curves.png, tsne.png
+  config.json            the config the sweep was last started with (`launch.py sweep
+                         --workdir=W` continues with it)
+
+All runs of a seed share the initial labelled set (drawn from the seed) and the round-0 model.
+Every part resumes: rerunning the same command skips what is finished and continues the rest.
+All runs read one dataset copy and one slice cache (under the sweep folder unless configured).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from selal_jax.base import atomic, schema
+from selal_jax.base.errors import ConfigError, UserError
+from selal_jax.core import parallel, rng
+from selal_jax.data import synthetic
+from selal_jax.run import checkpointing, diagnostics, lock, loop, validation
+from selal_jax.run import parts as parts_lib
+from selal_jax.run import state as state_lib
+from selal_jax.run import workdir as workdir_lib
+from selal_jax.run.parts import Parts
+from selal_jax.run.state import LoopState
+from selal_jax.verbs import report
+
+
+def parse_runs(text: str) -> list[tuple[str, str]]:
+    """'random:all,entropy:selective' -> [('random', 'all'), ('entropy', 'selective')]."""
+    runs = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        strategy, _, mode = item.partition(":")
+        runs.append((strategy.strip(), (mode or "selective").strip()))
+    if not runs:
+        raise ConfigError(f"config field sweep.runs: no strategy:mode pairs in {text!r}")
+    return runs
+
+
+def parse_seeds(text) -> list[int]:
+    try:
+        seeds = [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError as e:
+        raise ConfigError(
+            f"config field sweep.seeds: expected comma-separated integers, got {text!r}"
+        ) from e
+    if not seeds:
+        raise ConfigError(f"config field sweep.seeds: no seeds in {text!r}")
+    return seeds
+
+
+def run_config(
+    config, workdir: str, seed: int, strategy: str | None = None, mode: str | None = None
+):
+    """The config of one run of the sweep: shared data folder and cache, the given seed/strategy."""
+    c = copy.deepcopy(config)
+    c.seed = seed
+    if c.data.layout == "synthetic" and not c.data.root:
+        c.data.root = os.path.join(workdir, synthetic.FOLDERS[c.data.synthetic.kind])
+    if not c.data.get("cache_dir"):
+        c.data.cache_dir = os.path.join(workdir, workdir_lib.CACHE_DIR)
+    if strategy is not None:
+        c.al.strategy, c.al.mode = strategy, mode
+    return c
+
+
+def run(config, workdir: str) -> dict:
+    """Runs (or resumes) the sweep and writes its report; returns the report's paths (the
+    entry point prints summary.md)."""
+    runs = parse_runs(config.sweep.runs)
+    seeds = parse_seeds(config.sweep.seeds)
+    for strategy, mode in runs:  # refuse a bad name before hours of training
+        validation.validate_config(run_config(config, workdir, seeds[0], strategy, mode))
+    with lock.hold(workdir):  # the sweep folder; each run below locks its own sub-folder
+        _check_continues(config, workdir, seeds[0])
+        workdir_lib.write_sweep_config(workdir, config)  # `launch.py sweep --workdir` reads it
+        return _run(config, workdir, runs, seeds)
+
+
+def _check_continues(config, workdir: str, seed: int) -> None:
+    """Refuses at once a config that the sweep's runs would refuse one by one: one whose runs'
+    configs differ from those of the config the sweep was last started with (config.json)."""
+    stored = workdir_lib.stored_config(workdir, required=False)
+    if stored is None:
+        return
+    workdir_lib.check_compatible(
+        schema.flatten(run_config(stored, workdir, seed)),
+        "",  # no dataset fingerprint at this level: each run checks its own
+        schema.flatten(run_config(config, workdir, seed)),
+        "",
+        where=workdir,
+        neutral=("al.strategy", "al.mode"),  # set per run
+        allow_change=bool(config.allow_config_change),
+    )
+
+
+def _run(config, workdir: str, runs, seeds) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    if config.sweep.supervised:
+        train_supervised(
+            run_config(config, workdir, seeds[0]),
+            os.path.join(workdir, workdir_lib.SUPERVISED_DIR),
+        )
+    for seed in seeds:
+        seed_dir = workdir_lib.seed_dir(workdir, seed)
+        round0 = os.path.join(seed_dir, workdir_lib.ROUND0_DIR)
+        train_shared_round0(run_config(config, workdir, seed), round0)
+        for strategy, mode in runs:
+            logging.info("sweep: seed %d, %s %s", seed, strategy, mode)
+            loop.run(
+                run_config(config, workdir, seed, strategy, mode),
+                os.path.join(seed_dir, f"{strategy}-{mode}"),
+                round0=functools.partial(take_round0, round0),
+            )
+    return report.write_report(workdir)
+
+
+def take_round0(round0_dir: str, parts: Parts, state: LoopState) -> LoopState:
+    """A fresh run's `state` (its initial labelled set drawn) with the shared round 0's model
+    and record (`loop.run`'s `round0`), after checking that round 0 was trained with the same
+    config (but for ROUND0_NEUTRAL_KEYS), dataset and initial labelled set."""
+    ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1, read_only=True)
+    try:
+        if ckpt.latest_round() is None:
+            raise UserError(f"{round0_dir}: no shared round-0 checkpoint found")
+        model, stored = ckpt.restore(0, parts_lib.abstract_state(parts))
+    finally:
+        ckpt.close()
+    workdir_lib.check_compatible(
+        stored["config"],
+        stored["fingerprint"],
+        parts.flat_config,
+        parts.splits.fingerprint,
+        where=f"{round0_dir} (the shared round 0 of {parts.workdir})",
+        neutral=schema.ROUND0_NEUTRAL_KEYS,
+        legacy_fingerprint=parts.splits.legacy_fingerprint,
+    )
+    if stored["labelled_ids"] != [int(i) for i in np.flatnonzero(state.labelled)]:
+        raise UserError(f"{round0_dir}: its initial labelled set differs from this run's")
+    return dataclasses.replace(state, model=model, round0_record=dict(stored["record"]))
+
+
+@rng.with_classic_threefry
+def train_shared_round0(config, round0_dir: str) -> dict:
+    """Trains round 0 once (the initial labelled set is fixed by the seed) and stores its model,
+    record and the pool embeddings (for t-SNE maps) in `round0_dir`. Idempotent: an existing
+    round 0 is returned without loading data or building a model."""
+    with lock.hold(round0_dir):
+        ckpt = checkpointing.Checkpointer(workdir_lib.round0_checkpoints(round0_dir), 1)
+        try:
+            if ckpt.latest_round() is not None:
+                return ckpt.restore_loop(0)["record"]
+            parts = parts_lib.build(config, round0_dir)
+            state = state_lib.fresh_state(parts)
+            record = loop.train_round(parts, state, 0)
+            pool = state.pool
+            features, _, _ = diagnostics.embed(
+                parts.model, state.model.variables, pool.images, np.arange(len(pool)), parts.batches
+            )
+            target_pixels = diagnostics.target_pixel_counts(pool.labels, np.arange(len(pool)))
+            path = os.path.join(round0_dir, workdir_lib.EMBEDDINGS_FILE)
+            if parallel.is_primary():
+                with atomic.atomic_open(path, "wb") as f:
+                    np.savez(f, features=features, target_pixels=target_pixels)
+            ckpt.save(
+                0,
+                state.model,
+                {
+                    "record": record,
+                    "labelled_ids": [int(i) for i in np.flatnonzero(state.labelled)],
+                    "config": parts.flat_config,
+                    "fingerprint": parts.splits.fingerprint,
+                },
+            )
+            return record
+        finally:
+            ckpt.close()
+
+
+@rng.with_classic_threefry
+def train_supervised(config, workdir: str) -> dict:
+    """The supervised baseline: the same fit routine on the whole training split; its record is
+    written to <workdir>/supervised.json (and returned; an existing one is returned as is)."""
+    path = os.path.join(workdir, workdir_lib.SUPERVISED_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    with lock.hold(workdir):
+        parts = parts_lib.build(config, workdir)
+        state = state_lib.fresh_state(parts)
+        state.labelled[:] = True
+        record = loop.train_round(parts, state, 0)
+        record = {**record, "supervised": True, "seed": int(config.seed)}
+        checkpointing.write_json_atomic(path, record)
+    logging.info(
+        "supervised baseline: dice %.4f (global %.4f)", record["dice"], record["dice_global"]
+    )
+    return record
