@@ -6,6 +6,11 @@ Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_ja
   seeds with replacement drawn by `numpy.random.default_rng(BOOTSTRAP_SEED)` (a fresh generator
   per interval, so each number is reproducible on its own), the 2.5th and 97.5th percentiles of
   the resampled means (`numpy.percentile`, linear interpolation). None for fewer than 2 seeds.
+* No interval from fewer than MIN_INTERVAL_SEEDS seeds: a report prints the seeds' values
+  instead (a percentile bootstrap of 2-4 values is degenerate: it can exclude 0 by chance).
+* Paired t-test (`paired_t_test`): per seed present in both runs, the two-sided paired t-test of
+  the differences (`scipy.stats.ttest_rel`), as the pairwise penalty matrix of Ash et al.
+  (BADGE, ICLR 2020) and nnActive use it.
 * Paired comparison: per seed present in both runs, the difference strategy - reference; its
   mean, bootstrap interval and the two-sided Wilcoxon signed-rank p-value
   (`scipy.stats.wilcoxon` with its defaults: zero differences dropped). With n non-zero
@@ -16,6 +21,7 @@ Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_ja
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -23,6 +29,7 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 ALPHA = 0.05  # the significance level the too-few-seeds sentence refers to
+MIN_INTERVAL_SEEDS = 5  # fewest seeds a bootstrap interval is given from
 
 
 def bootstrap_interval(
@@ -83,4 +90,28 @@ def paired_comparison(values: dict, reference: dict) -> dict:
         )
     else:
         out["note"] = ""
+    return out
+
+
+def paired_t_test(values: dict, reference: dict) -> dict:
+    """Two-sided paired t-test of values - reference, paired by seed.
+
+    Args:
+      values, reference: {seed: number or None}; seeds missing or None in either are left out.
+
+    Returns:
+      {'seeds': paired seeds (list), 'mean': mean difference | None, 'p': the two-sided p of
+       `scipy.stats.ttest_rel` | None}: p is None with fewer than 2 pairs, NaN when every
+      difference is 0 (no test), 0 when they are all equal and non-zero.
+    """
+    from scipy import stats
+
+    seeds = sorted(s for s in values if values[s] is not None and reference.get(s) is not None)
+    a = np.array([values[s] for s in seeds], np.float64)
+    b = np.array([reference[s] for s in seeds], np.float64)
+    out = {"seeds": seeds, "mean": float(np.mean(a - b)) if seeds else None, "p": None}
+    if len(seeds) >= 2:
+        with warnings.catch_warnings():  # (near-)zero variance: t is +-inf or NaN, as documented
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["p"] = float(stats.ttest_rel(a, b).pvalue)
     return out

@@ -32,6 +32,7 @@ from selal_jax.core import stats
 from selal_jax.run import loop, rounds
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.run.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
+from selal_jax.verbs import report_compare, run_names
 from selal_jax.verbs.report_plots import (
     plot_learning_curves,
     plot_learning_curves_pixels,
@@ -125,16 +126,19 @@ def class_rows(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
 
 
 def load_runs(workdir: str) -> dict[str, dict[int, list[dict]]]:
-    """{run name ('<strategy> <mode>'): {seed: history}} for every records file under workdir."""
+    """{run name ('<strategy> <mode>[ <options>]', `run_names.label`): {seed: history}} for
+    every records file under workdir."""
     runs: dict[str, dict[int, list[dict]]] = {}
     # "**" with recursive=True also matches no folder: the workdir's own file is included.
-    paths = sorted(glob.glob(os.path.join(workdir, "**", workdir_lib.RECORDS_FILE), recursive=True))
+    paths = glob.glob(os.path.join(workdir, "**", workdir_lib.RECORDS_FILE), recursive=True)
+    # by folder names ('entropy-selective' before 'entropy-selective-power', unlike '-' < '/')
+    paths.sort(key=lambda p: os.path.relpath(p, workdir).split(os.sep))
     for path in paths:
         history = read_records(path)
         if not history:
             continue
         first = history[0]
-        name = f"{first['strategy']} {first['mode']}"
+        name = run_names.label(run_names.record_fields(first))
         seed = int(first.get("seed", 0))
         if seed in runs.get(name, {}):
             raise UserError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
@@ -253,6 +257,11 @@ def case_value(record: dict, field: str) -> float | None:
     return float(value)
 
 
+def case_dice(record: dict) -> float | None:
+    """A record's per-case Dice (mean over the test cases and classes), or None."""
+    return case_value(record, "case_dice")
+
+
 def per_seed(by_seed: dict[int, list[dict]]) -> dict[str, dict[int, float | None]]:
     """Per seed, the numbers the comparison is made of: the highest Dice, the nAUC and the last
     round's per-case fields."""
@@ -277,12 +286,14 @@ def _with_interval(values, digits: int = 4) -> str:
 
 
 def resolve_reference(runs: dict, reference: str | None) -> str | None:
-    """The run name of `reference` ('strategy:mode', or 'strategy' meaning mode 'selective' as in
-    sweep.runs); None gives 'random all' if present. Raises ValueError for a named one absent."""
+    """The run name of `reference` (a run as sweep.runs writes it: 'strategy:mode[:option=value
+    ...]', 'strategy' meaning mode 'selective'); None gives 'random all' if present. Raises
+    ValueError for a named one absent."""
     if reference is None:
         return DEFAULT_REFERENCE if DEFAULT_REFERENCE in runs else None
-    strategy, _, mode = str(reference).strip().partition(":")
-    name = f"{strategy.strip()} {(mode or 'selective').strip()}"
+    name = run_names.label(
+        run_names.spec_fields(run_names.parse_run(str(reference), where="report --reference"))
+    )
     if name not in runs:
         raise UserError(
             f"report reference {reference!r}: no run {name!r} found; runs: {', '.join(runs)}"
@@ -385,6 +396,7 @@ def write_report(
         paths[name] = os.path.join(out_dir, name)
         with atomic.atomic_open(paths[name], "w") as f:
             f.write(text + ("\n" if not text.endswith("\n") else ""))
+    paths.update(report_compare.write_comparison(runs, out_dir, case_dice))
     paths["learning_curves.png"] = plot_learning_curves(
         runs, baseline, os.path.join(out_dir, "learning_curves.png")
     )
