@@ -7,6 +7,7 @@ Run lines:
   python launch.py --config=configs/default.py:multiclass --workdir=runs/multiclass  # 2 classes
   python launch.py --config=configs/default.py:clasp --workdir=runs/clasp  # ClaSP-like, 2 classes
   python launch.py sweep --config=configs/default.py:sweep --workdir=runs/sweep  # docs/sweeps.md
+  python launch.py sweep --config=configs/default.py:compare --workdir=runs/compare  # strategies
   python launch.py --config=configs/default.py --config.al.annotator=human --workdir=runs/mine
   python launch.py query --workdir=runs/mine        # then: import-labels --labels=DIR, run
 """
@@ -63,7 +64,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         al.initial_size = 8
         al.query_size = 6
         al.rounds = 2
-    elif arg in ("multiclass", "clasp"):  # the multi-class demo: halo and core, two channels
+    elif arg in ("multiclass", "clasp", "compare"):  # multi-class demo: halo and core, 2 channels
         data.synthetic.kind = "multiclass"  # written to <workdir>/synthetic_multiclass
         data.modality = "all"  # both channels (MRI_A, MRI_B), each z-scored on its own
         data.classes = "all"  # halo (1) and core (2): a 3-logit softmax head
@@ -77,6 +78,27 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             al.class_balanced = True
             al.sampling = "power"
             al.sampling_beta = 1.0
+        if arg == "compare":
+            # Issue 27's comparison (docs/sweeps.md): the references (random among predicted
+            # and among true target slices), entropy over all pixels and selective, selective
+            # power-sampled and the ClaSP-like variant (class-stratified + power), 3 seeds,
+            # 20 initial slices + 4 rounds of 20 (14 % of the 704-slice pool); about an hour
+            # on a 2-core CPU.
+            config.sweep.runs = ",".join(
+                (
+                    "random_predicted:all",
+                    "random_label:all",
+                    "entropy:all",
+                    "entropy:selective",
+                    "entropy:selective:sampling=power",
+                    "entropy:selective:sampling=power:class_balanced=True",
+                )
+            )
+            al.initial_size = 20
+            al.query_size = 20
+            al.rounds = 4
+            train.max_epochs = 10
+            train.patience = 3
     elif arg == "sweep":  # docs/sweeps.md's CPU sweep: fewer, larger rounds, shorter training
         al.query_size = 40
         al.rounds = 4
@@ -84,6 +106,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         train.patience = 4
     elif arg:
         raise ValueError(
-            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', 'multiclass', 'clasp', 'sweep' or none"
+            f"configs/default.py: unknown config argument {arg!r}; expected 'smoke', "
+            "'multiclass', 'clasp', 'compare', 'sweep' or none"
         )
     return config

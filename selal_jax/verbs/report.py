@@ -32,7 +32,7 @@ from selal_jax.core import stats
 from selal_jax.run import loop, rounds
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.run.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
-from selal_jax.verbs import report_compare, run_names
+from selal_jax.verbs import report_compare, report_gallery, run_names
 from selal_jax.verbs.report_plots import (
     plot_learning_curves,
     plot_learning_curves_pixels,
@@ -363,12 +363,14 @@ def write_report(
     baseline: float | None = None,
     out_dir: str | None = None,
     reference: str | None = None,
+    gallery_round: int | None = None,
 ) -> dict:
     """Writes summary.md/.csv, comparison.md/.csv, learning_curves.png,
     learning_curves_pixels.png (when records have labelled_target_pixels), per_class.md/.csv (with
     several classes) and tsne.png (if embeddings exist) to <workdir>/report; returns {name: path}
     and prints nothing. `reference`: the run the comparison pairs against ('strategy:mode';
-    default 'random all' if present)."""
+    default 'random all' if present). Also penalty.md/.csv, aubc.md/.csv (report_compare) and
+    the query gallery of round `gallery_round` (report_gallery; default the last with a query)."""
     runs = load_runs(workdir)
     if not runs:
         raise UserError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
@@ -397,6 +399,7 @@ def write_report(
         with atomic.atomic_open(paths[name], "w") as f:
             f.write(text + ("\n" if not text.endswith("\n") else ""))
     paths.update(report_compare.write_comparison(runs, out_dir, case_dice))
+    paths.update(report_gallery.write_galleries(workdir, out_dir, gallery_round))
     paths["learning_curves.png"] = plot_learning_curves(
         runs, baseline, os.path.join(out_dir, "learning_curves.png")
     )
