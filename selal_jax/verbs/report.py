@@ -379,6 +379,7 @@ def write_report(
         baseline = load_baseline(workdir)
     out_dir = out_dir or os.path.join(workdir, workdir_lib.REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)
+    paths = report_gallery.write_galleries(workdir, out_dir, gallery_round)  # may refuse first
     rows = summary_rows(runs, baseline)
     compared = comparison_rows(runs, reference_name)
     tables = [
@@ -393,13 +394,11 @@ def write_report(
             ("per_class.md", class_markdown_table(per_class)),
             ("per_class.csv", csv_table(per_class)),
         ]
-    paths = {}
     for name, text in tables:
         paths[name] = os.path.join(out_dir, name)
         with atomic.atomic_open(paths[name], "w") as f:
             f.write(text + ("\n" if not text.endswith("\n") else ""))
     paths.update(report_compare.write_comparison(runs, out_dir, case_dice))
-    paths.update(report_gallery.write_galleries(workdir, out_dir, gallery_round))
     paths["learning_curves.png"] = plot_learning_curves(
         runs, baseline, os.path.join(out_dir, "learning_curves.png")
     )

@@ -220,10 +220,9 @@ def write_galleries(workdir: str, out_dir: str, round_index: int | None = None) 
     """gallery.png (a single run) or gallery-<run folder>.png (a sweep: each score-based run of
     its lowest seed) in `out_dir`; returns {name: path}. A run that cannot be opened (its data
     moved, no kept checkpoint with a query) is left out with a warning, unless `round_index`
-    was asked for."""
-    folders = gallery_folders(workdir)
-    paths = {}
-    for name, folder in folders.items():
+    was asked for: then any refusal comes before a file is written."""
+    galleries = {}
+    for name, folder in gallery_folders(workdir).items():
         try:
             gallery = build_gallery(folder, round_index)
         except UserError as e:
@@ -231,9 +230,9 @@ def write_galleries(workdir: str, out_dir: str, round_index: int | None = None) 
                 raise
             logging.warning("no query gallery for %s: %s", name, e)
             continue
-        if gallery is None:
-            continue
-        single = os.path.abspath(folder) == os.path.abspath(workdir)
-        file = "gallery.png" if single else f"gallery-{os.path.basename(folder)}.png"
-        paths[file] = draw(gallery, os.path.join(out_dir, file))
-    return paths
+        if gallery is not None:
+            single = os.path.abspath(folder) == os.path.abspath(workdir)
+            galleries["gallery.png" if single else f"gallery-{os.path.basename(folder)}.png"] = (
+                gallery
+            )
+    return {file: draw(g, os.path.join(out_dir, file)) for file, g in galleries.items()}
