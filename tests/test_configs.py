@@ -160,24 +160,3 @@ def test_clasp_variant_is_class_balanced_power_sampled_selective_entropy():
     assert (c.al.strategy, c.al.mode, c.al.class_balanced) == ("entropy", "selective", True)
     assert (c.al.sampling, c.al.sampling_beta) == ("power", 1.0)
     assert c.data.classes == "all" and c.data.synthetic.kind == "multiclass"
-
-
-def test_compare_variant_runs_the_field_s_comparison_on_two_classes():
-    """configs/default.py:compare: the references, entropy all and selective, selective with
-    power sampling and the ClaSP-like variant, 3 seeds, on the two-class cohort (where the
-    class-stratified target half differs from the plain one); each run's config validates."""
-    from selal_jax.verbs import run_names, sweep
-
-    for arg in ("compare", "compare_smoke"):
-        c = default.get_config(arg)
-        folders = sweep.run_folders(c, "/nonexistent", run_names.parse_runs(c.sweep.runs), 0)
-        assert list(folders.values()) == [
-            "random_predicted-all",
-            "random_label-all",
-            "entropy-all",
-            "entropy-selective",
-            "entropy-selective-power",
-            "entropy-selective-power-class_balanced",
-        ]
-        assert c.data.synthetic.kind == "multiclass" and c.data.classes == "all"
-    assert sweep.parse_seeds(default.get_config("compare").sweep.seeds) == [0, 1, 2]

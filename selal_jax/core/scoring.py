@@ -92,31 +92,9 @@ def mc_logits(
     return jax.vmap(jax.vmap(full_one))(per_pass, keys)
 
 
-def _slice_terms(slice_logits: Array, multiclass: bool, convention: str):
-    """PassTerms (binary) or ClassTerms (multi-class) of one slice's logits [passes, ...]."""
-    if multiclass:
-        return class_terms_from_logits(slice_logits)
-    if convention == "paper":
-        return terms_from_logits(slice_logits)
-    # The published code works on probabilities; so does its convention here.
-    return terms_from_probs(jax.nn.sigmoid(slice_logits))
-
-
-def _per_slice(per_terms, variables, images, slice_ids, score_key, model, strategy, convention,
-               passes, reuse_encoder):  # fmt: skip
-    """vmaps `per_terms(terms)` over the slices of a batch after the strategy's forward
-    pass(es): the MC dropout passes of MC_STRATEGIES (keys from `score_key` and the slice ids),
-    else one deterministic pass."""
-    if strategy in MC_STRATEGIES:
-        logits = mc_logits(model, variables, images, slice_ids, score_key, passes, reuse_encoder)
-    else:
-        logits = model.apply(variables, images, False)[:, None]
-    multiclass = is_multiclass(logits, 4)  # [batch, passes, H, W] or [..., L]
-    return jax.vmap(lambda x: per_terms(_slice_terms(x, multiclass, convention)))(logits)
-
-
 @functools.partial(
-    backend_jit, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
+    backend_jit,
+    static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder", "maps"),
 )
 def score_batch(
     variables,
@@ -131,7 +109,8 @@ def score_batch(
     convention: str,
     passes: int = 1,
     reuse_encoder: bool = True,
-) -> SliceStats:
+    maps: bool = False,
+) -> SliceStats | PixelMaps:
     """Forward pass(es), per-pixel uncertainty, masks and per-slice sums in one program.
 
     Args:
@@ -141,46 +120,35 @@ def score_batch(
       slice_ids: [batch] int32 pool ids (seed MC dropout keys).
       score_key: the round's `rng.score_key` (the MC dropout masks derive from it).
       target_threshold, boundary_width: T and B (traced: changing them does not recompile).
+      maps: return the per-pixel maps that the sums are made of (PixelMaps: the uncertainty
+        [batch, H, W] and the target, boundary and per-class target masks) instead of the sums.
 
     The model's head decides the path: logits [batch, H, W] are binary, [batch, H, W, L]
     multi-class ('paper' convention only).
 
     Returns:
-      SliceStats with [batch] entries ([batch, C] per-class entries; C = 1 for binary).
+      SliceStats with [batch] entries ([batch, C] per-class entries; C = 1 for binary), or with
+      `maps` PixelMaps with [batch, H, W] entries ([batch, H, W, C] per-class masks).
     """
+    if strategy in MC_STRATEGIES:
+        logits = mc_logits(model, variables, images, slice_ids, score_key, passes, reuse_encoder)
+    else:
+        logits = model.apply(variables, images, False)[:, None]
 
-    def stats(terms):
+    multiclass = is_multiclass(logits, 4)  # [batch, passes, H, W] or [..., L]
+
+    def one(slice_logits):
+        if multiclass:
+            terms = class_terms_from_logits(slice_logits)
+        elif convention == "paper":
+            terms = terms_from_logits(slice_logits)
+        else:  # The published code works on probabilities; so does its convention here.
+            terms = terms_from_probs(jax.nn.sigmoid(slice_logits))
+        if maps:
+            return pixel_maps(terms, strategy, convention, target_threshold, boundary_width)
         return stats_from_terms(terms, strategy, convention, target_threshold, boundary_width)
 
-    return _per_slice(stats, variables, images, slice_ids, score_key, model, strategy,
-                      convention, passes, reuse_encoder)  # fmt: skip
-
-
-@functools.partial(
-    backend_jit, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
-)
-def pixel_maps_batch(
-    variables,
-    images: Array,
-    slice_ids: Array,
-    score_key: Array,
-    target_threshold,
-    boundary_width,
-    *,
-    model: UNet,
-    strategy: str,
-    convention: str,
-    passes: int = 1,
-    reuse_encoder: bool = True,
-) -> PixelMaps:
-    """The per-pixel maps that `score_batch` sums (same arguments, same passes and keys): the
-    uncertainty [batch, H, W] and the target, boundary and per-class target masks."""
-
-    def maps(terms):
-        return pixel_maps(terms, strategy, convention, target_threshold, boundary_width)
-
-    return _per_slice(maps, variables, images, slice_ids, score_key, model, strategy,
-                      convention, passes, reuse_encoder)  # fmt: skip
+    return jax.vmap(one)(logits)
 
 
 def score_pool(
@@ -199,8 +167,8 @@ def score_pool(
     reuse_encoder: bool = True,
     progress=None,
     mesh=None,
-    program=score_batch,
-) -> SliceStats:
+    maps: bool = False,
+) -> SliceStats | PixelMaps:
     """Scores the candidate slices of a pool in fixed-shape batches.
 
     Host memory stays bounded: each batch's images are gathered from `images` (a NumPy array or
@@ -215,15 +183,15 @@ def score_pool(
 
     Returns:
       SliceStats of NumPy arrays [len(candidate_ids)] (per-class fields [len(candidate_ids), C],
-      C = 1 for a binary head), aligned with `candidate_ids`; with `program=pixel_maps_batch`
-      the PixelMaps instead (`pool_pixel_maps`).
+      C = 1 for a binary head), aligned with `candidate_ids`; with `maps` the PixelMaps of
+      NumPy arrays [len(candidate_ids), ...] instead (`score_batch`).
     """
     t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
     if mesh is not None:
         variables = parallel.put_replicated(mesh, variables)
 
     def score(batch_ids, batch_images):
-        return program(
+        return score_batch(
             variables,
             batch_images,
             batch_ids,
@@ -235,6 +203,7 @@ def score_pool(
             convention=convention,
             passes=passes,
             reuse_encoder=reuse_encoder,
+            maps=maps,
         )
 
     on_batch = None if progress is None else progress.update
@@ -247,7 +216,7 @@ def pool_pixel_maps(model: UNet, variables, images, ids, score_key: Array, **kwa
     """PixelMaps of NumPy arrays [len(ids), ...] of the pool slices `ids`: the maps whose masked
     sums `score_pool` (same keyword arguments) returns for them, to the float32 rounding of a
     program that keeps them."""
-    return score_pool(model, variables, images, ids, score_key, program=pixel_maps_batch, **kwargs)
+    return score_pool(model, variables, images, ids, score_key, maps=True, **kwargs)
 
 
 class _Float32:
