@@ -2,6 +2,7 @@
 records (the t-test by its formula and scipy.stats.t, the bootstrap by NumPy)."""
 
 import csv
+import functools
 import io
 import itertools
 import json
@@ -14,6 +15,7 @@ from scipy import stats as sps
 from selal_jax.core import stats
 from selal_jax.verbs import report, report_compare
 
+CASE_DICE_OF = functools.partial(report.case_value, field="case_dice")
 LABELLED = [20, 30, 40, 50]  # round 0 .. 3
 # case Dice per run, seed and round (round 0 shared, as in a sweep)
 CASE_DICE = {
@@ -68,7 +70,7 @@ def test_paired_t_test_is_the_formula_and_needs_two_seeds():
 
 def test_penalty_matrix_cells_by_hand():
     runs = made_up_runs()
-    matrix = report_compare.penalty_matrix(runs, report.case_dice)
+    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
     names = list(runs)
     for a, b in itertools.permutations(names, 2):
         wins = 0
@@ -88,7 +90,7 @@ def test_penalty_matrix_cells_by_hand():
 
 def test_one_seed_gives_na_not_zero_and_the_csv_reads_as_numbers(tmp_path):
     runs = {name: {0: by_seed[0]} for name, by_seed in made_up_runs().items()}
-    matrix = report_compare.penalty_matrix(runs, report.case_dice)
+    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
     assert all(cell == (0, 0) for row in matrix.values() for cell in row.values())
     text = report_compare.penalty_markdown(matrix)
     row = next(line for line in text.splitlines() if line.startswith("| good all |"))
@@ -99,7 +101,7 @@ def test_one_seed_gives_na_not_zero_and_the_csv_reads_as_numbers(tmp_path):
     assert table[1] == ["good all", "", "n/a", "n/a"] and table[-1][0] == "mean beaten"
     # with three seeds the cells are numbers
     table = list(csv.reader(io.StringIO(report_compare.penalty_csv(
-        report_compare.penalty_matrix(made_up_runs(), report.case_dice)
+        report_compare.penalty_matrix(made_up_runs(), CASE_DICE_OF)
     ))))  # fmt: skip
     assert float(table[1][3]) == pytest.approx(2 / 3)
 
@@ -108,7 +110,7 @@ def test_budgets_pair_seeds_present_in_both_and_runs_of_unequal_length():
     table = {k: dict(v) for k, v in CASE_DICE.items()}
     runs = made_up_runs(table)
     runs["good all"][2] = runs["good all"][2][:3]  # seed 2 stopped after round 2
-    matrix = report_compare.penalty_matrix(runs, report.case_dice)
+    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
     # round 3: seeds 0 and 1 pair (two seeds: still a test)
     x = [runs["good all"][s][3]["case_dice"] for s in (0, 1)]
     y = [runs["mid all"][s][3]["case_dice"] for s in (0, 1)]
@@ -128,7 +130,7 @@ def test_budgets_pair_seeds_present_in_both_and_runs_of_unequal_length():
     for h in runs["bad all"].values():
         for rec in h:
             rec.pop("case_dice")
-    matrix = report_compare.penalty_matrix(runs, report.case_dice)
+    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
     assert matrix["good all"]["bad all"] == (0, 0)
 
 
@@ -146,7 +148,7 @@ def numpy_bootstrap(values, resamples=10_000, seed=0):
 
 def test_aubc_by_hand_values_below_five_seeds_and_an_interval_from_five():
     runs = made_up_runs()
-    rows = {row["run"]: row for row in report_compare.aubc_rows(runs, report.case_dice)}
+    rows = {row["run"]: row for row in report_compare.aubc_rows(runs, CASE_DICE_OF)}
     good = rows["good all"]
     expected = {s: trapezoid_by_hand(LABELLED, d) for s, d in CASE_DICE["good"].items()}
     assert good["values"] == pytest.approx(expected)
@@ -156,7 +158,7 @@ def test_aubc_by_hand_values_below_five_seeds_and_an_interval_from_five():
     assert f"seed 1: {expected[1]:.4f}" in text and "[" not in text.split("\n\n")[0]
     # five seeds: the bootstrap interval, computed independently
     five = {s: [0.3, 0.4 + 0.02 * s, 0.5 + 0.01 * s * s, 0.6] for s in range(5)}
-    rows = report_compare.aubc_rows(made_up_runs({"five": five}), report.case_dice)
+    rows = report_compare.aubc_rows(made_up_runs({"five": five}), CASE_DICE_OF)
     values = [trapezoid_by_hand(LABELLED, five[s]) for s in range(5)]
     np.testing.assert_allclose(rows[0]["interval"], numpy_bootstrap(values), rtol=1e-12)
     table = list(csv.DictReader(io.StringIO(report_compare.aubc_csv(rows))))

@@ -257,11 +257,6 @@ def case_value(record: dict, field: str) -> float | None:
     return float(value)
 
 
-def case_dice(record: dict) -> float | None:
-    """A record's per-case Dice (mean over the test cases and classes), or None."""
-    return case_value(record, "case_dice")
-
-
 def per_seed(by_seed: dict[int, list[dict]]) -> dict[str, dict[int, float | None]]:
     """Per seed, the numbers the comparison is made of: the highest Dice, the nAUC and the last
     round's per-case fields."""
@@ -398,7 +393,7 @@ def write_report(
         paths[name] = os.path.join(out_dir, name)
         with atomic.atomic_open(paths[name], "w") as f:
             f.write(text + ("\n" if not text.endswith("\n") else ""))
-    paths.update(report_compare.write_comparison(runs, out_dir, case_dice))
+    paths.update(report_compare.write_comparison(runs, out_dir, case_value))
     paths["learning_curves.png"] = plot_learning_curves(
         runs, baseline, os.path.join(out_dir, "learning_curves.png")
     )

@@ -2,7 +2,8 @@
 the area under the budget curve (AUBC). penalty.md/.csv and aubc.md/.csv.
 
 `runs` is `report.load_runs`'s {run name: {seed: history}}; `value(record)` is the record's
-per-case Dice (the mean over the test cases, and over the classes; None where not recorded).
+per-case Dice (`report.case_value(record, "case_dice")`: the mean over the test cases, and over
+the classes; None where not recorded).
 
 Pairwise penalty matrix: Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient
 Lower Bounds" (BADGE, ICLR 2020), section 4 "Pairwise comparisons", as nnActive (MIC-DKFZ,
@@ -35,6 +36,7 @@ seed's value instead.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -236,8 +238,10 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return out.getvalue()
 
 
-def write_comparison(runs, out_dir: str, value) -> dict[str, str]:
-    """Writes penalty.md/.csv and aubc.md/.csv to `out_dir`; returns {name: path}."""
+def write_comparison(runs, out_dir: str, case_value) -> dict[str, str]:
+    """Writes penalty.md/.csv and aubc.md/.csv to `out_dir`; returns {name: path}.
+    `case_value(record, field)`: `report.case_value`."""
+    value = functools.partial(case_value, field="case_dice")
     matrix = penalty_matrix(runs, value)
     rows = aubc_rows(runs, value)
     paths = {}
