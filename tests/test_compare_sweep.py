@@ -28,7 +28,7 @@ CLASP = "entropy-selective-power-class_balanced"
 
 def test_compare_variant_runs_the_field_s_comparison_on_two_classes():
     """configs/default.py:compare: the references, entropy all and selective, selective with
-    power sampling and the ClaSP-like variant, 3 seeds, on the two-class cohort (where the
+    power sampling and the ClaSP-like variant, 5 seeds, on the two-class cohort (where the
     class-stratified target half differs from the plain one); each run's config validates."""
     from configs import default
     from selal_jax.verbs import run_names, sweep
@@ -38,7 +38,7 @@ def test_compare_variant_runs_the_field_s_comparison_on_two_classes():
         folders = sweep.run_folders(c, "/nonexistent", run_names.parse_runs(c.sweep.runs), 0)
         assert tuple(folders.values()) == FOLDERS
         assert c.data.synthetic.kind == "multiclass" and c.data.classes == "all"
-    assert sweep.parse_seeds(default.get_config("compare").sweep.seeds) == [0, 1, 2]
+    assert sweep.parse_seeds(default.get_config("compare").sweep.seeds) == [0, 1, 2, 3, 4]
 
 
 def test_runs_with_options_pass_through_a_string_flag_intact():

@@ -117,11 +117,12 @@ def penalty_markdown(matrix: dict, alpha: float = stats.ALPHA) -> str:
         "| **mean beaten** | " + " | ".join(cell(mean_beaten(matrix, b)) for b in names) + " |"
     )
     counts = sorted({matrix[a][b][1] for a in names for b in names if a != b})
-    budgets = (
-        f"{counts[0]} budget{'s' if counts[0] != 1 else ''} per pair"
-        if len(counts) == 1
-        else f"{counts[0]} to {counts[-1]} budgets per pair"
-    )
+    if counts == [0]:
+        budgets = "No pair has 2 common seeds at any budget: nothing could be tested"
+    elif len(counts) == 1:
+        budgets = f"{counts[0]} budget{'s' if counts[0] != 1 else ''} per pair"
+    else:
+        budgets = f"{counts[0]} to {counts[-1]} budgets per pair"
     lines.append(
         "\nPairwise penalty matrix of per-case Dice (Ash et al., BADGE, ICLR 2020, as nnActive "
         "computes it): a cell is the fraction of budgets (labelled-set sizes after round 0 that "

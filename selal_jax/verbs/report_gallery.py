@@ -32,6 +32,7 @@ from selal_jax.run import workdir as workdir_lib
 from selal_jax.verbs import run_names
 
 PANELS = ("image", "prediction", "uncertainty", "target mask", "boundary mask")
+HEADER = 0.7  # inches above the rows: the figure's title
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class Gallery:
     strategy: str
     rows: list[GalleryRow]
     note: str = ""
+    class_names: tuple[str, ...] = ("target",)
 
 
 def choose_round(history: list[dict], kept: list[int], wanted: int | None) -> tuple[int, str]:
@@ -97,12 +99,12 @@ def choose_round(history: list[dict], kept: list[int], wanted: int | None) -> tu
 def build_gallery(workdir: str, round_index: int | None = None) -> Gallery | None:
     """The gallery of the run in `workdir` (read-only); None for a random strategy."""
     config = workdir_lib.stored_config(workdir)
-    run = state_lib.open_finished(config, workdir)
-    parts, al = run.parts, run.parts.config.al
-    label = run_names.label(run_names.config_fields(parts.config))
-    if al.strategy in scoring.RANDOM_STRATEGIES:
+    label = run_names.label(run_names.config_fields(config))
+    if config.al.strategy in scoring.RANDOM_STRATEGIES:
         logging.info("%s: %s scores nothing; no query gallery", workdir, label)
         return None
+    run = state_lib.open_finished(config, workdir)
+    parts, al = run.parts, run.parts.config.al
     r, note = choose_round(run.history, run.checkpoint_rounds(), round_index)
     if note:
         logging.warning("%s: %s", workdir, note)
@@ -149,7 +151,7 @@ def build_gallery(workdir: str, round_index: int | None = None) -> Gallery | Non
                 boundary=maps.boundary[i],
             )
         )
-    return Gallery(label, workdir, r, al.strategy, rows, note)
+    return Gallery(label, workdir, r, al.strategy, rows, note, tuple(pool.class_names))
 
 
 def draw(gallery: Gallery, path: str) -> str:
@@ -161,14 +163,17 @@ def draw(gallery: Gallery, path: str) -> str:
 
     n = len(gallery.rows)
     fig, axes = plt.subplots(
-        max(n, 1), len(PANELS), figsize=(2.0 * len(PANELS), 2.1 * max(n, 1) + 0.6), dpi=80,
+        max(n, 1), len(PANELS), figsize=(2.0 * len(PANELS), 2.1 * max(n, 1) + HEADER), dpi=80,
         squeeze=False,
     )  # fmt: skip
     classes = max([int(row.prediction.max()) for row in gallery.rows] + [1])
     for axes_row, row in zip(axes, gallery.rows, strict=False):
         score = "-" if row.score is None else f"{row.score:.4g}"
+        stream = row.stream
+        if stream.startswith("target:"):  # name the class
+            stream += f" ({gallery.class_names[int(stream.split(':')[1]) - 1]})"
         axes_row[0].set_title(
-            f"{row.case}, slice {row.slice_index}: stream {row.stream}, score {score}",
+            f"{row.case}, slice {row.slice_index}: stream {stream}, score {score}",
             fontsize=7,
             loc="left",
         )
@@ -189,10 +194,11 @@ def draw(gallery: Gallery, path: str) -> str:
         ax.set_yticks([])
     title = (
         f"{gallery.run}: round {gallery.round}'s query ({n} slices)\n"
-        f"{' | '.join(PANELS)} ({gallery.strategy}); red frame: the pixels that scored"
+        f"{' | '.join(PANELS).replace('uncertainty', f'uncertainty ({gallery.strategy})')}; "
+        "red frame: the pixels that scored"
     )
     fig.suptitle(title + (f"\n{gallery.note}" if gallery.note else ""), fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - HEADER / fig.get_figheight()))  # the title above
     with atomic.atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")
     plt.close(fig)
