@@ -16,9 +16,13 @@ scripts/agg_results.py) computes it:
 * At a budget, run A beats run B when the two-sided paired t-test of A - B over the seeds both
   have there (`stats.paired_t_test`, scipy.stats.ttest_rel, paired by seed) gives p < 0.05 and
   the mean difference is > 0: BADGE's and nnActive's `ttest_1samp(A - B, 0)` with p < 0.05,
-  the sign of the mean deciding the winner (one test, so at most one of A, B wins).
+  the sign of the mean deciding the winner (one test, so at most one of A, B wins). BADGE
+  pairs its first min(n_A, n_B, 5) runs in file order; here the pairs are the seeds. (nnActive's
+  code has also carried a one-sided 'less' variant; this is the two-sided test of BADGE's
+  scripts/agg_results.py and of nnActive's `PairwisePenaltyMatrix.from_df`.)
 * Cell (row A, column B) = the budgets at which A beats B / the budgets of A and B; "n/a" when
-  they have none (fewer than 2 common seeds: no test, which is not the same as 0 wins).
+  they have none (fewer than 2 common seeds: no test, which is not the same as 0 wins). Rows
+  beat columns, as BADGE's and nnActive's figures show it (their dict stores the transpose).
 * The row "mean beaten" is each column's mean over the other rows (nnActive's "Mean" row): the
   fraction of comparisons its run loses; lower is better. n/a cells are left out.
 * Every budget counts (as nnActive; BADGE stops where random reaches 99 % of its final
