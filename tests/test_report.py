@@ -346,6 +346,8 @@ def test_target_pixels_at_the_baseline_and_case_columns_by_hand(tmp_path):
     assert columns.index("baseline_reached_target_pixels") == columns.index("baseline_reached") + 1
     (row, _) = report.summary_rows(runs, None)
     assert row["baseline_reached_target_pixels"].text() == "/"
+    text = report.summary_markdown(list(rows.values()), baseline, "slice")
+    assert "Not every round of every run has a case Dice (eval.cases was off in some)" in text
     # per-class case values (a dict) average over the classes
     assert report.case_value({"case_dice": {"a": 0.2, "b": 0.6}}, "case_dice") == 0.4
     assert report.case_value({"case_hd95": None}, "case_hd95") is None

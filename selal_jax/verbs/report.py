@@ -44,7 +44,7 @@ from selal_jax.verbs.report_plots import (
     plot_tsne,
 )
 from selal_jax.verbs.report_rounds import round_table, summary_text  # noqa: F401  (re-exported)
-from selal_jax.verbs.report_runs import (  # noqa: F401  (case_value, class_names re-exported)
+from selal_jax.verbs.report_runs import (
     CASE,
     NOT_COMPUTED,
     SLICE,
@@ -55,7 +55,6 @@ from selal_jax.verbs.report_runs import (  # noqa: F401  (case_value, class_name
     class_names,
     decided_by,
     dice,
-    highest,
     highest_dice,
     histories,
     load_baseline,
@@ -178,6 +177,12 @@ def summary_markdown(rows: list[dict], baseline: Baseline | None, by: str, pcts=
     lines = ["### Case Dice (per test volume, mean over the test cases)", ""]
     if by == CASE:
         lines.append(markdown_table(rows, titles, ["strategy", "seeds", *case_keys, *reached]))
+    elif any(row["case_dice_last"].n for row in rows):  # in some rounds, not in every one
+        lines.append(markdown_table(rows, titles, ["strategy", "seeds", *case_keys]))
+        lines.append(
+            "\nNot every round of every run has a case Dice (eval.cases was off in some): "
+            "highest and baseline by slice Dice (paper)."
+        )
     else:
         lines.append(f"{NOT_COMPUTED}: highest and baseline by slice Dice (paper).")
     lines += ["", "### Slice Dice (paper): mean per-slice Dice, as the paper reports it", ""]
