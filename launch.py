@@ -77,7 +77,10 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (checkpoints, records). Default: runs/<verb or strategy>-<time>."
 )
 _BASELINE = flags.DEFINE_float(
-    "baseline", None, "report: supervised baseline Dice (default: read supervised.json)."
+    "baseline",
+    None,
+    "report: the supervised baseline's case Dice (slice Dice where the runs lack case Dice; "
+    "default: read supervised.json).",
 )
 _REFERENCE = flags.DEFINE_string(
     "reference", None, "report: strategy:mode the comparison pairs against (default random:all)."
@@ -202,7 +205,7 @@ def _main(argv):
     from selal_jax.core import parallel
     from selal_jax.run import loop
     from selal_jax.run import workdir as workdir_lib
-    from selal_jax.verbs import annotate, inspect_data, report, sweep
+    from selal_jax.verbs import annotate, inspect_data, report, report_runs, sweep
 
     if verb != "report":  # before anything touches a device
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -234,7 +237,9 @@ def _main(argv):
         show("\n".join(f"wrote {p}" for p in paths.values()))
     elif verb == "supervised":
         record = sweep.train_supervised(config, workdir)
-        show(f"supervised baseline: dice {record['dice']:.4f} (global {record['dice_global']:.4f})")
+        show(f"supervised baseline: {report_runs.baseline_text(record)}")
+        for note in report_runs.baseline_notes(record):
+            show(f"warning: {note}")
     elif verb == "inspect":  # the data as a run loads it (and its cache), without training
         info = inspect_data.describe(config, workdir)
         show(json.dumps(info, indent=1) if _JSON.value else inspect_data.format_text(info))

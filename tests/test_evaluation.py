@@ -65,12 +65,14 @@ def test_csv_rows_match_metrics_of_the_written_predictions(evaluated_run):
             np.testing.assert_allclose(nib.load(pred_file).affine, label_img.affine)
             v = values[row["class"]]
             expected = metrics.case_metrics(pred == v, label == v, spacing)
-            for key in ("dice", "hd95", "nsd", "volume_pred", "volume_ref"):
-                np.testing.assert_allclose(float(row[key]), expected[key], rtol=1e-9, atol=1e-9)
+            columns = {"dice": "dice", "hd95": "hd95_mm", "nsd": "nsd"}  # the unit in the name
+            columns.update(volume_pred="volume_pred_mm3", volume_ref="volume_ref_mm3")
+            for key, column in columns.items():
+                np.testing.assert_allclose(float(row[column]), expected[key], rtol=1e-9, atol=1e-9)
         got = [float(row["dice"]) for row in rows]
         np.testing.assert_allclose(rec["case_dice"], np.mean(got), rtol=1e-12)
         np.testing.assert_allclose(
-            rec["case_hd95"], np.mean([float(row["hd95"]) for row in rows]), rtol=1e-12
+            rec["case_hd95"], np.mean([float(row["hd95_mm"]) for row in rows]), rtol=1e-12
         )
         assert set(rec["case_dice_per_class"]) == set(names)
         assert rec["eval_seconds"] >= 0

@@ -160,13 +160,22 @@ def test_cli_inspect_json_key_by_key(dataset, tmp_path):
     assert done.returncode != 0 and "unknown case 'pat9'" in done.stderr and not done.stdout
 
 
-def test_describe_and_text(dataset, tmp_path):
+def test_describe_and_text(dataset, tmp_path, caplog):
     root, split_file, vols = dataset
     info = inspect_data.describe(config_for(root, split_file), str(tmp_path / "w"))
     check(info, vols, root)
     text = inspect_data.format_text(info)
     assert "channels (2): FLAIR, T1w" in text and "left out by the split file: pat6" in text
     assert "2 edema (label values [2])" in text and "pat2  train  ARS" in text
+    # The test split is one case (pat3) with few lesion slices: said at load and in the summary.
+    test_label = vols[NAMES.index("pat3")][1]
+    with_target = int((test_label > 0).any(axis=(0, 1)).sum())  # axial slices with any class
+    assert 0 < with_target < 10
+    assert len(info["warnings"]) == 2
+    assert info["warnings"][0].startswith("the test metrics rest on one case (pat3)")
+    assert info["warnings"][1].startswith(f"the test split has {with_target} slices with target")
+    for note in info["warnings"]:
+        assert f"warning: {note}" in text and note in caplog.text
     # Same errors as a run: the config check first, then the data checks.
     config = config_for(root, split_file)
     config.train.max_epochs = 0

@@ -5,8 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from selal_jax.core import models, xla_options
+from selal_jax.core import cpu_layers, models, xla_options
 from selal_jax.core.models import UNet, count_params, init_variables
+from tests.helpers import all_eqns
 
 
 def expected_params(in_ch, base, depth):
@@ -169,12 +170,12 @@ def test_upconv_2x2_matches_conv_transpose_and_its_gradients():
     kernel = jnp.asarray(gen.standard_normal((2, 2, 4, 3)), jnp.float32)
     layer = nn.ConvTranspose(3, (2, 2), strides=(2, 2), use_bias=False)
     expected = layer.apply({"params": {"kernel": kernel}}, x)
-    np.testing.assert_allclose(models.upconv_2x2(x, kernel), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cpu_layers.upconv_2x2(x, kernel), expected, rtol=1e-6, atol=1e-6)
     # y[2i + a, 2j + b] = x[i, j] @ kernel[1 - a, 1 - b], by hand for one block
     np.testing.assert_allclose(expected[0, 2, 7], x[0, 1, 3] @ kernel[1, 0], rtol=1e-6)
     cot = jnp.asarray(gen.standard_normal(expected.shape), jnp.float32)
-    _, vjp_xla = jax.vjp(models._conv_transpose_2x2, x, kernel)
-    _, vjp_custom = jax.vjp(models.upconv_2x2, x, kernel)
+    _, vjp_xla = jax.vjp(cpu_layers._conv_transpose_2x2, x, kernel)
+    _, vjp_custom = jax.vjp(cpu_layers.upconv_2x2, x, kernel)
     for a, b in zip(vjp_xla(cot), vjp_custom(cot), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
@@ -186,9 +187,9 @@ def test_max_pool_2x2_gradient_goes_to_the_first_maximum():
     weights = jnp.asarray(gen.standard_normal((2, 2, 3, 3)), jnp.float32)
     grads = [
         jax.grad(lambda z, f=f: jnp.sum(jnp.sin(f(z)) * weights))(x)
-        for f in (models._max_pool_2x2, models.max_pool_2x2)
+        for f in (cpu_layers.xla_max_pool_2x2, cpu_layers.max_pool_2x2)
     ]
-    np.testing.assert_array_equal(models.max_pool_2x2(x), models._max_pool_2x2(x))
+    np.testing.assert_array_equal(cpu_layers.max_pool_2x2(x), cpu_layers.xla_max_pool_2x2(x))
     np.testing.assert_array_equal(grads[1], grads[0])
     assert grads[1][0, 0, 0, 0] != 0 and not np.any(grads[1][0, :2, :2, 0].ravel()[1:])
 
@@ -215,7 +216,7 @@ def test_conv3x3_in_parts_is_the_convolution_of_the_concatenation():
     gen = np.random.default_rng(0)
     skip = jnp.asarray(gen.standard_normal((2, 8, 6, 3)), jnp.float32)
     up = jnp.asarray(gen.standard_normal((2, 8, 6, 5)), jnp.float32)
-    layer = models.Conv3x3(4, (3, 3), padding="SAME", use_bias=False)
+    layer = cpu_layers.Conv3x3(4, (3, 3), padding="SAME", use_bias=False)
     variables = layer.init(jax.random.key(0), jnp.concatenate([skip, up], -1))
     reference = nn.Conv(4, (3, 3), padding="SAME", use_bias=False)
     assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(
@@ -229,7 +230,7 @@ def test_conv3x3_in_parts_is_the_convolution_of_the_concatenation():
     by_hand = np.einsum("abc,abco->o", both[1, 3:6, 0:3], kernel)
     np.testing.assert_allclose(layer.apply(variables, (skip, up))[1, 3, 0], by_hand, rtol=1e-5)
     with pytest.raises(ValueError, match="without bias"):
-        models.Conv3x3(4, (3, 3), padding="SAME").init(jax.random.key(0), (skip, up))
+        cpu_layers.Conv3x3(4, (3, 3), padding="SAME").init(jax.random.key(0), (skip, up))
 
 
 def test_custom_mc_passes_match_xla_s():
@@ -250,3 +251,79 @@ def test_custom_mc_passes_match_xla_s():
         ]
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(logits[0][:, 0], logits[0][:, 1])  # the passes differ
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_conv3x3_taps_is_the_convolution(channels):
+    """The scoring program's first layer: nine shifted products equal the 3x3 'SAME'
+    convolution, against float64 by hand and XLA's convolution, to float32 rounding."""
+    gen = np.random.default_rng(channels)
+    x = gen.standard_normal((2, 6, 5, channels)).astype(np.float32)
+    kernel = gen.standard_normal((3, 3, channels, 4)).astype(np.float32)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    by_hand = np.zeros((2, 6, 5, 4))
+    for i in range(6):
+        for j in range(5):
+            by_hand[:, i, j] = np.einsum("nabc,abco->no", padded[:, i : i + 3, j : j + 3], kernel)
+    taps = cpu_layers.conv3x3_taps(jnp.asarray(x), jnp.asarray(kernel))
+    np.testing.assert_allclose(taps, by_hand, rtol=1e-5, atol=1e-5)
+    layer = cpu_layers.Conv3x3(4, (3, 3), padding="SAME", use_bias=False)
+    variables = layer.init(jax.random.key(0), x)
+    np.testing.assert_allclose(
+        layer.apply(variables, x, taps=True), layer.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="at most 4 channels"):
+        layer.init(jax.random.key(0), np.zeros((1, 4, 4, 5), np.float32), taps=True)
+
+
+def _random_batch_stats(variables, seed):
+    """Running statistics away from their initial 0 and 1 (BatchNorm then matters)."""
+    gen = np.random.default_rng(seed)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, v: (
+            gen.uniform(0.5, 1.5, v.shape)
+            if "var" in jax.tree_util.keystr(path)
+            else 0.3 * gen.standard_normal(v.shape)
+        ).astype(np.float32),
+        variables["batch_stats"],
+    )
+    return {"params": variables["params"], "batch_stats": stats}
+
+
+def _primitive_counts(fn, *args):
+    names = [eqn.primitive.name for eqn in all_eqns(jax.make_jaxpr(fn)(*args).jaxpr)]
+    return names.count("conv_general_dilated"), names.count("concatenate")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_scoring_forward_pass_equals_the_evaluation_pass(channels):
+    """`scoring=True` on the custom path: the skips convolved apart (no concatenation) and the
+    first convolution as taps; logits equal to the evaluation pass's to float32 rounding. On
+    the XLA path, in training and in evaluation the program is unchanged."""
+    custom, xla = UNet(4, 2, conv_impl="custom"), UNet(4, 2, conv_impl="xla")
+    variables = _random_batch_stats(init_variables(custom, jax.random.key(0), 32, 32, channels), 5)
+    shape = (4, 32, 32) if channels == 1 else (4, 32, 32, channels)
+    images = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+
+    def apply(model, **kw):
+        return lambda v: model.apply(v, images, False, **kw)
+
+    scored = jax.jit(apply(custom, scoring=True))(variables)
+    evaluated = jax.jit(apply(custom))(variables)
+    np.testing.assert_allclose(scored, evaluated, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scored, jax.jit(apply(xla))(variables), rtol=1e-5, atol=1e-5)
+    # 10 3x3 convolutions + the 1x1 head; scoring: one fewer (taps), one more per decoder block.
+    assert _primitive_counts(apply(custom), variables) == (11, 2)
+    assert _primitive_counts(apply(custom, scoring=True), variables) == (12, 0)
+    xla_counts = _primitive_counts(apply(xla), variables)  # + the transposed convolutions
+    assert _primitive_counts(apply(xla, scoring=True), variables) == xla_counts
+
+    def train(**kw):
+        key = jax.random.key(1)
+        return lambda v: custom.apply(
+            v, images, True, mutable=["batch_stats"], rngs={"dropout": key}, **kw
+        )
+
+    assert _primitive_counts(train(scoring=True), variables) == _primitive_counts(
+        train(), variables
+    )

@@ -40,25 +40,28 @@ def write_run(root, h):
             f.write(json.dumps(rec) + "\n")
 
 
+def cells(row, keys):
+    return [row[k].text() for k in keys]
+
+
 def test_single_seed_cells_by_hand(tmp_path):
+    """Records without per-case metrics: the explicit fallback on the slice Dice (paper)."""
     a = history("entropy", "selective", 0, PCTS, [0.50, 0.60, 0.72, 0.70, 0.75])
     b = history("random", "all", 0, [5.0, 12.5, 17.5], [0.40, 0.55, 0.65])
     write_run(str(tmp_path), a)
     write_run(str(tmp_path), b)
     runs = report.load_runs(str(tmp_path))
-    rows = {r["strategy"]: r for r in report.summary_rows(runs, baseline=0.7)}
+    baseline = report.Baseline(case_dice=None, dice=0.7)
+    rows = {r["strategy"]: r for r in report.summary_rows(runs, baseline)}
     ent, rnd = rows["entropy selective"], rows["random all"]
+    assert ent["decided_by"] == "slice_dice"
+    slice_keys = [f"slice_dice_at_{p}pct" for p in (10, 15, 20, 25, 30, 35)]
     # entropy: 10% -> round at 10.0 (0.60); 15% -> 0.72; 20% -> 0.70; 25% -> 0.75; 30%, 35% not reached
-    assert [ent[f"{p}%"] for p in (10, 15, 20, 25, 30, 35)] == [
-        "0.6000",
-        "0.7200",
-        "0.7000",
-        "0.7500",
-        "-",
-        "-",
-    ]
-    assert ent["highest"] == "0.7500"
-    assert ent["reaches baseline at"] == "30 (15.0%)"  # first Dice >= 0.7: round 2, 15 % of 200
+    assert cells(ent, slice_keys) == ["0.6000", "0.7200", "0.7000", "0.7500", "-", "-"]
+    assert ent["slice_dice_highest"].text() == "0.7500"
+    assert ent["baseline_reached"].text() == "30 (15.0%)"  # first Dice >= 0.7: round 2, 15 % of 200
+    # no case Dice in these records: every case cell is empty
+    assert cells(ent, ["case_dice_at_10pct", "case_dice_last", "case_dice_highest"]) == ["-"] * 3
     # normalised AUC: trapezoids over [5, 25] divided by 20
     area = (
         5 * (0.50 + 0.60) / 2
@@ -66,33 +69,71 @@ def test_single_seed_cells_by_hand(tmp_path):
         + 5 * (0.72 + 0.70) / 2
         + 5 * (0.70 + 0.75) / 2
     )
-    assert ent["nAUC"] == f"{area / 20:.4f}"
+    assert ent["slice_dice_nauc"].text() == f"{area / 20:.4f}"
     # random: 10% -> round at 5.0 (nearest at or below); 15% -> 12.5 (0.55); 20% not reached
-    assert [rnd[f"{p}%"] for p in (10, 15, 20)] == ["0.4000", "0.5500", "-"]
-    assert rnd["reaches baseline at"] == "/"
-    assert rows["random all"]["seeds"] == "1"
+    assert cells(rnd, slice_keys[:3]) == ["0.4000", "0.5500", "-"]
+    assert rnd["baseline_reached"].text() == "/"
+    assert rnd["seeds"] == 1
+    text = report.summary_markdown(list(rows.values()), baseline, "slice")
+    assert "case Dice: not computed (eval.cases=False): highest and baseline by slice Dice" in text
+
+
+def with_case(h, case_dice, hd95=None):
+    for rec, c in zip(h, case_dice, strict=True):
+        rec["case_dice"] = c
+        rec["case_hd95"] = 10.0 * (1 - c) if hd95 is None else hd95
+    return h
+
+
+def test_case_dice_decides_highest_and_baseline(tmp_path):
+    """The slice Dice peaks at round 1 while the case Dice peaks at round 3: the case Dice
+    decides 'highest' and 'reaches baseline at'."""
+    slice_dice = [0.60, 0.90, 0.70, 0.72, 0.74]
+    case_dice = [0.20, 0.10, 0.35, 0.50, 0.45]
+    h = with_case(history("entropy", "selective", 0, PCTS, slice_dice), case_dice)
+    write_run(str(tmp_path), h)
+    runs = report.load_runs(str(tmp_path))
+    (row,) = report.summary_rows(runs, report.Baseline(case_dice=0.3, dice=0.8))
+    assert row["decided_by"] == "case_dice"
+    assert row["case_dice_highest"].text() == "0.5000"
+    assert row["slice_dice_highest"].text() == "0.9000"
+    # first case Dice >= 0.3: round 2 (15 %), though round 1's slice Dice is above 0.8
+    assert row["baseline_reached"].text() == "30 (15.0%)"
+    assert row["case_dice_last"].text() == "0.4500"
+    assert row["case_hd95_mm_last"].text() == f"{10 * (1 - 0.45):.2f}"
+    table = report.round_table(h)
+    assert table.splitlines()[0] == (
+        "| round | labelled | % labelled | case Dice | HD95 (mm) | slice Dice (paper) | "
+        "slice Dice, global |"
+    )
+    assert "highest case Dice 0.5000 at round 3 (40 labelled slices; HD95 5.00 mm; slice Dice " in (
+        table
+    )
 
 
 def test_several_seeds_give_mean_and_std_and_partial_crossings(tmp_path):
     for seed, dices in ((0, [0.5, 0.6, 0.7, 0.8, 0.8]), (1, [0.5, 0.6, 0.65, 0.68, 0.69])):
         write_run(str(tmp_path), history("bald", "selective", seed, PCTS, dices))
     runs = report.load_runs(str(tmp_path))
-    (row,) = report.summary_rows(runs, baseline=0.7)
-    assert row["seeds"] == "2"
-    assert row["15%"] == f"{np.mean([0.7, 0.65]):.4f} ± {np.std([0.7, 0.65], ddof=1):.4f}"
-    assert row["highest"] == f"{np.mean([0.8, 0.69]):.4f} ± {np.std([0.8, 0.69], ddof=1):.4f}"
-    assert row["reaches baseline at"] == "30 (15.0%) [1 of 2 seeds]"
-    table = report_tables.markdown_table([row], 0.7)
-    assert "| bald selective | 2 |" in table and "0.7000" in table
+    (row,) = report.summary_rows(runs, report.Baseline(case_dice=None, dice=0.7))
+    assert row["seeds"] == 2
+    want = f"{np.mean([0.7, 0.65]):.4f} ± {np.std([0.7, 0.65], ddof=1):.4f}"
+    assert row["slice_dice_at_15pct"].text() == want
+    want = f"{np.mean([0.8, 0.69]):.4f} ± {np.std([0.8, 0.69], ddof=1):.4f}"
+    assert row["slice_dice_highest"].text() == want
+    assert row["baseline_reached"].text() == "30 (15.0%) [1 of 2 seeds]"
+    table = report.summary_markdown([row], report.Baseline(case_dice=None, dice=0.7), "slice")
+    slice_cells = f"| bald selective | 2 | 0.6000 ± 0.0000 | {row['slice_dice_at_15pct'].text()} |"
+    assert slice_cells in table and "Supervised baseline: " in table
     csv_text = report_tables.csv_table([row])
-    assert csv_text.splitlines()[0].startswith("strategy,seeds,10%")
+    assert csv_text.splitlines()[0].startswith("strategy,seeds,decided_by,case_dice_at_10pct_mean")
 
 
 def test_no_baseline_gives_slash_and_duplicate_runs_are_refused(tmp_path):
     h = history("entropy", "all", 0, PCTS, [0.1, 0.2, 0.3, 0.4, 0.5])
     write_run(str(tmp_path), h)
     (row,) = report.summary_rows(report.load_runs(str(tmp_path)), baseline=None)
-    assert row["reaches baseline at"] == "/"
+    assert row["baseline_reached"].text() == "/"
     other = tmp_path / "copy"
     write_run(str(other), h)
     with pytest.raises(ValueError, match="second run"):
@@ -112,6 +153,7 @@ def tiny_sweep(tmp_path_factory, cohort_root):
     from tests.helpers import smoke_config
 
     config = smoke_config(**{"data.root": cohort_root, "al.rounds": 1, "train.max_epochs": 1})
+    config.sweep.supervised_max_epochs = 3  # the paper's cap of 100 is long for a test
     config.sweep.runs = "random:all,entropy:selective"
     config.sweep.seeds = "0"
     workdir = str(tmp_path_factory.mktemp("sweep"))
@@ -190,6 +232,9 @@ def test_a_sweep_continues_with_its_workdir_alone_and_refuses_a_changed_config(t
 
 
 def test_per_class_table_cells_by_hand(tmp_path):
+    import csv
+
+    case = {0: ([0.1, 0.3, 0.2], [0.5, 0.4, 0.6]), 1: ([0.2, 0.1, 0.4], [0.3, 0.7, 0.5])}
     for seed, (core, halo) in enumerate(
         [([0.2, 0.5, 0.4], [0.6, 0.7, 0.9]), ([0.3, 0.7, 0.6], [0.5, 0.8, 0.7])]
     ):
@@ -199,19 +244,48 @@ def test_per_class_table_cells_by_hand(tmp_path):
             rec["dice_global_per_class"] = {"halo": halo[i] / 2, "core": core[i] / 4}
             rec["dice"] = (halo[i] + core[i]) / 2
             rec["dice_global"] = (halo[i] / 2 + core[i] / 4) / 2
+            case_core, case_halo = case[seed][0][i], case[seed][1][i]
+            rec["case_dice_per_class"] = {"halo": case_halo, "core": case_core}
+            rec["case_dice"] = (case_halo + case_core) / 2
+            rec["case_hd95"] = 3.0
         write_run(tmp_path, h)
     paths = report.write_report(str(tmp_path))
     with open(paths["per_class.csv"]) as f:
-        lines = f.read().splitlines()
-    assert lines[0] == "strategy,class,seeds,highest,last round,last round (global)"
-    # halo: highest 0.9 and 0.8 -> 0.85 ± 0.0707; last 0.9, 0.7 -> 0.80 ± 0.1414; global half
-    assert lines[1] == "entropy selective,halo,2,0.8500 ± 0.0707,0.8000 ± 0.1414,0.4000 ± 0.0707"
-    # core: highest 0.5, 0.7 -> 0.60 ± 0.1414; last 0.4, 0.6 -> 0.50 ± 0.1414; global quarter
-    assert lines[2] == "entropy selective,core,2,0.6000 ± 0.1414,0.5000 ± 0.1414,0.1250 ± 0.0354"
+        rows = {r["class"]: r for r in csv.DictReader(f)}
+
+    def check(row, key, values):
+        np.testing.assert_allclose(float(row[f"{key}_mean"]), np.mean(values), rtol=1e-12)
+        np.testing.assert_allclose(float(row[f"{key}_sd"]), np.std(values, ddof=1), rtol=1e-12)
+        assert float(row[f"{key}_n"]) == len(values)
+
+    halo, core = rows["halo"], rows["core"]
+    check(halo, "case_dice_last", [0.6, 0.5])  # each seed's last round
+    check(halo, "case_dice_highest", [0.6, 0.7])  # each seed's highest round
+    check(core, "case_dice_last", [0.2, 0.4])
+    check(core, "case_dice_highest", [0.3, 0.4])
+    check(halo, "slice_dice_highest", [0.9, 0.8])
+    check(halo, "slice_dice_last", [0.9, 0.7])
+    check(halo, "slice_dice_global_last", [0.45, 0.35])
+    check(core, "slice_dice_highest", [0.5, 0.7])
+    check(core, "slice_dice_global_last", [0.1, 0.15])
+    with open(paths["per_class.md"]) as f:
+        md = f.read().splitlines()
+    assert md[0].startswith(
+        "| strategy | class | seeds | case Dice, last round | case Dice, highest"
+    )
+    assert md[2].startswith(
+        f"| entropy selective | halo | 2 | {0.55:.4f} ± {np.std([0.6, 0.5], ddof=1):.4f} |"
+    )
     table = report.round_table(h)
-    assert table.splitlines()[0].endswith("| halo | core |")
-    # last round of seed 1: mean (0.7 + 0.6) / 2, global (0.35 + 0.15) / 2, halo, core
-    assert table.splitlines()[-3] == "| 2 | 30 | 15.0 | 0.6500 | 0.2500 | 0.7000 | 0.6000 |"
+    assert table.splitlines()[0] == (
+        "| round | labelled | % labelled | case Dice | HD95 (mm) | case Dice halo | case Dice core "
+        "| slice Dice (paper) | slice Dice, global | slice Dice halo | slice Dice core |"
+    )
+    # last round of seed 1: case mean (0.5 + 0.4) / 2, HD95, halo, core, slice mean
+    # (0.7 + 0.6) / 2, global (0.35 + 0.15) / 2, halo, core
+    assert table.splitlines()[4] == (
+        "| 2 | 30 | 15.0 | 0.4500 | 3.00 | 0.5000 | 0.4000 | 0.6500 | 0.2500 | 0.7000 | 0.6000 |"
+    )
 
 
 def test_binary_runs_have_no_per_class_table(tmp_path):
@@ -253,23 +327,27 @@ def test_target_pixels_at_the_baseline_and_case_columns_by_hand(tmp_path):
     old = history("random", "all", 0, PCTS, [0.5, 0.71, 0.7, 0.7, 0.7])  # no new fields
     for h in (a0, a1, a2, old):
         write_run(str(tmp_path), h)
-    rows = {r["strategy"]: r for r in report.summary_rows(report.load_runs(str(tmp_path)), 0.7)}
+    runs = report.load_runs(str(tmp_path))
+    baseline = report.Baseline(case_dice=None, dice=0.7)
+    rows = {r["strategy"]: r for r in report.summary_rows(runs, baseline)}
     ent, rnd = rows["entropy selective"], rows["random all"]
+    # only the last rounds have a case Dice: decided by the slice Dice, said so
+    assert ent["decided_by"] == "slice_dice"
     # seed 0 first reaches 0.7 at round 2 (310 pixels), seed 1 at round 3 (420), seed 2 never
-    assert ent["baseline at target pixels"] == (
+    assert ent["baseline_reached_target_pixels"].text() == (
         f"{np.mean([310, 420]):.0f} ± {np.std([310, 420], ddof=1):.0f} [2 of 3 seeds]"
     )
-    assert rnd["reaches baseline at"] == "20 (10.0%)"
-    assert rnd["baseline at target pixels"] == "-"  # old records: no pixel counts
-    assert ent["case Dice"] == f"{0.7:.4f} ± {np.std([0.8, 0.7, 0.6], ddof=1):.4f}"
-    assert ent["case HD95"] == f"{6.0:.4f} ± {2.0:.4f}"
-    assert rnd["case Dice"] == rnd["case HD95"] == "-"
+    assert rnd["baseline_reached"].text() == "20 (10.0%)"
+    assert rnd["baseline_reached_target_pixels"].text() == "-"  # old records: no pixel counts
+    assert ent["case_dice_last"].text() == f"{0.7:.4f} ± {np.std([0.8, 0.7, 0.6], ddof=1):.4f}"
+    assert ent["case_hd95_mm_last"].text() == f"{6.0:.2f} ± {2.0:.2f}"
+    assert rnd["case_dice_last"].text() == rnd["case_hd95_mm_last"].text() == "-"
     columns = list(ent)
-    assert columns.index("baseline at target pixels") == columns.index("reaches baseline at") + 1
-    assert (
-        report.summary_rows(report.load_runs(str(tmp_path)), None)[0]["baseline at target pixels"]
-        == "/"
-    )
+    assert columns.index("baseline_reached_target_pixels") == columns.index("baseline_reached") + 1
+    (row, _) = report.summary_rows(runs, None)
+    assert row["baseline_reached_target_pixels"].text() == "/"
+    text = report.summary_markdown(list(rows.values()), baseline, "slice")
+    assert "Not every round of every run has a case Dice (eval.cases was off in some)" in text
     # per-class case values (a dict) average over the classes
     assert report.case_value({"case_dice": {"a": 0.2, "b": 0.6}}, "case_dice") == 0.4
     assert report.case_value({"case_hd95": None}, "case_hd95") is None
@@ -311,64 +389,121 @@ def test_stats_bootstrap_wilcoxon_and_the_minimum_attainable_p():
     assert stats.paired_comparison({0: 0.5}, {1: 0.5})["mean"] is None
 
 
+def write_comparison_runs(root, n_seeds):
+    """Two strategies over `n_seeds` seeds, 3 rounds each with slice and case Dice; returns
+    {name: [per seed: (slice Dice [3], case Dice [3], HD95 [3])]}."""
+    rng = np.random.default_rng(7)
+    numbers = {}
+    for name, shift in (("random all", 0.0), ("entropy selective", 0.03)):
+        strategy, mode = name.split()
+        numbers[name] = []
+        for seed in range(n_seeds):
+            slice_dice = np.round([0.5, 0.6 + shift, 0.62 + shift] + rng.normal(0, 0.02, 3), 4)
+            case_dice = np.round([0.2, 0.3 + shift, 0.4 + shift] + rng.normal(0, 0.03, 3), 4)
+            hd95 = np.round(rng.uniform(3, 20, 3), 2)
+            h = history(strategy, mode, seed, [5.0, 10.0, 15.0], slice_dice.tolist())
+            with_case(h, case_dice.tolist())
+            for rec, v in zip(h, hd95, strict=True):
+                rec["case_hd95"] = float(v)
+            write_run(str(root), h)
+            numbers[name].append((slice_dice, case_dice, hd95))
+    return numbers
+
+
+def nauc(d):
+    return (5 * (d[0] + d[1]) / 2 + 5 * (d[1] + d[2]) / 2) / 10
+
+
+def read_csv(path):
+    import csv
+
+    with open(path) as f:
+        return {r["strategy"]: r for r in csv.DictReader(f)}
+
+
 def test_comparison_table_against_the_reference_by_hand(tmp_path):
+    """Five seeds: every cell's mean, sd, n and 95 % bootstrap interval (reimplemented in
+    NumPy), the paired differences and the Wilcoxon p (SciPy), as numbers in comparison.csv."""
     from scipy import stats as sp
 
-    dices = {
-        "random all": [[0.5, 0.6, 0.62], [0.5, 0.58, 0.66], [0.52, 0.6, 0.61]],
-        "entropy selective": [[0.5, 0.64, 0.7], [0.5, 0.62, 0.69], [0.52, 0.6, 0.72]],
-    }
-    pcts = [5.0, 10.0, 15.0]
-    for name, per_seed in dices.items():
-        strategy, mode = name.split()
-        for seed, d in enumerate(per_seed):
-            h = history(strategy, mode, seed, pcts, d)
-            if strategy == "entropy":
-                h[-1]["case_dice"], h[-1]["case_hd95"] = 0.6 + 0.1 * seed, 5.0 - seed
-            write_run(str(tmp_path), h)
+    numbers = write_comparison_runs(tmp_path, 5)
     paths = report.write_report(str(tmp_path))
-    with open(paths["comparison.csv"]) as f:
-        import csv
-
-        rows = {r["strategy"]: r for r in csv.DictReader(f)}
+    rows = read_csv(paths["comparison.csv"])
     ent, rnd = rows["entropy selective"], rows["random all"]
 
-    def nauc(d):
-        return (5 * (d[0] + d[1]) / 2 + 5 * (d[1] + d[2]) / 2) / 10
+    def check(row, key, values):
+        values = np.asarray(values, np.float64)
+        np.testing.assert_allclose(float(row[f"{key}_mean"]), values.mean(), rtol=1e-12)
+        np.testing.assert_allclose(float(row[f"{key}_sd"]), values.std(ddof=1), rtol=1e-12)
+        assert int(row[f"{key}_n"]) == len(values)
+        np.testing.assert_allclose(
+            [float(row[f"{key}_ci_low"]), float(row[f"{key}_ci_high"])],
+            np_bootstrap(values),
+            rtol=1e-12,
+        )
 
-    def cell(values):
-        lo, hi = np_bootstrap(values)
-        return f"{np.mean(values):.4f} [{lo:.4f}, {hi:.4f}]"
-
-    highest = [max(d) for d in dices["entropy selective"]]
-    assert ent["highest [95% CI]"] == cell(highest)
-    assert ent["nAUC [95% CI]"] == cell([nauc(d) for d in dices["entropy selective"]])
-    assert ent["case Dice [95% CI]"] == cell([0.6, 0.7, 0.8])
-    assert ent["case HD95 [95% CI]"] == cell([5.0, 4.0, 3.0])
-    assert rnd["case Dice [95% CI]"] == "-" and rnd["paired seeds"] == "reference"
-    d = np.array(
-        [
-            nauc(e) - nauc(r)
-            for e, r in zip(dices["entropy selective"], dices["random all"], strict=True)
-        ]
+    mine = numbers["entropy selective"]
+    check(ent, "case_dice_last", [c[-1] for _, c, _ in mine])
+    check(ent, "case_dice_highest", [c.max() for _, c, _ in mine])
+    check(ent, "case_dice_aubc", [nauc(c) for _, c, _ in mine])  # % labelled: 5, 10, 15
+    check(ent, "case_hd95_mm_last", [h[-1] for _, _, h in mine])
+    check(ent, "slice_dice_highest", [s.max() for s, _, _ in mine])
+    check(ent, "slice_dice_nauc", [nauc(s) for s, _, _ in mine])
+    theirs = numbers["random all"]
+    d_case = np.array([m[1][-1] - t[1][-1] for m, t in zip(mine, theirs, strict=True)])
+    d_nauc = np.array([nauc(m[0]) - nauc(t[0]) for m, t in zip(mine, theirs, strict=True)])
+    check(ent, "delta_case_dice_last", d_case)
+    check(ent, "delta_slice_dice_nauc", d_nauc)
+    np.testing.assert_allclose(
+        float(ent["delta_case_dice_last_wilcoxon_p"]), sp.wilcoxon(d_case).pvalue, rtol=1e-12
     )
-    lo, hi = np_bootstrap(d)
-    assert ent["paired seeds"] == "3"
-    assert ent["ΔnAUC"] == f"{d.mean():+.4f}"
-    assert ent["ΔnAUC [95% CI]"] == f"[{lo:+.4f}, {hi:+.4f}]"
-    assert ent["Wilcoxon p"] == f"{sp.wilcoxon(d).pvalue:.4g}" == "0.25"
-    assert "2/2^3 = 0.25" in ent["note"] and "at least 6 paired seeds" in ent["note"]
+    np.testing.assert_allclose(
+        float(ent["delta_slice_dice_nauc_wilcoxon_p"]), sp.wilcoxon(d_nauc).pvalue, rtol=1e-12
+    )
+    assert int(ent["paired_seeds"]) == 5 and ent["reference"] == "random all"
+    assert np.isnan(float(rnd["paired_seeds"])) and np.isnan(
+        float(rnd["delta_case_dice_last_mean"])
+    )
+    assert "at least 6 paired seeds" in ent["note"]  # 5 seeds: p >= 2/2^5
     with open(paths["comparison.md"]) as f:
         text = f.read()
+    lo, hi = np_bootstrap([c[-1] for _, c, _ in mine])
+    mean = np.mean([c[-1] for _, c, _ in mine])
+    assert f"| entropy selective | 5 | {mean:.4f} [{lo:.4f}, {hi:.4f}] |" in text
     assert "10,000 resamples" in text and "against 'random all'" in text
-    assert "* entropy selective: 3 non-zero paired differences" in text
+    assert "No interval from fewer than" not in text
     # another reference, named on the command line; an absent one is refused
     report.write_report(str(tmp_path), reference="entropy:selective")
-    with open(paths["comparison.csv"]) as f:
-        rows = {r["strategy"]: r for r in csv.DictReader(f)}
-    assert rows["random all"]["ΔnAUC"] == f"{-d.mean():+.4f}"
+    rows = read_csv(paths["comparison.csv"])
+    np.testing.assert_allclose(
+        float(rows["random all"]["delta_slice_dice_nauc_mean"]), -d_nauc.mean(), rtol=1e-12
+    )
     with pytest.raises(ValueError, match="no run 'bald selective'"):
         report.write_report(str(tmp_path), reference="bald")
+
+
+def test_fewer_than_five_seeds_give_their_values_not_an_interval(tmp_path):
+    """Two seeds: no bootstrap interval (the seeds' values instead, and NaN in the CSV)."""
+    numbers = write_comparison_runs(tmp_path, 2)
+    paths = report.write_report(str(tmp_path))
+    rows = read_csv(paths["comparison.csv"])
+    ent = rows["entropy selective"]
+    for key in ("case_dice_last", "slice_dice_nauc", "delta_case_dice_last"):
+        assert np.isnan(float(ent[f"{key}_ci_low"])) and np.isnan(float(ent[f"{key}_ci_high"]))
+        assert int(ent[f"{key}_n"]) == 2
+    last = [c[-1] for _, c, _ in numbers["entropy selective"]]
+    with open(paths["comparison.md"]) as f:
+        text = f.read()
+    values = ", ".join(f"{v:.4f}" for v in last)
+    assert f"| entropy selective | 2 | {np.mean(last):.4f} (seeds {values}) |" in text
+    assert "No interval from fewer than 5 seeds" in text
+    pairs = zip(numbers["entropy selective"], numbers["random all"], strict=True)
+    d = [e[1][-1] - r[1][-1] for e, r in pairs]  # entropy - random, per seed
+    assert f"{np.mean(d):+.4f} (seeds {d[0]:+.4f}, {d[1]:+.4f})" in text
+    from selal_jax.core import stats
+
+    assert stats.bootstrap_interval([0.1, 0.2, 0.3, 0.4]) is None
+    assert stats.bootstrap_interval([0.1, 0.2, 0.3, 0.4, 0.5]) is not None
 
 
 def test_no_reference_run_says_so_and_single_seed_has_no_interval(tmp_path):
@@ -377,7 +512,7 @@ def test_no_reference_run_says_so_and_single_seed_has_no_interval(tmp_path):
     with open(paths["comparison.md"]) as f:
         text = f.read()
     assert "No paired comparison: no 'random all' run" in text
-    assert "| entropy all | 1 | 0.8000 [-] |" in text
+    assert "| entropy all | 1 | - | - | - | - | 0.8000 (1 seed) |" in text
     assert "learning_curves_pixels.png" not in paths  # no record has pixel counts
 
 
@@ -395,7 +530,8 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
         h[0]["queried"] = [i, i + 4]
         runs[name] = {0: h}
     runs["entropy selective"][1] = runs["entropy selective"][0]  # another seed only
-    path = report_plots.plot_learning_curves_pixels(runs, 0.7, str(tmp_path / "pixels.png"))
+    baseline = report.Baseline(case_dice=None, dice=0.7)
+    path = report_plots.plot_learning_curves_pixels(runs, baseline, str(tmp_path / "pixels.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     coords = np.random.default_rng(0).normal(size=(12, 2))

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selal_jax.core import scoring
-from selal_jax.core.models import UNet, init_variables
+from selal_jax.core import scoring, selection
+from selal_jax.core.models import UNet, init_variables, resolve_conv_impl
+from tests.helpers import all_eqns
 
 
 def np_sigmoid(z):
@@ -222,3 +223,47 @@ def test_single_pass_pool_scores_match_numpy_from_the_forward_pass(tiny_model):
         stats.boundary_sum, (u * (np.abs(p - 0.5) < 0.1)).sum((1, 2)), rtol=1e-4
     )
     np.testing.assert_allclose(stats.all_sum, u.sum((1, 2)), rtol=1e-4)
+
+
+def test_single_pass_scoring_runs_the_scoring_layers_and_keeps_the_query(tiny_model):
+    """The single-pass program runs the scoring forward pass (`UNet(..., scoring=True)`: skips
+    convolved apart, no concatenation on the CPU path); its per-slice sums equal those of the
+    evaluation forward pass to float32 rounding, and where the scores are farther apart than
+    that, the query is the same."""
+    model, variables, images = tiny_model
+    images = images * np.linspace(0.2, 3.0, len(images), dtype=np.float32)[:, None, None]
+    jaxpr = jax.make_jaxpr(
+        lambda v, x: scoring.score_batch.__wrapped__(
+            v,
+            x,
+            jnp.arange(4),
+            jax.random.key(0),
+            0.1,
+            0.1,
+            model=model,
+            strategy="entropy",
+            convention="paper",
+        )
+    )(variables, images[:4])
+    concatenates = [e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == "concatenate"]
+    custom = resolve_conv_impl(model.conv_impl) == "custom"
+    assert len(concatenates) == (0 if custom else model.depth)
+    ids = np.arange(len(images))
+    stats = _pool_stats(model, variables, images, ids, batch_size=4, strategy="entropy")
+    logits = jax.jit(model.apply)(variables, images)  # evaluation: the concatenation
+    reference = jax.device_get(
+        jax.vmap(
+            lambda z: scoring.stats_from_terms(
+                scoring.terms_from_logits(z[None]), "entropy", "paper", 0.1, 0.1
+            )
+        )(logits)
+    )
+    for got, expected in zip(stats, reference, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    for field in ("all_sum", "target_sum", "boundary_sum"):
+        got, expected = np.asarray(getattr(stats, field)), getattr(reference, field)
+        gaps = np.diff(np.sort(expected))
+        assert np.min(gaps) > 100 * np.max(np.abs(got - expected)), field  # well apart
+    for mode in ("all", "target", "boundary", "selective"):
+        queries = [selection.select(s, ids, 4, mode=mode).ids for s in (stats, reference)]
+        np.testing.assert_array_equal(*queries)

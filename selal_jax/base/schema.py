@@ -169,6 +169,10 @@ def defaults() -> config_dict.ConfigDict:
     sweep.runs = "random:all,random_predicted:all,entropy:all,entropy:selective"
     sweep.seeds = "0,1,2"  # comma-separated seeds; each seed shares initial set + round-0 model
     sweep.supervised = True  # also train the supervised baseline (whole training split)
+    # The baseline's own budget (the paper's early stopping), not the sweep's train.patience and
+    # train.max_epochs: a baseline stopped at a short sweep's cap flatters every strategy.
+    sweep.supervised_patience = 5  # epochs without validation-loss improvement before stopping
+    sweep.supervised_max_epochs = 100  # epoch cap of the baseline's training
 
     config.checkpoint = ckpt = config_dict.ConfigDict()
     ckpt.keep = 2  # model checkpoints kept (the per-round records are all kept)
@@ -202,6 +206,10 @@ ADDED_KEYS = {
     "al.sampling_beta": 1.0,
     "al.max_per_case": 0,
     "al.min_slice_gap": 0,
+    # Sweeps stored before: their baseline trained with train.patience and train.max_epochs; it
+    # is retrained with these (`verbs.sweep.train_supervised` checks its stored config).
+    "sweep.supervised_patience": 5,
+    "sweep.supervised_max_epochs": 100,
 }
 # Config fields whose value acts on the command that gives it, not on the run: a run continued
 # from its stored config (`run.workdir.stored_config`) has these values unless given again.
@@ -216,6 +224,8 @@ RESUME_NEUTRAL_KEYS = (
     "sweep.runs",
     "sweep.seeds",
     "sweep.supervised",
+    "sweep.supervised_patience",  # the baseline checks its own config (`train_supervised`)
+    "sweep.supervised_max_epochs",
     "resume",
     "allow_config_change",
     "al.rounds",

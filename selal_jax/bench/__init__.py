@@ -26,9 +26,9 @@ What each section times:
 * train: the jitted `train.train_step` (forward, backward, Adam; state donated), fed host batches
   as `run.fit.fit` does. bfloat16 is mixed precision: float32 parameters, optimizer state and loss.
 * mc_reuse: BALD with and without computing the encoder once per batch for all passes.
-* peer (only with --sections=peer; needs torch): the same U-Net in PyTorch eager (and
-  torch.compile on CUDA) beside scoring (entropy), BALD and training, alternated in pairs;
-  per-pair median ratios. Without torch its result is {"skipped": "torch not importable"}.
+* peer (only with --sections=peer; needs torch): the same U-Net in PyTorch eager and
+  torch.compile (inductor, channels-last) beside scoring (entropy), BALD and training,
+  alternated in pairs; per-pair median ratios. Without torch its result is {"skipped": "torch not importable"}.
 
 Multi-class and multi-channel (`--num_classes=C`, `--channels=K`): the U-Net gets C + 1 softmax
 logits for C >= 2 (one sigmoid logit for C = 1) and K input channels; the synthetic labels are

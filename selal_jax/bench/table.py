@@ -182,6 +182,8 @@ def format_table(result: dict) -> str:
                 ],
             ),
         ]
+        if "torch_compile_skipped" in p:
+            parts.append(f"torch_compile: skipped ({p['torch_compile_skipped']})")
     parts.append(
         f"\npeak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB, total {result['total_s']:.0f} s"
     )

@@ -15,16 +15,18 @@ the decoder (see `UNet.encode` / `UNet.decode`).
 The CPU path (`UNet.conv_impl` "custom"; "auto", the default, picks it on the CPU backend and
 plain Flax/XLA everywhere else). Measured on two cores, published U-Net, batch 16 at 64x64:
 - the 2x2 stride-2 transposed convolutions are matmuls over the 2x2 output blocks, forward
-  (`_upconv_matmul`: 15 vs 30 ms for the four) and backward (`upconv_2x2`: forward + backward
-  105 vs 1,053 ms as XLA derives them); the 2x2 max-poolings keep XLA's forward and get an
-  element-wise backward pass (`max_pool_2x2`, 24 vs 80 ms);
+  and backward, and the 2x2 max-poolings get an element-wise backward pass
+  (`selal_jax.cpu_layers`, which holds the CPU path's layers and their measurements);
 - BatchNorm's training statistics have a hand-written backward pass (`selal_jax.batch_norm`;
   train step 0.93 -> 0.85 s);
 - dropout draws Flax's masks bit for bit from an unrolled threefry that XLA fuses
   (`selal_jax.dropout`; JAX's CPU lowering of the hash is a rolled loop);
 - Monte-Carlo passes convolve each decoder block's skip apart from the upsampled input
-  (`Conv3x3`), so the skip's half of the block's first convolution, the same in every pass,
-  runs once per slice.
+  (`cpu_layers.Conv3x3`), so the skip's half of the block's first convolution, the same in
+  every pass, runs once per slice;
+- the single-pass scoring program (`UNet.__call__(..., scoring=True)`) convolves the skips
+  apart too (no concatenation) and computes the first convolution as nine shifted products
+  (`cpu_layers.conv3x3_taps`).
 BALD with 10 passes over 16 slices went from 2.48 s to 1.41 s (compile 9.9 -> 7.8 s) in one
 process. Parameters (names, shapes, initial values) and dropout masks are the same either way;
 outputs, gradients and MC logits equal to float32 rounding (inference logits of the published
@@ -43,13 +45,19 @@ import jax.numpy as jnp
 
 from selal_jax.base.errors import ConfigError
 from selal_jax.core import batch_norm
+from selal_jax.core.cpu_layers import (
+    MAX_TAPS_CHANNELS,
+    Conv3x3,
+    UpConv,
+    max_pool_2x2,
+    xla_max_pool_2x2,
+)
 from selal_jax.core.dropout import Dropout
 
 Array = jax.Array
 # Computation dtypes by config name (model.dtype); parameters always stay float32.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONV_IMPLS = ("auto", "xla", "custom")
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -63,154 +71,6 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return conv_impl
 
 
-def _conv_transpose_2x2(x: Array, kernel: Array) -> Array:
-    """What Flax's nn.ConvTranspose(kernel (2, 2), strides (2, 2), padding 'SAME') computes."""
-    return jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC)
-
-
-def _upconv_matmul(x: Array, kernel: Array) -> Array:
-    """`_conv_transpose_2x2` as one matmul to each input pixel's four output pixels and an
-    interleave. XLA:CPU runs the transposed convolution as an input-dilated convolution, twice
-    as slow (the four of the U-Net, batch 16: 30 vs 15 ms; batch 160, the Monte-Carlo passes':
-    413 vs 226 ms). Equal to float32 rounding: bit-identical on those benchmarks' random inputs,
-    within 5e-7 in the published U-Net's inference logits."""
-    n, h, w, ci = x.shape
-    co = kernel.shape[-1]
-    flipped = kernel[::-1, ::-1]  # flipped[a, b] multiplies x[i, j] into y[2i + a, 2j + b]
-    blocks = x.reshape(-1, ci) @ jnp.transpose(flipped, (2, 0, 1, 3)).reshape(ci, 4 * co)
-    blocks = blocks.reshape(n, h, w, 2, 2, co)
-    return jnp.transpose(blocks, (0, 1, 3, 2, 4, 5)).reshape(n, 2 * h, 2 * w, co)
-
-
-@jax.custom_vjp
-def upconv_2x2(x: Array, kernel: Array) -> Array:
-    """2x2 stride-2 transposed convolution without bias: x [n, h, w, ci], kernel [2, 2, ci, co]
-    -> [n, 2h, 2w, co], with y[2i + a, 2j + b] = x[i, j] @ kernel[1 - a, 1 - b].
-
-    Forward and backward passes are matmuls over the 2x2 output blocks (`_upconv_matmul`),
-    which XLA:CPU runs 2x (forward) and about ten times (backward) faster than the
-    convolutions it derives from nn.ConvTranspose.
-    """
-    return _upconv_matmul(x, kernel)
-
-
-def _upconv_fwd(x, kernel):
-    return _upconv_matmul(x, kernel), (x, kernel)
-
-
-def _upconv_bwd(residuals, g):
-    x, kernel = residuals
-    n, h, w, _ = x.shape
-    blocks = g.reshape(n, h, 2, w, 2, g.shape[-1])  # [n, i, a, j, b, co]
-    flipped = kernel[::-1, ::-1]  # flipped[a, b] multiplies x[i, j] into y[2i + a, 2j + b]
-    dx = jnp.einsum("niajbo,abco->nijc", blocks, flipped)
-    dkernel = jnp.einsum("nijc,niajbo->abco", x, blocks)[::-1, ::-1]
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-upconv_2x2.defvjp(_upconv_fwd, _upconv_bwd)
-
-
-def _max_pool_2x2(x: Array) -> Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
-
-
-@jax.custom_vjp
-def max_pool_2x2(x: Array) -> Array:
-    """2x2 stride-2 max-pooling, x [n, h, w, c] -> [n, h/2, w/2, c] (XLA's reduce_window).
-
-    Backward: the gradient goes to the first maximum of each window in row-major order, as
-    XLA's select-and-scatter gives it, but as element-wise operations on the 2x2 blocks
-    (select-and-scatter is slow on XLA:CPU).
-    """
-    return _max_pool_2x2(x)
-
-
-def _max_pool_fwd(x):
-    y = _max_pool_2x2(x)
-    return y, (x, y)
-
-
-def _max_pool_bwd(residuals, g):
-    x, y = residuals
-    n, h, w, c = x.shape
-    blocks = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for a in range(2):
-        row = []
-        for b in range(2):
-            first = (blocks[:, :, a, :, b, :] == y) & ~taken
-            taken = taken | first
-            row.append(jnp.where(first, g, jnp.zeros_like(g)))
-        rows.append(jnp.stack(row, axis=3))  # [n, i, j, b, c]
-    dx = jnp.stack(rows, axis=2)  # [n, i, a, j, b, c]
-    return (dx.reshape(x.shape),)
-
-
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-class UpConv(nn.ConvTranspose):
-    """nn.ConvTranspose (2x2, stride 2, with bias; its parameters and initialisers) whose
-    'custom' implementation differentiates through `upconv_2x2`."""
-
-    conv_impl: str = "xla"
-
-    @nn.compact
-    def __call__(self, inputs: Array) -> Array:
-        if self.conv_impl == "xla":
-            return super().__call__(inputs)
-        if tuple(self.kernel_size) != (2, 2) or tuple(self.strides) != (2, 2):
-            raise ValueError(f"UpConv: the custom path is 2x2 stride 2, got {self.kernel_size}")
-        kernel = self.param(
-            "kernel",
-            self.kernel_init,
-            (2, 2, inputs.shape[-1], self.features),
-            self.param_dtype,
-        )
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        return upconv_2x2(inputs, kernel) + bias
-
-
-class Conv3x3(nn.Conv):
-    """nn.Conv (its parameters and initialiser) that also takes its input in parts: a tuple of
-    arrays whose channels, concatenated in order, are the input. Each part is then convolved
-    with its slice of the kernel and the results summed, which equals the convolution of the
-    concatenation to float32 rounding. Under vmap a part that is not batched stays unbatched, so
-    in Monte-Carlo passes the decoder's skip connection (the same in every pass) is convolved
-    once per slice instead of once per pass (`UNet.decode`)."""
-
-    @nn.compact
-    def __call__(self, inputs) -> Array:
-        if not isinstance(inputs, tuple):
-            return super().__call__(inputs)
-        if self.use_bias or self.strides not in (1, (1, 1)) or self.padding != "SAME":
-            raise ValueError("Conv3x3: parts are only taken without bias, stride 1, 'SAME'")
-        channels = [part.shape[-1] for part in inputs]
-        kernel = self.param(
-            "kernel",
-            self.kernel_init,
-            (*self.kernel_size, sum(channels), self.features),
-            self.param_dtype,
-        )
-        *parts, kernel = nn.dtypes.promote_dtype(*inputs, kernel, dtype=self.dtype)
-        starts = [sum(channels[:i]) for i in range(len(channels))]
-        convolved = [
-            jax.lax.conv_general_dilated(
-                part,
-                kernel[:, :, start : start + c],
-                (1, 1),
-                "SAME",
-                dimension_numbers=_NHWC,
-                precision=self.precision,
-            )
-            for part, start, c in zip(parts, starts, channels, strict=True)
-        ]
-        return functools.reduce(jnp.add, convolved)
-
-
 class ConvBlock(nn.Module):
     """Two (3x3 conv without bias -> BatchNorm -> ReLU) layers. The input is an array, or a
     tuple of arrays to be read as their channel concatenation (see Conv3x3). The custom
@@ -221,7 +81,8 @@ class ConvBlock(nn.Module):
     conv_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, x, train: bool) -> Array:
+    def __call__(self, x, train: bool, taps: bool = False) -> Array:
+        """`taps`: the first convolution as `conv3x3_taps` (see Conv3x3)."""
         for i in range(2):
             x = Conv3x3(
                 self.features,
@@ -230,7 +91,7 @@ class ConvBlock(nn.Module):
                 use_bias=False,
                 dtype=self.dtype,
                 name=f"Conv_{i}",  # nn.Conv's automatic names: checkpoints keep their paths
-            )(x)
+            )(x, taps=taps and i == 0)
             # PyTorch's BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
             norm = nn.BatchNorm if self.conv_impl == "xla" else batch_norm.BatchNorm
             x = norm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
@@ -270,7 +131,7 @@ class UNet(nn.Module):
     def setup(self):
         impl = resolve_conv_impl(self.conv_impl)
         self._impl = impl
-        self._pool = _max_pool_2x2 if impl == "xla" else max_pool_2x2
+        self._pool = xla_max_pool_2x2 if impl == "xla" else max_pool_2x2
         widths = [self.base_width * 2**i for i in range(self.depth)]
         self.down = [ConvBlock(w, self.dtype, impl, name=f"down_{i}") for i, w in enumerate(widths)]
         self.bottleneck = ConvBlock(
@@ -293,40 +154,52 @@ class UNet(nn.Module):
         )
         self.dropout = (nn.Dropout if impl == "xla" else Dropout)(self.dropout_rate)
 
-    def encode(self, images: Array, train: bool = False) -> tuple[Array, tuple[Array, ...]]:
+    def encode(
+        self, images: Array, train: bool = False, *, scoring: bool = False
+    ) -> tuple[Array, tuple[Array, ...]]:
         """Deterministic encoder.
 
         Args:
           images: [batch, height, width] (one channel) or [batch, height, width, channels];
             height and width must be divisible by 2**depth.
           train: BatchNorm uses batch statistics (and updates running ones) when True.
+          scoring: the single-pass scoring program's layers (see `__call__`).
 
         Returns:
           (bottleneck features [batch, h/2**depth, w/2**depth, C], skips from fine to coarse).
         """
         x = images[..., None] if images.ndim == 3 else images
         x = x.astype(self.dtype)
+        # Scoring on the custom path: the first convolution of a few-channel image as taps.
+        taps = self._fast_inference(scoring, train) and x.shape[-1] <= MAX_TAPS_CHANNELS
         skips = []
-        for block in self.down:
-            x = block(x, train)
+        for i, block in enumerate(self.down):
+            x = block(x, train, taps=taps and i == 0)
             skips.append(x)
             x = self._pool(x)
         return self.bottleneck(x, train), tuple(skips)
 
     def decode(
-        self, bottleneck: Array, skips: tuple[Array, ...], train: bool = False, mc: bool = False
+        self,
+        bottleneck: Array,
+        skips: tuple[Array, ...],
+        train: bool = False,
+        mc: bool = False,
+        *,
+        scoring: bool = False,
     ) -> Array:
         """Decoder with dropout; returns float32 logits [batch, height, width] (binary) or
         [batch, height, width, num_logits].
 
         Dropout is active when `train` or `mc` is True (it then needs a 'dropout' rng); BatchNorm
         uses batch statistics only when `train` is True, so Monte-Carlo passes (`mc=True`) keep
-        running statistics.
+        running statistics. `scoring`: the single-pass scoring program's layers (`__call__`).
         """
         deterministic = not (train or mc)
-        # Monte-Carlo passes on the custom path convolve the skip apart (Conv3x3): vmapped over
-        # the passes, its half of each block's first convolution then runs once per slice.
-        split = mc and not train and self._impl == "custom"
+        # The custom path convolves each block's skip apart from the upsampled input (Conv3x3)
+        # in Monte-Carlo passes (vmapped over the passes, the skip's half of the convolution then
+        # runs once per slice) and in the scoring program (no concatenation).
+        split = self._fast_inference(mc or scoring, train)
         x = self.dropout(bottleneck, deterministic=deterministic)
         for upconv, block, skip in zip(self.up_convs, self.up, reversed(skips), strict=True):
             x = upconv(x)
@@ -338,9 +211,23 @@ class UNet(nn.Module):
             logits = logits[..., 0]
         return logits.astype(jnp.float32)
 
-    def __call__(self, images: Array, train: bool = False, mc: bool = False) -> Array:
-        bottleneck, skips = self.encode(images, train)
-        return self.decode(bottleneck, skips, train=train, mc=mc)
+    def __call__(
+        self, images: Array, train: bool = False, mc: bool = False, *, scoring: bool = False
+    ) -> Array:
+        """Logits of `images` (see `encode` and `decode`).
+
+        `scoring=True` (the single-pass scoring program, `scoring.score_batch`) runs, on the
+        custom path and outside training, two layers measured faster there, with logits equal
+        to float32 rounding: each decoder block's skip convolved apart from the upsampled input
+        (no concatenation), and the first convolution of an image of at most
+        `MAX_TAPS_CHANNELS` channels as `conv3x3_taps`. Training and evaluation keep the
+        concatenation and XLA's convolution, so their numbers do not move.
+        """
+        bottleneck, skips = self.encode(images, train, scoring=scoring)
+        return self.decode(bottleneck, skips, train=train, mc=mc, scoring=scoring)
+
+    def _fast_inference(self, inference_flag: bool, train: bool) -> bool:
+        return inference_flag and not train and self._impl == "custom"
 
     def features(self, images: Array) -> Array:
         """Globally average-pooled bottleneck features [batch, C] (for embeddings/t-SNE)."""

@@ -133,7 +133,7 @@ def score_batch(
     if strategy in MC_STRATEGIES:
         logits = mc_logits(model, variables, images, slice_ids, score_key, passes, reuse_encoder)
     else:
-        logits = model.apply(variables, images, False)[:, None]
+        logits = model.apply(variables, images, False, scoring=True)[:, None]
 
     multiclass = is_multiclass(logits, 4)  # [batch, passes, H, W] or [..., L]
 

@@ -1,13 +1,15 @@
-"""Statistics over seeds: percentile bootstrap intervals and the paired Wilcoxon comparison.
+"""Statistics over seeds: percentile bootstrap intervals, the paired Wilcoxon comparison and
+the paired t-test.
 
 Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_jax.verbs.report`.
 
 * Interval: 95 % percentile bootstrap of the mean over seeds: BOOTSTRAP_RESAMPLES resamples of the
   seeds with replacement drawn by `numpy.random.default_rng(BOOTSTRAP_SEED)` (a fresh generator
   per interval, so each number is reproducible on its own), the 2.5th and 97.5th percentiles of
-  the resampled means (`numpy.percentile`, linear interpolation). None for fewer than 2 seeds.
-* No interval from fewer than MIN_INTERVAL_SEEDS seeds: a report prints the seeds' values
-  instead (a percentile bootstrap of 2-4 values is degenerate: it can exclude 0 by chance).
+  the resampled means (`numpy.percentile`, linear interpolation). None for fewer than
+  MIN_BOOTSTRAP_N seeds: resampling 2-4 numbers gives an interval no wider than their range
+  (from 2 seeds the only possible means are the two values and their midpoint), which reads as
+  significant when it excludes 0; the report lists the seeds' values instead.
 * Paired t-test (`paired_t_test`): per seed present in both runs, the two-sided paired t-test of
   the differences (`scipy.stats.ttest_rel`), as the pairwise penalty matrix of Ash et al.
   (BADGE, ICLR 2020) and nnActive use it.
@@ -29,7 +31,7 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 ALPHA = 0.05  # the significance level the too-few-seeds sentence refers to
-MIN_INTERVAL_SEEDS = 5  # fewest seeds a bootstrap interval is given from
+MIN_BOOTSTRAP_N = 5  # fewer values: no bootstrap interval (see the module docstring)
 
 
 def bootstrap_interval(
@@ -37,10 +39,11 @@ def bootstrap_interval(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = CONFIDENCE,
+    min_n: int = MIN_BOOTSTRAP_N,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of `values` [n]; None for n < 2."""
+    """Percentile bootstrap interval of the mean of `values` [n]; None for n < `min_n`."""
     x = np.asarray(values, np.float64)
-    if len(x) < 2:
+    if len(x) < max(min_n, 2):
         return None
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)

@@ -1,7 +1,7 @@
 """Checks of what the cases hold, made while the slice cache is built (and the dataset-wide
 ones again from its meta on every cached load): a blank scan with target, the same scan under
 two names (a digest of each case's voxels), no target anywhere, a validation or test split
-without target.
+without target, a test split too thin to judge a model by (`thin_test_notes`).
 """
 
 from __future__ import annotations
@@ -112,9 +112,47 @@ def check_digests(digests: dict[str, str], cases: list[CaseFiles]) -> None:
             raise duplicate_error(by_id[earlier], by_id[case_id])
 
 
-def warn_without_target(target_slices: dict[str, int] | None, root: str) -> None:
-    """Logs a warning for a validation or test split without target (None: a cache built
-    before the counts were kept)."""
+# Below these, a test split's metrics say more about its cases than about the model: one case is
+# no sample of the patients, and a Dice over a few lesion slices swings with each of them.
+MIN_TEST_CASES = 2
+MIN_TEST_TARGET_SLICES = 10
+
+
+def thin_test_notes(
+    n_cases: int, target_slices: int | None, names: list[str] | None = None
+) -> list[str]:
+    """What a reviewer would say of a test split of `n_cases` cases (`names`, where known)
+    holding `target_slices` labelled slices with target (None: not counted): [] when it has at
+    least MIN_TEST_CASES cases and MIN_TEST_TARGET_SLICES such slices (a split without target is
+    `warn_without_target`'s)."""
+    notes = []
+    if n_cases < MIN_TEST_CASES:  # an empty split is refused when the cache is built: one case
+        named = f" ({', '.join(names)})" if names else ""
+        notes.append(
+            f"the test metrics rest on one case{named}; give data.split a larger test fraction "
+            "or list the test cases in data.split_file"
+        )
+    if target_slices is not None and 0 < target_slices < MIN_TEST_TARGET_SLICES:
+        notes.append(
+            f"the test split has {target_slices} slices with target (fewer than "
+            f"{MIN_TEST_TARGET_SLICES}): its Dice rests on a few lesion slices"
+        )
+    return notes
+
+
+def split_notes(target_slices: dict[str, int] | None, test_cases: list[str]) -> list[str]:
+    """What a reviewer would say of the splits: a validation or test split without target
+    (`target_slices`: labelled slices with target per split; None: a cache built before the
+    counts were kept), and `thin_test_notes` of the test split of `test_cases` (names)."""
+    notes = []
     for split, effect in NO_TARGET_EFFECT.items():
         if target_slices is not None and target_slices.get(split) == 0:
-            logging.warning("%s: no target in the %s split: %s", root, SPLIT_WORDS[split], effect)
+            notes.append(f"no target in the {SPLIT_WORDS[split]} split: {effect}")
+    test_target = None if target_slices is None else target_slices.get("test")
+    return notes + thin_test_notes(len(test_cases), test_target, test_cases)
+
+
+def warn_splits(target_slices: dict[str, int] | None, test_cases: list[str], root: str) -> None:
+    """Logs `split_notes` (at every load of the dataset at `root`)."""
+    for note in split_notes(target_slices, test_cases):
+        logging.warning("%s: %s", root, note)

@@ -217,7 +217,6 @@ def load_dataset(data_config, folder: str) -> Splits:
     # Caches built before these were kept have neither: nothing to check or warn about.
     checks.check_digests(meta.get("image_digests", {}), source.cases)
     target_slices = meta.get("target_slices")
-    checks.warn_without_target(target_slices, root)
     splits = Splits(
         part("train"),
         part("val"),
@@ -229,6 +228,8 @@ def load_dataset(data_config, folder: str) -> Splits:
         legacy_key,
         settings,
     )
+    test_cases = [splits.test.cases[s] for s in np.unique(splits.test.subject)]
+    checks.warn_splits(target_slices, test_cases, root)
     source_digests.save()  # once the data has loaded: a failed build leaves the folder as it was
     logging.info(
         "dataset %s: %d subjects, slices train/val/test = %d/%d/%d of %s",

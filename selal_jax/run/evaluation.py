@@ -8,7 +8,7 @@ read the way the loader reads it (`label_volumes.label_file_classes`), per foreg
 
 Slices the loader dropped (`data.keep_empty_slices=False`) count as predicted background.
 Written per round: `<workdir>/evaluation/round_<r>.csv` (atomically), one row per case and
-class; with `eval.save_predictions`, the predicted label volumes as
+class (`CSV_FIELDS`: the unit in each name, hd95_mm, volume_pred_mm3); with `eval.save_predictions`, the predicted label volumes as
 `<workdir>/evaluation/round_<r>/<case>.nii.gz` (label values of the dataset, source geometry).
 """
 
@@ -27,7 +27,15 @@ from selal_jax.core import train as train_lib
 from selal_jax.data import cases, label_maps, label_volumes
 from selal_jax.run import workdir as workdir_lib
 
-CSV_FIELDS = ("case", "class", "dice", "hd95", "nsd", "volume_pred", "volume_ref")
+# The CSV's column for each field of `metrics.case_metrics`, its unit in the name.
+CSV_COLUMNS = {
+    "dice": "dice",
+    "hd95": "hd95_mm",
+    "nsd": "nsd",
+    "volume_pred": "volume_pred_mm3",
+    "volume_ref": "volume_ref_mm3",
+}
+CSV_FIELDS = ("case", "class", *CSV_COLUMNS.values())
 
 
 def csv_path(workdir: str, round_index: int) -> str:
@@ -109,7 +117,10 @@ def evaluate_cases(
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {"case": r["case"], "class": r["class"], **{c: r[k] for k, c in CSV_COLUMNS.items()}}
+            for r in rows
+        )
         path = csv_path(workdir, round_index)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic.atomic_open(path, "w") as f:

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from selal_jax.core import rng, selection
-from selal_jax.run import checkpointing, lock, rounds, validation
+from selal_jax.run import checkpointing, lock, review, rounds, validation
 from selal_jax.run import fit as fit_lib
 from selal_jax.run import parts as parts_lib
 from selal_jax.run import state as state_lib
@@ -37,19 +37,33 @@ from selal_jax.run.state import LoopState
 Round0 = Callable[[Parts, LoopState], LoopState]
 
 
-def log_round(record: dict) -> None:
-    logging.info(
-        "round %d | labelled %d (%.1f%%) | dice %.4f (global %.4f) | val loss %.5f | "
-        "train %.1fs | score %.1fs",
-        record["round"],
-        record["n_labelled"],
-        record["pct_labelled"],
-        record["dice"],
-        record["dice_global"],
-        record["val_loss"],
-        record["train_seconds"],
-        record["score_seconds"],
+def round_line(record: dict) -> str:
+    """A round's log line, per-case metrics first: 'round 2 | labelled 20 (27.8%) | case Dice
+    0.6034 | HD95 5.12 mm | slice Dice (paper) 0.7021 (global 0.4607) | val loss ... | train
+    ... | score ...'; with several classes each class's case Dice in brackets."""
+    case_dice = record.get("case_dice")
+    if case_dice is None:
+        case = "case Dice not computed (eval.cases=False)"
+    else:
+        case = f"case Dice {case_dice:.4f}"
+        per_class = record.get("case_dice_per_class") or {}
+        if len(per_class) > 1:
+            case += " (" + ", ".join(f"{n} {v:.4f}" for n, v in per_class.items()) + ")"
+        case += f" | HD95 {record['case_hd95']:.2f} mm"
+    return (
+        f"round {record['round']} | labelled {record['n_labelled']} "
+        f"({record['pct_labelled']:.1f}%) | {case} | slice Dice (paper) {record['dice']:.4f} "
+        f"(global {record['dice_global']:.4f}) | val loss {record['val_loss']:.5f} | "
+        f"train {record['train_seconds']:.1f}s | score {record['score_seconds']:.1f}s"
     )
+
+
+def log_round(record: dict) -> None:
+    """The round's line (`round_line`), then what a reviewer would raise about it
+    (`review.round_notes`) as warnings."""
+    logging.info("%s", round_line(record))
+    for note in review.round_notes(record):
+        logging.warning("round %d: %s", record["round"], note)
 
 
 @rng.with_classic_threefry

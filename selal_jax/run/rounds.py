@@ -19,11 +19,8 @@ from selal_jax.core.spread import Spread
 from selal_jax.data.slices import SliceSet
 from selal_jax.run import diagnostics, evaluation
 from selal_jax.run import fit as fit_lib
+from selal_jax.run.review import NO_TARGET_NOTE
 
-# Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
-NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
-# Without target, the validation loss that picks each round's model rewards predicting none.
-NO_VAL_TARGET_NOTE = "no target in the validation split: early stopping sees background alone"
 # Record fields that commit_round adds after training (the query and its diagnostics).
 QUERY_FIELDS = (
     "score_seconds",
@@ -154,7 +151,8 @@ def query(
 
 
 def test_metrics(parts, variables, r: int) -> dict:
-    """Round r's Dice on the test split: mean per slice and global, overall and per class."""
+    """Round r's Dice on the test split: mean per slice and global, overall and per class; the
+    test slices with target and those where the model predicts any, and the test cases."""
     test = parts.splits.test
     terms = fit_lib.evaluate(parts.model, variables, test, parts.batches)
     dice, dice_global = train_lib.dice_scores(terms)
@@ -162,6 +160,7 @@ def test_metrics(parts, variables, r: int) -> dict:
     test_with_target = int(np.count_nonzero(label_sum.sum(axis=1)))
     if test_with_target == 0:
         logging.warning("round %d: %s", r, NO_TARGET_NOTE)
+    pred_sum = np.asarray(terms["pred_sum"]).reshape(len(terms["pred_sum"]), -1)
     names = list(test.class_names)
     if len(names) == 1:  # binary: the class's Dice is the run's, to the bit
         per_class, global_per_class = [dice], [dice_global]
@@ -173,6 +172,10 @@ def test_metrics(parts, variables, r: int) -> dict:
         "dice_per_class": dict(zip(names, per_class, strict=True)),
         "dice_global_per_class": dict(zip(names, global_per_class, strict=True)),
         "test_slices_with_target": test_with_target,
+        # What a reviewer checks first: a model that predicts nothing scores 1 on every empty
+        # slice (`run.review`), and metrics that rest on one test case.
+        "test_slices_predicted_target": int(np.count_nonzero(pred_sum.sum(axis=1))),
+        "test_cases": int(len(np.unique(test.subject))),
     }
 
 

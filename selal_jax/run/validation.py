@@ -28,6 +28,8 @@ def validate_config(config) -> None:
         ("train.max_epochs", train.max_epochs),
         ("train.patience", train.patience),
         ("train.min_steps_per_epoch", train.min_steps_per_epoch),
+        ("sweep.supervised_max_epochs", config.sweep.supervised_max_epochs),
+        ("sweep.supervised_patience", config.sweep.supervised_patience),
         ("checkpoint.keep", config.checkpoint.keep),
     ):
         if int(value) < 1:

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from selal_jax.core import parallel
-from selal_jax.data import cache, loading, preprocess, reading, splitting
+from selal_jax.data import cache, checks, loading, preprocess, reading, splitting
 from selal_jax.data.cases import CaseFiles
 from selal_jax.run import validation
 
@@ -80,8 +80,8 @@ def describe(config, workdir: str) -> dict:
       label_values, voxels: {split: n, total: n}}], voxels at data.size over the labelled
       slices), background_voxels, target_slice_fraction ({split: fraction of its labelled slices
       with any class, or None}), cases ([per case: split, labelled, slices loaded, orientation,
-      shape, spacing, in_plane_size, in_plane_spacing, slices_along_axis, image, label]) and
-      dataset (layout, root, workdir, fingerprint, cache folder and the slicing settings).
+      shape, spacing, in_plane_size, in_plane_spacing, slices_along_axis, image, label]),
+      warnings ([what the load logged about the splits]) and dataset (layout, root, workdir, fingerprint, cache folder and the slicing settings).
     """
     validation.validate_config(config)
     os.makedirs(workdir, exist_ok=True)
@@ -96,11 +96,11 @@ def describe(config, workdir: str) -> dict:
     }
     class_names = splits.train.class_names
     class_values = source.class_label_values() or [None] * len(class_names)
-    counts, fraction, slices_of_case = {}, {}, {}
+    counts, fraction, slices_of_case, target_slices = {}, {}, {}, {}
     for name, part in parts.items():
         keep = np.asarray(part.has_label, bool)
-        counts[name], with_target = _class_counts(part.labels, keep, len(class_names) + 1)
-        fraction[name] = with_target / int(keep.sum()) if keep.any() else None
+        counts[name], target_slices[name] = _class_counts(part.labels, keep, len(class_names) + 1)
+        fraction[name] = target_slices[name] / int(keep.sum()) if keep.any() else None
         ids, n = np.unique(np.asarray(part.subject), return_counts=True)
         slices_of_case.update({part.cases[i]: int(c) for i, c in zip(ids, n, strict=True)})
     total = sum(counts.values())
@@ -153,6 +153,9 @@ def describe(config, workdir: str) -> dict:
         },
         "target_slice_fraction": fraction,
         "cases": cases,
+        # what the load logged: a split without target, a test split on one case or few
+        # lesion slices (`data.checks.split_notes`)
+        "warnings": checks.split_notes(target_slices, list(split_cases["test"])),
     }
 
 
@@ -208,4 +211,6 @@ def format_text(info: dict) -> str:
     )
     if info["left_out"]:
         lines += ["", f"left out by the split file: {', '.join(info['left_out'])}"]
+    if info["warnings"]:
+        lines += [""] + [f"warning: {note}" for note in info["warnings"]]
     return "\n".join(lines)

@@ -18,7 +18,6 @@ nothing, so their runs get no gallery.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 
 import numpy as np
@@ -29,7 +28,7 @@ from selal_jax.base.errors import UserError
 from selal_jax.core import rng, scoring
 from selal_jax.run import state as state_lib
 from selal_jax.run import workdir as workdir_lib
-from selal_jax.verbs import run_names
+from selal_jax.verbs import report_runs, run_names
 
 PANELS = ("image", "prediction", "uncertainty", "target mask", "boundary mask")
 HEADER = 0.7  # inches above the rows: the figure's title
@@ -209,15 +208,8 @@ def gallery_folders(workdir: str) -> dict[str, str]:
     """{run label: folder} of the run folders under `workdir` that keep checkpoints (the
     workdir itself for a single run), the lowest seed's folder of each label."""
     found: dict[str, tuple[int, str]] = {}
-    pattern = os.path.join(workdir, "**", workdir_lib.RECORDS_FILE)
-    for path in sorted(glob.glob(pattern, recursive=True)):
-        folder = os.path.dirname(path)
-        history = workdir_lib.read_records(path)
-        if not history or not workdir_lib.has_checkpoint(folder):
-            continue
-        name = run_names.label(run_names.record_fields(history[0]))
-        seed = int(history[0].get("seed", 0))
-        if name not in found or seed < found[name][0]:
+    for name, seed, folder, _ in report_runs.run_files(workdir):
+        if workdir_lib.has_checkpoint(folder) and (name not in found or seed < found[name][0]):
             found[name] = (seed, folder)
     return {name: folder for name, (_, folder) in found.items()}
 

@@ -1,5 +1,5 @@
-"""Figures of a report: learning curves (Dice vs % labelled, vs labelled target pixels) and the
-t-SNE of the pool embeddings.
+"""Figures of a report: learning curves (case Dice beside the paper's slice Dice, vs % labelled
+and vs labelled target pixels) and the t-SNE of the pool embeddings.
 
 `runs` is `selal_jax.verbs.report.load_runs`'s {run name: {seed: history}}. matplotlib and sklearn are
 imported only when a figure is drawn.
@@ -13,15 +13,18 @@ import os
 import numpy as np
 
 from selal_jax.base import atomic
+from selal_jax.verbs.report_runs import CASE, SLICE, TITLES, dice, histories
 
 
-def plot_learning_curves(runs, baseline: float | None, path: str) -> str:
-    """Dice vs % labelled, one line per strategy (mean over seeds, band = min..max)."""
+def plot_learning_curves(runs, baseline, path: str) -> str:
+    """Dice vs % labelled, one line per strategy (mean over seeds, band = min..max): the case
+    Dice (left; where the records have it) beside the slice Dice (paper); `baseline` (a
+    `report_runs.Baseline` or None) dashed in each panel where it has that Dice."""
     _plot_curves(runs, baseline, path, "pct_labelled", "% of the pool labelled")
     return path
 
 
-def plot_learning_curves_pixels(runs, baseline: float | None, path: str) -> str | None:
+def plot_learning_curves_pixels(runs, baseline, path: str) -> str | None:
     """Dice vs labelled target pixels (the annotation cost), one line per strategy: x is the mean
     over seeds of each round's `labelled_target_pixels`, y as in `plot_learning_curves`. Runs
     whose records lack the field are left out; None (nothing written) if every run lacks it."""
@@ -40,30 +43,59 @@ def plot_learning_curves_pixels(runs, baseline: float | None, path: str) -> str 
     return path
 
 
-def _plot_curves(runs, baseline: float | None, path: str, x_field: str, x_label: str) -> None:
+YLABELS = {
+    CASE: "case Dice (per test volume, mean over cases)",
+    SLICE: "slice Dice (paper: mean per slice)",
+}
+
+
+def _plot_curves(runs, baseline, path: str, x_field: str, x_label: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, _ = curves_figure(runs, baseline, x_field, x_label)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def curves_figure(runs, baseline, x_field: str, x_label: str):
+    """Dice against `x_field`, one panel per Dice (the case Dice first, where any record has
+    it; the slice Dice (paper)), one line per strategy: the mean over seeds of each round (the
+    rounds every seed has), band = min..max. Returns (figure, [panel axes]); the caller saves
+    and closes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for name, by_seed in runs.items():
-        histories = [by_seed[s] for s in sorted(by_seed)]
-        n = min(len(h) for h in histories)
-        x = np.mean([[rec[x_field] for rec in h[:n]] for h in histories], axis=0)
-        y = np.array([[rec["dice"] for rec in h[:n]] for h in histories])
-        (line,) = ax.plot(x, y.mean(axis=0), marker="o", ms=3, label=f"{name} (n={len(histories)})")
-        if len(histories) > 1:
-            ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
-    if baseline is not None:
-        ax.axhline(baseline, color="k", ls="--", lw=1, label=f"supervised ({baseline:.3f})")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("Dice (mean per slice, test)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    records = [rec for by_seed in runs.values() for h in by_seed.values() for rec in h]
+    has_case = any(dice(rec, CASE) is not None for rec in records)
+    metrics = (CASE, SLICE) if has_case else (SLICE,)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(6.5 * len(metrics), 4.2), dpi=120, squeeze=False
+    )
+    for ax, by in zip(axes[0], metrics, strict=True):
+        for name, by_seed in runs.items():
+            hs = histories(by_seed)
+            n = min(len(h) for h in hs)
+            x = np.mean([[rec[x_field] for rec in h[:n]] for h in hs], axis=0)
+            y = np.array([[_or_nan(dice(rec, by)) for rec in h[:n]] for h in hs])
+            (line,) = ax.plot(x, y.mean(axis=0), marker="o", ms=3, label=f"{name} (n={len(hs)})")
+            if len(hs) > 1:
+                ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
+        value = None if baseline is None else baseline.value(by)
+        if value is not None:
+            ax.axhline(value, color="k", ls="--", lw=1, label=f"supervised ({value:.3f})")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(YLABELS[by])
+        ax.set_title(TITLES[by], fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig, list(axes[0])
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def tsne_coordinates(embeddings_path: str) -> np.ndarray:

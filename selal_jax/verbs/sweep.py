@@ -36,7 +36,7 @@ from selal_jax.run import state as state_lib
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.run.parts import Parts
 from selal_jax.run.state import LoopState
-from selal_jax.verbs import report, run_names
+from selal_jax.verbs import report, report_runs, run_names
 
 
 def parse_seeds(text) -> list[int]:
@@ -197,22 +197,97 @@ def train_shared_round0(config, round0_dir: str) -> dict:
             ckpt.close()
 
 
+def supervised_config(config):
+    """The config the supervised baseline trains with: `config` with its own budget
+    (sweep.supervised_patience, sweep.supervised_max_epochs as train.patience, train.max_epochs)."""
+    c = copy.deepcopy(config)
+    c.train.patience = int(config.sweep.supervised_patience)
+    c.train.max_epochs = int(config.sweep.supervised_max_epochs)
+    return c
+
+
+# Fields that do not act on the baseline: it labels the whole training split and queries nothing
+# (its training budget is train.*, set by `supervised_config`).
+SUPERVISED_NEUTRAL_PREFIXES = ("al.", "sweep.")
+
+
+def stale_supervised(record: dict | None, parts: Parts) -> str | None:
+    """Why a stored baseline `record` cannot stand for the one `parts` would train (one line
+    naming the differing fields or the dataset), or None if it can. Records written before
+    baselines kept their config and dataset fingerprint cannot."""
+    if record is None:
+        return None
+    if "config" not in record or "fingerprint" not in record:
+        return "written before baselines recorded their training config and dataset"
+    changed = [
+        k
+        for k in schema.differences(record["config"], parts.flat_config)
+        if not k.startswith(SUPERVISED_NEUTRAL_PREFIXES) and k != "data.root"
+    ]
+    if changed:
+        stored = record["config"]
+        details = ", ".join(
+            f"{k}: {stored.get(k)!r} -> {parts.flat_config.get(k)!r}" for k in changed
+        )
+        return f"trained with another config ({details})"
+    if record["fingerprint"] not in (parts.splits.fingerprint, parts.splits.legacy_fingerprint):
+        return (
+            f"trained on another dataset (fingerprint {record['fingerprint']} -> "
+            f"{parts.splits.fingerprint})"
+        )
+    if parts.config.eval.cases and record.get("case_dice") is None:
+        return "recorded without per-case metrics (eval.cases was off)"
+    return None
+
+
+def _read_supervised(path: str) -> dict | None:
+    """The baseline record at `path`, None if absent; an unreadable one is logged and None (it
+    is retrained, then replaced)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        float(record["dice"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logging.warning("%s: not a supervised baseline record (%s); retraining it", path, e)
+        return None
+
+
 @rng.with_classic_threefry
 def train_supervised(config, workdir: str) -> dict:
-    """The supervised baseline: the same fit routine on the whole training split; its record is
-    written to <workdir>/supervised.json (and returned; an existing one is returned as is)."""
+    """The supervised baseline: the fit routine on the whole training split, with its own
+    budget (`supervised_config`); its record, with the config and dataset fingerprint it was
+    trained with, is written to <workdir>/supervised.json and returned.
+
+    A stored baseline is returned as is when it was trained with the same config (but for
+    SUPERVISED_NEUTRAL_PREFIXES and data.root) and the same data; otherwise it is retrained and
+    replaced, with a warning naming the differing fields: the baseline is one JSON record,
+    written atomically, that nothing else builds on, so retraining it is always safe.
+    """
+    config = supervised_config(config)
     path = os.path.join(workdir, workdir_lib.SUPERVISED_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
     with lock.hold(workdir):
         parts = parts_lib.build(config, workdir)
+        stored = _read_supervised(path)
+        reason = stale_supervised(stored, parts)
+        if stored is not None and reason is None:
+            return stored
+        if reason is not None:
+            logging.warning("%s: %s; retraining the supervised baseline", path, reason)
         state = state_lib.fresh_state(parts)
         state.labelled[:] = True
         record = loop.train_round(parts, state, 0)
-        record = {**record, "supervised": True, "seed": int(config.seed)}
+        record = {
+            **record,
+            "supervised": True,
+            "seed": int(config.seed),
+            "config": parts.flat_config,
+            "fingerprint": parts.splits.fingerprint,
+        }
         checkpointing.write_json_atomic(path, record)
-    logging.info(
-        "supervised baseline: dice %.4f (global %.4f)", record["dice"], record["dice_global"]
-    )
+    logging.info("supervised baseline: %s", report_runs.baseline_text(record))
+    for note in report_runs.baseline_notes(record):
+        logging.warning("%s", note)
     return record

@@ -2,7 +2,6 @@
 records (the t-test by its formula and scipy.stats.t, the bootstrap by NumPy)."""
 
 import csv
-import functools
 import io
 import itertools
 import json
@@ -13,9 +12,8 @@ import pytest
 from scipy import stats as sps
 
 from selal_jax.core import stats
-from selal_jax.verbs import report, report_compare
+from selal_jax.verbs import report, report_comparison, report_penalty, report_tables
 
-CASE_DICE_OF = functools.partial(report.case_value, field="case_dice")
 LABELLED = [20, 30, 40, 50]  # round 0 .. 3
 # case Dice per run, seed and round (round 0 shared, as in a sweep)
 CASE_DICE = {
@@ -70,7 +68,7 @@ def test_paired_t_test_is_the_formula_and_needs_two_seeds():
 
 def test_penalty_matrix_cells_by_hand():
     runs = made_up_runs()
-    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
+    matrix = report_penalty.penalty_matrix(runs)
     names = list(runs)
     for a, b in itertools.permutations(names, 2):
         wins = 0
@@ -81,36 +79,43 @@ def test_penalty_matrix_cells_by_hand():
             wins += int(p < 0.05 and mean > 0)
         assert matrix[a][b] == (wins, 3), (a, b)
     # what the made-up numbers were built to show
-    assert report_compare.fraction(matrix["good all"]["bad all"]) == pytest.approx(2 / 3)
+    assert report_penalty.fraction(matrix["good all"]["bad all"]) == pytest.approx(2 / 3)
     assert matrix["bad all"]["good all"] == (0, 3)  # round 3: bad is higher, not significantly
     # mean beaten: the column's mean over the other rows
     beaten = np.mean([matrix["good all"]["bad all"][0] / 3, matrix["mid all"]["bad all"][0] / 3])
-    assert report_compare.mean_beaten(matrix, "bad all") == pytest.approx(beaten)
+    assert report_penalty.mean_beaten(matrix, "bad all") == pytest.approx(beaten)
+
+
+def penalty_csv(matrix):
+    return list(
+        csv.reader(io.StringIO(report_tables.csv_table(report_penalty.penalty_rows(matrix))))
+    )
 
 
 def test_one_seed_gives_na_not_zero_and_the_csv_reads_as_numbers(tmp_path):
     runs = {name: {0: by_seed[0]} for name, by_seed in made_up_runs().items()}
-    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
+    matrix = report_penalty.penalty_matrix(runs)
     assert all(cell == (0, 0) for row in matrix.values() for cell in row.values())
-    text = report_compare.penalty_markdown(matrix)
+    text = report_penalty.penalty_markdown(matrix)
     row = next(line for line in text.splitlines() if line.startswith("| good all |"))
     assert row == "| good all | - | n/a | n/a |"
     assert "0.00" not in text.split("\n\n")[0]
-    table = list(csv.reader(io.StringIO(report_compare.penalty_csv(matrix))))
-    assert table[0] == ["run", "good all", "mid all", "bad all"]
-    assert table[1] == ["good all", "", "n/a", "n/a"] and table[-1][0] == "mean beaten"
+    assert "nothing could be tested" in text
+    table = penalty_csv(matrix)
+    assert table[0] == ["strategy", "good all", "mid all", "bad all"]
+    assert table[1][0] == "good all" and table[-1][0] == "mean beaten"
+    # every cell a number: NaN on the diagonal and where untested (not 0 wins)
+    assert all(np.isnan(float(v)) for line in table[1:] for v in line[1:])
     # with three seeds the cells are numbers
-    table = list(csv.reader(io.StringIO(report_compare.penalty_csv(
-        report_compare.penalty_matrix(made_up_runs(), CASE_DICE_OF)
-    ))))  # fmt: skip
-    assert float(table[1][3]) == pytest.approx(2 / 3)
+    table = penalty_csv(report_penalty.penalty_matrix(made_up_runs()))
+    assert float(table[1][3]) == pytest.approx(2 / 3) and np.isnan(float(table[1][1]))
 
 
 def test_budgets_pair_seeds_present_in_both_and_runs_of_unequal_length():
     table = {k: dict(v) for k, v in CASE_DICE.items()}
     runs = made_up_runs(table)
     runs["good all"][2] = runs["good all"][2][:3]  # seed 2 stopped after round 2
-    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
+    matrix = report_penalty.penalty_matrix(runs)
     # round 3: seeds 0 and 1 pair (two seeds: still a test)
     x = [runs["good all"][s][3]["case_dice"] for s in (0, 1)]
     y = [runs["mid all"][s][3]["case_dice"] for s in (0, 1)]
@@ -130,7 +135,7 @@ def test_budgets_pair_seeds_present_in_both_and_runs_of_unequal_length():
     for h in runs["bad all"].values():
         for rec in h:
             rec.pop("case_dice")
-    matrix = report_compare.penalty_matrix(runs, CASE_DICE_OF)
+    matrix = report_penalty.penalty_matrix(runs)
     assert matrix["good all"]["bad all"] == (0, 0)
 
 
@@ -148,22 +153,35 @@ def numpy_bootstrap(values, resamples=10_000, seed=0):
 
 def test_aubc_by_hand_values_below_five_seeds_and_an_interval_from_five():
     runs = made_up_runs()
-    rows = {row["run"]: row for row in report_compare.aubc_rows(runs, CASE_DICE_OF)}
+    rows = {row["strategy"]: row for row in report_comparison.aubc_rows(runs)}
     good = rows["good all"]
-    expected = {s: trapezoid_by_hand(LABELLED, d) for s, d in CASE_DICE["good"].items()}
-    assert good["values"] == pytest.approx(expected)
-    assert good["mean"] == pytest.approx(np.mean(list(expected.values())))
-    assert good["interval"] is None and good["labelled"] == "20-50"
-    text = report_compare.aubc_markdown(list(rows.values()))
-    assert f"seed 1: {expected[1]:.4f}" in text and "[" not in text.split("\n\n")[0]
+    expected = [trapezoid_by_hand(LABELLED, d) for d in CASE_DICE["good"].values()]
+    np.testing.assert_allclose(good["case_dice_aubc"].values, expected, rtol=1e-12)
+    assert good["case_dice_aubc"].interval is None and good["labelled_slices"].text() == "20-50"
+    text = report_comparison.aubc_markdown(list(rows.values()))
+    values = ", ".join(f"{v:.4f}" for v in expected)
+    assert f"| good all | 3 | 20-50 | {np.mean(expected):.4f} (seeds {values}) |" in text
+    assert "No interval from fewer than 5 seeds" in text
+    table = {r["strategy"]: r for r in csv.DictReader(io.StringIO(report_tables.csv_table(
+        list(rows.values())
+    )))}  # fmt: skip
+    assert float(table["good all"]["case_dice_aubc_seed_1"]) == pytest.approx(expected[1])
+    assert np.isnan(float(table["good all"]["case_dice_aubc_ci_low"]))
+    assert int(table["good all"]["labelled_slices_first"]) == 20
+    assert int(table["good all"]["labelled_slices_last"]) == 50
     # five seeds: the bootstrap interval, computed independently
     five = {s: [0.3, 0.4 + 0.02 * s, 0.5 + 0.01 * s * s, 0.6] for s in range(5)}
-    rows = report_compare.aubc_rows(made_up_runs({"five": five}), CASE_DICE_OF)
+    rows = report_comparison.aubc_rows(made_up_runs({"five": five}))
     values = [trapezoid_by_hand(LABELLED, five[s]) for s in range(5)]
-    np.testing.assert_allclose(rows[0]["interval"], numpy_bootstrap(values), rtol=1e-12)
-    table = list(csv.DictReader(io.StringIO(report_compare.aubc_csv(rows))))
-    assert float(table[0]["aubc_ci95_low"]) == pytest.approx(numpy_bootstrap(values)[0])
-    assert float(table[0]["aubc_seed_4"]) == pytest.approx(values[4])
+    np.testing.assert_allclose(rows[0]["case_dice_aubc"].interval, numpy_bootstrap(values))
+    table = list(csv.DictReader(io.StringIO(report_tables.csv_table(rows))))
+    assert float(table[0]["case_dice_aubc_ci_low"]) == pytest.approx(numpy_bootstrap(values)[0])
+    assert float(table[0]["case_dice_aubc_seed_4"]) == pytest.approx(values[4])
+    # a round without a case Dice: no AUBC for that seed (as the nAUC), said as "[2 of 3 seeds]"
+    runs = made_up_runs()
+    runs["good all"][1][2].pop("case_dice")
+    row = report_comparison.aubc_rows(runs)[0]
+    assert row["case_dice_aubc"].n == 2 and "[2 of 3 seeds]" in row["case_dice_aubc"].text()
 
 
 def test_the_report_writes_penalty_and_aubc(tmp_path):
@@ -177,3 +195,17 @@ def test_the_report_writes_penalty_and_aubc(tmp_path):
         assert os.path.dirname(paths[name]) == str(tmp_path / "report")
     with open(paths["penalty.md"]) as f:
         assert "| good all | 0.67 | - |" in f.read()  # rows in folder order: bad, good, mid
+
+
+def test_runs_without_a_case_dice_say_so_in_penalty_md(tmp_path):
+    for name, by_seed in made_up_runs().items():
+        for seed, h in by_seed.items():
+            path = tmp_path / f"seed-{seed}" / name.replace(" ", "-")
+            path.mkdir(parents=True)
+            lines = [json.dumps({k: v for k, v in r.items() if k != "case_dice"}) for r in h]
+            (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    paths = report.write_report(str(tmp_path))
+    with open(paths["penalty.md"]) as f:
+        assert f.read().startswith("case Dice: not computed (eval.cases=False): no penalty")
+    with open(paths["aubc.md"]) as f:
+        assert "| good all | 3 | 20-50 | - |" in f.read()

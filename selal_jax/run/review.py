@@ -1,0 +1,82 @@
+"""What a reviewer would raise about a run's numbers, read from its records alone (nothing is
+recomputed): rounds whose model predicts no target on any test slice (its per-slice Dice then
+counts every empty slice as 1, and can exceed a model that segments), rounds whose training
+stopped at the epoch cap while the validation loss still fell, and a test split without target,
+on one case or on few lesion slices (`data.checks.thin_test_notes`, also said at every load).
+
+`round_notes` is what a round's log line adds (`run.loop.log_round`); `run_notes` what a run's
+round table and the report say under their tables, each naming the rounds concerned.
+"""
+
+from __future__ import annotations
+
+from selal_jax.data import checks
+
+# Without target, every empty prediction scores Dice 1 (a model that never predicts scores best).
+NO_TARGET_NOTE = "no target in the test split: Dice is not meaningful"
+# Without target, the validation loss that picks each round's model rewards predicting none.
+NO_VAL_TARGET_NOTE = "no target in the validation split: early stopping sees background alone"
+NO_PREDICTION_NOTE = (
+    "the model predicts no target on any test slice (its slice Dice counts each empty slice as 1)"
+)
+CAPPED_NOTE = "training stopped at the epoch cap while the validation loss still fell"
+
+
+def predicts_nothing(record: dict) -> bool:
+    """Whether the round's model predicts no target on any test slice (False for records
+    written before `test_slices_predicted_target`)."""
+    return record.get("test_slices_predicted_target") == 0
+
+
+def stopped_at_cap(record: dict) -> bool:
+    """Whether the round's training ended at its epoch cap with the validation loss still
+    falling: its best epoch was its last (early stopping ends `patience` epochs after the best)."""
+    return "best_epoch" in record and record["best_epoch"] == record["epochs"] - 1
+
+
+def round_notes(record: dict) -> list[str]:
+    """The warnings of one round's record (the test split's are said at load time)."""
+    notes = []
+    if predicts_nothing(record):
+        notes.append(NO_PREDICTION_NOTE)
+    if stopped_at_cap(record):
+        notes.append(
+            f"{CAPPED_NOTE} (the best validation loss at the last of its {record['epochs']} "
+            "epochs; raise train.max_epochs)"
+        )
+    return notes
+
+
+def rounds_text(rounds: list[int], total: int) -> str:
+    """'round 2', 'rounds 0, 2', 'every round' (of `total`)."""
+    if len(rounds) == total and total > 1:
+        return "every round"
+    return ("round " if len(rounds) == 1 else "rounds ") + ", ".join(str(r) for r in rounds)
+
+
+def split_notes(record: dict) -> list[str]:
+    """The test and validation splits' warnings, from a record's counts (older records lack
+    some of them: nothing said of those)."""
+    notes = []
+    if record.get("test_slices_with_target") == 0:
+        notes.append(NO_TARGET_NOTE)
+    elif "test_cases" in record:
+        notes += checks.thin_test_notes(record["test_cases"], record.get("test_slices_with_target"))
+    if record.get("val_slices_with_target") == 0:
+        notes.append(NO_VAL_TARGET_NOTE)
+    return notes
+
+
+def run_notes(
+    history: list[dict], cap_field: str = "train.max_epochs", splits: bool = True
+) -> list[str]:
+    """A run's warnings, each once, naming its rounds: the rounds that predict no target, those
+    stopped at the epoch cap (`cap_field`: the config field to raise), then (`splits`) the
+    splits' (from its last record)."""
+    capped = f"{CAPPED_NOTE} (the best validation loss at the last epoch; raise {cap_field})"
+    notes = []
+    for check, note in ((predicts_nothing, NO_PREDICTION_NOTE), (stopped_at_cap, capped)):
+        hit = [rec["round"] for rec in history if check(rec)]
+        if hit:
+            notes.append(f"{rounds_text(hit, len(history))}: {note}")
+    return notes + (split_notes(history[-1]) if history and splits else [])
