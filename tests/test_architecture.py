@@ -138,6 +138,12 @@ def test_no_circle_of_imports(graph):
     assert circles == [], circles
 
 
+def assert_runs(code: str) -> None:
+    """Runs Python `code` in a fresh interpreter (cwd: the repository); it must succeed."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_bench_loads_neither_data_nor_run():
     """`python -m selal_jax.bench` runs where nibabel and ml_collections are missing (the GPU
     image): importing it loads no module of the data or run layer, and the loop section, which
@@ -152,8 +158,7 @@ def test_the_bench_loads_neither_data_nor_run():
         "result = sections.loop_section(None)\n"
         "assert set(result) == {'skipped'} and 'not importable' in result['skipped'], result\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert_runs(code)
 
 
 def test_the_checker_sees_upward_and_circular_imports(tmp_path):
@@ -193,5 +198,4 @@ def test_the_package_face_resolves_lazily():
         "assert (models, rng, scoring, train, select_from_probs) == (m, r, s, t, f)\n"
         "assert callable(models.UNet) and callable(train.train_step)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert_runs(code)

@@ -6,17 +6,13 @@ the function that made it and the mesh it got.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import run_on_devices
 
 # Minutes: whole runs on 4 fake devices (compiled for the mesh); run by .ci/run.
 pytestmark = pytest.mark.slow
-FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 # The batched calls of a round and of the verbs (module.function that calls map_batches or
 # host_batch): each must be seen, so that the check below covers it.
 EXPECTED = {
@@ -34,17 +30,7 @@ EXPECTED = {
 def calls(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mesh_calls")
     out = tmp / "calls.json"
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FOUR_DEVICES}".strip())
-    env["PYTHONPATH"] = REPO
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.mesh_calls_worker", str(out), str(tmp)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_devices("tests.mesh_calls_worker", str(out), str(tmp), timeout=1200)
     return json.loads(out.read_text())
 
 
