@@ -234,9 +234,10 @@ def _ids_batch(mesh: Mesh | None, batch_ids: np.ndarray):
     return global_batch(mesh, batch_ids[local_rows(mesh, len(batch_ids))].astype(np.int32))
 
 
-# Batches whose results may wait on the device(s) before they are fetched to the host together:
-# each waiting result is a few small device buffers (about 3 KB each on XLA:CPU), so fetching
-# only after the last batch held the per-batch buffers of the whole pool (26 MB at 64k slices).
+# Batches whose results are fetched to the host together, the oldest first, once twice as many
+# wait (the newest keep the device busy meanwhile). Each waiting result is a few small device
+# buffers (about 3 KB each on XLA:CPU): fetching only after the last batch held the per-batch
+# buffers of the whole pool (27 MiB more anonymous memory at 64k slices, docs/performance.md).
 FETCH_BATCHES = 32
 
 
@@ -254,9 +255,10 @@ def map_batches(
     The one batching loop of the project (big_vision's pad-shard-unpad): for each batch of
     `batch_size` ids (the last padded by repeating its first id), gathers `array[batch_ids]` of
     every host array (NumPy or memmap [N, ...]), places it on the device(s), calls
-    `fn(batch_ids, *batch_arrays)` (batch_ids as int32), fetches the results of every
-    `fetch_batches` batches in one `device_get` (all but the newest batch, which keeps the
-    device busy meanwhile), drops the padding rows and concatenates them.
+    `fn(batch_ids, *batch_arrays)` (batch_ids as int32), fetches the results of the oldest
+    `fetch_batches` batches in one `device_get` whenever twice as many wait (the newest keep the
+    device busy meanwhile) and the rest after the last batch, drops the padding rows and
+    concatenates them.
 
     Args:
       fn: a jitted function returning a pytree of [batch, ...] arrays.
@@ -268,9 +270,9 @@ def map_batches(
         process.
       on_batch: called with the number of rows done each time a batch's results are ready (one
         batch behind the dispatch, so that waiting for it does not stall the device).
-      fetch_batches: the most batches whose results wait on the device(s) before they are
-        fetched, so that device and host memory for results hold O(fetch_batches) buffers, not
-        one per batch of the pool.
+      fetch_batches: batches whose results are fetched together; fewer than twice as many wait
+        on the device(s), so that device and host memory for results hold O(fetch_batches)
+        buffers, not one per batch of the pool.
 
     Returns:
       The pytree of `fn`'s outputs as NumPy arrays with len(ids) rows.
@@ -303,8 +305,8 @@ def map_batches(
             done += waiting[-1][1]
             on_batch(done)
         waiting.append((out, n_valid))
-        if len(waiting) > fetch_batches:
-            fetch_waiting(keep=1)
+        if len(waiting) >= 2 * fetch_batches:
+            fetch_waiting(keep=fetch_batches)
     if not waiting:  # no rows: zeros of the shapes one batch would give
         sample = np.zeros(1, np.int64)
         shapes = jax.eval_shape(fn, _ids_batch(None, sample), *host_batch(None, sample, *arrays))
