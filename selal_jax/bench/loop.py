@@ -248,18 +248,30 @@ def median_row(runs: list[dict]) -> dict:
 def compare_rows(rows: list[dict], batch_bytes: int) -> list[dict]:
     """Each row against the smallest pool's: its scoring time per slice as a ratio, its peak
     anonymous memory's growth, and the allowance for it (one batch of slices plus
-    BUDGET_BYTES_PER_SLICE per added slice)."""
+    BUDGET_BYTES_PER_SLICE per added slice).
+
+    The growth is paired by repeat (each repeat measures every size): the median over repeats
+    of the row's peak less the smallest pool's peak in the same repeat (`anon_growth_mib_runs`),
+    so that the process's drift from repeat to repeat cancels.
+    """
     first = rows[0]
     out = []
     for row in rows:
         added = row["pool_size"] - first["pool_size"]
         allowance = (batch_bytes + BUDGET_BYTES_PER_SLICE * added) / 2**20
-        growth = row["peak_anon_mib"] - first["peak_anon_mib"]
+        paired = [
+            peak - base
+            for peak, base in zip(
+                row["peak_anon_mib_runs"], first["peak_anon_mib_runs"], strict=True
+            )
+        ]
+        growth = float(np.median(paired))
         out.append(
             {
                 **row,
                 "score_per_slice_ratio": row["score_us_per_slice"] / first["score_us_per_slice"],
                 "anon_growth_mib": growth,
+                "anon_growth_mib_runs": paired,
                 "allowance_mib": allowance,
                 "within_budget": bool(growth < allowance),
             }
