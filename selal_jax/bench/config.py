@@ -31,11 +31,11 @@ LEARNING_RATE = 1e-4
 # The parts of a round that the loop section times (`loop.TIMED`).
 LOOP_PARTS = ("train", "score", "select", "diagnostics", "evaluation", "checkpoint", "records")
 # Host memory the loop may keep per pool slice, bytes (the loop section's memory allowance is
-# one batch of slices plus this per added slice): the pool's subject, slice index, spacing and
-# has-label arrays (21), the labelled flag (1), the unlabelled mask and the candidate ids (9),
-# the per-slice scores (8 float32 fields: 32, twice while they are concatenated), the ranking's
-# scores, masks and orders (about 50), the initial set's target counts and their order (16),
-# and the per-batch results waiting for their transfer (at most parallel.FETCH_BATCHES batches).
+# one batch of slices plus this per added slice). At its largest, while the query is ranked,
+# the loop keeps about 100: the labelled and has-label flags (2), the unlabelled mask and the
+# candidate ids (9), the per-slice scores (8 float32 fields: 32, and 32 more while the fetched
+# groups are concatenated), the ranking's scores, empty flags and orders (about 50). The pool's
+# subject, slice index and spacing stay in the memory-mapped cache. See docs/performance.md.
 BUDGET_BYTES_PER_SLICE = 256
 
 
