@@ -52,6 +52,23 @@ def launch(*args, env=None, timeout=600, wrapper=None):
     )
 
 
+def run_on_devices(module: str, *args: str, devices: int = 4, timeout: int = 900):
+    """`python -m module args` (cwd: the repository) with `devices` fake CPU devices
+    (XLA_FLAGS=--xla_force_host_platform_device_count); asserts that it succeeds."""
+    flag = f"--xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip())
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 def failing_mkdir(fragment: str, errno: int, message: str) -> str:
     """Wrapper code for `launch`: os.mkdir of a path containing `fragment` raises
     OSError(errno, message), as a full disk or a read-only mount does (orbax's save threads

@@ -34,6 +34,32 @@ def test_map_batches_equals_the_direct_computation(arrays, batch_size):
     assert seen == [min((i + 1) * batch_size, len(ids)) for i in range(n_batches)]
 
 
+@pytest.mark.parametrize("fetch_batches", [1, 2, 3])
+def test_map_batches_fetches_results_in_groups_while_fewer_than_twice_fetch_batches_wait(
+    arrays, monkeypatch, fetch_batches
+):
+    """Fewer than 2 x `fetch_batches` batches' results wait on the device (not one buffer per
+    batch of the pool until the end); the values are those of the direct computation."""
+    x, y = arrays
+    ids = np.array([7, 0, 3, 3, 10, 5, 1])
+    groups = []
+    real_fetch = parallel.fetch
+
+    def spy(mesh, tree):
+        groups.append(len(tree))
+        return real_fetch(mesh, tree)
+
+    monkeypatch.setattr(parallel, "fetch", spy)
+    out = parallel.map_batches(_row_stats, ids, x, y, batch_size=2, fetch_batches=fetch_batches)
+    np.testing.assert_array_equal(out["id"], 2 * ids)
+    np.testing.assert_allclose(out["sum"], x[ids].sum(axis=(1, 2)) + y[ids], rtol=1e-6)
+    np.testing.assert_array_equal(out["rows"], x[ids, 0])
+    assert sum(groups) == 4  # ceil(7 / 2) batches, each fetched once
+    # fetch_batches at a time once 2 x fetch_batches wait; the rest (fewer) after the last
+    assert groups[:-1] == [fetch_batches] * (len(groups) - 1)
+    assert 0 < groups[-1] < 2 * fetch_batches
+
+
 def test_map_batches_of_no_ids_gives_zero_rows_of_the_right_shapes(arrays):
     x, y = arrays
     out = parallel.map_batches(_row_stats, np.zeros(0, np.int64), x, y, batch_size=4)

@@ -40,26 +40,23 @@ import pytest
 from selal_jax.core import parallel
 from selal_jax.run import loop
 from tests import sharding_worker as worker
-from tests.helpers import REPO, TIMING_FIELDS, read_records, restore_final, smoke_config
+from tests.helpers import (
+    REPO,
+    TIMING_FIELDS,
+    read_records,
+    restore_final,
+    run_on_devices,
+    smoke_config,
+)
 
 # Minutes of end-to-end runs (4 fake devices and two processes): skipped by the README's test command, run by .ci/run.
 pytestmark = pytest.mark.slow
-FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sharding") / "results.npz")
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FOUR_DEVICES}".strip())
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.sharding_worker", out],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_devices("tests.sharding_worker", out)
     with np.load(out) as data:
         return dict(data)
 

@@ -1,4 +1,5 @@
-"""Throughput benchmark: fused scoring, pool scaling, a host-side reference, training, MC reuse.
+"""Throughput benchmark: fused scoring, pool scaling, a host-side reference, training, MC reuse,
+the PyTorch peer and whole rounds of the loop.
 
 Run lines (JSON on stdout, a readable table on stderr):
   python -m selal_jax.bench --output=bench.json                  # defaults for the backend
@@ -13,8 +14,8 @@ minutes on two (shared) cores. Every size actually used is written to the JSON u
 What each section times:
 
 * scoring: `scoring.score_pool` over a synthetic pool (host gather, host->device transfer of each
-  batch, the fused forward + per-pixel uncertainty + masks + per-slice sums, one device_get of
-  the per-slice stats), then `selection.select` for each mode. The device program is the same for
+  batch, the fused forward + per-pixel uncertainty + masks + per-slice sums, a device_get of
+  the per-slice stats every 32 batches), then `selection.select` for each mode. The device program is the same for
   every mode (it always computes the target, boundary and whole-slice sums); modes differ only in
   the host-side ranking, timed separately and added.
 * scaling: the same `score_pool` call over pools of growing size; images are made batch by batch
@@ -29,6 +30,11 @@ What each section times:
 * peer (only with --sections=peer; needs torch): the same U-Net in PyTorch eager and
   torch.compile (inductor, channels-last) beside scoring (entropy), BALD and training,
   alternated in pairs; per-pair median ratios. Without torch its result is {"skipped": "torch not importable"}.
+* loop (only with --sections=loop; needs the run and data layers, so nibabel and
+  ml_collections): one full round of the real loop (train, score, select, diagnostics, per-case
+  evaluation, checkpoint, records) on a generated pool of N slices in the slice cache, for N in
+  `loop_pools`; each part's seconds and the process's peak anonymous memory (RssAnon) per N.
+  Without those layers its result is {"skipped": ...}. See `loop`.
 
 Multi-class and multi-channel (`--num_classes=C`, `--channels=K`): the U-Net gets C + 1 softmax
 logits for C >= 2 (one sigmoid logit for C = 1) and K input channels; the synthetic labels are
@@ -40,17 +46,20 @@ from the compiled program's `memory_analysis()` (null where the backend does not
 
 Modules: `config` (BenchConfig, defaults, validation), `measure` (timing, RSS, device memory,
 environment; shared with benchmarks/), `pool` (SyntheticPool), `context` (Bench: the state the
-sections share), `sections` (the sections and `run`), `reference` (the host reference), `table`
-(format_table) and `__main__` (the absl flags, one per BenchConfig field).
+sections share), `sections` (the sections and `run`), `reference` (the host reference), `peer`,
+`loop` (imported only by the loop section), `table` (format_table) and `__main__` (the absl
+flags, one per BenchConfig field).
 """
 
 from selal_jax.bench.config import (
     AGGREGATION,
     BOUNDARY_WIDTH,
+    BUDGET_BYTES_PER_SLICE,
     CONVENTION,
     DEFAULT_SECTIONS,
     DTYPES,
     LEARNING_RATE,
+    LOOP_PARTS,
     REFERENCE_MODE,
     REFERENCE_PAIRS,
     REFERENCE_STRATEGY,
@@ -64,6 +73,7 @@ from selal_jax.bench.config import (
 )
 from selal_jax.bench.context import Bench
 from selal_jax.bench.measure import (
+    PeakAnon,
     compile_timed,
     current_rss_bytes,
     device_memory,
@@ -73,6 +83,8 @@ from selal_jax.bench.measure import (
     median_seconds,
     peak_device_bytes,
     peak_rss_bytes,
+    release_free_memory,
+    rss_anon_bytes,
     timed_runs,
     wall_seconds,
 )
@@ -81,6 +93,7 @@ from selal_jax.bench.pool import SyntheticPool
 from selal_jax.bench.reference import host_entropy_stats, reference_section
 from selal_jax.bench.sections import (
     SECTION_FUNCTIONS,
+    loop_section,
     mc_reuse_section,
     measure_train,
     relative_difference,
@@ -94,11 +107,14 @@ from selal_jax.bench.table import format_table
 __all__ = [
     "AGGREGATION",
     "BOUNDARY_WIDTH",
+    "BUDGET_BYTES_PER_SLICE",
     "CONVENTION",
     "DEFAULT_SECTIONS",
     "DTYPES",
     "LEARNING_RATE",
+    "LOOP_PARTS",
     "PEER_PAIRS",
+    "PeakAnon",
     "REFERENCE_MODE",
     "REFERENCE_PAIRS",
     "REFERENCE_STRATEGY",
@@ -118,6 +134,7 @@ __all__ = [
     "format_table",
     "host_entropy_stats",
     "host_environment",
+    "loop_section",
     "mc_reuse_section",
     "measure_train",
     "median_run",
@@ -126,7 +143,9 @@ __all__ = [
     "peak_rss_bytes",
     "peer_section",
     "reference_section",
+    "release_free_memory",
     "relative_difference",
+    "rss_anon_bytes",
     "run",
     "scaling_section",
     "scoring_section",

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 from selal_jax.base.errors import ConfigError
 from selal_jax.core import scoring, selection
 
-SECTIONS = ("scoring", "scaling", "reference", "train", "mc_reuse", "peer")
-# `peer` (PyTorch beside the product) runs only when asked for: --sections=peer.
-DEFAULT_SECTIONS = SECTIONS[:-1]
+SECTIONS = ("scoring", "scaling", "reference", "train", "mc_reuse", "peer", "loop")
+# `peer` (PyTorch beside the product) and `loop` (whole rounds of the loop over pools of up to
+# 64k slices; needs the run and data layers) run only when asked for: --sections=peer,loop.
+DEFAULT_SECTIONS = SECTIONS[:-2]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SCHEMA_VERSION = 1
 # Options of the scoring engine that the benchmark holds fixed.
@@ -27,6 +28,15 @@ REFERENCE_STRATEGY = "entropy"
 REFERENCE_MODE = "selective"
 REFERENCE_PAIRS = 3  # at least this many alternating host/fused runs
 LEARNING_RATE = 1e-4
+# The parts of a round that the loop section times (`loop.TIMED`).
+LOOP_PARTS = ("train", "score", "select", "diagnostics", "evaluation", "checkpoint", "records")
+# Host memory the loop may keep per pool slice, bytes (the loop section's memory allowance is
+# one batch of slices plus this per added slice). At its largest, while the query is ranked,
+# the loop keeps about 100: the labelled and has-label flags (2), the unlabelled mask and the
+# candidate ids (9), the per-slice scores (8 float32 fields: 32, and 32 more while the fetched
+# groups are concatenated), the ranking's scores, empty flags and orders (about 50). The pool's
+# subject, slice index and spacing stay in the memory-mapped cache. See docs/performance.md.
+BUDGET_BYTES_PER_SLICE = 256
 
 
 def _field(default, help_text: str):
@@ -66,6 +76,23 @@ class BenchConfig:
     sections: tuple[str, ...] = _field(
         DEFAULT_SECTIONS, f"sections to run, of {','.join(SECTIONS)} (default: all but peer)"
     )
+    loop_pools: tuple[int, ...] = _field(
+        (1024, 4096, 16384, 65536), "pool sizes of the loop section, slices"
+    )
+    loop_image_size: int = _field(240, "slice size of the loop section, pixels")
+    loop_base_width: int = _field(32, "U-Net channels of the first level, loop section")
+    loop_depth: int = _field(4, "U-Net pooling steps, loop section")
+    loop_batch_size: int = _field(
+        256, "slices per scoring and evaluation call of the loop section (train.eval_batch_size)"
+    )
+    loop_train_steps: int = _field(
+        20, "train steps of the loop section's round (one epoch, batch train_batches[0])"
+    )
+    loop_labelled: int = _field(64, "labelled slices of the loop section's round")
+    loop_repeats: int = _field(
+        4,
+        "rounds per pool size in the loop section, sizes ascending then descending (median)",
+    )
     quick: bool = _field(False, "tiny sizes (a smoke run for tests)")
     seed: int = _field(0, "seed of parameters, keys and synthetic images")
 
@@ -92,6 +119,14 @@ def default_config(backend: str, quick: bool = False) -> BenchConfig:
             train_steps=2,
             repeats=1,
             query_size=8,
+            loop_pools=(64, 128),
+            loop_image_size=32,
+            loop_base_width=4,
+            loop_depth=2,
+            loop_batch_size=16,
+            loop_train_steps=2,
+            loop_labelled=8,
+            loop_repeats=1,
             quick=True,
         )
     if backend == "cpu":
@@ -108,6 +143,11 @@ def default_config(backend: str, quick: bool = False) -> BenchConfig:
             train_steps=2,
             repeats=1,
             query_size=8,
+            # The loop section on a CPU: 32x32 slices and a small U-Net, pools of 1k-64k.
+            loop_image_size=32,
+            loop_base_width=8,
+            loop_depth=3,
+            loop_batch_size=64,
         )
     return BenchConfig()
 
@@ -135,12 +175,21 @@ def validate_config(config: BenchConfig) -> None:
         "train_steps",
         "repeats",
         "query_size",
+        "loop_image_size",
+        "loop_base_width",
+        "loop_depth",
+        "loop_batch_size",
+        "loop_train_steps",
+        "loop_labelled",
+        "loop_repeats",
     ):
         if int(getattr(config, field)) < 1:
             fail(field, "expected a positive integer")
     for field in ("image_size", "scaling_image_size"):
         if getattr(config, field) % 2**config.depth:
             fail(field, f"expected a multiple of 2**depth = {2**config.depth}")
+    if config.loop_image_size % 2**config.loop_depth:
+        fail("loop_image_size", f"expected a multiple of 2**loop_depth = {2**config.loop_depth}")
     for field, allowed in (
         ("dtypes", tuple(DTYPES)),
         ("strategies", scoring.UNCERTAINTY_STRATEGIES),
@@ -150,7 +199,10 @@ def validate_config(config: BenchConfig) -> None:
         values = getattr(config, field)
         if not values or any(v not in allowed for v in values):
             fail(field, f"expected a non-empty list of {allowed}")
-    for field in ("scaling_pools", "train_batches"):
+    for field in ("scaling_pools", "train_batches", "loop_pools"):
         values = getattr(config, field)
         if not values or any(int(v) < 1 for v in values):
             fail(field, "expected a non-empty list of positive integers")
+    smallest = config.loop_labelled + config.query_size
+    if min(config.loop_pools) < smallest:
+        fail("loop_pools", f"expected pools of at least loop_labelled + query_size = {smallest}")

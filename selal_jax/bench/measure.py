@@ -6,11 +6,15 @@ Also used by benchmarks/load_time.py (timing and `host_environment`).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,6 +31,69 @@ def current_rss_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def rss_anon_bytes() -> int | None:
+    """The process's anonymous resident memory now (`RssAnon` of /proc/self/status: heap, stacks,
+    CPU device buffers; not the page cache that memory-mapped files are read through), or None
+    where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def release_free_memory() -> None:
+    """Collects garbage and hands the allocator's free memory back to the system (glibc's
+    `malloc_trim`; elsewhere only the collection), so that `RssAnon` measured next counts the
+    memory in use rather than what earlier work left free in malloc's arenas."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+
+
+class PeakAnon:
+    """The peak of `rss_anon_bytes` while a `with` block runs, sampled every `interval` seconds
+    by a daemon thread (and once at entry and exit).
+
+    Attributes:
+      start: RssAnon at entry, bytes (None where unavailable).
+      peak: the largest sample, bytes (None where unavailable); set on exit.
+    """
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.start = self.peak = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _take(self) -> None:
+        now = rss_anon_bytes()
+        if now is not None and (self.peak is None or now > self.peak):
+            self.peak = now
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._take()
+
+    def __enter__(self) -> PeakAnon:
+        self.start = rss_anon_bytes()
+        self._take()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        self._take()
+        return False
 
 
 def peak_rss_bytes() -> int:

@@ -1,5 +1,5 @@
-"""The timed sections (scoring, scaling, train, mc_reuse; the reference is in `reference`) and
-`run`, which runs the configured ones and returns the JSON-serialisable result."""
+"""The timed sections (scoring, scaling, train, mc_reuse; the reference is in `reference`, the
+peer in `peer`, the loop in `loop`) and `run`, which runs the configured ones and returns the JSON-serialisable result."""
 
 from __future__ import annotations
 
@@ -200,6 +200,16 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / scale, initial=0.0))
 
 
+def loop_section(bench: Bench) -> list[dict] | dict:
+    """One full round of the real loop per pool size (`selal_jax.bench.loop`); skipped, saying
+    why, where the run and data layers cannot be imported (no nibabel or ml_collections)."""
+    try:
+        from selal_jax.bench import loop
+    except ImportError as e:
+        return {"skipped": f"the run and data layers are not importable ({e})"}
+    return loop.loop_rows(bench.config)
+
+
 SECTION_FUNCTIONS = {
     "scoring": scoring_section,
     "scaling": scaling_section,
@@ -207,6 +217,7 @@ SECTION_FUNCTIONS = {
     "train": train_section,
     "mc_reuse": mc_reuse_section,
     "peer": peer_section,
+    "loop": loop_section,
 }
 assert tuple(SECTION_FUNCTIONS) == SECTIONS
 

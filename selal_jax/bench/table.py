@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from selal_jax.bench.config import BUDGET_BYTES_PER_SLICE, LOOP_PARTS
+
 
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
@@ -184,7 +186,46 @@ def format_table(result: dict) -> str:
         ]
         if "torch_compile_skipped" in p:
             parts.append(f"torch_compile: skipped ({p['torch_compile_skipped']})")
+    if "loop" in result:
+        parts.append(_loop_table(result["loop"], cfg))
     parts.append(
         f"\npeak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB, total {result['total_s']:.0f} s"
     )
     return "\n".join(parts)
+
+
+def _loop_table(loop, cfg: dict) -> str:
+    if "skipped" in loop:
+        return f"\nloop: skipped ({loop['skipped']})"
+    size = cfg["loop_image_size"]
+    return "\n".join(
+        [
+            f"\nloop (one round of the loop; {size}x{size}, U-Net width {cfg['loop_base_width']} "
+            f"depth {cfg['loop_depth']}, batch {cfg['loop_batch_size']}; median of "
+            f"{loop[0]['repeats']} rounds; seconds per part; memory allowance: one batch + "
+            f"{BUDGET_BYTES_PER_SLICE} B per added slice):",
+            _table(
+                (
+                    "pool",
+                    *LOOP_PARTS,
+                    "score us/slice",
+                    "ratio",
+                    "peak anon MiB",
+                    "growth",
+                    "allowed",
+                ),
+                [
+                    (
+                        r["pool_size"],
+                        *(r["seconds"][p] for p in LOOP_PARTS),
+                        r["score_us_per_slice"],
+                        r["score_per_slice_ratio"],
+                        r["peak_anon_mib"],
+                        r["anon_growth_mib"],
+                        r["allowance_mib"],
+                    )
+                    for r in loop
+                ],
+            ),
+        ]
+    )

@@ -8,8 +8,8 @@ process.
   statistics are those of the whole global batch, as on one device, up to the order of the
   floating-point sums.
 * Pool scoring and evaluation: each batch is split the same way, each device scores its rows, and
-  the per-slice results are gathered once at the end (`fetch`), then ranked on the host exactly
-  as on one device.
+  the per-slice results are gathered every `FETCH_BATCHES` batches (`fetch`), then ranked on the
+  host exactly as on one device.
 * Multi-host: after `initialize`, `jax.devices()` lists every process's devices. Each process
   reads from its memory-mapped slice cache only the rows of each batch that its own devices hold
   (`local_rows`) and hands them to `jax.make_array_from_process_local_data`.
@@ -234,14 +234,31 @@ def _ids_batch(mesh: Mesh | None, batch_ids: np.ndarray):
     return global_batch(mesh, batch_ids[local_rows(mesh, len(batch_ids))].astype(np.int32))
 
 
-def map_batches(fn, ids, *arrays, batch_size: int, mesh: Mesh | None = None, on_batch=None):
-    """`fn` over the rows `ids` of host arrays, in fixed-shape batches; one transfer back.
+# Batches whose results are fetched to the host together, the oldest first, once twice as many
+# wait (the newest keep the device busy meanwhile). Each waiting result is a few small device
+# buffers (about 3 KB each on XLA:CPU): fetching only after the last batch held the per-batch
+# buffers of the whole pool (27 MiB more anonymous memory at 64k slices, docs/performance.md).
+FETCH_BATCHES = 32
+
+
+def map_batches(
+    fn,
+    ids,
+    *arrays,
+    batch_size: int,
+    mesh: Mesh | None = None,
+    on_batch=None,
+    fetch_batches: int = FETCH_BATCHES,
+):
+    """`fn` over the rows `ids` of host arrays, in fixed-shape batches; results fetched in groups.
 
     The one batching loop of the project (big_vision's pad-shard-unpad): for each batch of
     `batch_size` ids (the last padded by repeating its first id), gathers `array[batch_ids]` of
     every host array (NumPy or memmap [N, ...]), places it on the device(s), calls
-    `fn(batch_ids, *batch_arrays)` (batch_ids as int32), and after the last batch fetches every
-    result in one `device_get` and drops the padding rows.
+    `fn(batch_ids, *batch_arrays)` (batch_ids as int32), fetches the results of the oldest
+    `fetch_batches` batches in one `device_get` whenever twice as many wait (the newest keep the
+    device busy meanwhile) and the rest after the last batch, drops the padding rows and
+    concatenates them.
 
     Args:
       fn: a jitted function returning a pytree of [batch, ...] arrays.
@@ -253,6 +270,9 @@ def map_batches(fn, ids, *arrays, batch_size: int, mesh: Mesh | None = None, on_
         process.
       on_batch: called with the number of rows done each time a batch's results are ready (one
         batch behind the dispatch, so that waiting for it does not stall the device).
+      fetch_batches: batches whose results are fetched together; fewer than twice as many wait
+        on the device(s), so that device and host memory for results hold O(fetch_batches)
+        buffers, not one per batch of the pool.
 
     Returns:
       The pytree of `fn`'s outputs as NumPy arrays with len(ids) rows.
@@ -260,25 +280,41 @@ def map_batches(fn, ids, *arrays, batch_size: int, mesh: Mesh | None = None, on_
     ids = np.asarray(ids, np.int64)
     if mesh is not None:
         check_batch_size("batch size", batch_size, mesh.size)
-    outs, done = [], 0
+    if fetch_batches < 1:
+        raise ValueError(f"map_batches: fetch_batches must be >= 1, got {fetch_batches}")
+    waiting, fetched, done = [], [], 0
+
+    def fetch_waiting(keep: int) -> None:
+        """Fetches all but the newest `keep` waiting results; drops their padding rows."""
+        take = waiting[: len(waiting) - keep]
+        del waiting[: len(take)]
+        host = fetch(mesh, [o for o, _ in take])
+        counts = [n for _, n in take]
+        fetched.append(
+            jax.tree_util.tree_map(
+                lambda *xs: np.concatenate([x[:n] for x, n in zip(xs, counts, strict=True)]),
+                *host,
+            )
+        )
+
     for idx, n_valid in padded_batches(len(ids), batch_size):
         batch_ids = ids[idx]
         out = fn(_ids_batch(mesh, batch_ids), *host_batch(mesh, batch_ids, *arrays))
-        if on_batch is not None and outs:
-            jax.block_until_ready(outs[-1][0])
-            done += outs[-1][1]
+        if on_batch is not None and waiting:
+            jax.block_until_ready(waiting[-1][0])
+            done += waiting[-1][1]
             on_batch(done)
-        outs.append((out, n_valid))
-    if not outs:  # no rows: zeros of the shapes one batch would give
+        waiting.append((out, n_valid))
+        if len(waiting) >= 2 * fetch_batches:
+            fetch_waiting(keep=fetch_batches)
+    if not waiting:  # no rows: zeros of the shapes one batch would give
         sample = np.zeros(1, np.int64)
         shapes = jax.eval_shape(fn, _ids_batch(None, sample), *host_batch(None, sample, *arrays))
         return jax.tree_util.tree_map(lambda x: np.zeros((0, *x.shape[1:]), x.dtype), shapes)
-    host = fetch(mesh, [o for o, _ in outs])
+    fetch_waiting(keep=0)
     if on_batch is not None:
         on_batch(len(ids))
-    return jax.tree_util.tree_map(
-        lambda *xs: np.concatenate([x[:n] for x, (_, n) in zip(xs, outs, strict=True)]), *host
-    )
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *fetched)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,9 +106,10 @@ def balanced_target_order(
                 order.append(position)
                 chooser.append(c + 1)
                 remaining = True
-    rest = [p for p in order_t if not seen[p]]
-    order = np.asarray(order + rest, np.int64)
-    return order, np.asarray(chooser + [0] * len(rest), np.int64)
+    rest = np.asarray(order_t, np.int64)
+    rest = rest[~seen[rest]]  # in order_t's order; arrays, not a Python int per pool slice
+    order = np.concatenate([np.asarray(order, np.int64), rest])
+    return order, np.concatenate([np.asarray(chooser, np.int64), np.zeros(len(rest), np.int64)])
 
 
 def rank(score: np.ndarray, empty: np.ndarray, convention: str) -> np.ndarray:

@@ -173,11 +173,12 @@ def score_pool(
 
     Host memory stays bounded: each batch's images are gathered from `images` (a NumPy array or
     memmap [N, H, W] or [N, H, W, K]) as it is dispatched, and only per-slice stats come back, in
-    one transfer. The model's head decides binary (num_logits 1) or multi-class scoring.
+    transfers of `parallel.FETCH_BATCHES` batches. The model's head decides binary (num_logits 1)
+    or multi-class scoring.
 
     With a `mesh` (see selal_jax.parallel), `batch_size` is global: each batch is split over the
     mesh's devices (each process reads only its own rows), and the per-slice stats of every
-    device are gathered at the end, so every process returns the whole pool's stats. Per-slice
+    device are gathered (every `parallel.FETCH_BATCHES` batches), so every process returns the whole pool's stats. Per-slice
     results do not depend on the batching (MC dropout keys are per slice, derived from
     `score_key`, the round's `rng.score_key`). `None` is the single-device path.
 

@@ -171,7 +171,8 @@ def _select_class_balanced(
     order_t, chooser = balanced_target_order(
         class_score, class_empty, order_of(score_t, empty_t, "target"), class_order
     )
-    chosen_by = dict(zip(order_t.tolist(), chooser.tolist(), strict=True))
+    chosen_by = np.zeros(len(candidate_ids), np.int64)  # position -> its class (0: none)
+    chosen_by[order_t] = chooser
     if mode == "selective":
         score_b, empty_b = stream_scores(stats, "boundary", aggregation, "paper")
         order_b = order_of(score_b, empty_b, "boundary")
@@ -183,7 +184,7 @@ def _select_class_balanced(
         (picked, streams), score_b = query.finish(), None
     out_streams, scores = [], []
     for position, stream in zip(picked, streams, strict=True):
-        c = chosen_by[position] if stream == "target" else 0
+        c = int(chosen_by[position]) if stream == "target" else 0
         if c and several:
             out_streams.append(f"target:{c}")
             scores.append(class_score[position, c - 1])

@@ -91,7 +91,7 @@ def predicted_target_counts(
     """Per-slice predicted target pixels [n] int64 of `ids` (see `predicted_target_mask`).
 
     One jitted program per fixed-shape batch of the batcher (the last padded, split over its
-    mesh), the deterministic model; only the counts leave the device, in one transfer.
+    mesh), the deterministic model; only the counts leave the device (`parallel.map_batches`).
     """
     threshold = np.float32(target_threshold)
     variables = batches.replicate(variables)

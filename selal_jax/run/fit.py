@@ -30,7 +30,7 @@ def evaluate(
     model: UNet, variables, data: SliceSet, batches: parallel.Batcher, ids=None
 ) -> dict[str, np.ndarray]:
     """Per-slice evaluation terms (`core.train.eval_batch`) over `ids` (default: every slice) of
-    `data`, in the batcher's fixed-shape batches over its mesh; one transfer for the whole split."""
+    `data`, in the batcher's fixed-shape batches over its mesh; results fetched every `parallel.FETCH_BATCHES` batches."""
     ids = np.arange(len(data)) if ids is None else np.asarray(ids)
     variables = batches.replicate(variables)
 

@@ -200,7 +200,7 @@ class OverlaidLabels:
 
     def __getitem__(self, index):
         rows = np.array(self.base[index])
-        positions = np.arange(len(self.base))[index]
+        positions = self._positions(index)
         if np.ndim(positions) == 0:
             k = np.searchsorted(self.ids, positions)
             if k < len(self.ids) and self.ids[k] == positions:
@@ -210,6 +210,17 @@ class OverlaidLabels:
         hit = (self.ids[k] == positions) if len(self.ids) else np.zeros(positions.shape, bool)
         rows[hit] = self.masks[k[hit]]
         return rows
+
+    def _positions(self, index) -> np.ndarray:
+        """The pool ids `index` reads (an integer, an index array or a slice), as many as the rows
+        read: nothing the size of the pool is made for a batch."""
+        n = len(self.base)
+        if isinstance(index, slice):
+            return np.arange(*index.indices(n))
+        positions = np.asarray(index)
+        if positions.dtype == bool:
+            return np.flatnonzero(positions)
+        return np.where(positions < 0, positions + n, positions).astype(np.int64)
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]

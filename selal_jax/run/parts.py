@@ -65,8 +65,11 @@ class Parts:
         return schema.flatten(self.config)
 
 
-def build(config, workdir: str) -> Parts:
+def build(config, workdir: str, splits: Splits | None = None) -> Parts:
     """The parts of the run of `config` in `workdir` (see the module docstring).
+
+    `splits`: the data, when the caller has made it (the benchmark's generated pool,
+    `selal_jax.bench.loop`); by default `loading.load_dataset` of config.data.
 
     Raises the run's refusals before anything is trained: a bad config field
     (`validation.validate_config`), bad data (`loading.load_dataset`), a config that does not
@@ -74,7 +77,8 @@ def build(config, workdir: str) -> Parts:
     """
     validation.validate_config(config)
     # Multi-host: process 0 writes the synthetic cohort and the slice cache, the rest read them.
-    splits = parallel.primary_first(lambda: loading.load_dataset(config.data, workdir))
+    if splits is None:
+        splits = parallel.primary_first(lambda: loading.load_dataset(config.data, workdir))
     config = validation.fit_to_data(config, splits)  # before anything is built or trained
     mesh = parallel.default_mesh()  # None with one device: the single-device path
     return Parts(
