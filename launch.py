@@ -4,6 +4,7 @@
   python launch.py sweep --config=configs/default.py --workdir=runs/sweep    # strategies x seeds
   python launch.py supervised --config=configs/default.py --workdir=runs/sup # baseline only
   python launch.py report --workdir=runs/sweep [--baseline=0.77] [--reference=random:all]
+      [--gallery_round=R] [--out=DIR]
   python launch.py inspect --config=... [--workdir=DIR] [--json]              # data dry run
 
 An existing run or sweep continues with the config it was started with: --workdir alone is
@@ -87,7 +88,13 @@ _REFERENCE = flags.DEFINE_string(
 _OUT = flags.DEFINE_string(
     "out",
     None,
-    "query: output folder (default <workdir>/queries/round_R); export-nnunet: the dataset folder.",
+    "query: output folder (default <workdir>/queries/round_R); export-nnunet: the dataset folder; "
+    "report: the report folder (default <workdir>/report).",
+)
+_GALLERY_ROUND = flags.DEFINE_integer(
+    "gallery_round",
+    None,
+    "report: the round whose query the gallery shows (default the last round with a query).",
 )
 _LABELS = flags.DEFINE_string("labels", None, "import-labels: folder of corrected label volumes.")
 _ALLOW_OUTSIDE = flags.DEFINE_bool(
@@ -185,7 +192,9 @@ def _main(argv):
     if workdir is None:
         if verb in NEEDS_WORKDIR:
             raise _usage(f"{verb} needs --workdir")
-        name = f"{config.al.strategy}-{config.al.mode}" if verb == "run" else verb
+        from selal_jax.verbs import run_names  # imports JAX, initialises no backend
+
+        name = run_names.folder(run_names.config_fields(config)) if verb == "run" else verb
         workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         # stderr under --json: stdout holds the JSON object alone
         print(
@@ -215,7 +224,13 @@ def _main(argv):
         if verb == "sweep":
             paths = sweep.run(config, workdir)
         else:
-            paths = report.write_report(workdir, _BASELINE.value, reference=_REFERENCE.value)
+            paths = report.write_report(
+                workdir,
+                _BASELINE.value,
+                out_dir=_OUT.value,
+                reference=_REFERENCE.value,
+                gallery_round=_GALLERY_ROUND.value,
+            )
         for name in ("summary.md", "comparison.md"):
             with open(paths[name]) as f:
                 show(f.read())

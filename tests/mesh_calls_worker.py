@@ -6,7 +6,8 @@ mesh it got, and writes them as JSON. Usage: python -m tests.mesh_calls_worker O
 
 Runs: the loop (al.rounds = 1: rounds 0 and 1, per-case evaluation on) with `entropy` (scoring,
 both diagnostics) and with `random_predicted` (the predicted-target counts); the sweep's shared
-round 0 (the pool embeddings); a human annotator's run and its query export (the predictions).
+round 0 (the pool embeddings); a human annotator's run and its query export (the predictions);
+the query gallery of the entropy run (its maps and predictions).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax
 
 from selal_jax.core import parallel
 from selal_jax.run import loop
-from selal_jax.verbs import annotate, sweep
+from selal_jax.verbs import annotate, report_gallery, sweep
 from tests.helpers import smoke_config
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "selal_jax")
@@ -66,6 +67,7 @@ def main(out: str, tmp: str) -> None:
     human = smoke_config(**common, **{"al.annotator": "human"})
     loop.run(human, os.path.join(tmp, "human"))
     annotate.export_query(human, os.path.join(tmp, "human"))
+    assert report_gallery.build_gallery(os.path.join(tmp, "entropy")).rows
     with open(out, "w") as f:
         json.dump(calls, f)
 

@@ -26,7 +26,7 @@ def test_paper_configs(module, initial, per_round, batch, size):
 
 def test_demo_and_smoke_configs_validate():
 
-    for arg in (None, "smoke", "sweep"):
+    for arg in (None, "smoke", "sweep", "compare", "compare_smoke"):
         validation.validate_config(default.get_config(arg))
     with pytest.raises(ValueError, match="unknown config argument"):
         default.get_config("nope")

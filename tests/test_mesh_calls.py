@@ -22,7 +22,8 @@ EXPECTED = {
     ("map_batches", "run.diagnostics.embed"),  # query diagnostics, the sweep's embeddings
     ("map_batches", "run.diagnostics.predicted_target_counts"),  # random_predicted
     ("map_batches", "run.evaluation.evaluate_cases"),  # per-case evaluation
-    ("map_batches", "verbs.annotate.predicted_masks"),  # the query export's predictions
+    # the predictions of a finished run's model: the query export's and the gallery's
+    ("map_batches", "run.state.predict"),
 }
 
 

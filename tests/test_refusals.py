@@ -37,8 +37,8 @@ def test_an_unknown_config_argument_and_an_unknown_verb_are_one_line(tmp_path):
     line = refusal(launch("--config=configs/default.py:smokey", f"--workdir={tmp_path}"))
     assert line == (
         "error: flag --config=configs/default.py:smokey: configs/default.py: unknown config "
-        "argument 'smokey'; expected 'smoke', 'multiclass', 'clasp', 'sweep' or none (--help "
-        "lists the flags)"
+        "argument 'smokey'; expected 'smoke', 'multiclass', 'clasp', 'compare', 'compare_smoke', "
+        "'sweep' or none (--help lists the flags)"
     )
     line = refusal(launch("frob", f"--workdir={tmp_path}"))
     assert line.startswith("error: unknown command 'frob'; expected one of ('run', 'sweep'")

@@ -445,6 +445,7 @@ def test_comparison_table_against_the_reference_by_hand(tmp_path):
     mine = numbers["entropy selective"]
     check(ent, "case_dice_last", [c[-1] for _, c, _ in mine])
     check(ent, "case_dice_highest", [c.max() for _, c, _ in mine])
+    check(ent, "case_dice_aubc", [nauc(c) for _, c, _ in mine])  # % labelled: 5, 10, 15
     check(ent, "case_hd95_mm_last", [h[-1] for _, _, h in mine])
     check(ent, "slice_dice_highest", [s.max() for s, _, _ in mine])
     check(ent, "slice_dice_nauc", [nauc(s) for s, _, _ in mine])
@@ -511,7 +512,7 @@ def test_no_reference_run_says_so_and_single_seed_has_no_interval(tmp_path):
     with open(paths["comparison.md"]) as f:
         text = f.read()
     assert "No paired comparison: no 'random all' run" in text
-    assert "| entropy all | 1 | - | - | - | 0.8000 (1 seed) |" in text
+    assert "| entropy all | 1 | - | - | - | - | 0.8000 (1 seed) |" in text
     assert "learning_curves_pixels.png" not in paths  # no record has pixel counts
 
 

@@ -200,7 +200,8 @@ def test_pool_scoring_compiles_once_per_shape(tiny_model):
     model, variables, images = tiny_model
     traced = chex.assert_max_traces(scoring.score_batch.__wrapped__, n=1)
     fn = jax.jit(
-        traced, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
+        traced,
+        static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder", "maps"),
     )
     original = scoring.score_batch
     scoring.score_batch = fn

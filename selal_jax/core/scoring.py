@@ -21,11 +21,13 @@ from selal_jax.core.models import UNet
 from selal_jax.core.uncertainty import (  # noqa: F401
     CONVENTIONS,
     UNCERTAINTY_STRATEGIES,
+    PixelMaps,
     SliceStats,
     class_pixel_uncertainty,
     class_terms_from_logits,
     class_terms_from_probs,
     is_multiclass,
+    pixel_maps,
     pixel_uncertainty,
     stats_from_probs,
     stats_from_terms,
@@ -91,7 +93,8 @@ def mc_logits(
 
 
 @functools.partial(
-    backend_jit, static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder")
+    backend_jit,
+    static_argnames=("model", "strategy", "convention", "passes", "reuse_encoder", "maps"),
 )
 def score_batch(
     variables,
@@ -106,7 +109,8 @@ def score_batch(
     convention: str,
     passes: int = 1,
     reuse_encoder: bool = True,
-) -> SliceStats:
+    maps: bool = False,
+) -> SliceStats | PixelMaps:
     """Forward pass(es), per-pixel uncertainty, masks and per-slice sums in one program.
 
     Args:
@@ -116,12 +120,15 @@ def score_batch(
       slice_ids: [batch] int32 pool ids (seed MC dropout keys).
       score_key: the round's `rng.score_key` (the MC dropout masks derive from it).
       target_threshold, boundary_width: T and B (traced: changing them does not recompile).
+      maps: return the per-pixel maps that the sums are made of (PixelMaps: the uncertainty
+        [batch, H, W] and the target, boundary and per-class target masks) instead of the sums.
 
     The model's head decides the path: logits [batch, H, W] are binary, [batch, H, W, L]
     multi-class ('paper' convention only).
 
     Returns:
-      SliceStats with [batch] entries ([batch, C] per-class entries; C = 1 for binary).
+      SliceStats with [batch] entries ([batch, C] per-class entries; C = 1 for binary), or with
+      `maps` PixelMaps with [batch, H, W] entries ([batch, H, W, C] per-class masks).
     """
     if strategy in MC_STRATEGIES:
         logits = mc_logits(model, variables, images, slice_ids, score_key, passes, reuse_encoder)
@@ -137,6 +144,8 @@ def score_batch(
             terms = terms_from_logits(slice_logits)
         else:  # The published code works on probabilities; so does its convention here.
             terms = terms_from_probs(jax.nn.sigmoid(slice_logits))
+        if maps:
+            return pixel_maps(terms, strategy, convention, target_threshold, boundary_width)
         return stats_from_terms(terms, strategy, convention, target_threshold, boundary_width)
 
     return jax.vmap(one)(logits)
@@ -158,7 +167,8 @@ def score_pool(
     reuse_encoder: bool = True,
     progress=None,
     mesh=None,
-) -> SliceStats:
+    maps: bool = False,
+) -> SliceStats | PixelMaps:
     """Scores the candidate slices of a pool in fixed-shape batches.
 
     Host memory stays bounded: each batch's images are gathered from `images` (a NumPy array or
@@ -174,7 +184,8 @@ def score_pool(
 
     Returns:
       SliceStats of NumPy arrays [len(candidate_ids)] (per-class fields [len(candidate_ids), C],
-      C = 1 for a binary head), aligned with `candidate_ids`.
+      C = 1 for a binary head), aligned with `candidate_ids`; with `maps` the PixelMaps of
+      NumPy arrays [len(candidate_ids), ...] instead (`score_batch`).
     """
     t_arr, b_arr = np.float32(target_threshold), np.float32(boundary_width)
     if mesh is not None:
@@ -193,12 +204,20 @@ def score_pool(
             convention=convention,
             passes=passes,
             reuse_encoder=reuse_encoder,
+            maps=maps,
         )
 
     on_batch = None if progress is None else progress.update
     return parallel.map_batches(
         score, candidate_ids, _Float32(images), batch_size=batch_size, mesh=mesh, on_batch=on_batch
     )
+
+
+def pool_pixel_maps(model: UNet, variables, images, ids, score_key: Array, **kwargs) -> PixelMaps:
+    """PixelMaps of NumPy arrays [len(ids), ...] of the pool slices `ids`: the maps whose masked
+    sums `score_pool` (same keyword arguments) returns for them, to the float32 rounding of a
+    program that keeps them."""
+    return score_pool(model, variables, images, ids, score_key, maps=True, **kwargs)
 
 
 class _Float32:

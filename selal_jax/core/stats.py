@@ -1,4 +1,5 @@
-"""Statistics over seeds: percentile bootstrap intervals and the paired Wilcoxon comparison.
+"""Statistics over seeds: percentile bootstrap intervals, the paired Wilcoxon comparison and
+the paired t-test.
 
 Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_jax.verbs.report`.
 
@@ -9,6 +10,9 @@ Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_ja
   MIN_BOOTSTRAP_N seeds: resampling 2-4 numbers gives an interval no wider than their range
   (from 2 seeds the only possible means are the two values and their midpoint), which reads as
   significant when it excludes 0; the report lists the seeds' values instead.
+* Paired t-test (`paired_t_test`): per seed present in both runs, the two-sided paired t-test of
+  the differences (`scipy.stats.ttest_rel`), as the pairwise penalty matrix of Ash et al.
+  (BADGE, ICLR 2020) and nnActive use it.
 * Paired comparison: per seed present in both runs, the difference strategy - reference; its
   mean, bootstrap interval and the two-sided Wilcoxon signed-rank p-value
   (`scipy.stats.wilcoxon` with its defaults: zero differences dropped). With n non-zero
@@ -19,6 +23,7 @@ Host-side NumPy/SciPy on a few numbers per seed (one per run), used by `selal_ja
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -88,4 +93,28 @@ def paired_comparison(values: dict, reference: dict) -> dict:
         )
     else:
         out["note"] = ""
+    return out
+
+
+def paired_t_test(values: dict, reference: dict) -> dict:
+    """Two-sided paired t-test of values - reference, paired by seed.
+
+    Args:
+      values, reference: {seed: number or None}; seeds missing or None in either are left out.
+
+    Returns:
+      {'seeds': paired seeds (list), 'mean': mean difference | None, 'p': the two-sided p of
+       `scipy.stats.ttest_rel` | None}: p is None with fewer than 2 pairs, NaN when every
+      difference is 0 (no test), 0 when they are all equal and non-zero.
+    """
+    from scipy import stats
+
+    seeds = sorted(s for s in values if values[s] is not None and reference.get(s) is not None)
+    a = np.array([values[s] for s in seeds], np.float64)
+    b = np.array([reference[s] for s in seeds], np.float64)
+    out = {"seeds": seeds, "mean": float(np.mean(a - b)) if seeds else None, "p": None}
+    if len(seeds) >= 2:
+        with warnings.catch_warnings():  # (near-)zero variance: t is +-inf or NaN, as documented
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["p"] = float(stats.ttest_rel(a, b).pvalue)
     return out

@@ -210,16 +210,20 @@ def pixel_uncertainty(terms: PassTerms, strategy: str, convention: str) -> tuple
     return u, mean.p
 
 
+def masks(
+    mask_map: Array, target_threshold: Array, boundary_width: Array, convention: str
+) -> tuple[Array, Array]:
+    """(target, boundary) pixel masks [height, width] bool of a binary slice's mask map."""
+    if convention == "official":
+        return mask_map >= target_threshold, jnp.abs(mask_map - 0.5) <= boundary_width
+    return mask_map > target_threshold, jnp.abs(mask_map - 0.5) < boundary_width
+
+
 def masked_stats(
     u: Array, mask_map: Array, target_threshold: Array, boundary_width: Array, convention: str
 ) -> SliceStats:
     """Masked sums and counts for one slice (u, mask_map: [height, width])."""
-    if convention == "official":
-        target = mask_map >= target_threshold
-        boundary = jnp.abs(mask_map - 0.5) <= boundary_width
-    else:
-        target = mask_map > target_threshold
-        boundary = jnp.abs(mask_map - 0.5) < boundary_width
+    target, boundary = masks(mask_map, target_threshold, boundary_width, convention)
 
     def masked_sum(mask):
         return jnp.sum(jnp.where(mask, u, 0.0)), jnp.sum(mask, dtype=jnp.float32)
@@ -298,13 +302,23 @@ def class_pixel_uncertainty(
     return u, maps
 
 
+def class_masks(
+    maps: ClassMaps, target_threshold: Array, boundary_width: Array
+) -> tuple[Array, Array, Array]:
+    """(target [H, W], boundary [H, W], class target [H, W, C]) bool masks of a multi-class
+    slice."""
+    return (
+        maps.foreground > target_threshold,
+        maps.top_gap < 2.0 * boundary_width,
+        maps.classes > target_threshold,
+    )
+
+
 def class_masked_stats(
     u: Array, maps: ClassMaps, target_threshold: Array, boundary_width: Array
 ) -> SliceStats:
     """Masked sums and counts for one multi-class slice (u: [height, width])."""
-    target = maps.foreground > target_threshold
-    boundary = maps.top_gap < 2.0 * boundary_width
-    class_target = maps.classes > target_threshold  # [H, W, C]
+    target, boundary, class_target = class_masks(maps, target_threshold, boundary_width)
 
     def masked_sum(mask):
         return jnp.sum(jnp.where(mask, u, 0.0)), jnp.sum(mask, dtype=jnp.float32)
@@ -321,6 +335,31 @@ def class_masked_stats(
     return SliceStats(
         t_sum, t_count, b_sum, b_count, jnp.sum(u), jnp.float32(u.size), c_sum, c_count
     )
+
+
+class PixelMaps(NamedTuple):
+    """What a slice's score is made of, per pixel (`pixel_maps`).
+
+    uncertainty: [H, W] float32, the strategy's per-pixel uncertainty.
+    target, boundary: [H, W] bool, the pixels the target and boundary streams sum over.
+    class_target: [H, W, C] bool, class c's target pixels (C = 1 for binary: the target mask).
+    """
+
+    uncertainty: Array
+    target: Array
+    boundary: Array
+    class_target: Array
+
+
+def pixel_maps(terms, strategy, convention, target_threshold, boundary_width) -> PixelMaps:
+    """PixelMaps of one slice from PassTerms (binary) or ClassTerms (multi-class): the maps
+    that `stats_from_terms` sums."""
+    if isinstance(terms, ClassTerms):
+        u, maps = class_pixel_uncertainty(terms, strategy, convention)
+        return PixelMaps(u, *class_masks(maps, target_threshold, boundary_width))
+    u, mask_map = pixel_uncertainty(terms, strategy, convention)
+    target, boundary = masks(mask_map, target_threshold, boundary_width, convention)
+    return PixelMaps(u, target, boundary, target[..., None])
 
 
 def stats_from_terms(terms, strategy, convention, target_threshold, boundary_width):

@@ -26,6 +26,7 @@ from absl import logging
 
 from selal_jax.base.errors import UserError
 from selal_jax.core import rng
+from selal_jax.core import train as train_lib
 from selal_jax.core.train import TrainState
 from selal_jax.data.slices import SliceSet
 from selal_jax.run import checkpointing, labelled_pool, rounds
@@ -225,15 +226,37 @@ class FinishedRun(_Labels):
     def splits(self):
         return self.parts.splits
 
-    def variables(self) -> dict:
-        """The latest round's model variables ({'params', 'batch_stats'}), restored read-only
+    def variables(self, round_index: int | None = None) -> dict:
+        """The model variables ({'params', 'batch_stats'}) of the latest round, or of round
+        `round_index` (its checkpoint must be kept: `checkpoint_rounds`), restored read-only
         into the abstract target on the run's devices."""
         ckpt = checkpointing.Checkpointer(checkpoints(self.parts.workdir), read_only=True)
+        r = self.round if round_index is None else round_index
         try:
-            model, _ = ckpt.restore_latest(self.round, parts_lib.abstract_state(self.parts))
+            model, _ = ckpt.restore_latest(r, parts_lib.abstract_state(self.parts))
         finally:
             ckpt.close()
         return model.variables
+
+    def predict(self, ids: np.ndarray, variables: dict) -> np.ndarray:
+        """[n, H, W] uint8 predicted class indices (P > 0.5, or the most likely class) of pool
+        ids by the model `variables` (`self.variables(r)`), in the run's batches over its
+        mesh."""
+        batches, model = self.parts.batches, self.parts.model
+        variables = batches.replicate(variables)
+
+        def predict(_, images):
+            return train_lib.predict_batch(variables, images, model=model)
+
+        return batches.map(predict, ids, self.pool.images)
+
+    def checkpoint_rounds(self) -> list[int]:
+        """The rounds whose checkpoints are kept (checkpoint.keep deletes older ones)."""
+        ckpt = checkpointing.Checkpointer(checkpoints(self.parts.workdir), read_only=True)
+        try:
+            return ckpt.all_rounds()
+        finally:
+            ckpt.close()
 
 
 def open_finished(config, workdir: str) -> FinishedRun:

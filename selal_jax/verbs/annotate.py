@@ -40,7 +40,6 @@ from absl import logging
 from selal_jax.base import atomic
 from selal_jax.base.errors import DataError, UserError
 from selal_jax.core import rng
-from selal_jax.core import train as train_lib
 from selal_jax.data import (
     cases,
     fitting,
@@ -83,13 +82,7 @@ class AnnotationError(UserError):
 def predicted_masks(run: state.FinishedRun, ids: np.ndarray) -> np.ndarray:
     """[n, H, W] uint8 predicted class indices (binary: masks) of pool ids, by the model of the
     run's latest round (restored read-only), in the run's batches over its mesh."""
-    batches, model = run.parts.batches, run.parts.model
-    variables = batches.replicate(run.variables())
-
-    def predict(_, images):
-        return train_lib.predict_batch(variables, images, model=model)
-
-    return batches.map(predict, ids, run.pool.images)
+    return run.predict(ids, run.variables())
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Tables and plots from the records of finished or partial runs (nothing is recomputed).
 
-A report reads a run folder (`records.jsonl`) or a sweep folder (`seed-<s>/<strategy>-<mode>/
+A report reads a run folder (`records.jsonl`) or a sweep folder (`seed-<s>/<run folder>/
 records.jsonl`, `supervised/supervised.json`, `seed-<s>/round0/pool_embeddings.npz`) through
 `selal_jax.verbs.report_runs` (the runs grouped by name and seed, the baseline, each record's
 metrics).
@@ -18,8 +18,12 @@ several seeds each cell is mean ± sample standard deviation; summary.csv holds 
 as numbers (`report_tables`). per_class.md/.csv give each class (several classes);
 comparison.md/.csv bootstrap intervals over seeds (none from fewer than 5 seeds: their values
 instead) and the paired comparison against a reference run (`comparison_rows`,
-selal_jax.core.stats). Under the tables, the warnings a reviewer would raise
-(`run.review`). The figures are drawn by `selal_jax.verbs.report_plots`.
+selal_jax.core.stats), with the AUBC of the case Dice, which aubc.md/.csv give per seed
+(`report_runs.aubc`); penalty.md/.csv the pairwise penalty matrix (`report_penalty`). Under
+the tables, the warnings a reviewer would raise (`run.review`). The figures are drawn by
+`selal_jax.verbs.report_plots`; the query galleries (why a round's slices were picked) by
+`selal_jax.verbs.report_gallery`. Runs are named by `selal_jax.verbs.run_names` (strategy,
+mode and the options that act: "entropy selective power").
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ from selal_jax.base.errors import UserError
 from selal_jax.run import review
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.run.workdir import read_records  # noqa: F401  (re-exported: callers use report.X)
+from selal_jax.verbs import report_gallery, report_penalty
 from selal_jax.verbs.report_comparison import (  # noqa: F401  (re-exported)
     DEFAULT_REFERENCE,
+    aubc_markdown,
+    aubc_rows,
     comparison_markdown,
     comparison_rows,
     resolve_reference,
@@ -273,14 +280,17 @@ def write_report(
     baseline: float | None = None,
     out_dir: str | None = None,
     reference: str | None = None,
+    gallery_round: int | None = None,
 ) -> dict:
-    """Writes summary.md/.csv, comparison.md/.csv, learning_curves.png,
-    learning_curves_pixels.png (when records have labelled_target_pixels), per_class.md/.csv (with
-    several classes) and tsne.png (if embeddings exist) to <workdir>/report; returns {name: path}
+    """Writes summary.md/.csv, comparison.md/.csv, aubc.md/.csv, penalty.md/.csv,
+    learning_curves.png, learning_curves_pixels.png (when records have labelled_target_pixels),
+    per_class.md/.csv (with several classes), tsne.png (if embeddings exist) and the query
+    galleries (`report_gallery`) to `out_dir` (default <workdir>/report); returns {name: path}
     and prints nothing. `baseline`: the supervised baseline's value of the Dice that decides
     (case Dice; slice Dice where the runs lack it), default read from supervised.json.
-    `reference`: the run the comparison pairs against ('strategy:mode'; default 'random all'
-    if present)."""
+    `reference`: the run the comparison pairs against, as sweep.runs writes it
+    ('strategy:mode[:option=value...]'; default 'random all' if present). `gallery_round`: the
+    round whose query the galleries show (default the last with a query)."""
     runs = load_runs(workdir)
     if not runs:
         raise UserError(f"{workdir}: no {workdir_lib.RECORDS_FILE} found (nothing to report)")
@@ -289,14 +299,19 @@ def write_report(
     base = load_baseline(workdir) if baseline is None else Baseline.given(baseline, by)
     out_dir = out_dir or os.path.join(workdir, workdir_lib.REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)
+    paths = report_gallery.write_galleries(workdir, out_dir, gallery_round)  # may refuse first
     rows = summary_rows(runs, base, by=by)
     compared = comparison_rows(runs, reference_name)
+    aubcs = aubc_rows(runs)
     summary = summary_markdown(rows, base, by) + warnings_markdown(runs, base)
     tables = [
         ("summary.md", summary + last_queries_markdown(runs)),
         ("summary.csv", csv_table(rows)),
         ("comparison.md", comparison_markdown(compared, reference_name)),
         ("comparison.csv", csv_table(compared)),
+        ("aubc.md", aubc_markdown(aubcs)),
+        ("aubc.csv", csv_table(aubcs)),
+        *report_penalty.penalty_tables(runs),
     ]
     per_class = class_rows(runs)
     if per_class:
@@ -304,7 +319,6 @@ def write_report(
             ("per_class.md", class_markdown(per_class)),
             ("per_class.csv", csv_table(per_class)),
         ]
-    paths = {}
     for name, text in tables:
         paths[name] = os.path.join(out_dir, name)
         with atomic.atomic_open(paths[name], "w") as f:

@@ -1,6 +1,7 @@
 """The one place a report reads runs: the records of every run under a folder, grouped by run
-name and seed (`load_runs`), the supervised baseline (`load_baseline`), and the metrics a
-table reads from a record.
+name (`run_names.label`: strategy, mode and the options that act) and seed (`load_runs`; with
+their folders, `run_files`), the supervised baseline (`load_baseline`), and the metrics a table
+reads from a record.
 
 Two Dice are read from each round's record. The case Dice (`case_dice`: each test volume at its
 own resolution, the mean over the test cases; with classes, the mean over them) decides what a
@@ -25,6 +26,7 @@ from selal_jax.base.errors import UserError
 from selal_jax.run import review
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.run.workdir import read_records
+from selal_jax.verbs import run_names
 
 CASE, SLICE = "case", "slice"
 TITLES = {CASE: "case Dice", SLICE: "slice Dice (paper)"}
@@ -33,20 +35,32 @@ NOT_COMPUTED = "case Dice: not computed (eval.cases=False)"
 Runs = dict[str, dict[int, list[dict]]]  # {run name: {seed: history}}
 
 
-def load_runs(workdir: str) -> Runs:
-    """{run name ('<strategy> <mode>'): {seed: history}} for every records file under workdir."""
-    runs: Runs = {}
+def run_files(workdir: str) -> list[tuple[str, int, str, list[dict]]]:
+    """(run name, seed, folder, history) of every non-empty records file under workdir, in
+    folder order. The name is `run_names.label` ('<strategy> <mode>[ <options>]', e.g.
+    'entropy selective power'); a second run of a name with the same seed is a UserError."""
     # "**" with recursive=True also matches no folder: the workdir's own file is included.
-    paths = sorted(glob.glob(os.path.join(workdir, "**", workdir_lib.RECORDS_FILE), recursive=True))
+    paths = glob.glob(os.path.join(workdir, "**", workdir_lib.RECORDS_FILE), recursive=True)
+    # by folder names ('entropy-selective' before 'entropy-selective-power', unlike '-' < '/')
+    paths.sort(key=lambda p: os.path.relpath(p, workdir).split(os.sep))
+    found, seen = [], set()
     for path in paths:
         history = read_records(path)
         if not history:
             continue
-        first = history[0]
-        name = f"{first['strategy']} {first['mode']}"
-        seed = int(first.get("seed", 0))
-        if seed in runs.get(name, {}):
+        name = run_names.label(run_names.record_fields(history[0]))
+        seed = int(history[0].get("seed", 0))
+        if (name, seed) in seen:
             raise UserError(f"{path}: a second run of {name!r} with seed {seed} in {workdir}")
+        seen.add((name, seed))
+        found.append((name, seed, os.path.dirname(path), history))
+    return found
+
+
+def load_runs(workdir: str) -> Runs:
+    """{run name (`run_files`): {seed: history}} for every records file under workdir."""
+    runs: Runs = {}
+    for name, seed, _, history in run_files(workdir):
         runs.setdefault(name, {})[seed] = history
     return runs
 
@@ -103,7 +117,7 @@ def highest_dice(history: list[dict], by: str) -> float | None:
 
 def normalised_auc(history: list[dict], by: str = SLICE) -> float | None:
     """Trapezoid area under Dice `by` vs % labelled divided by the % range (None for < 2
-    rounds or a round without that Dice)."""
+    rounds or a round without that Dice). `by` SLICE: the paper's nAUC; CASE: `aubc`."""
     values = [dice(rec, by) for rec in history]
     if len(history) < 2 or None in values:
         return None
@@ -113,6 +127,16 @@ def normalised_auc(history: list[dict], by: str = SLICE) -> float | None:
     if width <= 0:
         return None
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / width)
+
+
+def aubc(history: list[dict]) -> float | None:
+    """The AUBC of the case Dice (area under the budget curve, Zhan et al., IJCAI 2021;
+    nnActive's `compute_auc`): the trapezoid area under the case Dice against the labelled
+    slices, round 0 included, divided by their range (the curve's mean height: a constant curve
+    c gives c; with equal steps, nnActive's evenly spaced budgets). % labelled is the labelled
+    slices over a fixed pool, so this is `normalised_auc(history, CASE)`. None for < 2 rounds
+    or a round without a case Dice."""
+    return normalised_auc(history, CASE)
 
 
 def class_names(history: list[dict]) -> list[str]:

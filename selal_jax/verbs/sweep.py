@@ -4,7 +4,8 @@ Layout of a sweep folder:
   supervised/            the supervised baseline (whole training split, first seed)
   seed-<s>/round0/       round 0 of seed s, trained once: model/ (orbax: model, record),
                          pool_embeddings.npz
-  seed-<s>/<strategy>-<mode>/   one active-learning run, starting from round0's model
+  seed-<s>/<strategy>-<mode>[-<options>]/   one active-learning run, starting from round0's
+                         model (sweep.runs and the folder names: selal_jax/verbs/run_names.py)
   report/                summary.md, summary.csv, learning_curves.png, tsne.png
   config.json            the config the sweep was last started with (`launch.py sweep
                          --workdir=W` continues with it)
@@ -35,20 +36,7 @@ from selal_jax.run import state as state_lib
 from selal_jax.run import workdir as workdir_lib
 from selal_jax.run.parts import Parts
 from selal_jax.run.state import LoopState
-from selal_jax.verbs import report, report_runs
-
-
-def parse_runs(text: str) -> list[tuple[str, str]]:
-    """'random:all,entropy:selective' -> [('random', 'all'), ('entropy', 'selective')]."""
-    runs = []
-    for item in (t.strip() for t in str(text).split(",")):
-        if not item:
-            continue
-        strategy, _, mode = item.partition(":")
-        runs.append((strategy.strip(), (mode or "selective").strip()))
-    if not runs:
-        raise ConfigError(f"config field sweep.runs: no strategy:mode pairs in {text!r}")
-    return runs
+from selal_jax.verbs import report, report_runs, run_names
 
 
 def parse_seeds(text) -> list[int]:
@@ -63,32 +51,49 @@ def parse_seeds(text) -> list[int]:
     return seeds
 
 
-def run_config(
-    config, workdir: str, seed: int, strategy: str | None = None, mode: str | None = None
-):
-    """The config of one run of the sweep: shared data folder and cache, the given seed/strategy."""
+def run_config(config, workdir: str, seed: int, spec: run_names.RunSpec | None = None):
+    """The config of one run of the sweep: shared data folder and cache, the given seed, and
+    the run's strategy, mode and options (`spec`; None: the sweep config's)."""
     c = copy.deepcopy(config)
     c.seed = seed
     if c.data.layout == "synthetic" and not c.data.root:
         c.data.root = os.path.join(workdir, synthetic.FOLDERS[c.data.synthetic.kind])
     if not c.data.get("cache_dir"):
         c.data.cache_dir = os.path.join(workdir, workdir_lib.CACHE_DIR)
-    if strategy is not None:
-        c.al.strategy, c.al.mode = strategy, mode
+    if spec is not None:
+        spec.apply(c)
     return c
 
 
 def run(config, workdir: str) -> dict:
     """Runs (or resumes) the sweep and writes its report; returns the report's paths (the
     entry point prints summary.md)."""
-    runs = parse_runs(config.sweep.runs)
+    runs = run_names.parse_runs(config.sweep.runs)
     seeds = parse_seeds(config.sweep.seeds)
-    for strategy, mode in runs:  # refuse a bad name before hours of training
-        validation.validate_config(run_config(config, workdir, seeds[0], strategy, mode))
+    run_folders(config, workdir, runs, seeds[0])  # refuse a bad run before hours of training
     with lock.hold(workdir):  # the sweep folder; each run below locks its own sub-folder
         _check_continues(config, workdir, seeds[0])
         workdir_lib.write_sweep_config(workdir, config)  # `launch.py sweep --workdir` reads it
         return _run(config, workdir, runs, seeds)
+
+
+def run_folders(config, workdir: str, runs, seed: int) -> dict[run_names.RunSpec, str]:
+    """{run: its folder under seed-<s>/} after checking each run's config
+    (`validation.validate_config`); a ConfigError naming sweep.runs for two items that are the
+    same run (the same folder: options that do not act, or the sweep's own values)."""
+    folders: dict[run_names.RunSpec, str] = {}
+    for spec in runs:
+        c = run_config(config, workdir, seed, spec)
+        validation.validate_config(c)
+        name = run_names.folder(run_names.config_fields(c))
+        same = [s.text for s, n in folders.items() if n == name]
+        if same:
+            raise ConfigError(
+                f"config field sweep.runs: {same[0]!r} and {spec.text!r} are the same run "
+                f"({name}); remove one"
+            )
+        folders[spec] = name
+    return folders
 
 
 def _check_continues(config, workdir: str, seed: int) -> None:
@@ -103,7 +108,8 @@ def _check_continues(config, workdir: str, seed: int) -> None:
         schema.flatten(run_config(config, workdir, seed)),
         "",
         where=workdir,
-        neutral=("al.strategy", "al.mode"),  # set per run
+        # set per run; an option a run does not give is the sweep config's, checked here
+        neutral=("al.strategy", "al.mode"),
         allow_change=bool(config.allow_config_change),
     )
 
@@ -119,11 +125,11 @@ def _run(config, workdir: str, runs, seeds) -> dict:
         seed_dir = workdir_lib.seed_dir(workdir, seed)
         round0 = os.path.join(seed_dir, workdir_lib.ROUND0_DIR)
         train_shared_round0(run_config(config, workdir, seed), round0)
-        for strategy, mode in runs:
-            logging.info("sweep: seed %d, %s %s", seed, strategy, mode)
+        for spec, name in run_folders(config, workdir, runs, seed).items():
+            logging.info("sweep: seed %d, %s", seed, spec.text)
             loop.run(
-                run_config(config, workdir, seed, strategy, mode),
-                os.path.join(seed_dir, f"{strategy}-{mode}"),
+                run_config(config, workdir, seed, spec),
+                os.path.join(seed_dir, name),
                 round0=functools.partial(take_round0, round0),
             )
     return report.write_report(workdir)
