@@ -1,5 +1,6 @@
 """Summary table cells from hand-written records; plots and the sweep on a tiny run."""
 
+import errno
 import json
 import os
 
@@ -547,6 +548,24 @@ def test_pixel_curves_and_one_tsne_panel_per_strategy(tmp_path):
     )
     out = report_plots.plot_tsne(runs, str(embeddings), 0, str(tmp_path / "tsne.png"))
     assert os.path.getsize(out) > 0
+
+
+def test_tsne_of_a_sweep_that_cannot_be_written_is_drawn_without_its_cache(tmp_path, monkeypatch):
+    """`report --out` on a read-only sweep: tsne.npy cannot be written beside the embeddings,
+    so the coordinates are computed (those a writable sweep caches) and nothing is left."""
+    embeddings = tmp_path / "pool_embeddings.npz"
+    features = np.random.default_rng(1).normal(size=(12, 5))
+    np.savez(embeddings, features=features, target_pixels=np.arange(12))
+    cached = report_plots.tsne_coordinates(str(embeddings))
+    os.remove(tmp_path / "tsne.npy")
+
+    def refuse(path, mode="w"):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(report_plots.atomic, "atomic_open", refuse)
+    coords = report_plots.tsne_coordinates(str(embeddings))
+    np.testing.assert_array_equal(coords, cached)
+    assert sorted(os.listdir(tmp_path)) == ["pool_embeddings.npz"]
 
 
 def test_cli_report_passes_the_reference_and_prints_the_comparison(tmp_path):

@@ -11,6 +11,7 @@ import math
 import os
 
 import numpy as np
+from absl import logging
 
 from selal_jax.base import atomic
 from selal_jax.verbs.report_runs import CASE, SLICE, TITLES, dice, histories
@@ -99,7 +100,8 @@ def _or_nan(value: float | None) -> float:
 
 
 def tsne_coordinates(embeddings_path: str) -> np.ndarray:
-    """2D t-SNE of the pool embeddings, cached beside them (tsne.npy)."""
+    """2D t-SNE of the pool embeddings, cached beside them (tsne.npy) where that folder can be
+    written (a read-only sweep reported elsewhere, `report --out`, computes it each time)."""
     cache = os.path.join(os.path.dirname(embeddings_path), "tsne.npy")
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(embeddings_path):
         return np.load(cache)
@@ -108,8 +110,11 @@ def tsne_coordinates(embeddings_path: str) -> np.ndarray:
     features = np.load(embeddings_path)["features"]
     perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
     coords = TSNE(2, perplexity=perplexity, init="pca", random_state=0).fit_transform(features)
-    with atomic.atomic_open(cache, "wb") as f:
-        np.save(f, coords)
+    try:
+        with atomic.atomic_open(cache, "wb") as f:
+            np.save(f, coords)
+    except OSError as e:  # read-only or full: the map is drawn, only not cached
+        logging.info("t-SNE coordinates not cached (%s: %s)", cache, e.strerror or e)
     return coords
 
 
