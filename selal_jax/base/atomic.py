@@ -33,6 +33,28 @@ def owner_tag() -> str:
     return f"pid{os.getpid()}h{_host()}-"
 
 
+def umask() -> int:
+    """The process's file-creation mask (read, not changed: /proc/self/status on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def temporary_folder(parent: str, prefix: str) -> str:
+    """`tempfile.mkdtemp` with the mode `os.mkdir` would give (mkdtemp's is 0700 whatever the
+    umask: a folder renamed into place must be as readable as any other the run writes)."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,6 +100,7 @@ def atomic_open(path: str, mode: str = "w"):
     suffix = os.path.splitext(path)[1]  # np.save/np.savez keep a name's own extension
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + owner_tag(), suffix=suffix, dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # open()'s mode, not mkstemp's 0600
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -103,7 +126,7 @@ def atomic_folder(path: str, prefix: str = ".tmp-", replace: bool = False):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     remove_stale(parent, prefix)  # a killed earlier attempt's
-    tmp = tempfile.mkdtemp(prefix=prefix + owner_tag(), dir=parent)
+    tmp = temporary_folder(parent, prefix + owner_tag())
     try:
         yield tmp
         if os.path.isdir(path):

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 from absl import logging
@@ -173,7 +172,7 @@ class Builder:
         with self._writing():
             os.makedirs(cache_dir, exist_ok=True)
             atomic.remove_stale(cache_dir)  # what killed builds and writes left behind
-            self.tmp = tempfile.mkdtemp(prefix=f".tmp-{key}-{atomic.owner_tag()}", dir=cache_dir)
+            self.tmp = atomic.temporary_folder(cache_dir, f".tmp-{key}-{atomic.owner_tag()}")
             H, W = size
             # One channel: [N, H, W] images as always; K >= 2: [N, H, W, K].
             row = (H, W) if channels == 1 else (H, W, channels)
