@@ -83,6 +83,29 @@ def test_the_reviewers_notes_name_the_rounds():
     assert review.run_notes([stopped]) == []  # 3 test cases, 40 slices with target: nothing
 
 
+def test_a_class_the_model_segments_nowhere_is_named():
+    """Two classes: core's case Dice is 0 in rounds 0-2 (every case 0: the mean of values in
+    [0, 1]), hidden in the mean over the classes (0.3) and in a slice Dice of 0.9; round 3 finds
+    it. One warning per class, naming its rounds; none for one class or a model predicting
+    nothing (that warning says it)."""
+    per_class = [{"halo": 0.6, "core": 0.0}] * 3 + [{"halo": 0.6, "core": 0.5}]
+    h = [
+        record(r, 0.9, sum(c.values()) / 2, case_dice_per_class=c) for r, c in enumerate(per_class)
+    ]
+    note = review.MISSED_CLASS_NOTE.format("core")
+    assert "'core'" in note
+    assert [review.round_notes(rec) for rec in h] == [[note]] * 3 + [[]]
+    assert review.run_notes(h) == [f"rounds 0, 1, 2: {note}"]
+    assert f"warning: rounds 0, 1, 2: {note}" in report.round_table(h).splitlines()
+    both = record(0, 0.9, 0.0, case_dice_per_class={"halo": 0.0, "core": 0.0})
+    assert review.run_notes([both]) == [
+        f"round 0: {review.MISSED_CLASS_NOTE.format(n)}" for n in ("halo", "core")
+    ]
+    nothing = record(0, 0.9, 0.0, predicted=0, case_dice_per_class={"halo": 0.0, "core": 0.0})
+    assert review.round_notes(nothing) == [review.NO_PREDICTION_NOTE]
+    assert review.round_notes(record(0, 0.9, 0.0, case_dice_per_class={"target": 0.0})) == []
+
+
 def test_summary_leads_with_case_dice_and_lists_the_warnings(tmp_path):
     for seed, case_dice in ((0, [0.2, 0.3, 0.4, 0.45, 0.5]), (1, [0.1, 0.35, 0.3, 0.5, 0.55])):
         h = with_case(

@@ -1,8 +1,9 @@
 """What a reviewer would raise about a run's numbers, read from its records alone (nothing is
 recomputed): rounds whose model predicts no target on any test slice (its per-slice Dice then
-counts every empty slice as 1, and can exceed a model that segments), rounds whose training
-stopped at the epoch cap while the validation loss still fell, and a test split without target,
-on one case or on few lesion slices (`data.checks.thin_test_notes`, also said at every load).
+counts every empty slice as 1, and can exceed a model that segments), rounds whose model
+overlaps one of several classes in no test case (the mean over classes hides it), rounds whose
+training stopped at the epoch cap while the validation loss still fell, and a test split without
+target, on one case or on few lesion slices (`data.checks.thin_test_notes`, also said at every load).
 
 `round_notes` is what a round's log line adds (`run.loop.log_round`); `run_notes` what a run's
 round table and the report say under their tables, each naming the rounds concerned.
@@ -20,6 +21,11 @@ NO_PREDICTION_NOTE = (
     "the model predicts no target on any test slice (its slice Dice counts each empty slice as 1)"
 )
 CAPPED_NOTE = "training stopped at the epoch cap while the validation loss still fell"
+# With several classes the headline is their mean: a class the model never overlaps hides in it.
+MISSED_CLASS_NOTE = (
+    "case Dice 0 on every test case for class {!r} (the model segments it nowhere; the mean over "
+    "the classes and the slice Dice hide it)"
+)
 
 
 def predicts_nothing(record: dict) -> bool:
@@ -34,17 +40,32 @@ def stopped_at_cap(record: dict) -> bool:
     return "best_epoch" in record and record["best_epoch"] == record["epochs"] - 1
 
 
+def missed_classes(record: dict) -> list[str]:
+    """With several classes, those whose case Dice is 0 on every test case (a mean of values in
+    [0, 1] is 0 only then; a class absent from a case and its prediction scores 1 there). None
+    when the model predicts no target at all (`predicts_nothing` says that) or with one class."""
+    per_class = record.get("case_dice_per_class") or {}
+    if len(per_class) < 2 or predicts_nothing(record):
+        return []
+    return [name for name, value in per_class.items() if value == 0]
+
+
 def round_notes(record: dict) -> list[str]:
     """The warnings of one round's record (the test split's are said at load time)."""
     notes = []
     if predicts_nothing(record):
         notes.append(NO_PREDICTION_NOTE)
+    notes += [MISSED_CLASS_NOTE.format(name) for name in missed_classes(record)]
     if stopped_at_cap(record):
         notes.append(
             f"{CAPPED_NOTE} (the best validation loss at the last of its {record['epochs']} "
             "epochs; raise train.max_epochs)"
         )
     return notes
+
+
+def _misses(name: str):
+    return lambda record: name in missed_classes(record)
 
 
 def rounds_text(rounds: list[int], total: int) -> str:
@@ -71,11 +92,14 @@ def run_notes(
     history: list[dict], cap_field: str = "train.max_epochs", splits: bool = True
 ) -> list[str]:
     """A run's warnings, each once, naming its rounds: the rounds that predict no target, those
-    stopped at the epoch cap (`cap_field`: the config field to raise), then (`splits`) the
-    splits' (from its last record)."""
+    that miss a class (one warning per class), those stopped at the epoch cap (`cap_field`: the
+    config field to raise), then (`splits`) the splits' (from its last record)."""
     capped = f"{CAPPED_NOTE} (the best validation loss at the last epoch; raise {cap_field})"
+    classes = dict.fromkeys(name for rec in history for name in missed_classes(rec))
+    conditions = [(predicts_nothing, NO_PREDICTION_NOTE)]
+    conditions += [(_misses(name), MISSED_CLASS_NOTE.format(name)) for name in classes]
     notes = []
-    for check, note in ((predicts_nothing, NO_PREDICTION_NOTE), (stopped_at_cap, capped)):
+    for check, note in conditions + [(stopped_at_cap, capped)]:
         hit = [rec["round"] for rec in history if check(rec)]
         if hit:
             notes.append(f"{rounds_text(hit, len(history))}: {note}")
