@@ -64,10 +64,6 @@ def round_notes(record: dict) -> list[str]:
     return notes
 
 
-def _misses(name: str):
-    return lambda record: name in missed_classes(record)
-
-
 def rounds_text(rounds: list[int], total: int) -> str:
     """'round 2', 'rounds 0, 2', 'every round' (of `total`)."""
     if len(rounds) == total and total > 1:
@@ -95,12 +91,11 @@ def run_notes(
     that miss a class (one warning per class), those stopped at the epoch cap (`cap_field`: the
     config field to raise), then (`splits`) the splits' (from its last record)."""
     capped = f"{CAPPED_NOTE} (the best validation loss at the last epoch; raise {cap_field})"
-    classes = dict.fromkeys(name for rec in history for name in missed_classes(rec))
-    conditions = [(predicts_nothing, NO_PREDICTION_NOTE)]
-    conditions += [(_misses(name), MISSED_CLASS_NOTE.format(name)) for name in classes]
-    notes = []
-    for check, note in conditions + [(stopped_at_cap, capped)]:
-        hit = [rec["round"] for rec in history if check(rec)]
-        if hit:
-            notes.append(f"{rounds_text(hit, len(history))}: {note}")
+    missed = [missed_classes(rec) for rec in history]
+    found = [([rec["round"] for rec in history if predicts_nothing(rec)], NO_PREDICTION_NOTE)]
+    for name in dict.fromkeys(name for names in missed for name in names):
+        hit = [rec["round"] for rec, names in zip(history, missed, strict=True) if name in names]
+        found.append((hit, MISSED_CLASS_NOTE.format(name)))
+    found.append(([rec["round"] for rec in history if stopped_at_cap(rec)], capped))
+    notes = [f"{rounds_text(hit, len(history))}: {note}" for hit, note in found if hit]
     return notes + (split_notes(history[-1]) if history and splits else [])
