@@ -69,8 +69,7 @@ def log_weights(score: np.ndarray, empty: np.ndarray, ids: np.ndarray, sampling:
     if sampling == "power":
         positive = score > 0
         tier = np.where(~empty & ~positive, 1, tier)
-        with np.errstate(divide="ignore"):
-            logw = beta * np.log(np.where(positive, score, 1.0))
+        logw = beta * np.log(np.where(positive, score, 1.0))  # log 1 = 0 where not drawn
     elif sampling == "softmax":
         logw = beta * score
     elif sampling == "softrank":

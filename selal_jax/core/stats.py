@@ -39,11 +39,10 @@ def bootstrap_interval(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = CONFIDENCE,
-    min_n: int = MIN_BOOTSTRAP_N,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of `values` [n]; None for n < `min_n`."""
+    """Percentile bootstrap interval of the mean of `values` [n]; None for n < MIN_BOOTSTRAP_N."""
     x = np.asarray(values, np.float64)
-    if len(x) < max(min_n, 2):
+    if len(x) < MIN_BOOTSTRAP_N:
         return None
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
@@ -62,6 +61,11 @@ def min_pairs_for(alpha: float = ALPHA) -> int:
     return max(1, math.floor(1 - math.log2(alpha)) + 1)
 
 
+def paired_seeds(values: dict, reference: dict) -> list:
+    """The seeds with a number in both {seed: number or None} maps, sorted."""
+    return sorted(s for s in values if values[s] is not None and reference.get(s) is not None)
+
+
 def paired_comparison(values: dict, reference: dict) -> dict:
     """Paired by seed: strategy - reference.
 
@@ -74,7 +78,7 @@ def paired_comparison(values: dict, reference: dict) -> dict:
     """
     from scipy import stats
 
-    seeds = sorted(s for s in values if values[s] is not None and reference.get(s) is not None)
+    seeds = paired_seeds(values, reference)
     d = np.array([values[s] - reference[s] for s in seeds], np.float64)
     out = {"seeds": seeds, "differences": d.tolist(), "mean": None, "interval": None, "p": None}
     if len(d) == 0:
@@ -109,7 +113,7 @@ def paired_t_test(values: dict, reference: dict) -> dict:
     """
     from scipy import stats
 
-    seeds = sorted(s for s in values if values[s] is not None and reference.get(s) is not None)
+    seeds = paired_seeds(values, reference)
     a = np.array([values[s] for s in seeds], np.float64)
     b = np.array([reference[s] for s in seeds], np.float64)
     out = {"seeds": seeds, "mean": float(np.mean(a - b)) if seeds else None, "p": None}
