@@ -9,7 +9,7 @@ import pytest
 
 from selal_jax.base import schema
 from selal_jax.run import diagnostics
-from selal_jax.verbs import report, report_plots, report_tables
+from selal_jax.verbs import report, report_comparison, report_plots, report_tables
 from tests.helpers import REPO
 
 
@@ -566,6 +566,26 @@ def test_tsne_of_a_sweep_that_cannot_be_written_is_drawn_without_its_cache(tmp_p
     coords = report_plots.tsne_coordinates(str(embeddings))
     np.testing.assert_array_equal(coords, cached)
     assert sorted(os.listdir(tmp_path)) == ["pool_embeddings.npz"]
+
+
+def test_seeds_from_ten_on_are_in_numeric_order_in_every_table(tmp_path):
+    """seed-10 sorts before seed-2 as a folder name; the bootstrap resamples values by position,
+    so the comparison's and aubc.md's AUBC intervals agree only if both see the seeds in one
+    order: numeric, as a NumPy bootstrap of the per-seed AUBCs by hand gives."""
+    gen = np.random.default_rng(4)
+    by_hand = []
+    for seed in range(11):
+        case = np.sort(gen.uniform(0.2, 0.8, len(PCTS)))
+        write_run(tmp_path, with_case(history("entropy", "selective", seed, PCTS, case), case))
+        n = np.array(PCTS) * 200 / 100
+        by_hand.append(np.sum((case[1:] + case[:-1]) / 2 * np.diff(n)) / (n[-1] - n[0]))
+    runs = report.load_runs(str(tmp_path))
+    assert list(runs["entropy selective"]) == list(range(11))
+    expected = np_bootstrap(np.array(by_hand))
+    (comparison,) = report_comparison.comparison_rows(runs, None)
+    (aubc,) = report_comparison.aubc_rows(runs)
+    np.testing.assert_allclose(comparison["case_dice_aubc"].interval, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(aubc["case_dice_aubc"].interval, expected, rtol=0, atol=1e-12)
 
 
 def test_cli_report_passes_the_reference_and_prints_the_comparison(tmp_path):

@@ -28,7 +28,6 @@ mode and the options that act: "entropy selective power").
 
 from __future__ import annotations
 
-import glob
 import os
 
 from selal_jax.base import atomic
@@ -331,16 +330,12 @@ def write_report(
     )
     if pixels is not None:
         paths["learning_curves_pixels.png"] = pixels
-    embeddings = sorted(
-        glob.glob(
-            os.path.join(
-                workdir_lib.seed_dir(workdir, "*"),
-                workdir_lib.ROUND0_DIR,
-                workdir_lib.EMBEDDINGS_FILE,
-            )
+    for seed in sorted({s for by_seed in runs.values() for s in by_seed}):  # the lowest seed's
+        embeddings = os.path.join(
+            workdir_lib.seed_dir(workdir, seed), workdir_lib.ROUND0_DIR, workdir_lib.EMBEDDINGS_FILE
         )
-    )
-    if embeddings:
-        seed = int(os.path.basename(os.path.dirname(os.path.dirname(embeddings[0])))[5:])
-        paths["tsne.png"] = plot_tsne(runs, embeddings[0], seed, os.path.join(out_dir, "tsne.png"))
+        if os.path.isfile(embeddings):
+            tsne = os.path.join(out_dir, "tsne.png")
+            paths["tsne.png"] = plot_tsne(runs, embeddings, seed, tsne)
+            break
     return paths

@@ -58,11 +58,13 @@ def run_files(workdir: str) -> list[tuple[str, int, str, list[dict]]]:
 
 
 def load_runs(workdir: str) -> Runs:
-    """{run name (`run_files`): {seed: history}} for every records file under workdir."""
+    """{run name (`run_files`): {seed: history}, seeds in numeric order} for every records file
+    under workdir (folders sort as text: seed-10 before seed-2; a bootstrap depends on the
+    order of its values, so every table must see the seeds in one order)."""
     runs: Runs = {}
     for name, seed, _, history in run_files(workdir):
         runs.setdefault(name, {})[seed] = history
-    return runs
+    return {name: dict(sorted(by_seed.items())) for name, by_seed in runs.items()}
 
 
 def histories(by_seed: dict[int, list[dict]]) -> list[list[dict]]:
