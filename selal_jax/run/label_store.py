@@ -14,7 +14,6 @@ resumed run refuses a changed or missing file, since training used it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -22,19 +21,11 @@ import numpy as np
 
 from selal_jax.base import atomic
 from selal_jax.base.errors import UserError
+from selal_jax.data import digests
 
 
 class LabelStoreError(UserError):
     """An annotation file is missing, changed or malformed; the message names it."""
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -150,7 +141,7 @@ class LabelStore:
         return self._load(round_index, take)
 
     def digest(self, round_index: int) -> str:
-        return file_sha256(self.path(round_index))
+        return digests.sha256_file(self.path(round_index))
 
     def verify(self, round_index: int, digest: str) -> None:
         """Raises unless round `round_index`'s file exists with this digest."""

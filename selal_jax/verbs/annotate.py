@@ -42,6 +42,7 @@ from selal_jax.base.errors import DataError, UserError
 from selal_jax.core import rng
 from selal_jax.data import (
     cases,
+    digests,
     fitting,
     label_maps,
     label_volumes,
@@ -330,7 +331,7 @@ def import_labels(
         native = label_store.NativeLabels(
             np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64), [None] * len(ids)
         )
-        digests = {}
+        file_digests = {}
         for case_id, qc in cases.items():
             if case_id in found and found[case_id] is None:
                 continue  # two files: reported
@@ -344,7 +345,7 @@ def import_labels(
             labels, reasons = read_correction(found[case_id], qc, allow_changes_outside_query)
             problems += reasons
             if labels is not None:
-                digests[case_id] = label_store.file_sha256(found[case_id])
+                file_digests[case_id] = digests.sha256_file(found[case_id])
                 masks[qc.positions] = labels[0]
                 native.axis[qc.positions] = qc.file_axis
                 native.index[qc.positions] = qc.file_index
@@ -361,7 +362,7 @@ def import_labels(
             "round": r,
             "labels_dir": labels_dir,
             "files": found,
-            "sha256": digests,  # of each file, as read
+            "sha256": file_digests,  # of each file, as read
             "allow_changes_outside_query": bool(allow_changes_outside_query),
             "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
