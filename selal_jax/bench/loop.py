@@ -37,7 +37,7 @@ import numpy as np
 
 from selal_jax.base import schema
 from selal_jax.bench.config import BUDGET_BYTES_PER_SLICE, LOOP_PARTS, BenchConfig
-from selal_jax.bench.measure import PeakAnon, release_free_memory, wall_seconds
+from selal_jax.bench.measure import PeakAnon, load_average, release_free_memory, wall_seconds
 from selal_jax.core import scoring
 from selal_jax.data import cache, loading
 from selal_jax.data.slices import SliceSet, Splits
@@ -223,7 +223,7 @@ def measure_round(config, cohort: Splits, pool_cache: str, key: str, folder: str
         "peak_anon_mib": anon.peak / 2**20,
         "start_anon_mib": anon.start / 2**20,
         "open_s": open_s,
-        "load_average_1m": os.getloadavg()[0],  # the machine's, over the last minute
+        "load_average_1m": (load_average() or [None])[0],  # the machine's, the last minute
     }
 
 

@@ -96,6 +96,14 @@ class PeakAnon:
         return False
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages; None where the platform has none."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of the process so far (getrusage)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -26,7 +26,6 @@ seconds / product seconds (above 1: the product is faster).
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from selal_jax.bench.config import BOUNDARY_WIDTH, LEARNING_RATE, TARGET_THRESHOLD
 from selal_jax.bench.context import Bench
+from selal_jax.bench.measure import load_average
 from selal_jax.core import rng, train
 
 PEER_PAIRS = 3  # at least this many alternating product/PyTorch runs per measurement
@@ -114,7 +114,7 @@ def peer_section(bench: Bench) -> dict:
         "torch": torch.__version__,
         "torch_device": device,
         "torch_threads": torch.get_num_threads(),
-        "load_average": _load_average(),
+        "load_average": load_average(),
         "pairs": pairs,
         "rows": rows,
     }
@@ -136,13 +136,6 @@ def _compiled_peer(torch, net, images):
     except Exception as err:  # noqa: BLE001 (the optional peer fails in many ways: say which)
         return None, f"torch.compile failed: {type(err).__name__}: {str(err)[:200]}"
     return compiled, None
-
-
-def _load_average():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 def _alternate(name, product, peers, n_slices, pairs, **extra) -> dict:

@@ -124,7 +124,7 @@ def thin_test_notes(
     """What a reviewer would say of a test split of `n_cases` cases (`names`, where known)
     holding `target_slices` labelled slices with target (None: not counted): [] when it has at
     least MIN_TEST_CASES cases and MIN_TEST_TARGET_SLICES such slices (a split without target is
-    `warn_without_target`'s)."""
+    `split_notes`'s)."""
     notes = []
     if n_cases < MIN_TEST_CASES:  # an empty split is refused when the cache is built: one case
         named = f" ({', '.join(names)})" if names else ""
