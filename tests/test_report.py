@@ -289,6 +289,24 @@ def test_per_class_table_cells_by_hand(tmp_path):
     )
 
 
+def test_per_class_highest_is_never_a_round_that_predicts_nothing():
+    """Round 1 predicts no target: its per-class slice Dice (every empty slice scores 1) and its
+    case Dice are the largest, yet each class's highest is that of rounds 0 and 2 (the rule of
+    the case-Dice headline, report_runs.highest)."""
+    halo, core = [0.6, 0.95, 0.7], [0.4, 0.9, 0.3]
+    h = history("entropy", "selective", 0, [5.0, 10.0, 15.0], [0.5, 0.92, 0.5])
+    for i, rec in enumerate(h):
+        rec["dice_per_class"] = {"halo": halo[i], "core": core[i]}
+        rec["dice_global_per_class"] = {"halo": halo[i], "core": core[i]}
+        rec["case_dice_per_class"] = {"halo": halo[i] - 0.1, "core": core[i] - 0.1}
+        rec["test_slices_predicted_target"] = 0 if i == 1 else 5
+    rows = {row["class"]: row for row in report.class_rows({"entropy selective": {0: h}})}
+    assert rows["halo"]["slice_dice_highest"].values == [0.7]
+    assert rows["core"]["slice_dice_highest"].values == [0.4]
+    np.testing.assert_allclose(rows["halo"]["case_dice_highest"].values, [0.6])
+    np.testing.assert_allclose(rows["core"]["case_dice_highest"].values, [0.3])
+
+
 def test_binary_runs_have_no_per_class_table(tmp_path):
     write_run(tmp_path, history("random", "all", 0, PCTS, [0.5, 0.6, 0.7, 0.7, 0.8]))
     assert "per_class.md" not in report.write_report(str(tmp_path))

@@ -61,6 +61,7 @@ from selal_jax.verbs.report_runs import (
     class_names,
     decided_by,
     dice,
+    highest,
     highest_dice,
     histories,
     load_baseline,
@@ -237,8 +238,8 @@ def class_rows(runs) -> list[dict]:
         for cls in names:
 
             def highest_of(h, by, cls=cls):
-                values = [v for rec in h if (v := class_dice(rec, by, cls)) is not None]
-                return max(values) if values else None
+                best = highest(h, by, lambda rec: class_dice(rec, by, cls))
+                return None if best is None else class_dice(best, by, cls)
 
             rows.append(
                 {
@@ -270,7 +271,8 @@ def class_markdown(rows: list[dict]) -> str:
     return markdown_table(rows, CLASS_TITLES, text_columns=2) + (
         "\n\nDice per foreground class on the test split: case Dice (each test volume at its "
         "own resolution, mean over the test cases), then the paper's slice Dice (mean per "
-        "slice) and its global Dice. highest: each class's highest round."
+        "slice) and its global Dice. highest: each class's highest round, never one whose model "
+        "predicts no target."
     )
 
 

@@ -102,13 +102,15 @@ def decided_by(all_histories: list[list[dict]]) -> str:
     return CASE if records and all(dice(rec, CASE) is not None for rec in records) else SLICE
 
 
-def highest(history: list[dict], by: str) -> dict | None:
-    """The record of the round with the highest Dice `by`, first of equals; rounds whose model
-    predicts no target are never the highest (None if no round is left)."""
+def highest(history: list[dict], by: str, value=None) -> dict | None:
+    """The record of the round with the highest Dice `by` (or `value(record)`, e.g. one class's),
+    first of equals; rounds whose model predicts no target are never the highest (None if no
+    round is left)."""
+    value = value or (lambda rec: dice(rec, by))
     candidates = [
-        rec for rec in history if dice(rec, by) is not None and not review.predicts_nothing(rec)
+        rec for rec in history if value(rec) is not None and not review.predicts_nothing(rec)
     ]
-    return max(candidates, key=lambda rec: dice(rec, by)) if candidates else None
+    return max(candidates, key=value) if candidates else None
 
 
 def highest_dice(history: list[dict], by: str) -> float | None:
