@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from selal_jax.run import loop, review
-from selal_jax.verbs import report, report_plots, sweep
+from selal_jax.verbs import report, report_plots, report_runs, sweep
 from tests.helpers import smoke_config
 from tests.test_report import PCTS, history, with_case, write_run
 
@@ -104,6 +104,22 @@ def test_a_class_the_model_segments_nowhere_is_named():
     nothing = record(0, 0.9, 0.0, predicted=0, case_dice_per_class={"halo": 0.0, "core": 0.0})
     assert review.round_notes(nothing) == [review.NO_PREDICTION_NOTE]
     assert review.round_notes(record(0, 0.9, 0.0, case_dice_per_class={"target": 0.0})) == []
+
+
+def test_the_baselines_notes_are_a_rounds_with_its_own_cap():
+    """The supervised baseline is warned of as a round is (review.round_notes), with its own cap
+    field to raise."""
+    capped = record(0, 0.9, 0.3, epochs=100, best_epoch=99, config={"train.patience": 5})
+    capped["case_dice_per_class"] = {"halo": 0.6, "core": 0.0}
+    assert report_runs.baseline_notes(capped) == [
+        f"supervised baseline: {review.MISSED_CLASS_NOTE.format('core')}",
+        f"supervised baseline: {review.CAPPED_NOTE} (the best validation loss at the last of its "
+        "100 epochs; raise sweep.supervised_max_epochs)",
+    ]
+    nothing = record(0, 0.9, 0.0, predicted=0, config={})
+    assert report_runs.baseline_notes(nothing) == [
+        f"supervised baseline: {review.NO_PREDICTION_NOTE}"
+    ]
 
 
 def test_summary_leads_with_case_dice_and_lists_the_warnings(tmp_path):

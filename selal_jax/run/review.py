@@ -50,8 +50,9 @@ def missed_classes(record: dict) -> list[str]:
     return [name for name, value in per_class.items() if value == 0]
 
 
-def round_notes(record: dict) -> list[str]:
-    """The warnings of one round's record (the test split's are said at load time)."""
+def round_notes(record: dict, cap_field: str = "train.max_epochs") -> list[str]:
+    """The warnings of one round's record (the test split's are said at load time); `cap_field`:
+    the config field a capped training should raise."""
     notes = []
     if predicts_nothing(record):
         notes.append(NO_PREDICTION_NOTE)
@@ -59,7 +60,7 @@ def round_notes(record: dict) -> list[str]:
     if stopped_at_cap(record):
         notes.append(
             f"{CAPPED_NOTE} (the best validation loss at the last of its {record['epochs']} "
-            "epochs; raise train.max_epochs)"
+            f"epochs; raise {cap_field})"
         )
     return notes
 
@@ -84,13 +85,11 @@ def split_notes(record: dict) -> list[str]:
     return notes
 
 
-def run_notes(
-    history: list[dict], cap_field: str = "train.max_epochs", splits: bool = True
-) -> list[str]:
+def run_notes(history: list[dict], splits: bool = True) -> list[str]:
     """A run's warnings, each once, naming its rounds: the rounds that predict no target, those
-    that miss a class (one warning per class), those stopped at the epoch cap (`cap_field`: the
-    config field to raise), then (`splits`) the splits' (from its last record)."""
-    capped = f"{CAPPED_NOTE} (the best validation loss at the last epoch; raise {cap_field})"
+    that miss a class (one warning per class), those stopped at the epoch cap, then (`splits`)
+    the splits' (from its last record)."""
+    capped = f"{CAPPED_NOTE} (the best validation loss at the last epoch; raise train.max_epochs)"
     missed = [missed_classes(rec) for rec in history]
     found = [([rec["round"] for rec in history if predicts_nothing(rec)], NO_PREDICTION_NOTE)]
     for name in dict.fromkeys(name for names in missed for name in names):

@@ -243,11 +243,5 @@ def baseline_notes(record: dict) -> list[str]:
             "before baselines kept them; it may have trained with the sweep's epoch cap): "
             "run the sweep again to retrain it"
         )
-    if review.stopped_at_cap(record):
-        notes.append(
-            f"supervised baseline: {review.CAPPED_NOTE} (the best validation loss at the last "
-            f"of its {record['epochs']} epochs; raise sweep.supervised_max_epochs)"
-        )
-    if review.predicts_nothing(record):
-        notes.append(f"supervised baseline: {review.NO_PREDICTION_NOTE}")
-    return notes
+    its = review.round_notes(record, cap_field="sweep.supervised_max_epochs")
+    return notes + [f"supervised baseline: {note}" for note in its]
