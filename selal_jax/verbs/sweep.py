@@ -70,11 +70,12 @@ def run(config, workdir: str) -> dict:
     entry point prints summary.md)."""
     runs = run_names.parse_runs(config.sweep.runs)
     seeds = parse_seeds(config.sweep.seeds)
-    run_folders(config, workdir, runs, seeds[0])  # refuse a bad run before hours of training
+    # refuse a bad run before hours of training; a run's folder does not depend on the seed
+    folders = run_folders(config, workdir, runs, seeds[0])
     with lock.hold(workdir):  # the sweep folder; each run below locks its own sub-folder
         _check_continues(config, workdir, seeds[0])
         workdir_lib.write_sweep_config(workdir, config)  # `launch.py sweep --workdir` reads it
-        return _run(config, workdir, runs, seeds)
+        return _run(config, workdir, folders, seeds)
 
 
 def run_folders(config, workdir: str, runs, seed: int) -> dict[run_names.RunSpec, str]:
@@ -114,7 +115,7 @@ def _check_continues(config, workdir: str, seed: int) -> None:
     )
 
 
-def _run(config, workdir: str, runs, seeds) -> dict:
+def _run(config, workdir: str, folders: dict[run_names.RunSpec, str], seeds) -> dict:
     os.makedirs(workdir, exist_ok=True)
     if config.sweep.supervised:
         train_supervised(
@@ -125,7 +126,7 @@ def _run(config, workdir: str, runs, seeds) -> dict:
         seed_dir = workdir_lib.seed_dir(workdir, seed)
         round0 = os.path.join(seed_dir, workdir_lib.ROUND0_DIR)
         train_shared_round0(run_config(config, workdir, seed), round0)
-        for spec, name in run_folders(config, workdir, runs, seed).items():
+        for spec, name in folders.items():
             logging.info("sweep: seed %d, %s", seed, spec.text)
             loop.run(
                 run_config(config, workdir, seed, spec),
